@@ -1,0 +1,17 @@
+//! The database layer: every SQL statement skiplock runs outside `migrations/`.
+//!
+//! One named function per statement, each checked at compile time by `sqlx::query!` against the
+//! schema (the offline cache lives in `.sqlx/`). Functions are named noun-first
+//! (`job::claim`, `job::complete_many`) and take any executor, so callers decide whether a
+//! statement runs on the pool, a connection or the caller's own transaction.
+//!
+//! Time is always the database's `now()`: leases, schedules and backoff never depend on the
+//! clock of the machine a worker happens to run on.
+
+#[cfg(feature = "embedded")]
+pub(crate) mod database;
+pub(crate) mod job;
+pub(crate) mod migration;
+
+/// The channel idle workers LISTEN on; the payload of each notification is a queue name.
+pub(crate) const WAKE_CHANNEL: &str = "skiplock_wake";

@@ -1,0 +1,216 @@
+//! What a job is: the [`Job`] trait, its [`JobState`], and [`JobRow`] for reading one back.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sqlx::PgExecutor;
+
+use crate::db;
+
+/// The queue a job goes to unless its kind or the enqueue options say otherwise: `"default"`.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// How many attempts a job gets unless its kind or the enqueue options say otherwise: 25.
+///
+/// With the default backoff that spreads retries over roughly three weeks. The SQL function
+/// `skiplock.enqueue` uses the same default.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 25;
+
+/// The data of a background job: a serde type with a stable kind string.
+///
+/// The kind is stored in every row and is how a worker finds the handler for a job. It is a
+/// compatibility contract: it must never be derived from the Rust type name, so renaming or
+/// moving the struct does not orphan the jobs already queued. Changing `KIND` (or the shape of
+/// the arguments in a way serde cannot read) while jobs of the old kind are queued does orphan
+/// them; such jobs fail with a clear error instead of looping.
+///
+/// Enqueueing needs only this trait; running needs [`Handler`](crate::Handler) too.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use skiplock::Job;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct SendEmail {
+///     to: String,
+/// }
+///
+/// impl Job for SendEmail {
+///     const KIND: &'static str = "send_email";
+///     const QUEUE: &'static str = "mail";
+///     const MAX_ATTEMPTS: i32 = 5;
+/// }
+/// ```
+pub trait Job: Serialize + DeserializeOwned + Send + 'static {
+    /// The stable name of this kind of job (1 to 128 characters).
+    const KIND: &'static str;
+
+    /// The queue jobs of this kind go to by default. Defaults to [`DEFAULT_QUEUE`].
+    const QUEUE: &'static str = DEFAULT_QUEUE;
+
+    /// Priority by default; lower runs first within a queue. Defaults to 0.
+    const PRIORITY: i16 = 0;
+
+    /// Attempts by default, the first one included (at least 1). Defaults to
+    /// [`DEFAULT_MAX_ATTEMPTS`].
+    const MAX_ATTEMPTS: i32 = DEFAULT_MAX_ATTEMPTS;
+}
+
+/// The state of a job; see `docs/schema.md` for every transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum JobState {
+    /// Waiting for its `run_at` time.
+    Scheduled,
+    /// Runnable now, waiting for a worker.
+    Available,
+    /// Claimed by a worker and running.
+    Running,
+    /// An attempt failed; it runs again once its backoff has passed.
+    Retryable,
+    /// Finished successfully.
+    Completed,
+    /// Failed permanently, or ran out of attempts.
+    Failed,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl JobState {
+    /// The state's name as stored in the database, e.g. `"available"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Available => "available",
+            Self::Running => "running",
+            Self::Retryable => "retryable",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the job is finished for good (`completed`, `failed` or `cancelled`).
+    pub const fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The error of parsing an unknown job state name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown job state {0:?}")]
+pub struct ParseJobStateError(String);
+
+impl FromStr for JobState {
+    type Err = ParseJobStateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "scheduled" => Self::Scheduled,
+            "available" => Self::Available,
+            "running" => Self::Running,
+            "retryable" => Self::Retryable,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            other => return Err(ParseJobStateError(other.to_owned())),
+        })
+    }
+}
+
+/// One row of `skiplock.jobs`, as [`get_job`] returns it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct JobRow {
+    /// The job's id.
+    pub id: i64,
+    /// Its queue.
+    pub queue: String,
+    /// Its kind ([`Job::KIND`]).
+    pub kind: String,
+    /// Its serialized arguments.
+    pub args: Value,
+    /// Its state.
+    pub state: JobState,
+    /// Its priority; lower runs first.
+    pub priority: i16,
+    /// How many attempts have started (0 before the first claim).
+    pub attempt: i32,
+    /// How many attempts it may have.
+    pub max_attempts: i32,
+    /// When it may run (next).
+    pub run_at: DateTime<Utc>,
+    /// When it was enqueued (database time).
+    pub created_at: DateTime<Utc>,
+    /// When its latest attempt started.
+    pub attempted_at: Option<DateTime<Utc>>,
+    /// When it finished (`completed`, `failed` or `cancelled`).
+    pub finished_at: Option<DateTime<Utc>>,
+    /// While running: when its worker's lease on it runs out.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The ids of the workers that ran it, one per attempt, oldest first.
+    pub attempted_by: Vec<String>,
+    /// One entry per failed attempt: `{"attempt", "at", "kind", "message", "worker"}`.
+    pub errors: Value,
+    /// The handler's output, once completed.
+    pub result: Option<Value>,
+    /// Free-form labels given at enqueue time.
+    pub tags: Vec<String>,
+}
+
+/// The error of [`get_job`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GetJobError {
+    /// The query failed.
+    #[error("could not read job")]
+    Database(#[from] sqlx::Error),
+    /// The row holds a state this version of skiplock does not know (a newer schema).
+    #[error("job has a state this version does not know")]
+    UnknownState(#[from] ParseJobStateError),
+}
+
+/// Reads one job by id; `None` when there is no such job.
+///
+/// # Errors
+/// [`GetJobError`] when the query fails.
+///
+/// # Cancel safety
+/// Cancel safe: it only reads.
+pub async fn get_job<'e>(
+    executor: impl PgExecutor<'e>,
+    id: i64,
+) -> Result<Option<JobRow>, GetJobError> {
+    let Some(row) = db::job::get(executor, id).await? else {
+        return Ok(None);
+    };
+    Ok(Some(JobRow {
+        id: row.id,
+        queue: row.queue,
+        kind: row.kind,
+        args: row.args,
+        state: row.state.parse()?,
+        priority: row.priority,
+        attempt: row.attempt,
+        max_attempts: row.max_attempts,
+        run_at: row.run_at,
+        created_at: row.created_at,
+        attempted_at: row.attempted_at,
+        finished_at: row.finished_at,
+        lease_expires_at: row.lease_expires_at,
+        attempted_by: row.attempted_by,
+        errors: row.errors,
+        result: row.result,
+        tags: row.tags,
+    }))
+}

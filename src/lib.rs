@@ -1,0 +1,93 @@
+//! skiplock: a background job queue for Rust that keeps its jobs in PostgreSQL.
+//!
+//! Jobs are rows in `skiplock.jobs`, claimed with `FOR UPDATE SKIP LOCKED`, so any number of
+//! worker processes on any number of hosts share a queue with nothing but the database you
+//! already run. Enqueueing is transactional: insert a job in the same transaction as your own
+//! writes, and it exists exactly when they do.
+//!
+//! # Quickstart
+//!
+//! ```no_run
+//! use serde::{Deserialize, Serialize};
+//! use skiplock::{Handler, Job, JobContext, JobError, Worker};
+//!
+//! // 1. A job is a serde type with a stable kind string...
+//! #[derive(Serialize, Deserialize)]
+//! struct SendWelcome {
+//!     user_id: i64,
+//! }
+//!
+//! impl Job for SendWelcome {
+//!     const KIND: &'static str = "send_welcome";
+//! }
+//!
+//! // 2. ...and a handler, which gets the application's state (here its pool).
+//! impl Handler<sqlx::PgPool> for SendWelcome {
+//!     type Output = String;
+//!
+//!     async fn handle(self, ctx: JobContext<sqlx::PgPool>) -> Result<String, JobError> {
+//!         let _pool = ctx.state();
+//!         Ok(format!("welcomed user {} on attempt {}", self.user_id, ctx.attempt()))
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let pool = sqlx::PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
+//!     skiplock::migrate(&pool).await?; // creates or updates the `skiplock` schema
+//!
+//!     // 3. Enqueue in the same transaction as the application's own writes.
+//!     let mut tx = pool.begin().await?;
+//!     let user_id: i64 = sqlx::query_scalar("INSERT INTO users (name) VALUES ('ada') RETURNING id")
+//!         .fetch_one(&mut *tx)
+//!         .await?;
+//!     skiplock::enqueue(&mut *tx, &SendWelcome { user_id }).await?;
+//!     tx.commit().await?;
+//!
+//!     // 4. Run a worker until SIGINT or SIGTERM.
+//!     Worker::builder(pool.clone(), pool)
+//!         .register::<SendWelcome>()
+//!         .build()?
+//!         .run()
+//!         .await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! From any other language, enqueue with SQL inside your own transaction:
+//!
+//! ```sql
+//! SELECT skiplock.enqueue('send_welcome', '{"user_id": 42}', queue => 'default');
+//! ```
+//!
+//! # Where to go next
+//! - [`Job`] and [`Handler`]: defining jobs, outcomes, retries and backoff.
+//! - [`enqueue`], [`enqueue_with`], [`enqueue_many`]: enqueueing on a pool, a connection or a
+//!   transaction.
+//! - [`Worker`]: queues, concurrency, polling and graceful shutdown.
+//! - [`get_job`] and the SQL schema (`docs/schema.md`): what happened to a job.
+//! - [`embedded`] (feature `embedded`): a throwaway PostgreSQL for examples and tests.
+
+mod backoff;
+mod db;
+#[cfg(feature = "embedded")]
+pub mod embedded;
+mod enqueue;
+mod handler;
+mod job;
+mod migrate;
+pub mod runtime;
+#[cfg(feature = "embedded")]
+pub mod testing;
+
+pub use crate::backoff::Backoff;
+pub use crate::enqueue::{
+    EnqueueError, EnqueueOptions, NewJob, enqueue, enqueue_many, enqueue_new, enqueue_with,
+};
+pub use crate::handler::{BoxError, Handler, JobContext, JobError};
+pub use crate::job::{
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, GetJobError, Job, JobRow, JobState, ParseJobStateError,
+    get_job,
+};
+pub use crate::migrate::{MIGRATIONS, MigrateError, MigrateReport, Migration, migrate, script};
+pub use crate::runtime::{Worker, WorkerBuilder, WorkerError, WorkerHandle};

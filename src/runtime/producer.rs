@@ -1,0 +1,168 @@
+//! The producer: one per queue and worker; claims as many jobs as it has free slots, in one
+//! statement, and starts an executor task for each.
+//!
+//! It claims again as soon as a slot frees up while the queue has work, and otherwise sleeps
+//! until a wake-up notification for its queue arrives or the poll interval passes, whichever
+//! comes first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::executor::Executor;
+use crate::db;
+
+/// How long a running job's lease lasts from its claim. Renewing and rescuing leases are not
+/// in this version yet; the column is set so that no schema change is needed for them.
+pub(crate) const LEASE: Duration = Duration::from_secs(5 * 60);
+
+/// The first wait after a failed claim; it doubles up to the poll interval.
+const FIRST_ERROR_DELAY: Duration = Duration::from_millis(100);
+
+/// Configuration of one [`Producer`].
+#[derive(Clone, Debug)]
+pub(crate) struct ProducerConfig {
+    /// The queue to claim from.
+    pub(crate) queue: String,
+    /// How many of its jobs may run at once.
+    pub(crate) concurrency: usize,
+    /// The longest sleep without a wake-up before claiming again.
+    pub(crate) poll_interval: Duration,
+    /// After a claim that filled every free slot, how long to let more slots free up before
+    /// claiming again, so that a busy queue is claimed in batches rather than one job at a time.
+    pub(crate) fetch_cooldown: Duration,
+}
+
+pub(crate) struct Producer<S> {
+    config: ProducerConfig,
+    pool: PgPool,
+    executor: Arc<Executor<S>>,
+    wake: Arc<Notify>,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+impl<S: Clone + Send + Sync + 'static> Producer<S> {
+    pub(crate) fn new(
+        config: ProducerConfig,
+        pool: PgPool,
+        executor: Arc<Executor<S>>,
+        wake: Arc<Notify>,
+        tracker: TaskTracker,
+    ) -> Self {
+        let slots = Arc::new(Semaphore::new(config.concurrency));
+        Self {
+            config,
+            pool,
+            executor,
+            wake,
+            slots,
+            tracker,
+        }
+    }
+
+    /// Claims and starts jobs until `stop` fires. Jobs already started keep running on the
+    /// tracker; the worker waits for them.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let mut error_delay = FIRST_ERROR_DELAY;
+        loop {
+            // Wait for a free slot: claiming with none would only lock rows we cannot run.
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                permit = self.slots.acquire() => drop(permit),
+            }
+            let wait = match self.run_once().await {
+                Ok(Claim { claimed, requested }) => {
+                    error_delay = FIRST_ERROR_DELAY;
+                    if claimed == requested {
+                        // Every free slot got a job, so more are probably waiting.
+                        Some(self.config.fetch_cooldown)
+                    } else {
+                        None
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        queue = %self.config.queue,
+                        retry_in_ms = error_delay.as_millis() as u64,
+                        "could not claim jobs; retrying"
+                    );
+                    let delay = error_delay;
+                    error_delay = (error_delay * 2).min(self.config.poll_interval);
+                    Some(delay)
+                }
+            };
+            match wait {
+                Some(delay) => tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                },
+                None => tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                },
+            }
+        }
+        tracing::debug!(queue = %self.config.queue, "producer stopped");
+    }
+
+    /// Claims up to the number of free slots in one statement and starts each job.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped while the claim is in flight, claimed jobs would stay `running`
+    /// with nobody running them until their lease expires.
+    pub(crate) async fn run_once(&self) -> Result<Claim, sqlx::Error> {
+        let free = self.slots.available_permits();
+        if free == 0 {
+            return Ok(Claim::default());
+        }
+        // Hold the slots while claiming; only this producer takes permits from its semaphore.
+        let Ok(mut permits) = self.slots.clone().try_acquire_many_owned(free as u32) else {
+            return Ok(Claim::default());
+        };
+        let jobs = db::job::claim(
+            &self.pool,
+            &self.config.queue,
+            free as i64,
+            &self.executor.worker_id,
+            LEASE.as_secs_f64(),
+        )
+        .await?;
+        let claimed = jobs.len();
+        for job in jobs {
+            // Always `Some`: the claim returns at most `free` rows. Were it ever `None`, the job
+            // would still run, one over the limit, rather than be left claimed and idle.
+            let permit = permits.split(1);
+            let executor = self.executor.clone();
+            self.tracker.spawn(async move {
+                executor.execute(job).await;
+                drop(permit);
+            });
+        }
+        if claimed > 0 {
+            tracing::trace!(queue = %self.config.queue, claimed, free, "claimed jobs");
+        }
+        Ok(Claim {
+            claimed,
+            requested: free,
+        })
+    }
+}
+
+/// What one claim did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Claim {
+    /// Jobs claimed and started.
+    pub(crate) claimed: usize,
+    /// Free slots at the time, i.e. the most it could have claimed.
+    pub(crate) requested: usize,
+}

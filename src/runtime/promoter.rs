@@ -1,0 +1,143 @@
+//! The promoter: makes `scheduled` and `retryable` jobs `available` once their `run_at` has
+//! passed, and wakes the workers of their queues.
+//!
+//! Why a promoter rather than claiming such jobs directly: the claim index then holds only
+//! runnable rows. A claim that also considered future jobs would walk every not-yet-due row of
+//! a better priority before reaching a runnable one, and a million jobs scheduled for tomorrow
+//! would slow every claim today. The price is that a due job waits for the next promotion; the
+//! promoter sleeps until the earliest known `run_at` (bounded by its interval), so that delay
+//! is a few milliseconds for jobs it knows about and at most one interval for jobs scheduled
+//! after it went to sleep. Every worker runs one; concurrent promoters skip each other's rows.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::db;
+
+/// How many jobs one statement promotes; a larger backlog takes several statements.
+pub(crate) const BATCH: i64 = 1_000;
+
+/// The shortest sleep between promotions, so an overdue job the promoter cannot move (locked
+/// by another promoter) does not make it spin.
+const MIN_SLEEP: Duration = Duration::from_millis(5);
+
+/// Configuration of the [`Promoter`].
+#[derive(Clone, Debug)]
+pub(crate) struct PromoterConfig {
+    /// The longest sleep between promotions.
+    pub(crate) interval: Duration,
+}
+
+/// What one promotion round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct PromoterReport {
+    /// Jobs made available.
+    pub(crate) promoted: i64,
+    /// How long until the next known job is due, if any.
+    pub(crate) next_due: Option<Duration>,
+}
+
+pub(crate) struct Promoter {
+    pool: PgPool,
+    config: PromoterConfig,
+}
+
+impl Promoter {
+    pub(crate) fn new(pool: PgPool, config: PromoterConfig) -> Self {
+        Self { pool, config }
+    }
+
+    /// Promotes due jobs until `stop` fires.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        loop {
+            let sleep = match self.run_once().await {
+                Ok(report) => report
+                    .next_due
+                    .map_or(self.config.interval, |due| due.min(self.config.interval))
+                    .max(MIN_SLEEP),
+                Err(error) => {
+                    tracing::warn!(%error, "could not promote due jobs; retrying");
+                    self.config.interval
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Promotes every job due now, then asks when the next one is due.
+    pub(crate) async fn run_once(&self) -> Result<PromoterReport, sqlx::Error> {
+        let mut promoted = 0;
+        loop {
+            let batch = db::job::promote_due(&self.pool, BATCH).await?;
+            promoted += batch;
+            if batch < BATCH {
+                break;
+            }
+        }
+        if promoted > 0 {
+            tracing::debug!(promoted, "promoted due jobs");
+        }
+        let next_due = db::job::seconds_until_next_due(&self.pool)
+            .await?
+            .map(|seconds| Duration::from_secs_f64(seconds.max(0.0)));
+        Ok(PromoterReport { promoted, next_due })
+    }
+}
+
+#[cfg(all(test, feature = "embedded"))]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::TestDatabase;
+    use crate::{EnqueueOptions, JobState, NewJob};
+
+    #[tokio::test]
+    async fn promotes_due_jobs_only_and_reports_the_next_due() {
+        let db = TestDatabase::new().await.expect("database");
+        let pool = db.pool();
+        let soon = EnqueueOptions::new().delay(Duration::from_millis(300));
+        let later = EnqueueOptions::new().delay(Duration::from_secs(3600));
+        let ids = crate::enqueue_many(
+            pool,
+            [
+                NewJob::untyped("k", json!({}), soon),
+                NewJob::untyped("k", json!({}), later),
+            ],
+        )
+        .await
+        .expect("enqueue");
+        let promoter = Promoter::new(
+            pool.clone(),
+            PromoterConfig {
+                interval: Duration::from_secs(1),
+            },
+        );
+
+        let report = promoter.run_once().await.expect("promote");
+        assert_eq!(report.promoted, 0);
+        let next = report.next_due.expect("a job is scheduled");
+        assert!(next <= Duration::from_millis(300), "{next:?}");
+
+        tokio::time::sleep(next + Duration::from_millis(20)).await;
+        let report = promoter.run_once().await.expect("promote");
+        assert_eq!(report.promoted, 1);
+        let next = report.next_due.expect("the later job");
+        assert!(next > Duration::from_secs(3500), "{next:?}");
+
+        let state = |id| async move {
+            crate::get_job(pool, id)
+                .await
+                .expect("get")
+                .expect("row")
+                .state
+        };
+        assert_eq!(state(ids[0]).await, JobState::Available);
+        assert_eq!(state(ids[1]).await, JobState::Scheduled);
+    }
+}

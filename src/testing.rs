@@ -1,0 +1,221 @@
+//! Test support: a fresh database with the skiplock schema for every test.
+//!
+//! [`TestDatabase::new`] creates a new database per call, so tests run in parallel without
+//! seeing each other's jobs. The server is the one `DATABASE_URL` names (the role needs
+//! `CREATEDB`), or, when it is unset, a throwaway server started once per test process with
+//! [`EmbeddedPostgres`] and removed when the process exits. Each database is created and
+//! migrated in tens of milliseconds, and dropped when the [`TestDatabase`] is.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = skiplock::testing::TestDatabase::new().await?;
+//! let id = skiplock::enqueue_new(db.pool(), &skiplock::NewJob::untyped(
+//!     "noop",
+//!     serde_json::json!({}),
+//!     skiplock::EnqueueOptions::new(),
+//! )).await?;
+//! assert!(skiplock::get_job(db.pool(), id).await?.is_some());
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+
+use crate::embedded::{EmbeddedError, EmbeddedPostgres};
+
+/// The error of [`TestDatabase::new`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TestDatabaseError {
+    /// `DATABASE_URL` does not parse.
+    #[error("DATABASE_URL is not a valid PostgreSQL URL")]
+    InvalidUrl(#[source] sqlx::Error),
+    /// No `DATABASE_URL`, and the throwaway server did not start.
+    #[error("DATABASE_URL is unset and a throwaway PostgreSQL could not be started")]
+    Embedded(#[source] EmbeddedError),
+    /// Creating, migrating or connecting to the database failed.
+    #[error("could not {action}")]
+    Database {
+        /// What was being done.
+        action: &'static str,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Migrating the test database failed.
+    #[error("could not migrate the test database")]
+    Migrate(#[source] crate::MigrateError),
+    /// An earlier call in this process failed to set up the server.
+    #[error("test database setup failed earlier in this process: {0}")]
+    SetupFailed(String),
+}
+
+/// The server shared by every test of the process.
+struct Shared {
+    /// Connect options for the server's maintenance database.
+    admin: PgConnectOptions,
+    /// Kept alive for the whole process; its reaper removes it when the process exits.
+    _embedded: Option<EmbeddedPostgres>,
+}
+
+static SHARED: OnceCell<Result<Shared, String>> = OnceCell::const_new();
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh database with the skiplock schema, dropped when this value is.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pool: PgPool,
+    options: PgConnectOptions,
+    admin: PgConnectOptions,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates a fresh database and connects a pool of up to 10 connections to it.
+    ///
+    /// # Errors
+    /// [`TestDatabaseError`] when no server can be reached or started, or the database cannot be
+    /// created.
+    pub async fn new() -> Result<Self, TestDatabaseError> {
+        Self::with_pool_options(PgPoolOptions::new().max_connections(10)).await
+    }
+
+    /// As [`new`](Self::new), with the given pool options.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub async fn with_pool_options(pool: PgPoolOptions) -> Result<Self, TestDatabaseError> {
+        let shared = SHARED
+            .get_or_init(|| async { setup().await.map_err(|error| error_chain(&error)) })
+            .await
+            .as_ref()
+            .map_err(|error| TestDatabaseError::SetupFailed(error.clone()))?;
+        let name = format!(
+            "skiplock_test_{}_{}_{:04x}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            fastrand::u16(..)
+        );
+        let mut admin = connect(&shared.admin, "connect to the server").await?;
+        crate::db::database::create(&mut admin, &name)
+            .await
+            .map_err(|source| TestDatabaseError::Database {
+                action: "create the test database",
+                source,
+            })?;
+        let _ = admin.close().await;
+        let options = shared.admin.clone().database(&name);
+        let pool = pool.connect_with(options.clone()).await.map_err(|source| {
+            TestDatabaseError::Database {
+                action: "connect to the test database",
+                source,
+            }
+        })?;
+        let database = Self {
+            pool,
+            options,
+            admin: shared.admin.clone(),
+            name,
+        };
+        crate::migrate(&database.pool)
+            .await
+            .map_err(TestDatabaseError::Migrate)?;
+        Ok(database)
+    }
+
+    /// The pool connected to this database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The connect options of this database, e.g. to build another pool.
+    pub fn connect_options(&self) -> &PgConnectOptions {
+        &self.options
+    }
+
+    /// This database's URL, e.g. for a child process's `DATABASE_URL`.
+    pub fn url(&self) -> String {
+        self.options.to_url_lossy().to_string()
+    }
+
+    /// This database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on: drop the database from
+        // a thread with its own small runtime, and wait for it so nothing is left behind.
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        let dropper = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let mut conn = admin.connect().await.ok()?;
+                crate::db::database::drop_forced(&mut conn, &name)
+                    .await
+                    .ok()?;
+                conn.close().await.ok()
+            })
+        });
+        if dropper.join().ok().flatten().is_none() {
+            tracing::warn!(database = %self.name, "could not drop test database");
+        }
+    }
+}
+
+async fn setup() -> Result<Shared, TestDatabaseError> {
+    let (admin, embedded) = match std::env::var("DATABASE_URL") {
+        Ok(url) => {
+            let admin: PgConnectOptions = url.parse().map_err(TestDatabaseError::InvalidUrl)?;
+            (admin, None)
+        }
+        Err(_) => {
+            let embedded = tokio::task::spawn_blocking(|| {
+                EmbeddedPostgres::builder()
+                    // Test data is thrown away: durability only costs time here.
+                    .setting("fsync", "off")
+                    .setting("synchronous_commit", "off")
+                    .setting("full_page_writes", "off")
+                    .setting("max_connections", "300")
+                    .start()
+            })
+            .await
+            .map_err(|error| {
+                TestDatabaseError::SetupFailed(format!("server start panicked: {error}"))
+            })?
+            .map_err(TestDatabaseError::Embedded)?;
+            let admin: PgConnectOptions = embedded
+                .url()
+                .parse()
+                .map_err(TestDatabaseError::InvalidUrl)?;
+            (admin, Some(embedded))
+        }
+    };
+    Ok(Shared {
+        admin,
+        _embedded: embedded,
+    })
+}
+
+async fn connect(
+    options: &PgConnectOptions,
+    action: &'static str,
+) -> Result<PgConnection, TestDatabaseError> {
+    options
+        .connect()
+        .await
+        .map_err(|source| TestDatabaseError::Database { action, source })
+}
+
+fn error_chain(error: &TestDatabaseError) -> String {
+    crate::handler::error_chain(error)
+}

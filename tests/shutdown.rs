@@ -1,0 +1,111 @@
+//! Graceful shutdown: jobs in flight finish, or go back to the queue; none is lost.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Sleep, database, eventually, job, worker};
+use skiplock::JobState;
+
+async fn started(pool: &sqlx::PgPool, n: i64) {
+    eventually(Duration::from_secs(10), "jobs to start", || async {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+            .fetch_one(pool)
+            .await
+            .expect("ledger");
+        (count >= n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_jobs_in_flight() {
+    let db = database().await;
+    let pool = db.pool();
+    let running = worker(pool)
+        .register::<Sleep>()
+        .build()
+        .expect("worker")
+        .start();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let sleep = Sleep {
+            millis: 800,
+            stubborn: false,
+        };
+        ids.push(skiplock::enqueue(pool, &sleep).await.expect("enqueue"));
+    }
+    started(pool, 5).await;
+
+    running.shutdown().await.expect("shutdown");
+    for id in ids {
+        assert_eq!(job(pool, id).await.state, JobState::Completed, "job {id}");
+    }
+}
+
+#[tokio::test]
+async fn jobs_outliving_the_grace_period_are_cancelled_or_dropped_and_run_again() {
+    let db = database().await;
+    let pool = db.pool();
+    let running = worker(pool)
+        .shutdown_timeout(Duration::from_millis(300))
+        .cancel_timeout(Duration::from_millis(300))
+        .register::<Sleep>()
+        .build()
+        .expect("worker")
+        .start();
+    // One handler stops when cancelled, one ignores cancellation and must be dropped.
+    let polite = skiplock::enqueue(
+        pool,
+        &Sleep {
+            millis: 60_000,
+            stubborn: false,
+        },
+    )
+    .await
+    .expect("enqueue");
+    let stubborn = skiplock::enqueue(
+        pool,
+        &Sleep {
+            millis: 60_000,
+            stubborn: true,
+        },
+    )
+    .await
+    .expect("enqueue");
+    started(pool, 2).await;
+
+    let begun = std::time::Instant::now();
+    running.shutdown().await.expect("shutdown");
+    assert!(
+        begun.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        begun.elapsed()
+    );
+
+    // The polite one returned an error when cancelled: retryable, one attempt used.
+    let row = job(pool, polite).await;
+    assert_eq!(row.state, JobState::Retryable);
+    assert_eq!(row.errors[0]["message"], serde_json::json!("cancelled"));
+    // The stubborn one was dropped: straight back to available, marked interrupted.
+    let row = job(pool, stubborn).await;
+    assert_eq!(row.state, JobState::Available);
+    assert_eq!(row.errors[0]["kind"], serde_json::json!("interrupted"));
+    assert_eq!(row.lease_expires_at, None);
+
+    // Neither is lost: a new worker runs them again.
+    sqlx::query(
+        "UPDATE skiplock.jobs SET args = jsonb_set(args, '{millis}', '10'), run_at = now()",
+    )
+    .execute(pool)
+    .await
+    .expect("shorten jobs");
+    let second = worker(pool)
+        .register::<Sleep>()
+        .build()
+        .expect("worker")
+        .start();
+    common::wait_for_state(pool, "completed", 2, Duration::from_secs(10)).await;
+    second.shutdown().await.expect("shutdown");
+    assert_eq!(job(pool, stubborn).await.attempt, 2);
+}
