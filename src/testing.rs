@@ -76,9 +76,15 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Creates a fresh database and connects a pool of up to 10 connections to it.
     ///
+    /// The first call of a process may start a server (1 to 3 s); later calls take tens of
+    /// milliseconds.
+    ///
     /// # Errors
     /// [`TestDatabaseError`] when no server can be reached or started, or the database cannot be
     /// created.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped midway, it may leave an empty `skiplock_test_*` database behind.
     pub async fn new() -> Result<Self, TestDatabaseError> {
         Self::with_pool_options(PgPoolOptions::new().max_connections(10)).await
     }

@@ -293,3 +293,51 @@ async fn sql_enqueue_defaults_and_rollback() {
     tx.rollback().await.expect("rollback");
     assert!(skiplock::get_job(pool, gone).await.expect("get").is_none());
 }
+
+#[tokio::test]
+async fn one_wake_up_per_transaction_and_queue_carrying_only_the_queue_name() {
+    let db = database().await;
+    let pool = db.pool();
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool)
+        .await
+        .expect("listener");
+    listener.listen("skiplock_wake").await.expect("listen");
+
+    let mut tx = pool.begin().await.expect("begin");
+    let many = (0..1_000).map(|n| {
+        let queue = if n % 2 == 0 { "a" } else { "b" };
+        NewJob::with_options(&Record { n }, EnqueueOptions::new().queue(queue)).expect("job")
+    });
+    skiplock::enqueue_many(&mut *tx, many)
+        .await
+        .expect("enqueue_many");
+    for n in 0..10 {
+        skiplock::enqueue_with(&mut *tx, &Record { n }, EnqueueOptions::new().queue("a"))
+            .await
+            .expect("enqueue");
+    }
+    sqlx::query("SELECT skiplock.enqueue('record', '{}', queue => 'b')")
+        .execute(&mut *tx)
+        .await
+        .expect("SQL enqueue");
+    // Scheduled jobs are not runnable yet: no wake-up for queue c.
+    skiplock::enqueue_with(
+        &mut *tx,
+        &Record { n: 0 },
+        EnqueueOptions::new()
+            .queue("c")
+            .delay(Duration::from_secs(60)),
+    )
+    .await
+    .expect("enqueue");
+    tx.commit().await.expect("commit");
+
+    let mut payloads = Vec::new();
+    while let Ok(Ok(notification)) =
+        tokio::time::timeout(Duration::from_millis(300), listener.recv()).await
+    {
+        payloads.push(notification.payload().to_owned());
+    }
+    payloads.sort();
+    assert_eq!(payloads, ["a", "b"]);
+}

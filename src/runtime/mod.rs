@@ -460,6 +460,10 @@ impl WorkerHandle {
     ///
     /// # Errors
     /// [`WorkerError::Task`] if the worker's task panicked.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the shutdown, once begun, goes on in the background; only the wait for it
+    /// is dropped.
     pub async fn shutdown(self) -> Result<(), WorkerError> {
         self.stop.cancel();
         self.task.await.map_err(WorkerError::Task)

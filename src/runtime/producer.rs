@@ -166,3 +166,114 @@ pub(crate) struct Claim {
     /// Free slots at the time, i.e. the most it could have claimed.
     pub(crate) requested: usize,
 }
+
+#[cfg(all(test, feature = "embedded"))]
+mod tests {
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::runtime::registry::Registry;
+    use crate::testing::TestDatabase;
+    use crate::{EnqueueOptions, Handler, Job, JobContext, JobError, NewJob};
+
+    /// Runs until the test says so.
+    #[derive(Serialize, Deserialize)]
+    struct Hold;
+
+    impl Job for Hold {
+        const KIND: &'static str = "hold";
+    }
+
+    impl Handler<Arc<Notify>> for Hold {
+        type Output = ();
+
+        async fn handle(self, ctx: JobContext<Arc<Notify>>) -> Result<(), JobError> {
+            ctx.state().notified().await;
+            Ok(())
+        }
+    }
+
+    async fn available(pool: &PgPool) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM skiplock.jobs WHERE state = 'available'")
+            .fetch_one(pool)
+            .await
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn claims_no_more_than_its_free_slots() {
+        let db = TestDatabase::new().await.expect("database");
+        let jobs = (0..5).map(|_| NewJob::untyped("hold", json!(null), EnqueueOptions::new()));
+        crate::enqueue_many(db.pool(), jobs).await.expect("enqueue");
+
+        let mut registry = Registry::new();
+        registry.register::<Hold>();
+        let release = Arc::new(Notify::new());
+        let (completions, mut outcomes) = mpsc::channel(8);
+        let executor = Arc::new(Executor {
+            registry: Arc::new(registry),
+            state: release.clone(),
+            worker_id: "test".into(),
+            completions,
+            cancel: CancellationToken::new(),
+            abort: CancellationToken::new(),
+        });
+        let config = ProducerConfig {
+            queue: "default".into(),
+            concurrency: 3,
+            poll_interval: Duration::from_secs(1),
+            fetch_cooldown: Duration::ZERO,
+        };
+        let tracker = TaskTracker::new();
+        let producer = Producer::new(
+            config,
+            db.pool().clone(),
+            executor,
+            Arc::new(Notify::new()),
+            tracker.clone(),
+        );
+
+        let first = producer.run_once().await.expect("claim");
+        assert_eq!(
+            first,
+            Claim {
+                claimed: 3,
+                requested: 3
+            }
+        );
+        // Every slot is busy: nothing more is claimed, however much is waiting.
+        let busy = producer.run_once().await.expect("claim");
+        assert_eq!(
+            busy,
+            Claim {
+                claimed: 0,
+                requested: 0
+            }
+        );
+        assert_eq!(available(db.pool()).await, 2);
+
+        // One job finishes: exactly one slot frees up and one more job is claimed.
+        release.notify_one();
+        let finished = outcomes.recv().await.expect("an outcome");
+        assert_eq!(finished.attempt, 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let next = producer.run_once().await.expect("claim");
+        assert_eq!(
+            next,
+            Claim {
+                claimed: 1,
+                requested: 1
+            }
+        );
+        assert_eq!(available(db.pool()).await, 1);
+
+        for _ in 0..3 {
+            release.notify_one();
+            outcomes.recv().await.expect("an outcome");
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+}
