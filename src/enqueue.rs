@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgExecutor;
 
-use crate::Job;
 use crate::db;
+use crate::{Job, JobState};
 
 /// The error of enqueueing.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,8 @@ pub struct EnqueueOptions {
     run_at: Option<DateTime<Utc>>,
     delay: Option<Duration>,
     tags: Vec<String>,
+    timeout: Option<Duration>,
+    unique: Option<Unique>,
 }
 
 impl EnqueueOptions {
@@ -99,6 +101,75 @@ impl EnqueueOptions {
         self.tags.push(tag.into());
         self
     }
+
+    /// How long one attempt may run before it is cancelled (and, after the worker's cancel
+    /// timeout, dropped) and counted as a failed attempt. Wins over
+    /// [`Handler::timeout`](crate::Handler::timeout). Default: the kind's timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Makes the job unique: while a job with the same key is in one of the chosen states,
+    /// enqueueing returns that job's id instead of inserting another. Default: not unique.
+    pub fn unique(mut self, unique: Unique) -> Self {
+        self.unique = Some(unique);
+        self
+    }
+}
+
+/// How a job is unique: its key and the states in which it blocks duplicates.
+///
+/// Uniqueness is enforced by a partial unique index, so concurrent enqueuers (other
+/// transactions, processes, hosts) cannot both insert: one inserts, the others get its id.
+///
+/// ```
+/// use skiplock::{EnqueueOptions, JobState, Unique};
+///
+/// // At most one unfinished job per set of arguments:
+/// let options = EnqueueOptions::new().unique(Unique::by_args());
+/// // At most one "sync account 7" job waiting to run; a running one does not block a new one:
+/// let options = EnqueueOptions::new()
+///     .unique(Unique::key("sync:7").states([JobState::Scheduled, JobState::Available]));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unique {
+    key: Option<String>,
+    states: Vec<JobState>,
+}
+
+impl Unique {
+    /// The states in which a job blocks duplicates unless [`states`](Self::states) says
+    /// otherwise: every unfinished state (scheduled, available, running, retryable).
+    pub const DEFAULT_STATES: [JobState; 4] = [
+        JobState::Scheduled,
+        JobState::Available,
+        JobState::Running,
+        JobState::Retryable,
+    ];
+
+    /// Unique by kind and arguments: the key is `kind:sha256(args)`, computed by the database
+    /// from the canonical form of the JSON, so equal arguments always collide.
+    pub fn by_args() -> Self {
+        Self {
+            key: None,
+            states: Self::DEFAULT_STATES.to_vec(),
+        }
+    }
+
+    /// Unique by an explicit key, shared across kinds.
+    pub fn key(key: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            states: Self::DEFAULT_STATES.to_vec(),
+        }
+    }
+
+    /// The states in which a job blocks duplicates. Default: [`Unique::DEFAULT_STATES`].
+    pub fn states(mut self, states: impl IntoIterator<Item = JobState>) -> Self {
+        self.states = states.into_iter().collect();
+        self
+    }
 }
 
 /// A job ready to insert: its kind, serialized arguments and options. Built with
@@ -114,6 +185,8 @@ pub struct NewJob {
     run_at: Option<DateTime<Utc>>,
     delay_secs: Option<f64>,
     tags: Vec<String>,
+    timeout_secs: Option<f64>,
+    unique: Option<Unique>,
 }
 
 impl NewJob {
@@ -134,14 +207,13 @@ impl NewJob {
             kind: J::KIND.to_owned(),
             source,
         })?;
-        Ok(Self::build(
-            J::KIND,
-            args,
-            J::QUEUE,
-            J::PRIORITY,
-            J::MAX_ATTEMPTS,
-            options,
-        ))
+        let defaults = Defaults {
+            queue: J::QUEUE,
+            priority: J::PRIORITY,
+            max_attempts: J::MAX_ATTEMPTS,
+            timeout: J::TIMEOUT,
+        };
+        Ok(Self::build(J::KIND, args, defaults, options))
     }
 
     /// A job of any kind from raw JSON arguments, with the global defaults ([`DEFAULT_QUEUE`],
@@ -151,34 +223,30 @@ impl NewJob {
     /// [`DEFAULT_QUEUE`]: crate::DEFAULT_QUEUE
     /// [`DEFAULT_MAX_ATTEMPTS`]: crate::DEFAULT_MAX_ATTEMPTS
     pub fn untyped(kind: impl Into<String>, args: Value, options: EnqueueOptions) -> Self {
-        let kind = kind.into();
-        Self::build(
-            &kind,
-            args,
-            crate::DEFAULT_QUEUE,
-            0,
-            crate::DEFAULT_MAX_ATTEMPTS,
-            options,
-        )
+        let defaults = Defaults {
+            queue: crate::DEFAULT_QUEUE,
+            priority: 0,
+            max_attempts: crate::DEFAULT_MAX_ATTEMPTS,
+            timeout: None,
+        };
+        Self::build(&kind.into(), args, defaults, options)
     }
 
-    fn build(
-        kind: &str,
-        args: Value,
-        queue: &str,
-        priority: i16,
-        max_attempts: i32,
-        options: EnqueueOptions,
-    ) -> Self {
+    fn build(kind: &str, args: Value, defaults: Defaults, options: EnqueueOptions) -> Self {
         Self {
             kind: kind.to_owned(),
             args,
-            queue: options.queue.unwrap_or_else(|| queue.to_owned()),
-            priority: options.priority.unwrap_or(priority),
-            max_attempts: options.max_attempts.unwrap_or(max_attempts),
+            queue: options.queue.unwrap_or_else(|| defaults.queue.to_owned()),
+            priority: options.priority.unwrap_or(defaults.priority),
+            max_attempts: options.max_attempts.unwrap_or(defaults.max_attempts),
             run_at: options.run_at,
             delay_secs: options.delay.map(|delay| delay.as_secs_f64()),
             tags: options.tags,
+            timeout_secs: options
+                .timeout
+                .or(defaults.timeout)
+                .map(|timeout| timeout.as_secs_f64()),
+            unique: options.unique,
         }
     }
 
@@ -207,6 +275,20 @@ impl NewJob {
                 self.queue
             )));
         }
+        if self.timeout_secs.is_some_and(|secs| secs <= 0.0) {
+            return Err(EnqueueError::Invalid(
+                "timeout must be greater than zero".to_owned(),
+            ));
+        }
+        if self
+            .unique
+            .as_ref()
+            .is_some_and(|unique| unique.states.is_empty())
+        {
+            return Err(EnqueueError::Invalid(
+                "a unique job needs at least one state to be unique in".to_owned(),
+            ));
+        }
         if self.max_attempts < 1 {
             return Err(EnqueueError::Invalid(format!(
                 "max_attempts must be at least 1, got {}",
@@ -226,8 +308,17 @@ impl NewJob {
             run_at: self.run_at,
             delay_secs: self.delay_secs,
             tags: &self.tags,
+            timeout_secs: self.timeout_secs,
         }
     }
+}
+
+/// A kind's defaults, for [`NewJob::build`].
+struct Defaults {
+    queue: &'static str,
+    priority: i16,
+    max_attempts: i32,
+    timeout: Option<Duration>,
 }
 
 /// Enqueues `job` with its kind's defaults; returns the new job's id.
@@ -285,11 +376,22 @@ pub async fn enqueue_new<'e>(
     job: &NewJob,
 ) -> Result<i64, EnqueueError> {
     job.validate()?;
-    Ok(db::job::insert(executor, job.as_row()).await?)
+    let Some(unique) = &job.unique else {
+        return Ok(db::job::insert(executor, job.as_row()).await?);
+    };
+    let states: Vec<String> = unique
+        .states
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    let id = db::job::insert_unique(executor, job.as_row(), unique.key.as_deref(), &states).await?;
+    Ok(id)
 }
 
 /// Enqueues many jobs, of any kinds and queues, in ONE statement and round trip; returns their
-/// ids in input order. All of them or none are inserted.
+/// ids in input order. All of them or none are inserted. Unique jobs
+/// ([`EnqueueOptions::unique`]) are refused here: enqueue them one at a time with
+/// [`enqueue_new`], which can return the id of the job that already exists.
 ///
 /// Each column travels as a single array parameter, so there is no limit on the batch size
 /// but memory; batches of a few thousand keep each statement short. Workers are woken once per
@@ -322,6 +424,13 @@ pub async fn enqueue_many<'e>(
     let mut columns = db::job::InsertColumns::default();
     for job in jobs {
         job.validate()?;
+        if job.unique.is_some() {
+            return Err(EnqueueError::Invalid(format!(
+                "unique {:?} job in enqueue_many: enqueue unique jobs one at a time",
+                job.kind
+            )));
+        }
+        columns.timeout_secs.push(job.timeout_secs);
         columns.kinds.push(job.kind);
         columns.args.push(job.args);
         columns.queues.push(job.queue);

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use crate::db;
+use crate::runtime::running::{Attempt, StopReason};
 use crate::{Backoff, Job};
 
 /// A boxed error, as handlers may return any error type.
@@ -23,8 +26,12 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// - `Err(JobError::retryable(..))` — which is what `?` produces — runs again after
 ///   [`backoff`](Self::backoff) until `max_attempts` is used up, then `failed`;
 /// - `Err(JobError::permanent(..))`: `failed` at once;
+/// - `Err(JobError::snooze(delay))`: runs again after `delay` without using up an attempt;
 /// - a panic is caught and recorded as a failed attempt (retried like a retryable error); the
 ///   worker keeps running.
+///
+/// For database work that must happen exactly once, complete the job in the same transaction
+/// as the work with [`JobContext::complete_in`].
 ///
 /// Handlers run on the tokio runtime: blocking work (CPU-heavy loops, synchronous I/O) belongs
 /// in [`tokio::task::spawn_blocking`] so that it cannot stall other jobs and the worker's own
@@ -66,9 +73,10 @@ pub trait Handler<S = ()>: Job {
 
     /// Runs one attempt of the job.
     ///
-    /// The future may be dropped at an `.await` when the worker shuts down and the attempt
-    /// outlives the grace period: [`JobContext::cancellation`] fires first, so that a handler
-    /// can stop cleanly.
+    /// The future may be dropped at an `.await` when the attempt must stop — its timeout passed,
+    /// the job was cancelled, the worker is shutting down, or its lease was lost — and it has
+    /// not returned within the worker's cancel timeout: [`JobContext::cancellation`] fires
+    /// first, so that a handler can stop cleanly.
     fn handle(
         self,
         ctx: JobContext<S>,
@@ -87,7 +95,9 @@ pub trait Handler<S = ()>: Job {
 pub struct JobContext<S = ()> {
     pub(crate) meta: Arc<JobMeta>,
     pub(crate) state: S,
-    pub(crate) cancellation: CancellationToken,
+    pub(crate) attempt: Arc<Attempt>,
+    /// The worker's own pool, for progress updates.
+    pub(crate) pool: PgPool,
 }
 
 /// The metadata of one attempt.
@@ -156,18 +166,108 @@ impl<S> JobContext<S> {
         &self.state
     }
 
-    /// Fires when this attempt should stop: the worker is shutting down and the grace period
-    /// is over. A handler that does long work should `select!` on
-    /// [`cancelled()`](CancellationToken::cancelled) or check
-    /// [`is_cancelled()`](Self::is_cancelled) between steps.
+    /// Fires when this attempt should stop: the job was cancelled, its timeout passed, its
+    /// lease was lost, or the worker is shutting down and the grace period is over. A handler
+    /// that does long work should `select!` on [`cancelled()`](CancellationToken::cancelled) or
+    /// check [`is_cancelled()`](Self::is_cancelled) between steps; one that does not is dropped
+    /// at its next `.await` after the worker's cancel timeout.
     pub fn cancellation(&self) -> &CancellationToken {
-        &self.cancellation
+        &self.attempt.cancellation
     }
 
     /// Whether [`cancellation`](Self::cancellation) has fired.
     pub fn is_cancelled(&self) -> bool {
-        self.cancellation.is_cancelled()
+        self.attempt.cancellation.is_cancelled()
     }
+
+    /// Completes the job inside the caller's transaction, storing `output` as its result:
+    /// the job is `completed` exactly when that transaction commits, together with the
+    /// handler's own writes in it. This gives exactly-once effects for database work.
+    ///
+    /// Fenced: if this attempt no longer holds the job (its lease expired and the job was
+    /// rescued, or it was cancelled), nothing is written and [`ContextError::LeaseLost`] is
+    /// returned — roll the transaction back. After a successful call, return `Ok` from the
+    /// handler; the worker does not write the outcome again. If the transaction then rolls back
+    /// instead, the job stays `running` until its lease expires and is retried.
+    ///
+    /// ```no_run
+    /// # use skiplock::{JobContext, JobError};
+    /// # async fn handle(ctx: JobContext<sqlx::PgPool>, order_id: i64) -> Result<(), JobError> {
+    /// let mut tx = ctx.state().begin().await?;
+    /// sqlx::query("UPDATE orders SET paid = true WHERE id = $1")
+    ///     .bind(order_id)
+    ///     .execute(&mut *tx)
+    ///     .await?;
+    /// ctx.complete_in(&mut tx, &"paid").await?;
+    /// tx.commit().await?;
+    /// Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ContextError`] when the output does not serialize, the update fails, or the lease is
+    /// lost.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is committed until the caller commits its transaction.
+    pub async fn complete_in(
+        &self,
+        tx: &mut PgConnection,
+        output: &impl Serialize,
+    ) -> Result<(), ContextError> {
+        let result = serde_json::to_value(output).map_err(ContextError::Serialize)?;
+        let (id, lease_token) = (self.attempt.id, self.attempt.lease_token);
+        if !db::job::complete_one(tx, id, lease_token, &result).await? {
+            self.attempt.stop(StopReason::LeaseLost);
+            return Err(ContextError::LeaseLost(LeaseLost { job_id: id }));
+        }
+        self.attempt.mark_completed_in_tx();
+        Ok(())
+    }
+
+    /// Stores `progress` (any JSON: a percentage, a cursor, a step name) in the job's
+    /// `progress` column, where SQL and the dashboard can see it. Written on the worker's own
+    /// connections and fenced like every write after a claim.
+    ///
+    /// # Errors
+    /// [`ContextError`] when the value does not serialize, the update fails, or the lease is
+    /// lost (the cancellation token fires then too).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped midway, the progress may or may not have been stored.
+    pub async fn set_progress(&self, progress: &impl Serialize) -> Result<(), ContextError> {
+        let progress = serde_json::to_value(progress).map_err(ContextError::Serialize)?;
+        let (id, lease_token) = (self.attempt.id, self.attempt.lease_token);
+        if !db::job::set_progress(&self.pool, id, lease_token, &progress).await? {
+            self.attempt.stop(StopReason::LeaseLost);
+            return Err(ContextError::LeaseLost(LeaseLost { job_id: id }));
+        }
+        Ok(())
+    }
+}
+
+/// This attempt no longer holds its job: the lease expired and the job was rescued (and may be
+/// running elsewhere), or it was cancelled. Nothing was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("job {job_id}: this attempt no longer holds the job's lease")]
+pub struct LeaseLost {
+    /// The job's id.
+    pub job_id: i64,
+}
+
+/// The error of [`JobContext::complete_in`] and [`JobContext::set_progress`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContextError {
+    /// The attempt no longer holds the job; roll back whatever it was doing.
+    #[error(transparent)]
+    LeaseLost(LeaseLost),
+    /// The value does not serialize to JSON.
+    #[error("could not serialize the value")]
+    Serialize(#[source] serde_json::Error),
+    /// The update failed.
+    #[error("could not update the job")]
+    Database(#[from] sqlx::Error),
 }
 
 /// Why a handler failed, and whether the job may be retried.
@@ -177,15 +277,27 @@ impl<S> JobContext<S> {
 /// `JobError` keeps its source; the message stored in the job's `errors` column is the source's
 /// whole chain (`outer: inner: root`).
 pub struct JobError {
-    permanent: bool,
+    kind: ErrorKind,
     source: BoxError,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ErrorKind {
+    Retryable,
+    Permanent,
+    Snooze(Duration),
+}
+
+/// Why a job was snoozed, for [`JobError::source`].
+#[derive(Debug, thiserror::Error)]
+#[error("snoozed for {0:?}")]
+struct Snoozed(Duration);
 
 impl JobError {
     /// A failure worth retrying after backoff (a timeout, a 503).
     pub fn retryable(error: impl Into<BoxError>) -> Self {
         Self {
-            permanent: false,
+            kind: ErrorKind::Retryable,
             source: error.into(),
         }
     }
@@ -193,14 +305,32 @@ impl JobError {
     /// A failure no retry can fix: the job goes straight to `failed`.
     pub fn permanent(error: impl Into<BoxError>) -> Self {
         Self {
-            permanent: true,
+            kind: ErrorKind::Permanent,
             source: error.into(),
+        }
+    }
+
+    /// Not a failure: run the job again after `delay`, without using up an attempt (the next
+    /// run has the same attempt number) and without an entry in `errors`. For "not yet" —
+    /// waiting for an upstream export, a rate limit window.
+    pub fn snooze(delay: Duration) -> Self {
+        Self {
+            kind: ErrorKind::Snooze(delay),
+            source: Box::new(Snoozed(delay)),
         }
     }
 
     /// Whether the job must not be retried.
     pub fn is_permanent(&self) -> bool {
-        self.permanent
+        self.kind == ErrorKind::Permanent
+    }
+
+    /// The delay asked for by [`JobError::snooze`], if this is one.
+    pub fn snoozed_for(&self) -> Option<Duration> {
+        match self.kind {
+            ErrorKind::Snooze(delay) => Some(delay),
+            _ => None,
+        }
     }
 
     /// The underlying error.
@@ -223,7 +353,7 @@ impl<E: Into<BoxError>> From<E> for JobError {
 impl fmt::Debug for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobError")
-            .field("permanent", &self.permanent)
+            .field("kind", &self.kind)
             .field("source", &self.source)
             .finish()
     }

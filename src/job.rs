@@ -58,6 +58,11 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     /// Attempts by default, the first one included (at least 1). Defaults to
     /// [`DEFAULT_MAX_ATTEMPTS`].
     const MAX_ATTEMPTS: i32 = DEFAULT_MAX_ATTEMPTS;
+
+    /// How long one attempt may run by default: stored with each job at enqueue time, so it
+    /// holds whichever worker runs the job. Defaults to `None`: the worker's
+    /// [`job_timeout`](crate::WorkerBuilder::job_timeout), if any.
+    const TIMEOUT: Option<std::time::Duration> = None;
 }
 
 /// The state of a job; see `docs/schema.md` for every transition.
@@ -166,14 +171,23 @@ pub struct JobRow {
     pub result: Option<Value>,
     /// Free-form labels given at enqueue time.
     pub tags: Vec<String>,
+    /// The latest progress its handler reported
+    /// ([`JobContext::set_progress`](crate::JobContext::set_progress)).
+    pub progress: Option<Value>,
+    /// How long one attempt may run; `None`: the worker's default.
+    pub timeout: Option<std::time::Duration>,
+    /// When somebody asked to cancel it.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// Its unique key, for unique jobs.
+    pub unique_key: Option<String>,
 }
 
-/// The error of [`get_job`].
+/// The error of [`get_job`], [`cancel`] and [`retry`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum GetJobError {
+pub enum JobQueryError {
     /// The query failed.
-    #[error("could not read job")]
+    #[error("job query failed")]
     Database(#[from] sqlx::Error),
     /// The row holds a state this version of skiplock does not know (a newer schema).
     #[error("job has a state this version does not know")]
@@ -183,14 +197,14 @@ pub enum GetJobError {
 /// Reads one job by id; `None` when there is no such job.
 ///
 /// # Errors
-/// [`GetJobError`] when the query fails.
+/// [`JobQueryError`] when the query fails.
 ///
 /// # Cancel safety
 /// Cancel safe: it only reads.
 pub async fn get_job<'e>(
     executor: impl PgExecutor<'e>,
     id: i64,
-) -> Result<Option<JobRow>, GetJobError> {
+) -> Result<Option<JobRow>, JobQueryError> {
     let Some(row) = db::job::get(executor, id).await? else {
         return Ok(None);
     };
@@ -212,5 +226,50 @@ pub async fn get_job<'e>(
         errors: row.errors,
         result: row.result,
         tags: row.tags,
+        progress: row.progress,
+        timeout: row
+            .timeout_secs
+            .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok()),
+        cancel_requested_at: row.cancel_requested_at,
+        unique_key: row.unique_key,
     }))
+}
+
+/// Cancels a job, like the SQL function `skiplock.cancel(id)`: a waiting job (scheduled,
+/// available, retryable) becomes `cancelled` at once; a running job is asked to stop — its
+/// worker hears of it through `NOTIFY` (or its next heartbeat), fires the job's cancellation
+/// token, drops the handler if it has not returned after the worker's cancel timeout, and
+/// records the job as `cancelled`. Finished jobs are left alone.
+///
+/// Returns the job's state after the call (`Running` for a running job that was asked to
+/// stop), or `None` when there is no such job. Inside a transaction, nothing happens unless it
+/// commits.
+///
+/// # Errors
+/// [`JobQueryError`] when the query fails.
+///
+/// # Cancel safety
+/// Not cancel safe on a pool: dropped after the statement was sent, the job may or may not have
+/// been cancelled.
+pub async fn cancel<'e>(
+    executor: impl PgExecutor<'e>,
+    id: i64,
+) -> Result<Option<JobState>, JobQueryError> {
+    Ok(db::job::cancel(executor, id)
+        .await?
+        .map(|state| state.parse())
+        .transpose()?)
+}
+
+/// Puts a `failed` or `cancelled` job back in its queue to run now, like the SQL function
+/// `skiplock.retry(id)`; a job that had used all its attempts gets one more. Returns whether the
+/// job was put back (`false` for jobs in any other state, or no such job).
+///
+/// # Errors
+/// [`JobQueryError`] when the query fails.
+///
+/// # Cancel safety
+/// As [`cancel`].
+pub async fn retry<'e>(executor: impl PgExecutor<'e>, id: i64) -> Result<bool, JobQueryError> {
+    Ok(db::job::retry(executor, id).await?)
 }

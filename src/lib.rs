@@ -82,12 +82,12 @@ pub mod testing;
 
 pub use crate::backoff::Backoff;
 pub use crate::enqueue::{
-    EnqueueError, EnqueueOptions, NewJob, enqueue, enqueue_many, enqueue_new, enqueue_with,
+    EnqueueError, EnqueueOptions, NewJob, Unique, enqueue, enqueue_many, enqueue_new, enqueue_with,
 };
-pub use crate::handler::{BoxError, Handler, JobContext, JobError};
+pub use crate::handler::{BoxError, ContextError, Handler, JobContext, JobError, LeaseLost};
 pub use crate::job::{
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, GetJobError, Job, JobRow, JobState, ParseJobStateError,
-    get_job,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job, JobQueryError, JobRow, JobState, ParseJobStateError,
+    cancel, get_job, retry,
 };
 pub use crate::migrate::{MIGRATIONS, MigrateError, MigrateReport, Migration, migrate, script};
 pub use crate::runtime::{Worker, WorkerBuilder, WorkerError, WorkerHandle};

@@ -23,11 +23,18 @@ pub struct Migration {
 const BOOTSTRAP: &str = include_str!("../migrations/bootstrap.sql");
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "jobs",
-    sql: include_str!("../migrations/0001_jobs.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "jobs",
+        sql: include_str!("../migrations/0001_jobs.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "reliability",
+        sql: include_str!("../migrations/0002_reliability.sql"),
+    },
+];
 
 /// The error of [`migrate`].
 #[derive(Debug, thiserror::Error)]

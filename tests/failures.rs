@@ -186,27 +186,29 @@ async fn undecodable_args_fail_once_with_a_clear_error() {
 }
 
 #[tokio::test]
-async fn unknown_kinds_are_retried_then_failed() {
+async fn kinds_a_worker_does_not_know_wait_for_one_that_does() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
+    // This worker only knows `fail`: it must leave the `record` job alone, not fail it.
+    let other = worker(pool)
+        .register::<Fail>()
+        .build()
+        .expect("worker")
+        .start();
+    let id = skiplock::enqueue(pool, &Record { n: 4 })
+        .await
+        .expect("enqueue");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let row = job(pool, id).await;
+    assert_eq!((row.state, row.attempt), (JobState::Available, 0));
+
+    let knows = worker(pool)
         .register::<Record>()
         .build()
         .expect("worker")
         .start();
-    let id = skiplock::enqueue_new(
-        pool,
-        &NewJob::untyped(
-            "nobody_handles_this",
-            json!({}),
-            EnqueueOptions::new().max_attempts(1),
-        ),
-    )
-    .await
-    .expect("enqueue");
-    wait_for_state(pool, "failed", 1, Duration::from_secs(10)).await;
-    running.shutdown().await.expect("shutdown");
-
-    let row = job(pool, id).await;
-    assert_eq!(error_kinds(&row.errors), ["unknown_kind"]);
+    wait_for_state(pool, "completed", 1, Duration::from_secs(10)).await;
+    other.shutdown().await.expect("shutdown");
+    knows.shutdown().await.expect("shutdown");
+    assert_eq!(job(pool, id).await.result, Some(json!(8)));
 }

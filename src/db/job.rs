@@ -14,6 +14,7 @@ pub(crate) struct InsertRow<'a> {
     pub(crate) run_at: Option<DateTime<Utc>>,
     pub(crate) delay_secs: Option<f64>,
     pub(crate) tags: &'a [String],
+    pub(crate) timeout_secs: Option<f64>,
 }
 
 /// Inserts one job; returns its id.
@@ -23,9 +24,11 @@ pub(crate) async fn insert<'e>(
 ) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"
-        INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, run_at, tags, state)
+        INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, run_at, tags, state,
+                                   timeout_secs)
         SELECT $1, $2, $3, $4, $5, t.run_at, $8,
-               CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END::skiplock.job_state
+               CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END::skiplock.job_state,
+               $9
         FROM (SELECT coalesce($6, now() + make_interval(secs => coalesce($7::float8, 0))) AS run_at) AS t
         RETURNING id
         "#,
@@ -37,6 +40,42 @@ pub(crate) async fn insert<'e>(
         row.run_at,
         row.delay_secs,
         row.tags,
+        row.timeout_secs,
+    )
+    .fetch_one(executor)
+    .await
+}
+
+/// Inserts one unique job through `skiplock.enqueue`, which returns the id of the existing job
+/// with the same key (in one of `unique_states`) instead of inserting a second one. The
+/// key is `unique_key`, or derived from kind and args when that is `None`.
+pub(crate) async fn insert_unique<'e>(
+    executor: impl PgExecutor<'e>,
+    row: InsertRow<'_>,
+    unique_key: Option<&str>,
+    unique_states: &[String],
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT skiplock.enqueue(
+            kind => $1, args => $2, queue => $3, priority => $4, max_attempts => $5,
+            run_at => coalesce($6, now() + make_interval(secs => coalesce($7::float8, 0))),
+            tags => $8, timeout_secs => $9,
+            unique_key => $10, unique_by_args => $10::text IS NULL,
+            unique_states => $11::text[]::skiplock.job_state[]
+        ) AS "id!"
+        "#,
+        row.kind,
+        row.args,
+        row.queue,
+        i32::from(row.priority),
+        row.max_attempts,
+        row.run_at,
+        row.delay_secs,
+        row.tags,
+        row.timeout_secs,
+        unique_key,
+        unique_states,
     )
     .fetch_one(executor)
     .await
@@ -52,6 +91,7 @@ pub(crate) struct InsertColumns {
     pub(crate) max_attempts: Vec<i32>,
     pub(crate) run_ats: Vec<Option<DateTime<Utc>>>,
     pub(crate) delay_secs: Vec<Option<f64>>,
+    pub(crate) timeout_secs: Vec<Option<f64>>,
     /// Each job's tags as a JSON array of strings: PostgreSQL arrays must be rectangular, so a
     /// `text[][]` parameter cannot carry tag lists of different lengths.
     pub(crate) tags: Vec<Value>,
@@ -67,13 +107,16 @@ pub(crate) async fn insert_many<'e>(
     // the returned ids restores input order even if RETURNING ever yields them differently.
     let mut ids = sqlx::query_scalar!(
         r#"
-        INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, run_at, tags, state)
+        INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, run_at, tags, state,
+                                   timeout_secs)
         SELECT t.kind, t.args, t.queue, t.priority, t.max_attempts, r.run_at,
                ARRAY(SELECT jsonb_array_elements_text(t.tags)),
-               CASE WHEN r.run_at > now() THEN 'scheduled' ELSE 'available' END::skiplock.job_state
+               CASE WHEN r.run_at > now() THEN 'scheduled' ELSE 'available' END::skiplock.job_state,
+               t.timeout_secs
         FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::smallint[], $5::int[],
-                    $6::timestamptz[], $7::float8[], $8::jsonb[])
-             WITH ORDINALITY AS t(kind, args, queue, priority, max_attempts, run_at, delay_secs, tags, ord)
+                    $6::timestamptz[], $7::float8[], $8::jsonb[], $9::float8[])
+             WITH ORDINALITY AS t(kind, args, queue, priority, max_attempts, run_at, delay_secs, tags,
+                                  timeout_secs, ord)
         CROSS JOIN LATERAL
              (SELECT coalesce(t.run_at, now() + make_interval(secs => coalesce(t.delay_secs, 0))) AS run_at) AS r
         ORDER BY t.ord
@@ -87,6 +130,7 @@ pub(crate) async fn insert_many<'e>(
         &columns.run_ats as &[Option<DateTime<Utc>>],
         &columns.delay_secs as &[Option<f64>],
         &columns.tags,
+        &columns.timeout_secs as &[Option<f64>],
     )
     .fetch_all(executor)
     .await?;
@@ -105,6 +149,8 @@ pub(crate) struct Claimed {
     pub(crate) max_attempts: i32,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) tags: Vec<String>,
+    pub(crate) lease_token: i64,
+    pub(crate) timeout_secs: Option<f64>,
 }
 
 /// Claims up to `limit` available jobs of `queue` for `worker_id`, in claim order.
@@ -119,15 +165,19 @@ pub(crate) struct Claimed {
 /// - The CTE is `MATERIALIZED` so that it is a fence: the LIMIT and the row locks are taken once,
 ///   in the inner scan, before the UPDATE joins against the result. Inlined, the planner may turn
 ///   it into a join that re-evaluates the subquery and locks rows the UPDATE then skips.
+/// - Only kinds this worker can run are claimed: workers with different handlers may share a
+///   queue, and a job of a kind no running worker knows waits for one that does.
 /// - One statement claims the whole batch (as many jobs as the producer has free slots): one
 ///   round trip and one commit for N jobs instead of N.
-/// - `attempt` is bumped here: `(id, attempt)` is the fencing token every later write matches.
+/// - Each claimed row gets a fresh `lease_token`: every later write on the job (heartbeat,
+///   progress, completion) must present it, so a worker that lost the job changes nothing.
 pub(crate) async fn claim<'e>(
     executor: impl PgExecutor<'e>,
     queue: &str,
     limit: i64,
     worker_id: &str,
     lease_secs: f64,
+    kinds: &[String],
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as!(
         Claimed,
@@ -135,7 +185,7 @@ pub(crate) async fn claim<'e>(
         WITH picked AS MATERIALIZED (
             SELECT id
             FROM skiplock.jobs
-            WHERE state = 'available' AND queue = $1
+            WHERE state = 'available' AND queue = $1 AND kind = ANY($5)
             ORDER BY priority, run_at, id
             LIMIT $2
             FOR UPDATE SKIP LOCKED
@@ -145,16 +195,18 @@ pub(crate) async fn claim<'e>(
             attempt = j.attempt + 1,
             attempted_at = now(),
             attempted_by = array_append(j.attempted_by, $3),
-            lease_expires_at = now() + make_interval(secs => $4)
+            lease_expires_at = now() + make_interval(secs => $4),
+            lease_token = nextval('skiplock.lease_token_seq')
         FROM picked
         WHERE j.id = picked.id
         RETURNING j.id, j.kind, j.queue, j.args, j.priority, j.attempt, j.max_attempts,
-                  j.created_at, j.tags
+                  j.created_at, j.tags, j.lease_token AS "lease_token!", j.timeout_secs
         "#,
         queue,
         limit,
         worker_id,
         lease_secs,
+        kinds,
     )
     .fetch_all(executor)
     .await
@@ -164,9 +216,13 @@ pub(crate) async fn claim<'e>(
 #[derive(Default)]
 pub(crate) struct Outcomes {
     pub(crate) ids: Vec<i64>,
-    pub(crate) attempts: Vec<i32>,
-    /// The new state's name: `completed`, `failed`, `retryable` or `available`.
+    pub(crate) lease_tokens: Vec<i64>,
+    /// The new state's name: `completed`, `failed`, `cancelled`, `retryable`, `available`
+    /// (interrupted) or `scheduled` (snoozed).
     pub(crate) states: Vec<String>,
+    /// Whether the attempt is given back (snoozed or interrupted jobs): `attempt` goes down by
+    /// one, so the next claim runs the same attempt number again.
+    pub(crate) give_back: Vec<bool>,
     pub(crate) results: Vec<Option<Value>>,
     pub(crate) error_kinds: Vec<Option<String>>,
     pub(crate) error_messages: Vec<Option<String>>,
@@ -182,9 +238,9 @@ impl Outcomes {
 
 /// Records the outcome of many attempts in one statement; returns the ids it changed.
 ///
-/// Fenced: a row changes only while it is still `running` the very attempt that finished. A
-/// stale write (the job was rescued, cancelled or re-claimed meanwhile) changes nothing, and its
-/// id is missing from the result.
+/// Fenced: a row changes only while it is still `running` under the lease token of the attempt
+/// that finished. A stale write (the job was rescued or re-claimed meanwhile) changes nothing,
+/// and its id is missing from the result.
 pub(crate) async fn complete_many<'e>(
     executor: impl PgExecutor<'e>,
     outcomes: &Outcomes,
@@ -194,35 +250,237 @@ pub(crate) async fn complete_many<'e>(
         UPDATE skiplock.jobs AS j
         SET state = o.state::skiplock.job_state,
             result = o.result,
+            attempt = CASE WHEN o.give_back THEN j.attempt - 1 ELSE j.attempt END,
             errors = CASE WHEN o.error_kind IS NULL THEN j.errors
                           ELSE j.errors || jsonb_build_array(jsonb_build_object(
-                                 'attempt', o.attempt,
+                                 'attempt', j.attempt,
                                  'at', now(),
                                  'kind', o.error_kind,
                                  'message', o.error_message,
                                  'worker', j.attempted_by[cardinality(j.attempted_by)]))
                      END,
-            finished_at = CASE WHEN o.state IN ('completed', 'failed') THEN now() END,
-            run_at = CASE WHEN o.state IN ('retryable', 'available')
+            finished_at = CASE WHEN o.state IN ('completed', 'failed', 'cancelled') THEN now() END,
+            run_at = CASE WHEN o.state IN ('retryable', 'available', 'scheduled')
                           THEN now() + make_interval(secs => o.retry_in_secs)
                           ELSE j.run_at END,
-            lease_expires_at = NULL
-        FROM unnest($1::bigint[], $2::int[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
-                    $7::float8[])
-             AS o(id, attempt, state, result, error_kind, error_message, retry_in_secs)
-        WHERE j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
+            lease_expires_at = NULL,
+            lease_token = NULL
+        FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
+                    $7::float8[], $8::bool[])
+             AS o(id, lease_token, state, result, error_kind, error_message, retry_in_secs, give_back)
+        WHERE j.id = o.id AND j.lease_token = o.lease_token AND j.state = 'running'
         RETURNING j.id
         "#,
         &outcomes.ids,
-        &outcomes.attempts,
+        &outcomes.lease_tokens,
         &outcomes.states,
         &outcomes.results as &[Option<Value>],
         &outcomes.error_kinds as &[Option<String>],
         &outcomes.error_messages as &[Option<String>],
         &outcomes.retry_in_secs,
+        &outcomes.give_back,
     )
     .fetch_all(executor)
     .await
+}
+
+/// Completes one running job inside the caller's transaction (transactional completion);
+/// returns `false`, changing nothing, when the lease token is stale.
+pub(crate) async fn complete_one<'e>(
+    executor: impl PgExecutor<'e>,
+    id: i64,
+    lease_token: i64,
+    result: &Value,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query!(
+        r#"
+        UPDATE skiplock.jobs
+        SET state = 'completed', result = $3, finished_at = now(),
+            lease_expires_at = NULL, lease_token = NULL
+        WHERE id = $1 AND lease_token = $2 AND state = 'running'
+        "#,
+        id,
+        lease_token,
+        result,
+    )
+    .execute(executor)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
+/// Stores a running job's progress; returns `false`, changing nothing, when the lease token is
+/// stale.
+pub(crate) async fn set_progress<'e>(
+    executor: impl PgExecutor<'e>,
+    id: i64,
+    lease_token: i64,
+    progress: &Value,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query!(
+        r#"
+        UPDATE skiplock.jobs SET progress = $3
+        WHERE id = $1 AND lease_token = $2 AND state = 'running'
+        "#,
+        id,
+        lease_token,
+        progress,
+    )
+    .execute(executor)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
+/// A renewed lease, as [`heartbeat`] reports it.
+pub(crate) struct Renewed {
+    pub(crate) id: i64,
+    pub(crate) cancel_requested: bool,
+}
+
+/// Extends the leases of the given running jobs (fenced by their tokens) to `now() + lease`,
+/// and records the worker's heartbeat. Jobs missing from the result are no longer this
+/// worker's. `cancel_requested` tells which of them somebody asked to cancel.
+pub(crate) async fn heartbeat<'e>(
+    executor: impl PgExecutor<'e>,
+    ids: &[i64],
+    lease_tokens: &[i64],
+    lease_secs: f64,
+    worker: &WorkerRow<'_>,
+) -> Result<Vec<Renewed>, sqlx::Error> {
+    sqlx::query_as!(
+        Renewed,
+        r#"
+        WITH alive AS (
+            INSERT INTO skiplock.workers (id, host, pid, queues)
+            VALUES ($4, $5, $6, $7)
+            ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+        )
+        UPDATE skiplock.jobs AS j
+        SET lease_expires_at = now() + make_interval(secs => $3)
+        FROM unnest($1::bigint[], $2::bigint[]) AS l(id, lease_token)
+        WHERE j.id = l.id AND j.lease_token = l.lease_token AND j.state = 'running'
+        RETURNING j.id, j.cancel_requested_at IS NOT NULL AS "cancel_requested!"
+        "#,
+        ids,
+        lease_tokens,
+        lease_secs,
+        worker.id,
+        worker.host,
+        worker.pid,
+        worker.queues,
+    )
+    .fetch_all(executor)
+    .await
+}
+
+/// A worker's row in `skiplock.workers`.
+pub(crate) struct WorkerRow<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) host: &'a str,
+    pub(crate) pid: i32,
+    pub(crate) queues: &'a [String],
+}
+
+/// Removes a worker's row when it stops cleanly.
+pub(crate) async fn delete_worker<'e>(
+    executor: impl PgExecutor<'e>,
+    id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!("DELETE FROM skiplock.workers WHERE id = $1", id)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Removes the rows of workers whose last heartbeat is older than `max_age_secs`; returns
+/// their ids.
+pub(crate) async fn delete_dead_workers<'e>(
+    executor: impl PgExecutor<'e>,
+    max_age_secs: f64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        DELETE FROM skiplock.workers
+        WHERE heartbeat_at < now() - make_interval(secs => $1)
+        RETURNING id
+        "#,
+        max_age_secs,
+    )
+    .fetch_all(executor)
+    .await
+}
+
+/// What [`rescue_expired`] did to one job.
+pub(crate) struct Rescued {
+    pub(crate) id: i64,
+    pub(crate) state: String,
+}
+
+/// Takes back up to `limit` running jobs whose lease has expired (their worker died, hung or
+/// lost the database): `retryable` after a backoff of `min(2^attempt, 600)` seconds, `failed`
+/// when it was the last attempt, `cancelled` when a cancel was requested. Each gets a
+/// `worker_lost` entry in `errors`. Safe with several rescuers: rows are locked and skipped.
+pub(crate) async fn rescue_expired<'e>(
+    executor: impl PgExecutor<'e>,
+    limit: i64,
+) -> Result<Vec<Rescued>, sqlx::Error> {
+    sqlx::query_as!(
+        Rescued,
+        r#"
+        WITH expired AS MATERIALIZED (
+            SELECT id,
+                   CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                        WHEN attempt >= max_attempts THEN 'failed'
+                        ELSE 'retryable' END::skiplock.job_state AS new_state
+            FROM skiplock.jobs
+            WHERE state = 'running' AND lease_expires_at < now()
+            ORDER BY lease_expires_at
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        ),
+        rescued AS (
+            UPDATE skiplock.jobs AS j
+            SET state = e.new_state,
+                finished_at = CASE WHEN e.new_state IN ('failed', 'cancelled') THEN now() END,
+                run_at = CASE WHEN e.new_state = 'retryable'
+                              THEN now() + make_interval(secs => least(power(2, j.attempt), 600))
+                              ELSE j.run_at END,
+                lease_expires_at = NULL,
+                lease_token = NULL,
+                errors = j.errors || jsonb_build_array(jsonb_build_object(
+                    'attempt', j.attempt,
+                    'at', now(),
+                    'kind', 'worker_lost',
+                    'message', 'the worker stopped renewing its lease (it died, hung or lost the database)',
+                    'worker', j.attempted_by[cardinality(j.attempted_by)]))
+            FROM expired AS e
+            WHERE j.id = e.id
+            RETURNING j.id, j.state
+        )
+        SELECT id AS "id!", state::text AS "state!" FROM rescued
+        "#,
+        limit,
+    )
+    .fetch_all(executor)
+    .await
+}
+
+/// `skiplock.cancel(id)`: the job's state after the call, or `None` if there is no such job.
+pub(crate) async fn cancel<'e>(
+    executor: impl PgExecutor<'e>,
+    id: i64,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT skiplock.cancel($1)::text AS "state""#, id)
+        .fetch_one(executor)
+        .await
+}
+
+/// `skiplock.retry(id)`: whether the job was put back.
+pub(crate) async fn retry<'e>(executor: impl PgExecutor<'e>, id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT skiplock.retry($1) AS "retried!""#, id)
+        .fetch_one(executor)
+        .await
 }
 
 /// Makes up to `limit` scheduled or retryable jobs whose `run_at` has passed `available`, and
@@ -293,6 +551,10 @@ pub(crate) struct Row {
     pub(crate) errors: Value,
     pub(crate) result: Option<Value>,
     pub(crate) tags: Vec<String>,
+    pub(crate) progress: Option<Value>,
+    pub(crate) timeout_secs: Option<f64>,
+    pub(crate) cancel_requested_at: Option<DateTime<Utc>>,
+    pub(crate) unique_key: Option<String>,
 }
 
 /// Reads one job by id.
@@ -305,7 +567,7 @@ pub(crate) async fn get<'e>(
         r#"
         SELECT id, queue, kind, args, state::text AS "state!", priority, attempt, max_attempts,
                run_at, created_at, attempted_at, finished_at, lease_expires_at, attempted_by,
-               errors, result, tags
+               errors, result, tags, progress, timeout_secs, cancel_requested_at, unique_key
         FROM skiplock.jobs
         WHERE id = $1
         "#,

@@ -15,3 +15,7 @@ pub(crate) mod migration;
 
 /// The channel idle workers LISTEN on; the payload of each notification is a queue name.
 pub(crate) const WAKE_CHANNEL: &str = "skiplock_wake";
+
+/// The channel `skiplock.cancel()` notifies when it asks a running job to stop; the payload is
+/// the job's id.
+pub(crate) const CANCEL_CHANNEL: &str = "skiplock_cancel";

@@ -26,11 +26,11 @@ pub(crate) const RETRY_FOR: Duration = Duration::from_secs(120);
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
-/// The end of one attempt, fenced by `(id, attempt)`.
+/// The end of one attempt, fenced by its lease token.
 #[derive(Debug)]
 pub(crate) struct Completion {
     pub(crate) id: i64,
-    pub(crate) attempt: i32,
+    pub(crate) lease_token: i64,
     pub(crate) outcome: Outcome,
 }
 
@@ -50,6 +50,18 @@ pub(crate) enum Outcome {
         error_kind: &'static str,
         message: String,
     },
+    /// Cancelled while running.
+    Cancelled {
+        error_kind: &'static str,
+        message: String,
+    },
+    /// Stopped by a worker shutdown: straight back to `available`, attempt given back.
+    Interrupted {
+        error_kind: &'static str,
+        message: String,
+    },
+    /// Run again after `after`, attempt given back, no error recorded.
+    Snoozed { after: Duration },
 }
 
 /// Configuration of the [`Completer`].
@@ -174,8 +186,8 @@ impl Completer {
 fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
     let mut columns = db::job::Outcomes::default();
     for completion in batch {
-        let (state, result, error_kind, message, after) = match completion.outcome {
-            Outcome::Completed(output) => ("completed", Some(output), None, None, 0.0),
+        let (state, result, error, after, give_back) = match completion.outcome {
+            Outcome::Completed(output) => ("completed", Some(output), None, Duration::ZERO, false),
             Outcome::Retry {
                 error_kind,
                 message,
@@ -186,21 +198,56 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
                 } else {
                     "retryable"
                 };
-                let after = after.as_secs_f64();
-                (state, None, Some(error_kind), Some(message), after)
+                (state, None, Some((error_kind, message)), after, false)
             }
             Outcome::Failed {
                 error_kind,
                 message,
-            } => ("failed", None, Some(error_kind), Some(message), 0.0),
+            } => (
+                "failed",
+                None,
+                Some((error_kind, message)),
+                Duration::ZERO,
+                false,
+            ),
+            Outcome::Cancelled {
+                error_kind,
+                message,
+            } => (
+                "cancelled",
+                None,
+                Some((error_kind, message)),
+                Duration::ZERO,
+                false,
+            ),
+            Outcome::Interrupted {
+                error_kind,
+                message,
+            } => (
+                "available",
+                None,
+                Some((error_kind, message)),
+                Duration::ZERO,
+                true,
+            ),
+            Outcome::Snoozed { after } => {
+                let state = if after.is_zero() {
+                    "available"
+                } else {
+                    "scheduled"
+                };
+                (state, None, None, after, true)
+            }
         };
+        let (error_kind, message) = error.unzip();
         columns.ids.push(completion.id);
-        columns.attempts.push(completion.attempt);
+        columns.lease_tokens.push(completion.lease_token);
         columns.states.push(state.to_owned());
         columns.results.push(result);
         columns.error_kinds.push(error_kind.map(str::to_owned));
         columns.error_messages.push(message);
-        columns.retry_in_secs.push(after);
+        columns.retry_in_secs.push(after.as_secs_f64());
+        columns.give_back.push(give_back);
     }
     columns
 }
@@ -213,21 +260,38 @@ mod tests {
     use crate::testing::TestDatabase;
     use crate::{EnqueueOptions, JobState, NewJob};
 
-    async fn claimed(db: &TestDatabase, n: usize) -> Vec<i64> {
+    /// Claims `n` new jobs; returns their (id, lease token).
+    async fn claimed(db: &TestDatabase, n: usize) -> Vec<(i64, i64)> {
         let jobs = (0..n).map(|_| NewJob::untyped("k", json!({}), EnqueueOptions::new()));
         crate::enqueue_many(db.pool(), jobs).await.expect("enqueue");
-        let claimed = db::job::claim(db.pool(), "default", n as i64, "w", 60.0)
+        let kinds = ["k".to_owned()];
+        let claimed = db::job::claim(db.pool(), "default", n as i64, "w", 60.0, &kinds)
             .await
             .expect("claim");
-        claimed.into_iter().map(|job| job.id).collect()
+        claimed
+            .into_iter()
+            .map(|job| (job.id, job.lease_token))
+            .collect()
+    }
+
+    fn completer(db: &TestDatabase) -> (mpsc::Sender<Completion>, Completer) {
+        let (sender, receiver) = mpsc::channel(8);
+        let config = CompleterConfig::default();
+        (sender, Completer::new(db.pool().clone(), config, receiver))
+    }
+
+    async fn row(db: &TestDatabase, id: i64) -> crate::JobRow {
+        crate::get_job(db.pool(), id)
+            .await
+            .expect("get")
+            .expect("row")
     }
 
     #[tokio::test]
     async fn records_every_outcome_in_one_batch() {
         let db = TestDatabase::new().await.expect("database");
-        let ids = claimed(&db, 3).await;
-        let (sender, receiver) = mpsc::channel(8);
-        let mut completer = Completer::new(db.pool().clone(), CompleterConfig::default(), receiver);
+        let jobs = claimed(&db, 5).await;
+        let (sender, mut completer) = completer(&db);
         let outcomes = [
             Outcome::Completed(json!({"ok": true})),
             Outcome::Retry {
@@ -239,11 +303,18 @@ mod tests {
                 error_kind: "permanent",
                 message: "no".into(),
             },
+            Outcome::Interrupted {
+                error_kind: "interrupted",
+                message: "shutdown".into(),
+            },
+            Outcome::Snoozed {
+                after: Duration::from_secs(60),
+            },
         ];
-        for (id, outcome) in ids.iter().zip(outcomes) {
+        for ((id, lease_token), outcome) in jobs.iter().zip(outcomes) {
             let completion = Completion {
                 id: *id,
-                attempt: 1,
+                lease_token: *lease_token,
                 outcome,
             };
             sender.send(completion).await.expect("send");
@@ -253,81 +324,72 @@ mod tests {
         assert_eq!(
             report,
             CompleterReport {
-                recorded: 3,
+                recorded: 5,
                 stale: 0
             }
         );
-        let rows =
-            futures_util::future::try_join_all(ids.iter().map(|id| crate::get_job(db.pool(), *id)))
-                .await
-                .expect("rows");
-        let rows: Vec<_> = rows.into_iter().map(|row| row.expect("row")).collect();
-        assert_eq!(rows[0].state, JobState::Completed);
-        assert_eq!(rows[0].result, Some(json!({"ok": true})));
-        assert_eq!(rows[1].state, JobState::Retryable);
-        assert!(rows[1].run_at > rows[1].attempted_at.expect("attempted"));
-        assert_eq!(rows[1].errors[0]["message"], json!("try later"));
-        assert_eq!(rows[2].state, JobState::Failed);
-        assert!(rows.iter().all(|row| row.lease_expires_at.is_none()));
+        let completed = row(&db, jobs[0].0).await;
+        assert_eq!(completed.state, JobState::Completed);
+        assert_eq!(completed.result, Some(json!({"ok": true})));
+        let retryable = row(&db, jobs[1].0).await;
+        assert_eq!(retryable.state, JobState::Retryable);
+        assert!(retryable.run_at > retryable.attempted_at.expect("attempted"));
+        assert_eq!(retryable.errors[0]["message"], json!("try later"));
+        assert_eq!(retryable.attempt, 1);
+        assert_eq!(row(&db, jobs[2].0).await.state, JobState::Failed);
+        // Interrupted and snoozed attempts give their attempt back.
+        let interrupted = row(&db, jobs[3].0).await;
+        assert_eq!(
+            (interrupted.state, interrupted.attempt),
+            (JobState::Available, 0)
+        );
+        assert_eq!(interrupted.errors[0]["kind"], json!("interrupted"));
+        let snoozed = row(&db, jobs[4].0).await;
+        assert_eq!((snoozed.state, snoozed.attempt), (JobState::Scheduled, 0));
+        assert_eq!(snoozed.errors, json!([]));
+        for (id, _) in jobs {
+            assert_eq!(row(&db, id).await.lease_expires_at, None);
+        }
     }
 
     #[tokio::test]
-    async fn refuses_outcomes_of_stale_attempts() {
+    async fn refuses_outcomes_of_stale_leases() {
         let db = TestDatabase::new().await.expect("database");
-        let ids = claimed(&db, 1).await;
-        let (sender, receiver) = mpsc::channel(8);
-        let mut completer = Completer::new(db.pool().clone(), CompleterConfig::default(), receiver);
-        // Attempt 2 is not running, so its outcome must not land; attempt 1's must.
+        let (id, lease_token) = claimed(&db, 1).await[0];
+        let (sender, mut completer) = completer(&db);
+        // Another lease's outcome must not land; the current lease's must.
         let stale = Completion {
-            id: ids[0],
-            attempt: 2,
+            id,
+            lease_token: lease_token + 1,
             outcome: Outcome::Completed(json!(1)),
         };
         sender.send(stale).await.expect("send");
-        assert_eq!(
-            completer.run_once().await,
-            CompleterReport {
-                recorded: 0,
-                stale: 1
-            }
-        );
-        let row = crate::get_job(db.pool(), ids[0])
-            .await
-            .expect("get")
-            .expect("row");
-        assert_eq!(row.state, JobState::Running);
+        let refused = CompleterReport {
+            recorded: 0,
+            stale: 1,
+        };
+        assert_eq!(completer.run_once().await, refused);
+        assert_eq!(row(&db, id).await.state, JobState::Running);
 
         let current = Completion {
-            id: ids[0],
-            attempt: 1,
+            id,
+            lease_token,
             outcome: Outcome::Completed(json!(2)),
         };
         sender.send(current).await.expect("send");
-        assert_eq!(
-            completer.run_once().await,
-            CompleterReport {
-                recorded: 1,
-                stale: 0
-            }
-        );
-        // A second outcome for the same attempt (the job is no longer running) is refused too.
+        let recorded = CompleterReport {
+            recorded: 1,
+            stale: 0,
+        };
+        assert_eq!(completer.run_once().await, recorded);
+        // A second outcome for the same lease (the job is no longer running) is refused too.
         let late = Completion {
-            id: ids[0],
-            attempt: 1,
+            id,
+            lease_token,
             outcome: Outcome::Completed(json!(3)),
         };
         sender.send(late).await.expect("send");
-        assert_eq!(
-            completer.run_once().await,
-            CompleterReport {
-                recorded: 0,
-                stale: 1
-            }
-        );
-        let row = crate::get_job(db.pool(), ids[0])
-            .await
-            .expect("get")
-            .expect("row");
-        assert_eq!(row.result, Some(json!(2)));
+        assert_eq!(completer.run_once().await, refused);
+        assert_eq!(row(&db, id).await.result, Some(json!(2)));
     }
 }

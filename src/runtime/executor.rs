@@ -1,21 +1,25 @@
 //! The executor: runs one claimed attempt and classifies its outcome.
 //!
-//! Each attempt is a straight pipeline: build the context → find the handler → decode the
-//! arguments and run it (panics caught, dropped if the worker aborts it) → classify the outcome
-//! → hand it to the completer. The executor never writes to the database itself.
+//! Each attempt is a straight pipeline: register it as running → find the handler → decode the
+//! arguments and run it (panics caught; stopped on timeout, cancellation, lease loss or
+//! shutdown, and dropped if it ignores its cancellation token for the grace period) → classify
+//! the outcome → hand it to the completer → unregister. The executor never writes to the
+//! database itself.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt;
+use sqlx::PgPool;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::completer::{Completion, Outcome};
 use super::registry::{Registry, RunResult};
+use super::running::{Attempt, RunningAttempts, StopReason};
 use crate::db::job::Claimed;
 use crate::handler::{JobContext, JobMeta};
 
@@ -27,6 +31,10 @@ pub(crate) mod error_kind {
     pub(crate) const PERMANENT: &str = "permanent";
     /// The handler panicked.
     pub(crate) const PANIC: &str = "panic";
+    /// The attempt ran past its timeout.
+    pub(crate) const TIMEOUT: &str = "timeout";
+    /// The job was cancelled while it ran.
+    pub(crate) const CANCELLED: &str = "cancelled";
     /// The stored arguments did not deserialize into the registered type.
     pub(crate) const UNDECODABLE_ARGS: &str = "undecodable_args";
     /// The handler succeeded but its output did not serialize to JSON.
@@ -43,19 +51,31 @@ pub(crate) struct Executor<S> {
     pub(crate) state: S,
     pub(crate) worker_id: Arc<str>,
     pub(crate) completions: mpsc::Sender<Completion>,
-    /// Fired at hard shutdown: every running attempt's cancellation token is a child of it.
-    pub(crate) cancel: CancellationToken,
-    /// Fired when the cancellation grace is over too: running handler futures are dropped.
-    pub(crate) abort: CancellationToken,
+    pub(crate) running: Arc<RunningAttempts>,
+    /// The worker's own pool, handed to contexts for progress updates.
+    pub(crate) pool: PgPool,
+    /// How long a stopped handler may take to return before it is dropped.
+    pub(crate) cancel_timeout: Duration,
+    /// How long a lease lasts; a handler stopped for losing it is dropped within a quarter.
+    pub(crate) lease: Duration,
+    /// The timeout of jobs that have none of their own.
+    pub(crate) default_timeout: Option<Duration>,
+}
+
+/// How the handler's future ended.
+enum Ended {
+    Returned(std::thread::Result<RunResult>),
+    Dropped,
 }
 
 impl<S: Clone + Send + Sync + 'static> Executor<S> {
-    /// Runs one attempt to its end and hands the outcome to the completer.
+    /// Runs one attempt to its end and hands the outcome to the completer. `leased_at` is when
+    /// the claim statement was sent: the lease is at least that fresh.
     ///
     /// # Cancel safety
     /// Not cancel safe: dropped midway, the attempt's outcome is never recorded (the job stays
-    /// `running` until its lease runs out). The worker never drops it; it fires `abort` instead.
-    pub(crate) async fn execute(&self, job: Claimed) {
+    /// `running` until its lease runs out). The worker never drops it.
+    pub(crate) async fn execute(&self, job: Claimed, leased_at: Instant) {
         let span = tracing::info_span!(
             "skiplock.job",
             job.id = job.id,
@@ -63,116 +83,223 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
             job.queue = %job.queue,
             job.attempt = job.attempt,
         );
-        let (id, attempt) = (job.id, job.attempt);
-        let outcome = self.run(job).instrument(span).await;
-        // The completer stops only after every executor is gone, so this send cannot fail
-        // while `self` lives; if it ever does, the lease brings the job back.
-        if self
-            .completions
-            .send(Completion {
-                id,
-                attempt,
+        let attempt = Arc::new(Attempt::new(job.id, job.lease_token, leased_at));
+        self.running.insert(attempt.clone());
+        let outcome = self.run(job, &attempt).instrument(span).await;
+        if let Some(outcome) = outcome {
+            let completion = Completion {
+                id: attempt.id,
+                lease_token: attempt.lease_token,
                 outcome,
-            })
-            .await
-            .is_err()
-        {
-            tracing::error!(job.id = id, "completer is gone; outcome not recorded");
+            };
+            // The completer stops only after every executor is gone, so this cannot fail while
+            // `self` lives; if it ever does, the lease brings the job back.
+            if self.completions.send(completion).await.is_err() {
+                tracing::error!(
+                    job.id = attempt.id,
+                    "completer is gone; outcome not recorded"
+                );
+            }
         }
+        self.running.remove(attempt.id);
     }
 
-    async fn run(&self, job: Claimed) -> Outcome {
+    /// Runs the handler; `None` when there is nothing to record.
+    async fn run(&self, job: Claimed, attempt: &Arc<Attempt>) -> Option<Outcome> {
         let Claimed {
             id,
             kind,
             queue,
             args,
             priority,
-            attempt,
+            attempt: number,
             max_attempts,
             created_at,
             tags,
+            timeout_secs,
+            ..
         } = job;
         let Some(handler) = self.registry.get(&kind).cloned() else {
+            // Claims only ask for registered kinds, so this is a configuration race at most.
             let message = format!("no handler for kind {kind:?} is registered in this worker");
-            return retry_or_fail(
+            let backoff = || crate::Backoff::DEFAULT.delay(number);
+            return Some(retry_or_fail(
                 error_kind::UNKNOWN_KIND,
                 message,
-                attempt,
+                number,
                 max_attempts,
-                || crate::Backoff::DEFAULT.delay(attempt),
-            );
+                backoff,
+            ));
         };
+        let timeout = timeout_secs
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .or(self.default_timeout);
         let ctx = JobContext {
             meta: Arc::new(JobMeta {
                 id,
                 kind: kind.clone(),
                 queue,
                 priority,
-                attempt,
+                attempt: number,
                 max_attempts,
                 created_at,
                 tags,
                 worker_id: self.worker_id.clone(),
             }),
             state: self.state.clone(),
-            cancellation: self.cancel.child_token(),
+            attempt: attempt.clone(),
+            pool: self.pool.clone(),
         };
 
         tracing::debug!("job started");
         let started = Instant::now();
-        let run = AssertUnwindSafe(handler.run(args, ctx)).catch_unwind();
-        let result = tokio::select! {
-            result = run => result,
-            () = self.abort.cancelled() => {
-                tracing::warn!("job interrupted by worker shutdown; it will run again");
-                return Outcome::Retry {
+        let ended = self
+            .supervise(handler.run(args, ctx), attempt, timeout)
+            .await;
+        let elapsed_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        let backoff = || handler.backoff(number);
+
+        match (attempt.reason(), ended) {
+            (Some(StopReason::LeaseLost), _) => {
+                tracing::warn!(
+                    elapsed_ms,
+                    "lease lost: outcome not recorded (the job is another worker's now)"
+                );
+                None
+            }
+            (_, Ended::Returned(Ok(RunResult::Completed(_)))) if attempt.completed_in_tx() => {
+                tracing::info!(elapsed_ms, "job completed in its own transaction");
+                None
+            }
+            (_, Ended::Returned(Ok(RunResult::Completed(output)))) => {
+                tracing::info!(elapsed_ms, "job completed");
+                Some(Outcome::Completed(output))
+            }
+            (Some(StopReason::Cancelled), _) => {
+                tracing::info!(elapsed_ms, "job cancelled");
+                Some(Outcome::Cancelled {
+                    error_kind: error_kind::CANCELLED,
+                    message: "cancelled while running".to_owned(),
+                })
+            }
+            (Some(StopReason::Shutdown), _) | (None, Ended::Dropped) => {
+                tracing::warn!(
+                    elapsed_ms,
+                    "job interrupted by worker shutdown; it will run again"
+                );
+                Some(Outcome::Interrupted {
                     error_kind: error_kind::INTERRUPTED,
                     message: "the worker shut down while the job was running".to_owned(),
-                    after: Duration::ZERO,
-                };
+                })
+            }
+            (Some(StopReason::Timeout), _) => {
+                let limit = timeout.unwrap_or_default();
+                let message = format!("timed out after {limit:?}");
+                Some(retry_or_fail(
+                    error_kind::TIMEOUT,
+                    message,
+                    number,
+                    max_attempts,
+                    backoff,
+                ))
+            }
+            (None, Ended::Returned(result)) => Some(classify(
+                result,
+                &kind,
+                number,
+                max_attempts,
+                elapsed_ms,
+                backoff,
+            )),
+        }
+    }
+
+    /// Drives the handler's future: on timeout, stops the attempt; once stopped for any reason,
+    /// gives it the grace period to return and then drops it.
+    async fn supervise(
+        &self,
+        run: futures_util::future::BoxFuture<'static, RunResult>,
+        attempt: &Attempt,
+        timeout: Option<Duration>,
+    ) -> Ended {
+        let mut run = AssertUnwindSafe(run).catch_unwind();
+        let timeout = async {
+            match timeout {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
             }
         };
-        let elapsed_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-        let backoff = || handler.backoff(attempt);
-
-        match result {
-            Ok(RunResult::Completed(output)) => {
-                tracing::info!(elapsed_ms, "job completed");
-                Outcome::Completed(output)
+        tokio::pin!(timeout);
+        let stopped = attempt.cancellation.clone();
+        tokio::select! {
+            result = &mut run => return Ended::Returned(result),
+            () = &mut timeout => attempt.stop(StopReason::Timeout),
+            () = stopped.cancelled() => {}
+        }
+        let grace = match attempt.reason() {
+            // Let go well before the lease can expire and the job run elsewhere.
+            Some(StopReason::LeaseLost) => self.cancel_timeout.min(self.lease / 4),
+            _ => self.cancel_timeout,
+        };
+        tokio::select! {
+            result = &mut run => Ended::Returned(result),
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "handler ignored its cancellation; dropped it");
+                Ended::Dropped
             }
-            Ok(RunResult::Failed(error)) if error.is_permanent() => {
-                let message = error.chain();
+        }
+    }
+}
+
+/// The outcome of a handler that returned without being stopped.
+fn classify(
+    result: std::thread::Result<RunResult>,
+    kind: &str,
+    attempt: i32,
+    max_attempts: i32,
+    elapsed_ms: f64,
+    backoff: impl FnOnce() -> Duration,
+) -> Outcome {
+    match result {
+        Ok(RunResult::Completed(output)) => Outcome::Completed(output),
+        Ok(RunResult::Failed(error)) => {
+            if let Some(after) = error.snoozed_for() {
+                tracing::info!(
+                    elapsed_ms,
+                    snooze_ms = after.as_millis() as u64,
+                    "job snoozed"
+                );
+                return Outcome::Snoozed { after };
+            }
+            let message = error.chain();
+            if error.is_permanent() {
                 tracing::error!(elapsed_ms, error = %message, "job failed permanently");
-                Outcome::Failed {
+                return Outcome::Failed {
                     error_kind: error_kind::PERMANENT,
                     message,
-                }
+                };
             }
-            Ok(RunResult::Failed(error)) => {
-                let message = error.chain();
-                retry_or_fail(error_kind::ERROR, message, attempt, max_attempts, backoff)
+            retry_or_fail(error_kind::ERROR, message, attempt, max_attempts, backoff)
+        }
+        Ok(RunResult::Undecodable(error)) => {
+            let message = format!("arguments do not decode as a {kind:?} job: {error}");
+            tracing::error!(error = %message, "job failed permanently");
+            Outcome::Failed {
+                error_kind: error_kind::UNDECODABLE_ARGS,
+                message,
             }
-            Ok(RunResult::Undecodable(error)) => {
-                let message = format!("arguments do not decode as a {kind:?} job: {error}");
-                tracing::error!(error = %message, "job failed permanently");
-                Outcome::Failed {
-                    error_kind: error_kind::UNDECODABLE_ARGS,
-                    message,
-                }
+        }
+        Ok(RunResult::UnserializableOutput(error)) => {
+            let message = format!("the handler succeeded but its output is not JSON: {error}");
+            tracing::error!(error = %message, "job failed permanently");
+            Outcome::Failed {
+                error_kind: error_kind::UNSERIALIZABLE_OUTPUT,
+                message,
             }
-            Ok(RunResult::UnserializableOutput(error)) => {
-                let message = format!("the handler succeeded but its output is not JSON: {error}");
-                tracing::error!(error = %message, "job failed permanently");
-                Outcome::Failed {
-                    error_kind: error_kind::UNSERIALIZABLE_OUTPUT,
-                    message,
-                }
-            }
-            Err(panic) => {
-                let message = format!("handler panicked: {}", panic_message(&*panic));
-                retry_or_fail(error_kind::PANIC, message, attempt, max_attempts, backoff)
-            }
+        }
+        Err(panic) => {
+            let message = format!("handler panicked: {}", panic_message(&*panic));
+            retry_or_fail(error_kind::PANIC, message, attempt, max_attempts, backoff)
         }
     }
 }

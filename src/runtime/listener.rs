@@ -1,5 +1,6 @@
 //! The listener: one dedicated connection per worker LISTENing for wake-ups, fanned out to the
-//! producers of the queues they name.
+//! producers of the queues they name, and for cancel requests, passed to the running attempt
+//! they name.
 //!
 //! A notification is only a hint. Producers also poll, and after every (re)connect the listener
 //! wakes all of them once, because notifications sent while it was disconnected are lost.
@@ -13,7 +14,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::WAKE_CHANNEL;
+use super::running::{RunningAttempts, StopReason};
+use crate::db::{CANCEL_CHANNEL, WAKE_CHANNEL};
 
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
@@ -22,11 +24,20 @@ pub(crate) struct Listener {
     pool: PgPool,
     /// Each queue's producer wake-up.
     wakers: HashMap<String, Arc<Notify>>,
+    running: Arc<RunningAttempts>,
 }
 
 impl Listener {
-    pub(crate) fn new(pool: PgPool, wakers: HashMap<String, Arc<Notify>>) -> Self {
-        Self { pool, wakers }
+    pub(crate) fn new(
+        pool: PgPool,
+        wakers: HashMap<String, Arc<Notify>>,
+        running: Arc<RunningAttempts>,
+    ) -> Self {
+        Self {
+            pool,
+            wakers,
+            running,
+        }
     }
 
     /// Listens until `stop` fires, reconnecting with backoff whenever the connection is lost.
@@ -60,6 +71,13 @@ impl Listener {
                     received = listener.try_recv() => received,
                 };
                 match received {
+                    Ok(Some(notification)) if notification.channel() == CANCEL_CHANNEL => {
+                        let id = notification.payload().parse::<i64>().ok();
+                        if let Some(attempt) = id.and_then(|id| self.running.get(id)) {
+                            tracing::info!(job.id = attempt.id, "cancel requested");
+                            attempt.stop(StopReason::Cancelled);
+                        }
+                    }
                     Ok(Some(notification)) => {
                         if let Some(wake) = self.wakers.get(notification.payload()) {
                             wake.notify_one();
@@ -80,7 +98,7 @@ impl Listener {
 
     async fn connect(&self) -> Result<PgListener, sqlx::Error> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(WAKE_CHANNEL).await?;
+        listener.listen_all([WAKE_CHANNEL, CANCEL_CHANNEL]).await?;
         Ok(listener)
     }
 

@@ -3,22 +3,38 @@
 //! A worker process runs, for each of its queues, one *producer* that claims as many jobs as it
 //! has free slots in a single statement and runs each on its own tokio task (the *executor*).
 //! Outcomes go to one *completer*, which records them in batches. A *listener* holds a
-//! dedicated connection that LISTENs for wake-ups so idle producers start new jobs within
-//! milliseconds, and a *promoter* makes scheduled and retrying jobs runnable when their time
-//! comes. Each role lives in its own module.
+//! dedicated connection that LISTENs for wake-ups, so idle producers start new jobs within
+//! milliseconds, and for cancel requests. A *promoter* makes scheduled and retrying jobs
+//! runnable when their time comes. Each role lives in its own module.
 //!
-//! Shutdown has two stages: first the worker stops claiming and lets running jobs finish for up
-//! to [`WorkerBuilder::shutdown_timeout`]; then it fires every job's cancellation token and
-//! waits [`WorkerBuilder::cancel_timeout`] more; handlers still running after that are dropped
-//! and their jobs go straight back to `available`. Outcomes are flushed before the worker
-//! returns. Nothing is lost at any stage.
+//! # Leases
+//! A claimed job carries a lease (database time) and a fresh lease token. The *heartbeat*
+//! renews the leases of running jobs every [`WorkerBuilder::heartbeat_interval`] and records
+//! the worker in `skiplock.workers`; the *rescuer* of any worker takes back jobs whose lease
+//! expired because their worker died or hung, so they run again within
+//! `lease + rescue_interval`. Every write after a claim presents the lease token, so a worker
+//! that lost a job can no longer change it, and a worker that cannot renew a lease stops the
+//! job before the lease can expire. The worker claims, completes and renews on a small pool of
+//! its own (plus the LISTEN connection), so handlers that exhaust the application's pool cannot
+//! starve it; every database call of these roles has a deadline.
+//!
+//! # Shutdown
+//! Two stages: first the worker stops claiming and lets running jobs finish for up to
+//! [`WorkerBuilder::shutdown_timeout`], renewing their leases meanwhile; then it fires every
+//! job's cancellation token and waits [`WorkerBuilder::cancel_timeout`] more; handlers still
+//! running after that are dropped. Stopped jobs go straight back to `available` without using
+//! up an attempt. Outcomes are flushed before the worker returns. Nothing is lost at any stage.
 
 mod completer;
+mod deadline;
 mod executor;
+mod heartbeat;
 mod listener;
 mod producer;
 mod promoter;
 mod registry;
+mod rescuer;
+pub(crate) mod running;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,10 +50,13 @@ use tokio_util::task::TaskTracker;
 
 use self::completer::{Completer, CompleterConfig};
 use self::executor::Executor;
+use self::heartbeat::{FENCE_AFTER, Heartbeat, HeartbeatConfig};
 use self::listener::Listener;
 use self::producer::{Producer, ProducerConfig};
 use self::promoter::{Promoter, PromoterConfig};
 use self::registry::Registry;
+use self::rescuer::{Rescuer, RescuerConfig};
+use self::running::{RunningAttempts, StopReason};
 use crate::Handler;
 
 /// Jobs one queue runs at once unless [`WorkerBuilder::queue`] says otherwise: 10.
@@ -57,6 +77,21 @@ pub const DEFAULT_PROMOTE_INTERVAL: Duration = Duration::from_secs(1);
 /// After a claim that filled every free slot, how long a producer lets slots free up before it
 /// claims again: 2 ms. Busy queues are then claimed in batches instead of one job at a time.
 pub const DEFAULT_FETCH_COOLDOWN: Duration = Duration::from_millis(2);
+
+/// How long a running job's lease lasts from its claim or last renewal: 30 s. A job whose
+/// worker died runs again within about `lease + rescue interval`.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// How often the rescuer looks for jobs whose lease expired: 5 s.
+pub const DEFAULT_RESCUE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The deadline of each database call the worker's own roles make (claim, completion, renewal,
+/// promotion, rescue), also set as their connections' `statement_timeout`: 10 s.
+pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `application_name` of the worker's own connections, to find them in
+/// `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "skiplock-worker";
 
 /// The error of [`WorkerBuilder::build`].
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +115,14 @@ pub enum BuildError {
     /// A duration that must be positive is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
+    /// The heartbeat is too slow for the lease: leases would expire between renewals.
+    #[error("heartbeat_interval ({heartbeat:?}) must be under half the lease ({lease:?})")]
+    HeartbeatTooSlow {
+        /// The heartbeat interval.
+        heartbeat: Duration,
+        /// The lease.
+        lease: Duration,
+    },
 }
 
 /// The error of running a [`Worker`].
@@ -102,12 +145,29 @@ pub struct WorkerBuilder<S = ()> {
     registry: Registry<S>,
     duplicate_kind: Option<&'static str>,
     queues: Vec<(String, usize)>,
+    config: Config,
+    id: Option<String>,
+}
+
+/// Timings shared by the builder and the worker.
+#[derive(Clone, Debug)]
+struct Config {
     poll_interval: Duration,
     fetch_cooldown: Duration,
     shutdown_timeout: Duration,
     cancel_timeout: Duration,
     promote_interval: Duration,
-    id: Option<String>,
+    lease: Duration,
+    heartbeat_interval: Option<Duration>,
+    rescue_interval: Duration,
+    job_timeout: Option<Duration>,
+    db_timeout: Duration,
+}
+
+impl Config {
+    fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval.unwrap_or(self.lease / 3)
+    }
 }
 
 impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
@@ -133,35 +193,71 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
     /// (wake-ups are lost, for instance, behind PgBouncer in transaction mode). Default:
     /// [`DEFAULT_POLL_INTERVAL`].
     pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
+        self.config.poll_interval = interval;
         self
     }
 
     /// How long a busy producer lets slots free up between claims. Default:
     /// [`DEFAULT_FETCH_COOLDOWN`]; zero claims as soon as one slot is free.
     pub fn fetch_cooldown(mut self, cooldown: Duration) -> Self {
-        self.fetch_cooldown = cooldown;
+        self.config.fetch_cooldown = cooldown;
         self
     }
 
     /// How long a stopping worker lets running jobs finish before cancelling them. Default:
     /// [`DEFAULT_SHUTDOWN_TIMEOUT`].
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.shutdown_timeout = timeout;
+        self.config.shutdown_timeout = timeout;
         self
     }
 
     /// How long cancelled jobs get to stop on their own before their handlers are dropped.
     /// Default: [`DEFAULT_CANCEL_TIMEOUT`].
     pub fn cancel_timeout(mut self, timeout: Duration) -> Self {
-        self.cancel_timeout = timeout;
+        self.config.cancel_timeout = timeout;
         self
     }
 
     /// The longest the promoter sleeps between looks for due scheduled and retrying jobs.
     /// Default: [`DEFAULT_PROMOTE_INTERVAL`].
     pub fn promote_interval(mut self, interval: Duration) -> Self {
-        self.promote_interval = interval;
+        self.config.promote_interval = interval;
+        self
+    }
+
+    /// How long a running job's lease lasts from its claim or last renewal. Shorter leases
+    /// recover jobs of dead workers sooner; longer ones tolerate longer database outages
+    /// before running jobs are stopped. Default: [`DEFAULT_LEASE`].
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// How often leases are renewed; must be under half the lease. Default: a third of the
+    /// lease.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.config.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// How often this worker's rescuer looks for jobs whose lease expired. Default:
+    /// [`DEFAULT_RESCUE_INTERVAL`].
+    pub fn rescue_interval(mut self, interval: Duration) -> Self {
+        self.config.rescue_interval = interval;
+        self
+    }
+
+    /// The timeout of jobs that have none of their own ([`Job::TIMEOUT`](crate::Job::TIMEOUT)
+    /// or [`EnqueueOptions::timeout`](crate::EnqueueOptions::timeout)). Default: none.
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.config.job_timeout = Some(timeout);
+        self
+    }
+
+    /// The deadline of each database call of the worker's own roles. Default:
+    /// [`DEFAULT_DB_TIMEOUT`].
+    pub fn db_timeout(mut self, timeout: Duration) -> Self {
+        self.config.db_timeout = timeout;
         self
     }
 
@@ -184,13 +280,25 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
         if self.registry.is_empty() {
             return Err(BuildError::NoHandlers);
         }
+        let config = &self.config;
         for (name, value) in [
-            ("poll_interval", self.poll_interval),
-            ("promote_interval", self.promote_interval),
+            ("poll_interval", config.poll_interval),
+            ("promote_interval", config.promote_interval),
+            ("lease", config.lease),
+            ("heartbeat_interval", config.heartbeat_interval()),
+            ("rescue_interval", config.rescue_interval),
+            ("db_timeout", config.db_timeout),
+            ("job_timeout", config.job_timeout.unwrap_or(Duration::MAX)),
         ] {
             if value.is_zero() {
                 return Err(BuildError::ZeroDuration(name));
             }
+        }
+        if config.heartbeat_interval() >= config.lease.mul_f64(FENCE_AFTER) {
+            return Err(BuildError::HeartbeatTooSlow {
+                heartbeat: config.heartbeat_interval(),
+                lease: config.lease,
+            });
         }
         let queues = if self.queues.is_empty() {
             self.registry
@@ -215,16 +323,13 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
             seen.push(queue);
         }
         let id = self.id.unwrap_or_else(default_worker_id);
+        let internal = internal_pool(&self.pool, &self.config, queues.len());
         Ok(Worker {
-            pool: self.pool,
+            internal,
             state: self.state,
             registry: Arc::new(self.registry),
             queues,
-            poll_interval: self.poll_interval,
-            fetch_cooldown: self.fetch_cooldown,
-            shutdown_timeout: self.shutdown_timeout,
-            cancel_timeout: self.cancel_timeout,
-            promote_interval: self.promote_interval,
+            config: self.config,
             id: id.into(),
         })
     }
@@ -252,15 +357,12 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
 /// # Ok(()) }
 /// ```
 pub struct Worker<S = ()> {
-    pool: PgPool,
+    /// The worker's own pool: claims, completions, renewals, promotion, rescue.
+    internal: PgPool,
     state: S,
     registry: Arc<Registry<S>>,
     queues: Vec<(String, usize)>,
-    poll_interval: Duration,
-    fetch_cooldown: Duration,
-    shutdown_timeout: Duration,
-    cancel_timeout: Duration,
-    promote_interval: Duration,
+    config: Config,
     id: Arc<str>,
 }
 
@@ -269,9 +371,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     /// handler (through [`JobContext::state`](crate::JobContext::state); it is cloned once per
     /// attempt, so keep it cheap to clone: a pool, `Arc`s). Use `()` when handlers need none.
     ///
-    /// The worker takes a few connections from `pool` (one per claim, completion batch and
-    /// promotion, each held briefly) plus one dedicated LISTEN connection of its own; size the
-    /// pool for the handlers' own queries on top.
+    /// The worker connects with `pool`'s connect options but on a small pool of its own (three
+    /// connections plus one per queue, opened lazily, `application_name` [`APPLICATION_NAME`])
+    /// and one LISTEN connection, so that handlers exhausting `pool` cannot delay claims,
+    /// completions or lease renewals. `pool` itself is not used by the worker.
     pub fn builder(pool: PgPool, state: S) -> WorkerBuilder<S> {
         WorkerBuilder {
             pool,
@@ -279,11 +382,18 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             registry: Registry::new(),
             duplicate_kind: None,
             queues: Vec::new(),
-            poll_interval: DEFAULT_POLL_INTERVAL,
-            fetch_cooldown: DEFAULT_FETCH_COOLDOWN,
-            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            cancel_timeout: DEFAULT_CANCEL_TIMEOUT,
-            promote_interval: DEFAULT_PROMOTE_INTERVAL,
+            config: Config {
+                poll_interval: DEFAULT_POLL_INTERVAL,
+                fetch_cooldown: DEFAULT_FETCH_COOLDOWN,
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                cancel_timeout: DEFAULT_CANCEL_TIMEOUT,
+                promote_interval: DEFAULT_PROMOTE_INTERVAL,
+                lease: DEFAULT_LEASE,
+                heartbeat_interval: None,
+                rescue_interval: DEFAULT_RESCUE_INTERVAL,
+                job_timeout: None,
+                db_timeout: DEFAULT_DB_TIMEOUT,
+            },
             id: None,
         }
     }
@@ -324,9 +434,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         shutdown.await;
         tracing::info!(worker.id = %self.id, "worker stopping");
         stop.cancel();
-        running
-            .finish(self.shutdown_timeout, self.cancel_timeout)
-            .await;
+        running.finish(&self.config).await;
+        self.internal.close().await;
         tracing::info!(worker.id = %self.id, "worker stopped");
     }
 
@@ -340,100 +449,145 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     }
 
     fn spawn_roles(&self, stop: CancellationToken) -> Running {
+        let config = &self.config;
+        let pool = &self.internal;
         let capacity: usize = self.queues.iter().map(|(_, concurrency)| concurrency).sum();
         let (completions, receiver) = mpsc::channel(capacity.max(64) * 2);
-        let completer = tokio::spawn(
-            Completer::new(self.pool.clone(), CompleterConfig::default(), receiver).run(),
-        );
-        let cancel = CancellationToken::new();
-        let abort = CancellationToken::new();
+        let completer =
+            tokio::spawn(Completer::new(pool.clone(), CompleterConfig::default(), receiver).run());
+        let running = Arc::new(RunningAttempts::default());
         let executor = Arc::new(Executor {
             registry: self.registry.clone(),
             state: self.state.clone(),
             worker_id: self.id.clone(),
             completions,
-            cancel: cancel.clone(),
-            abort: abort.clone(),
+            running: running.clone(),
+            pool: pool.clone(),
+            cancel_timeout: config.cancel_timeout,
+            lease: config.lease,
+            default_timeout: config.job_timeout,
         });
+        let kinds = self.registry.kinds();
+
+        // Claimers stop at the first stage of shutdown; keepers (lease renewal, cancel
+        // requests) go on until every running job has finished.
         let jobs = TaskTracker::new();
-        let roles = TaskTracker::new();
+        let claimers = TaskTracker::new();
+        let keepers = TaskTracker::new();
+        let keep = CancellationToken::new();
         let mut wakers = HashMap::new();
         for (queue, concurrency) in &self.queues {
             let wake = Arc::new(Notify::new());
             wakers.insert(queue.clone(), wake.clone());
-            let config = ProducerConfig {
+            let producer = ProducerConfig {
                 queue: queue.clone(),
                 concurrency: *concurrency,
-                poll_interval: self.poll_interval,
-                fetch_cooldown: self.fetch_cooldown,
+                poll_interval: config.poll_interval,
+                fetch_cooldown: config.fetch_cooldown,
+                lease: config.lease,
+                timeout: config.db_timeout,
+                kinds: kinds.clone(),
             };
-            let producer = Producer::new(
-                config,
-                self.pool.clone(),
-                executor.clone(),
-                wake,
-                jobs.clone(),
-            );
-            roles.spawn(producer.run(stop.clone()));
+            let producer =
+                Producer::new(producer, pool.clone(), executor.clone(), wake, jobs.clone());
+            claimers.spawn(producer.run(stop.clone()));
         }
-        roles.spawn(Listener::new(self.pool.clone(), wakers).run(stop.clone()));
         let promoter = PromoterConfig {
-            interval: self.promote_interval,
+            interval: config.promote_interval,
         };
-        roles.spawn(Promoter::new(self.pool.clone(), promoter).run(stop));
-        roles.close();
+        claimers.spawn(Promoter::new(pool.clone(), promoter).run(stop.clone()));
+        let rescuer = RescuerConfig {
+            interval: config.rescue_interval,
+            worker_ttl: config.lease * 2,
+            timeout: config.db_timeout,
+        };
+        claimers.spawn(Rescuer::new(pool.clone(), rescuer).run(stop));
+        claimers.close();
+
+        let listener = Listener::new(pool.clone(), wakers, running.clone());
+        keepers.spawn(listener.run(keep.clone()));
+        let heartbeat = HeartbeatConfig {
+            lease: config.lease,
+            interval: config.heartbeat_interval(),
+            timeout: config.db_timeout.min(config.heartbeat_interval()),
+        };
+        let queues = self.queues.iter().map(|(queue, _)| queue.clone()).collect();
+        let identity = heartbeat::identity(self.id.clone(), queues);
+        let heartbeat = Arc::new(Heartbeat::new(
+            pool.clone(),
+            heartbeat,
+            running.clone(),
+            identity,
+        ));
+        keepers.spawn({
+            let heartbeat = heartbeat.clone();
+            let keep = keep.clone();
+            async move { heartbeat.run_loop(keep).await }
+        });
+        keepers.close();
         tracing::info!(worker.id = %self.id, queues = ?self.queues, "worker started");
         Running {
-            roles,
+            claimers,
+            keepers,
+            keep,
             jobs,
-            cancel,
-            abort,
+            running,
             completer,
+            heartbeat,
         }
     }
 }
 
 /// The tasks of a running worker, for the shutdown sequence.
 struct Running {
-    roles: TaskTracker,
+    claimers: TaskTracker,
+    keepers: TaskTracker,
+    keep: CancellationToken,
     jobs: TaskTracker,
-    cancel: CancellationToken,
-    abort: CancellationToken,
+    running: Arc<RunningAttempts>,
     completer: JoinHandle<()>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl Running {
-    /// After `stop` fired: waits for the roles, then for running jobs (cancelling and then
-    /// dropping them as the timeouts pass), then for the last outcomes to be recorded.
-    async fn finish(self, shutdown_timeout: Duration, cancel_timeout: Duration) {
-        self.roles.wait().await;
+    /// After `stop` fired: waits for the claimers, then for running jobs (stopping them once
+    /// the shutdown timeout passes; each is dropped if it ignores that for the cancel timeout),
+    /// then for the last outcomes to be recorded, and finally stops renewing and unregisters.
+    async fn finish(self, config: &Config) {
+        self.claimers.wait().await;
         self.jobs.close();
-        if tokio::time::timeout(shutdown_timeout, self.jobs.wait())
+        if tokio::time::timeout(config.shutdown_timeout, self.jobs.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                running = self.jobs.len(),
+                running = self.running.len(),
                 "jobs still running after the shutdown timeout; cancelling them"
             );
-            self.cancel.cancel();
-            if tokio::time::timeout(cancel_timeout, self.jobs.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    running = self.jobs.len(),
-                    "jobs ignored cancellation; dropping them (they will run again)"
-                );
-                self.abort.cancel();
-                self.jobs.wait().await;
-            }
+            self.running.stop_all(StopReason::Shutdown);
+            self.jobs.wait().await;
         }
         // Every executor is gone now, so the completion channel closes once drained.
         if let Err(error) = self.completer.await {
             tracing::error!(%error, "completer task failed");
         }
+        self.keep.cancel();
+        self.keepers.wait().await;
+        self.heartbeat.unregister().await;
     }
+}
+
+/// The worker's own pool: the application's connect options, a few connections, deadlines.
+fn internal_pool(pool: &PgPool, config: &Config, queues: usize) -> PgPool {
+    let statement_timeout = format!("{}ms", config.db_timeout.as_millis().max(1));
+    let options = (*pool.connect_options())
+        .clone()
+        .application_name(APPLICATION_NAME)
+        .options([("statement_timeout", statement_timeout.as_str())]);
+    PgPoolOptions::new()
+        .max_connections(u32::try_from(queues + 3).unwrap_or(u32::MAX))
+        .acquire_timeout(config.db_timeout)
+        .connect_lazy_with(options)
 }
 
 /// Controls a worker started with [`Worker::start`].

@@ -10,15 +10,13 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::deadline::{DbCallError, deadline};
 use super::executor::Executor;
 use crate::db;
-
-/// How long a running job's lease lasts from its claim. Renewing and rescuing leases are not
-/// in this version yet; the column is set so that no schema change is needed for them.
-pub(crate) const LEASE: Duration = Duration::from_secs(5 * 60);
 
 /// The first wait after a failed claim; it doubles up to the poll interval.
 const FIRST_ERROR_DELAY: Duration = Duration::from_millis(100);
@@ -35,6 +33,12 @@ pub(crate) struct ProducerConfig {
     /// After a claim that filled every free slot, how long to let more slots free up before
     /// claiming again, so that a busy queue is claimed in batches rather than one job at a time.
     pub(crate) fetch_cooldown: Duration,
+    /// How long a claimed job's lease lasts.
+    pub(crate) lease: Duration,
+    /// The deadline of one claim.
+    pub(crate) timeout: Duration,
+    /// The kinds this worker can run; only those are claimed.
+    pub(crate) kinds: Vec<String>,
 }
 
 pub(crate) struct Producer<S> {
@@ -120,7 +124,7 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
     /// # Cancel safety
     /// Not cancel safe: dropped while the claim is in flight, claimed jobs would stay `running`
     /// with nobody running them until their lease expires.
-    pub(crate) async fn run_once(&self) -> Result<Claim, sqlx::Error> {
+    pub(crate) async fn run_once(&self) -> Result<Claim, DbCallError> {
         let free = self.slots.available_permits();
         if free == 0 {
             return Ok(Claim::default());
@@ -129,14 +133,19 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
         let Ok(mut permits) = self.slots.clone().try_acquire_many_owned(free as u32) else {
             return Ok(Claim::default());
         };
-        let jobs = db::job::claim(
+        // Taken before the statement is sent: the lease is at least this fresh.
+        let leased_at = Instant::now();
+        let claim = db::job::claim(
             &self.pool,
             &self.config.queue,
             free as i64,
             &self.executor.worker_id,
-            LEASE.as_secs_f64(),
-        )
-        .await?;
+            self.config.lease.as_secs_f64(),
+            &self.config.kinds,
+        );
+        // A claim that times out may still commit; its jobs then wait for their lease to expire
+        // and are rescued. Better than a producer hung on a dead connection.
+        let jobs = deadline(self.config.timeout, claim).await?;
         let claimed = jobs.len();
         for job in jobs {
             // Always `Some`: the claim returns at most `free` rows. Were it ever `None`, the job
@@ -144,7 +153,7 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
             let permit = permits.split(1);
             let executor = self.executor.clone();
             self.tracker.spawn(async move {
-                executor.execute(job).await;
+                executor.execute(job, leased_at).await;
                 drop(permit);
             });
         }
@@ -217,14 +226,20 @@ mod tests {
             state: release.clone(),
             worker_id: "test".into(),
             completions,
-            cancel: CancellationToken::new(),
-            abort: CancellationToken::new(),
+            running: Arc::default(),
+            pool: db.pool().clone(),
+            cancel_timeout: Duration::from_secs(1),
+            lease: Duration::from_secs(60),
+            default_timeout: None,
         });
         let config = ProducerConfig {
             queue: "default".into(),
             concurrency: 3,
             poll_interval: Duration::from_secs(1),
             fetch_cooldown: Duration::ZERO,
+            lease: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            kinds: vec!["hold".to_owned()],
         };
         let tracker = TaskTracker::new();
         let producer = Producer::new(
@@ -257,7 +272,10 @@ mod tests {
         // One job finishes: exactly one slot frees up and one more job is claimed.
         release.notify_one();
         let finished = outcomes.recv().await.expect("an outcome");
-        assert_eq!(finished.attempt, 1);
+        assert!(matches!(
+            finished.outcome,
+            crate::runtime::completer::Outcome::Completed(_)
+        ));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let next = producer.run_once().await.expect("claim");
         assert_eq!(

@@ -87,6 +87,14 @@ impl<S: Send + 'static> Registry<S> {
         self.handlers.get(kind)
     }
 
+    /// The registered kinds.
+    pub(crate) fn kinds(&self) -> Vec<String> {
+        self.handlers
+            .keys()
+            .map(|kind| (*kind).to_owned())
+            .collect()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.handlers.is_empty()
     }

@@ -1,0 +1,121 @@
+//! The attempts a worker is running, shared by the executor (which adds and removes them), the
+//! heartbeat (which renews their leases and fences them) and the listener (which delivers
+//! cancel requests).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Why an attempt was asked to stop. The first reason given wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// Somebody cancelled the job (`skiplock::cancel`, `skiplock.cancel()`).
+    Cancelled,
+    /// Its lease was lost or could not be renewed in time: another worker may run it now.
+    LeaseLost,
+    /// It ran longer than its timeout.
+    Timeout,
+    /// The worker is shutting down and the grace period is over.
+    Shutdown,
+}
+
+/// One running attempt.
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    pub(crate) id: i64,
+    pub(crate) lease_token: i64,
+    /// The handler's cancellation token.
+    pub(crate) cancellation: CancellationToken,
+    reason: OnceLock<StopReason>,
+    /// When the lease was last known good: taken *before* the claim or renewal statement was
+    /// sent, so it never overestimates how long the lease has left.
+    renewed_at: Mutex<Instant>,
+    /// The handler completed the job in its own transaction.
+    completed_in_tx: AtomicBool,
+}
+
+impl Attempt {
+    pub(crate) fn new(id: i64, lease_token: i64, leased_at: Instant) -> Self {
+        Self {
+            id,
+            lease_token,
+            cancellation: CancellationToken::new(),
+            reason: OnceLock::new(),
+            renewed_at: Mutex::new(leased_at),
+            completed_in_tx: AtomicBool::new(false),
+        }
+    }
+
+    /// Asks the handler to stop (its cancellation token fires); the first reason sticks.
+    pub(crate) fn stop(&self, reason: StopReason) {
+        let _ = self.reason.set(reason);
+        self.cancellation.cancel();
+    }
+
+    pub(crate) fn reason(&self) -> Option<StopReason> {
+        self.reason.get().copied()
+    }
+
+    pub(crate) fn renewed_at(&self) -> Instant {
+        *self
+            .renewed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn renewed(&self, at: Instant) {
+        *self
+            .renewed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = at;
+    }
+
+    pub(crate) fn mark_completed_in_tx(&self) {
+        self.completed_in_tx.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn completed_in_tx(&self) -> bool {
+        self.completed_in_tx.load(Ordering::Acquire)
+    }
+}
+
+/// The running attempts, by job id.
+#[derive(Debug, Default)]
+pub(crate) struct RunningAttempts {
+    attempts: Mutex<HashMap<i64, Arc<Attempt>>>,
+}
+
+impl RunningAttempts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<Attempt>>> {
+        self.attempts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn insert(&self, attempt: Arc<Attempt>) {
+        self.lock().insert(attempt.id, attempt);
+    }
+
+    pub(crate) fn remove(&self, id: i64) {
+        self.lock().remove(&id);
+    }
+
+    pub(crate) fn get(&self, id: i64) -> Option<Arc<Attempt>> {
+        self.lock().get(&id).cloned()
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<Arc<Attempt>> {
+        self.lock().values().cloned().collect()
+    }
+
+    pub(crate) fn stop_all(&self, reason: StopReason) {
+        for attempt in self.snapshot() {
+            attempt.stop(reason);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
