@@ -46,12 +46,17 @@ impl Backoff {
             .base
             .checked_mul(1u32.checked_shl(exponent.min(31)).unwrap_or(u32::MAX))
             .map_or(self.max, |wait| wait.min(self.max));
-        let jitter = self.jitter.clamp(0.0, 1.0);
+        // NaN or out-of-range jitter means none; the result saturates instead of panicking.
+        let jitter = if self.jitter.is_finite() {
+            self.jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         if jitter == 0.0 {
             return wait;
         }
         let factor = 1.0 + jitter * (fastrand::f64() * 2.0 - 1.0);
-        wait.mul_f64(factor)
+        Duration::try_from_secs_f64(wait.as_secs_f64() * factor).unwrap_or(wait)
     }
 }
 
@@ -78,6 +83,21 @@ mod tests {
         assert_eq!(backoff.delay(i32::MAX), Duration::from_secs(86_400));
         assert_eq!(backoff.delay(0), Duration::from_secs(2));
         assert_eq!(backoff.delay(-5), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn odd_settings_saturate_instead_of_panicking() {
+        let nan = Backoff {
+            jitter: f64::NAN,
+            ..Backoff::DEFAULT
+        };
+        assert_eq!(nan.delay(1), Duration::from_secs(2));
+        let huge = Backoff {
+            base: Duration::MAX,
+            max: Duration::MAX,
+            jitter: 1.0,
+        };
+        assert!(huge.delay(40) >= Duration::MAX / 4);
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl EnqueueOptions {
 
     /// How long one attempt may run before it is cancelled (and, after the worker's cancel
     /// timeout, dropped) and counted as a failed attempt. Wins over
-    /// [`Handler::timeout`](crate::Handler::timeout). Default: the kind's timeout.
+    /// [`Job::TIMEOUT`]. Default: the kind's timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self

@@ -135,8 +135,8 @@ impl<S> JobContext<S> {
         self.meta.priority
     }
 
-    /// This attempt's number, starting at 1. An attempt interrupted by a worker shutdown is not
-    /// held against the job, so this may exceed [`max_attempts`](Self::max_attempts).
+    /// This attempt's number, starting at 1. A snoozed attempt, or one interrupted by a worker
+    /// shutdown, is given back: the next run has the same number.
     pub fn attempt(&self) -> i32 {
         self.meta.attempt
     }
@@ -185,8 +185,8 @@ impl<S> JobContext<S> {
     /// handler's own writes in it. This gives exactly-once effects for database work.
     ///
     /// Fenced: if this attempt no longer holds the job (its lease expired and the job was
-    /// rescued, or it was cancelled), nothing is written and [`ContextError::LeaseLost`] is
-    /// returned — roll the transaction back. After a successful call, return `Ok` from the
+    /// rescued), nothing is written and [`ContextError::LeaseLost`] is returned — roll the
+    /// transaction back. After a successful call, return `Ok` from the
     /// handler; the worker does not write the outcome again. If the transaction then rolls back
     /// instead, the job stays `running` until its lease expires and is retried.
     ///
@@ -246,8 +246,8 @@ impl<S> JobContext<S> {
     }
 }
 
-/// This attempt no longer holds its job: the lease expired and the job was rescued (and may be
-/// running elsewhere), or it was cancelled. Nothing was written.
+/// This attempt no longer holds its job: its lease expired and the job was rescued (it may be
+/// running elsewhere now). Nothing was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("job {job_id}: this attempt no longer holds the job's lease")]
 pub struct LeaseLost {

@@ -16,7 +16,7 @@ pub const DEFAULT_QUEUE: &str = "default";
 
 /// How many attempts a job gets unless its kind or the enqueue options say otherwise: 25.
 ///
-/// With the default backoff that spreads retries over roughly three weeks. The SQL function
+/// With the default backoff that spreads retries over about nine and a half days. The SQL function
 /// `skiplock.enqueue` uses the same default.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 25;
 

@@ -138,7 +138,11 @@ pub async fn migrate(pool: &PgPool) -> Result<MigrateReport, MigrateError> {
 /// to do). `since` is the last version the database already has: 0 for a fresh database, and
 /// only later migrations are included.
 pub fn script(since: i32) -> String {
-    let mut sql = String::from("-- skiplock schema: apply in one transaction (psql -1 -f).\n\n");
+    let mut sql = String::from(
+        "-- skiplock schema: apply in one transaction (psql -1 -f).\n\
+         -- The lock keeps it from racing a concurrent `skiplock migrate`.\n\
+         SELECT pg_advisory_xact_lock(8316857068446245739);\n\n",
+    );
     sql.push_str(BOOTSTRAP);
     for migration in MIGRATIONS.iter().filter(|m| m.version > since) {
         sql.push_str(&format!(

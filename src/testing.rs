@@ -19,6 +19,7 @@
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
@@ -164,12 +165,18 @@ impl Drop for TestDatabase {
                 .enable_all()
                 .build()
                 .ok()?;
-            runtime.block_on(async move {
+            let drop = async move {
                 let mut conn = admin.connect().await.ok()?;
                 crate::db::database::drop_forced(&mut conn, &name)
                     .await
                     .ok()?;
                 conn.close().await.ok()
+            };
+            // Never hang a test run on an unreachable server.
+            runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), drop)
+                    .await
+                    .ok()?
             })
         });
         if dropper.join().ok().flatten().is_none() {

@@ -215,8 +215,19 @@ async fn sql_enqueue_in_a_plain_transaction_wakes_an_idle_worker_at_once() {
         .build()
         .expect("worker")
         .start();
-    // Let the worker connect, LISTEN and do its first (empty) claim.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until the worker LISTENs, and a little more for its first (empty) claim.
+    common::eventually(Duration::from_secs(10), "the worker to LISTEN", || async {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query ILIKE '%LISTEN%skiplock_wake%'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("pg_stat_activity");
+        (listening > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let mut conn = pool.acquire().await.expect("connection");
     sqlx::raw_sql("BEGIN")

@@ -212,3 +212,44 @@ async fn kinds_a_worker_does_not_know_wait_for_one_that_does() {
     knows.shutdown().await.expect("shutdown");
     assert_eq!(job(pool, id).await.result, Some(json!(8)));
 }
+
+/// Succeeds with an output PostgreSQL cannot store (jsonb has no NUL character).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NulOutput;
+
+impl skiplock::Job for NulOutput {
+    const KIND: &'static str = "nul_output";
+}
+
+impl skiplock::Handler<sqlx::PgPool> for NulOutput {
+    type Output = String;
+
+    async fn handle(
+        self,
+        _: skiplock::JobContext<sqlx::PgPool>,
+    ) -> Result<String, skiplock::JobError> {
+        Ok("a\0b".to_owned())
+    }
+}
+
+#[tokio::test]
+async fn an_outcome_the_database_cannot_store_fails_alone_without_blocking_its_batch() {
+    let db = database().await;
+    let pool = db.pool();
+    // Enqueued before the worker starts, so that they finish together and share batches.
+    let mut jobs = vec![NewJob::new(&NulOutput).expect("job")];
+    jobs.extend((0..40).map(|n| NewJob::new(&Record { n }).expect("job")));
+    let ids = skiplock::enqueue_many(pool, jobs).await.expect("enqueue");
+    let running = worker(pool)
+        .queue("default", 41)
+        .register::<NulOutput>()
+        .register::<Record>()
+        .build()
+        .expect("worker")
+        .start();
+    wait_for_state(pool, "completed", 40, Duration::from_secs(10)).await;
+    wait_for_state(pool, "failed", 1, Duration::from_secs(10)).await;
+    running.shutdown().await.expect("shutdown");
+    let row = job(pool, ids[0]).await;
+    assert_eq!(error_kinds(&row.errors), ["unrecordable_outcome"]);
+}

@@ -110,7 +110,8 @@ pub(crate) async fn insert_many<'e>(
         INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, run_at, tags, state,
                                    timeout_secs)
         SELECT t.kind, t.args, t.queue, t.priority, t.max_attempts, r.run_at,
-               ARRAY(SELECT jsonb_array_elements_text(t.tags)),
+               ARRAY(SELECT tag FROM jsonb_array_elements_text(t.tags) WITH ORDINALITY AS e(tag, n)
+                     ORDER BY n),
                CASE WHEN r.run_at > now() THEN 'scheduled' ELSE 'available' END::skiplock.job_state,
                t.timeout_secs
         FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::smallint[], $5::int[],
@@ -234,9 +235,40 @@ impl Outcomes {
     pub(crate) fn len(&self) -> usize {
         self.ids.len()
     }
+
+    /// Just row `i`.
+    pub(crate) fn row(&self, i: usize) -> Self {
+        Self {
+            ids: vec![self.ids[i]],
+            lease_tokens: vec![self.lease_tokens[i]],
+            states: vec![self.states[i].clone()],
+            give_back: vec![self.give_back[i]],
+            results: vec![self.results[i].clone()],
+            error_kinds: vec![self.error_kinds[i].clone()],
+            error_messages: vec![self.error_messages[i].clone()],
+            retry_in_secs: vec![self.retry_in_secs[i]],
+        }
+    }
+
+    /// The same attempts recorded as failed because their outcome could not be stored.
+    pub(crate) fn unrecordable(&self, error: &sqlx::Error) -> Self {
+        let n = self.len();
+        let message = format!("the outcome could not be stored: {error}").replace('\0', "");
+        Self {
+            ids: self.ids.clone(),
+            lease_tokens: self.lease_tokens.clone(),
+            states: vec!["failed".to_owned(); n],
+            give_back: vec![false; n],
+            results: vec![None; n],
+            error_kinds: vec![Some("unrecordable_outcome".to_owned()); n],
+            error_messages: vec![Some(message); n],
+            retry_in_secs: vec![0.0; n],
+        }
+    }
 }
 
-/// Records the outcome of many attempts in one statement; returns the ids it changed.
+/// Records the outcome of many attempts in one statement and wakes the queues of jobs it made
+/// `available`; returns the ids it changed.
 ///
 /// Fenced: a row changes only while it is still `running` under the lease token of the attempt
 /// that finished. A stale write (the job was rescued or re-claimed meanwhile) changes nothing,
@@ -247,6 +279,7 @@ pub(crate) async fn complete_many<'e>(
 ) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"
+        WITH done AS (
         UPDATE skiplock.jobs AS j
         SET state = o.state::skiplock.job_state,
             result = o.result,
@@ -260,7 +293,9 @@ pub(crate) async fn complete_many<'e>(
                                  'worker', j.attempted_by[cardinality(j.attempted_by)]))
                      END,
             finished_at = CASE WHEN o.state IN ('completed', 'failed', 'cancelled') THEN now() END,
-            run_at = CASE WHEN o.state IN ('retryable', 'available', 'scheduled')
+            -- Interrupted jobs keep their place in the queue; retries and snoozes wait.
+            run_at = CASE WHEN o.give_back AND o.state = 'available' THEN j.run_at
+                          WHEN o.state IN ('retryable', 'available', 'scheduled')
                           THEN now() + make_interval(secs => o.retry_in_secs)
                           ELSE j.run_at END,
             lease_expires_at = NULL,
@@ -269,7 +304,12 @@ pub(crate) async fn complete_many<'e>(
                     $7::float8[], $8::bool[])
              AS o(id, lease_token, state, result, error_kind, error_message, retry_in_secs, give_back)
         WHERE j.id = o.id AND j.lease_token = o.lease_token AND j.state = 'running'
-        RETURNING j.id
+        RETURNING j.id, j.queue, j.state
+        ),
+        woken AS (
+            SELECT skiplock.wake(array_agg(queue)) FROM done WHERE state = 'available'
+        )
+        SELECT id AS "id!" FROM done, woken
         "#,
         &outcomes.ids,
         &outcomes.lease_tokens,
@@ -418,9 +458,12 @@ pub(crate) struct Rescued {
 }
 
 /// Takes back up to `limit` running jobs whose lease has expired (their worker died, hung or
-/// lost the database): `retryable` after a backoff of `min(2^attempt, 600)` seconds, `failed`
-/// when it was the last attempt, `cancelled` when a cancel was requested. Each gets a
-/// `worker_lost` entry in `errors`. Safe with several rescuers: rows are locked and skipped.
+/// lost the database): runnable again after `min(2^(attempt-1) - 1, 600)` seconds — at once
+/// (`available`, its queue woken) after a first attempt, `retryable` with a growing delay when
+/// a job keeps losing its workers, so that a job that kills its worker cannot crash-loop a
+/// fleet — or `failed` when it was the last attempt, or `cancelled` when a cancel was
+/// requested. Each gets a `worker_lost` entry in `errors`. Safe with several rescuers: rows are
+/// locked and skipped.
 pub(crate) async fn rescue_expired<'e>(
     executor: impl PgExecutor<'e>,
     limit: i64,
@@ -432,9 +475,15 @@ pub(crate) async fn rescue_expired<'e>(
             SELECT id,
                    CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
                         WHEN attempt >= max_attempts THEN 'failed'
+                        WHEN attempt <= 1 THEN 'available'
                         ELSE 'retryable' END::skiplock.job_state AS new_state
-            FROM skiplock.jobs
+            FROM skiplock.jobs AS j
             WHERE state = 'running' AND lease_expires_at < now()
+              -- As in promote_due: a unique job whose duplicate exists waits for it.
+              AND NOT (j.unique_key IS NOT NULL
+                       AND EXISTS (SELECT 1 FROM skiplock.jobs AS o
+                                   WHERE o.unique_key = j.unique_key AND o.id <> j.id
+                                     AND o.state = ANY (o.unique_states)))
             ORDER BY lease_expires_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
@@ -444,7 +493,9 @@ pub(crate) async fn rescue_expired<'e>(
             SET state = e.new_state,
                 finished_at = CASE WHEN e.new_state IN ('failed', 'cancelled') THEN now() END,
                 run_at = CASE WHEN e.new_state = 'retryable'
-                              THEN now() + make_interval(secs => least(power(2, j.attempt), 600))
+                              THEN now() + make_interval(secs => least(power(2, j.attempt - 1) - 1, 600))
+                              -- It was running, so it was at the head of its queue: it keeps
+                              -- its place instead of queueing behind the backlog.
                               ELSE j.run_at END,
                 lease_expires_at = NULL,
                 lease_token = NULL,
@@ -456,9 +507,12 @@ pub(crate) async fn rescue_expired<'e>(
                     'worker', j.attempted_by[cardinality(j.attempted_by)]))
             FROM expired AS e
             WHERE j.id = e.id
-            RETURNING j.id, j.state
+            RETURNING j.id, j.state, j.queue
+        ),
+        woken AS (
+            SELECT skiplock.wake(array_agg(queue)) FROM rescued WHERE state = 'available'
         )
-        SELECT id AS "id!", state::text AS "state!" FROM rescued
+        SELECT id AS "id!", state::text AS "state!" FROM rescued, woken
         "#,
         limit,
     )
@@ -493,8 +547,14 @@ pub(crate) async fn promote_due<'e>(
         r#"
         WITH due AS MATERIALIZED (
             SELECT id
-            FROM skiplock.jobs
+            FROM skiplock.jobs AS j
             WHERE state IN ('scheduled', 'retryable') AND run_at <= now()
+              -- A unique job whose duplicate was enqueued meanwhile waits for it to finish:
+              -- promoting it would violate jobs_unique_idx and fail the whole statement.
+              AND NOT (j.unique_key IS NOT NULL AND 'available' = ANY (j.unique_states)
+                       AND EXISTS (SELECT 1 FROM skiplock.jobs AS o
+                                   WHERE o.unique_key = j.unique_key AND o.id <> j.id
+                                     AND o.state = ANY (o.unique_states)))
             ORDER BY run_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED

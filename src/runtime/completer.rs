@@ -134,13 +134,45 @@ impl Completer {
         self.flush(&mut batch).await
     }
 
-    /// Writes `batch` (draining it), retrying failed writes for up to [`RETRY_FOR`].
+    /// Writes `batch` (draining it). A batch the database refuses for its data (one outcome it
+    /// cannot store must not hold back the others) is written row by row; a row that still
+    /// cannot be stored is recorded as failed with kind `unrecordable_outcome`.
     async fn flush(&self, batch: &mut Vec<Completion>) -> CompleterReport {
         let outcomes = to_columns(batch.drain(..));
+        match self.write(&outcomes).await {
+            Ok(report) => report,
+            Err(error) if is_data_error(&error) && outcomes.len() > 1 => {
+                tracing::warn!(%error, "a batch of outcomes was refused; writing them one by one");
+                let mut report = CompleterReport::default();
+                for i in 0..outcomes.len() {
+                    let one = outcomes.row(i);
+                    let written = match self.write(&one).await {
+                        Err(error) if is_data_error(&error) => {
+                            self.write(&one.unrecordable(&error)).await
+                        }
+                        other => other,
+                    };
+                    let written = written.unwrap_or_default();
+                    report.recorded += written.recorded;
+                    report.stale += written.stale;
+                }
+                report
+            }
+            Err(error) if is_data_error(&error) => {
+                let written = self.write(&outcomes.unrecordable(&error)).await;
+                written.unwrap_or_default()
+            }
+            Err(_) => CompleterReport::default(),
+        }
+    }
+
+    /// Writes `outcomes` in one statement, retrying connection-level failures for up to
+    /// [`RETRY_FOR`]; a data error is returned at once, for [`flush`](Self::flush) to split.
+    async fn write(&self, outcomes: &db::job::Outcomes) -> Result<CompleterReport, sqlx::Error> {
         let started = tokio::time::Instant::now();
         let mut delay = FIRST_RETRY_DELAY;
         loop {
-            match db::job::complete_many(&self.pool, &outcomes).await {
+            match db::job::complete_many(&self.pool, outcomes).await {
                 Ok(changed) => {
                     let stale = outcomes.len() - changed.len();
                     if stale > 0 {
@@ -155,11 +187,12 @@ impl Completer {
                             "outcomes refused: the jobs were no longer running these attempts"
                         );
                     }
-                    return CompleterReport {
+                    return Ok(CompleterReport {
                         recorded: changed.len(),
                         stale,
-                    };
+                    });
                 }
+                Err(error) if is_data_error(&error) => return Err(error),
                 Err(error) if started.elapsed() + delay <= RETRY_FOR => {
                     tracing::warn!(
                         %error,
@@ -174,14 +207,27 @@ impl Completer {
                     tracing::error!(
                         %error,
                         job.ids = ?outcomes.ids,
-                        "could not record job outcomes; giving up (the jobs stay running until their lease expires)"
+                        "could not record job outcomes; giving up (their leases expire and the rescuer takes them back)"
                     );
-                    return CompleterReport::default();
+                    return Err(error);
                 }
             }
         }
     }
 }
+
+/// Whether the database refused the statement for its data, which retrying cannot fix: SQLSTATE
+/// class 22 (data exception: a NUL in a JSON string, an interval out of range) or 23 (integrity:
+/// a unique job whose duplicate was enqueued while it ran, going back to a state it is unique in).
+fn is_data_error(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+}
+
+/// The longest delay stored: about 31 years, far below what `make_interval` can hold.
+const MAX_DELAY_SECS: f64 = 1e9;
 
 fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
     let mut columns = db::job::Outcomes::default();
@@ -245,8 +291,13 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
         columns.states.push(state.to_owned());
         columns.results.push(result);
         columns.error_kinds.push(error_kind.map(str::to_owned));
-        columns.error_messages.push(message);
-        columns.retry_in_secs.push(after.as_secs_f64());
+        // PostgreSQL text cannot hold NUL characters.
+        columns
+            .error_messages
+            .push(message.map(|message| message.replace('\0', "\\0")));
+        columns
+            .retry_in_secs
+            .push(after.as_secs_f64().min(MAX_DELAY_SECS));
         columns.give_back.push(give_back);
     }
     columns

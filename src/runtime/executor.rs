@@ -157,7 +157,11 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
             .supervise(handler.run(args, ctx), attempt, timeout)
             .await;
         let elapsed_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-        let backoff = || handler.backoff(number);
+        // `backoff` is user code too: a panic in it must not lose the outcome.
+        let backoff = || {
+            std::panic::catch_unwind(AssertUnwindSafe(|| handler.backoff(number)))
+                .unwrap_or_else(|_| crate::Backoff::DEFAULT.delay(number))
+        };
 
         match (attempt.reason(), ended) {
             (Some(StopReason::LeaseLost), _) => {

@@ -62,6 +62,9 @@ use crate::Handler;
 /// Jobs one queue runs at once unless [`WorkerBuilder::queue`] says otherwise: 10.
 pub const DEFAULT_CONCURRENCY: usize = 10;
 
+/// The most jobs one queue may run at once in one worker: 100,000.
+pub const MAX_CONCURRENCY: usize = 100_000;
+
 /// The longest an idle producer waits before claiming again without a wake-up: 1 s.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -112,6 +115,9 @@ pub enum BuildError {
     /// A queue's concurrency is zero.
     #[error("queue {0:?} has a concurrency of zero")]
     ZeroConcurrency(String),
+    /// A queue's concurrency is above [`MAX_CONCURRENCY`].
+    #[error("queue {0:?} has a concurrency above {MAX_CONCURRENCY}")]
+    ConcurrencyTooHigh(String),
     /// A duration that must be positive is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
@@ -317,6 +323,9 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
             if *concurrency == 0 {
                 return Err(BuildError::ZeroConcurrency(queue.clone()));
             }
+            if *concurrency > MAX_CONCURRENCY {
+                return Err(BuildError::ConcurrencyTooHigh(queue.clone()));
+            }
             if seen.contains(&queue) {
                 return Err(BuildError::DuplicateQueue(queue.clone()));
             }
@@ -371,9 +380,9 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     /// handler (through [`JobContext::state`](crate::JobContext::state); it is cloned once per
     /// attempt, so keep it cheap to clone: a pool, `Arc`s). Use `()` when handlers need none.
     ///
-    /// The worker connects with `pool`'s connect options but on a small pool of its own (three
-    /// connections plus one per queue, opened lazily, `application_name` [`APPLICATION_NAME`])
-    /// and one LISTEN connection, so that handlers exhausting `pool` cannot delay claims,
+    /// The worker connects with `pool`'s connect options but on a small pool of its own (four
+    /// connections plus one per queue, opened lazily, `application_name` [`APPLICATION_NAME`];
+    /// one of them is held for LISTEN), so that handlers exhausting `pool` cannot delay claims,
     /// completions or lease renewals. `pool` itself is not used by the worker.
     pub fn builder(pool: PgPool, state: S) -> WorkerBuilder<S> {
         WorkerBuilder {
@@ -585,13 +594,15 @@ fn internal_pool(pool: &PgPool, config: &Config, queues: usize) -> PgPool {
         .application_name(APPLICATION_NAME)
         .options([("statement_timeout", statement_timeout.as_str())]);
     PgPoolOptions::new()
-        .max_connections(u32::try_from(queues + 3).unwrap_or(u32::MAX))
+        .max_connections(u32::try_from(queues + 4).unwrap_or(u32::MAX))
         .acquire_timeout(config.db_timeout)
         .connect_lazy_with(options)
 }
 
-/// Controls a worker started with [`Worker::start`].
+/// Controls a worker started with [`Worker::start`]. Dropping it leaves the worker running in
+/// the background; call [`shutdown`](Self::shutdown) to stop it.
 #[derive(Debug)]
+#[must_use = "dropping the handle leaves the worker running; call `shutdown` to stop it"]
 pub struct WorkerHandle {
     id: Arc<str>,
     stop: CancellationToken,

@@ -1,8 +1,9 @@
 //! The rescuer: takes back jobs whose worker stopped renewing their lease — it died, hung, or
 //! lost the database — and forgets workers that stopped sending heartbeats.
 //!
-//! A rescued job becomes `retryable` (after `min(2^attempt, 600)` seconds, so a job that kills
-//! its worker every time cannot crash-loop a fleet), or `failed` on its last attempt, or
+//! A rescued job runs again after `min(2^(attempt-1) - 1, 600)` seconds: at once after a first
+//! attempt (keeping its place at the head of its queue), later and later when a job keeps losing its workers (so that a job that kills its
+//! worker every time cannot crash-loop a fleet). On its last attempt it becomes `failed`, and
 //! `cancelled` if a cancel was pending; each gets a `worker_lost` entry in `errors`. Every
 //! worker runs a rescuer; concurrent rescuers skip each other's rows. A job's lease expires at
 //! most `lease` after its worker's last renewal, and a rescuer looks every `interval`, so a job

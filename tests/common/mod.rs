@@ -36,6 +36,7 @@ pub fn worker(pool: &PgPool) -> WorkerBuilder<PgPool> {
         .promote_interval(Duration::from_millis(100))
         .shutdown_timeout(Duration::from_secs(5))
         .cancel_timeout(Duration::from_secs(1))
+        .rescue_interval(Duration::from_millis(500))
 }
 
 async fn record(ctx: &JobContext<PgPool>) -> Result<(), JobError> {

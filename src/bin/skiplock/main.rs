@@ -49,7 +49,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn connect(url: Option<String>) -> anyhow::Result<PgPool> {
     let url = url.context("no database given: set DATABASE_URL or pass --database-url")?;
-    let options: PgConnectOptions = url.parse().context("DATABASE_URL is not a valid URL")?;
+    let options: PgConnectOptions = url.parse().context("the database URL is not valid")?;
     // One direct connection first: a pool retries until its acquire timeout, while a refused
     // or misconfigured connection should be reported at once.
     options
