@@ -643,3 +643,104 @@ async fn a_unique_job_blocked_by_its_duplicate_does_not_stall_promotion_of_other
         "waits for its duplicate"
     );
 }
+
+/// Waits for its cancellation and records when it came.
+#[derive(Serialize, Deserialize)]
+struct AwaitStop;
+
+impl Job for AwaitStop {
+    const KIND: &'static str = "await_stop";
+}
+
+impl Handler<PgPool> for AwaitStop {
+    type Output = ();
+
+    async fn handle(self, ctx: JobContext<PgPool>) -> Result<(), JobError> {
+        sqlx::query(
+            "INSERT INTO ledger (job_id, kind, attempt, worker) VALUES ($1, 'await_stop', $2, '')",
+        )
+        .bind(ctx.id())
+        .bind(ctx.attempt())
+        .execute(ctx.state())
+        .await?;
+        tokio::select! {
+            () = ctx.cancellation().cancelled() => {}
+            () = tokio::time::sleep(Duration::from_secs(60)) => return Ok(()),
+        }
+        sqlx::query("INSERT INTO stops (job_id, attempt) VALUES ($1, $2)")
+            .bind(ctx.id())
+            .bind(ctx.attempt())
+            .execute(ctx.state())
+            .await?;
+        Err("stopped".into())
+    }
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_renew_a_lease_stops_the_job_before_it_expires() {
+    let db = database().await;
+    let pool = db.pool();
+    sqlx::raw_sql(
+        "CREATE TABLE stops (job_id bigint, attempt int, at timestamptz DEFAULT clock_timestamp())",
+    )
+    .execute(pool)
+    .await
+    .expect("stops table");
+    let running = worker(pool)
+        .lease(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(400))
+        .rescue_interval(Duration::from_millis(200))
+        .shutdown_timeout(Duration::from_millis(100))
+        .register::<AwaitStop>()
+        .build()
+        .expect("worker")
+        .start();
+    let id = skiplock::enqueue(pool, &AwaitStop).await.expect("enqueue");
+    started(pool, id).await;
+
+    // Hold the job's row: the heartbeat's renewal blocks on it and misses its deadline, as it
+    // would with the database unreachable.
+    let mut blocker = pool.begin().await.expect("begin");
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT lease_expires_at FROM skiplock.jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_one(&mut *blocker)
+            .await
+            .expect("lock");
+    let stopped_at: chrono::DateTime<chrono::Utc> = eventually(
+        Duration::from_secs(5),
+        "the handler to be stopped",
+        || async {
+            sqlx::query_scalar("SELECT at FROM stops WHERE job_id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .expect("stops")
+        },
+    )
+    .await;
+    let margin = (expires_at - stopped_at).to_std().unwrap_or_default();
+    assert!(
+        stopped_at < expires_at,
+        "stopped at {stopped_at}, after the lease expired at {expires_at}"
+    );
+    blocker.rollback().await.expect("release");
+
+    // The lease then runs out and the job is rescued and run again.
+    eventually(Duration::from_secs(10), "a second attempt", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE job_id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .expect("ledger");
+        (n >= 2).then_some(())
+    })
+    .await;
+    running.shutdown().await.expect("shutdown");
+    let row = job(pool, id).await;
+    assert_eq!(row.errors[0]["kind"], json!("worker_lost"));
+    assert!(
+        margin > Duration::from_millis(100),
+        "stopped only {margin:?} before expiry"
+    );
+}
