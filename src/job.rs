@@ -180,6 +180,8 @@ pub struct JobRow {
     pub cancel_requested_at: Option<DateTime<Utc>>,
     /// Its unique key, for unique jobs.
     pub unique_key: Option<String>,
+    /// The schedule that enqueued it, for periodic jobs; its `run_at` is the fire time.
+    pub schedule: Option<String>,
 }
 
 /// The error of [`get_job`], [`cancel`] and [`retry`].
@@ -232,6 +234,7 @@ pub async fn get_job<'e>(
             .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok()),
         cancel_requested_at: row.cancel_requested_at,
         unique_key: row.unique_key,
+        schedule: row.schedule,
     }))
 }
 

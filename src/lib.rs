@@ -69,6 +69,7 @@
 //! - [`embedded`] (feature `embedded`): a throwaway PostgreSQL for examples and tests.
 
 mod backoff;
+mod cron;
 mod db;
 #[cfg(feature = "embedded")]
 pub mod embedded;
@@ -77,10 +78,12 @@ mod handler;
 mod job;
 mod migrate;
 pub mod runtime;
+pub mod schedule;
 #[cfg(feature = "embedded")]
 pub mod testing;
 
 pub use crate::backoff::Backoff;
+pub use crate::cron::{CronError, CronSchedule};
 pub use crate::enqueue::{
     EnqueueError, EnqueueOptions, NewJob, Unique, enqueue, enqueue_many, enqueue_new, enqueue_with,
 };
@@ -90,4 +93,7 @@ pub use crate::job::{
     cancel, get_job, retry,
 };
 pub use crate::migrate::{MIGRATIONS, MigrateError, MigrateReport, Migration, migrate, script};
-pub use crate::runtime::{Worker, WorkerBuilder, WorkerError, WorkerHandle};
+pub use crate::runtime::{
+    Scheduler, SchedulerConfig, Worker, WorkerBuilder, WorkerError, WorkerHandle,
+};
+pub use crate::schedule::{Misfire, Schedule, ScheduleError, ScheduleRow};

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "reliability",
         sql: include_str!("../migrations/0002_reliability.sql"),
     },
+    Migration {
+        version: 3,
+        name: "schedules",
+        sql: include_str!("../migrations/0003_schedules.sql"),
+    },
 ];
 
 /// The error of [`migrate`].

@@ -1,5 +1,6 @@
 //! Reliability features in one process: timeouts, cancellation, unique jobs, snooze, retry,
 //! progress, transactional completion, pool exhaustion and the workers table.
+#![allow(clippy::print_stderr)]
 
 mod common;
 
@@ -739,6 +740,7 @@ async fn a_worker_that_cannot_renew_a_lease_stops_the_job_before_it_expires() {
     running.shutdown().await.expect("shutdown");
     let row = job(pool, id).await;
     assert_eq!(row.errors[0]["kind"], json!("worker_lost"));
+    eprintln!("self-fencing: handler stopped {margin:?} before its 2 s lease expired");
     assert!(
         margin > Duration::from_millis(100),
         "stopped only {margin:?} before expiry"

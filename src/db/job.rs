@@ -615,6 +615,7 @@ pub(crate) struct Row {
     pub(crate) timeout_secs: Option<f64>,
     pub(crate) cancel_requested_at: Option<DateTime<Utc>>,
     pub(crate) unique_key: Option<String>,
+    pub(crate) schedule: Option<String>,
 }
 
 /// Reads one job by id.
@@ -627,7 +628,8 @@ pub(crate) async fn get<'e>(
         r#"
         SELECT id, queue, kind, args, state::text AS "state!", priority, attempt, max_attempts,
                run_at, created_at, attempted_at, finished_at, lease_expires_at, attempted_by,
-               errors, result, tags, progress, timeout_secs, cancel_requested_at, unique_key
+               errors, result, tags, progress, timeout_secs, cancel_requested_at, unique_key,
+               schedule
         FROM skiplock.jobs
         WHERE id = $1
         "#,

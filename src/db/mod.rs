@@ -12,6 +12,7 @@
 pub(crate) mod database;
 pub(crate) mod job;
 pub(crate) mod migration;
+pub(crate) mod schedule;
 
 /// The channel idle workers LISTEN on; the payload of each notification is a queue name.
 pub(crate) const WAKE_CHANNEL: &str = "skiplock_wake";

@@ -35,6 +35,7 @@ mod promoter;
 mod registry;
 mod rescuer;
 pub(crate) mod running;
+mod scheduler;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -57,7 +58,10 @@ use self::promoter::{Promoter, PromoterConfig};
 use self::registry::Registry;
 use self::rescuer::{Rescuer, RescuerConfig};
 use self::running::{RunningAttempts, StopReason};
-use crate::Handler;
+pub use self::scheduler::{
+    DEFAULT_MISFIRE_GRACE, DEFAULT_SCHEDULER_INTERVAL, Scheduler, SchedulerConfig, SchedulerReport,
+};
+use crate::{Handler, Schedule};
 
 /// Jobs one queue runs at once unless [`WorkerBuilder::queue`] says otherwise: 10.
 pub const DEFAULT_CONCURRENCY: usize = 10;
@@ -121,6 +125,9 @@ pub enum BuildError {
     /// A duration that must be positive is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
+    /// Two schedules share a name.
+    #[error("schedule {0:?} is declared twice")]
+    DuplicateSchedule(String),
     /// The heartbeat is too slow for the lease: leases would expire between renewals.
     #[error("heartbeat_interval ({heartbeat:?}) must be under half the lease ({lease:?})")]
     HeartbeatTooSlow {
@@ -153,6 +160,7 @@ pub struct WorkerBuilder<S = ()> {
     queues: Vec<(String, usize)>,
     config: Config,
     id: Option<String>,
+    schedules: Vec<Schedule>,
 }
 
 /// Timings shared by the builder and the worker.
@@ -168,6 +176,7 @@ struct Config {
     rescue_interval: Duration,
     job_timeout: Option<Duration>,
     db_timeout: Duration,
+    scheduler: Option<SchedulerConfig>,
 }
 
 impl Config {
@@ -267,6 +276,22 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
         self
     }
 
+    /// Declares a periodic job. At start the worker stores its schedules in
+    /// `skiplock.schedules`, and marks inactive the schedules earlier declared in code for the
+    /// kinds it registers that it no longer declares (a schedule removed from the code stops
+    /// firing rather than firing forever).
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.schedules.push(schedule);
+        self
+    }
+
+    /// Whether this worker also runs the scheduler, which enqueues the jobs of due schedules
+    /// (any number may run it: each fire time still enqueues one job). Default: `true`.
+    pub fn run_scheduler(mut self, run: bool) -> Self {
+        self.config.scheduler = run.then(SchedulerConfig::default);
+        self
+    }
+
     /// The worker's id, recorded in `attempted_by` of every job it claims. Default:
     /// `<hostname>:<pid>:<random>`, unique per process and worker.
     pub fn id(mut self, id: impl Into<String>) -> Self {
@@ -331,6 +356,11 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
             }
             seen.push(queue);
         }
+        let mut names: Vec<&str> = self.schedules.iter().map(Schedule::name).collect();
+        names.sort_unstable();
+        if let Some(twice) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(BuildError::DuplicateSchedule(twice[0].to_owned()));
+        }
         let id = self.id.unwrap_or_else(default_worker_id);
         let internal = internal_pool(&self.pool, &self.config, queues.len());
         Ok(Worker {
@@ -340,6 +370,7 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
             queues,
             config: self.config,
             id: id.into(),
+            schedules: Arc::new(self.schedules),
         })
     }
 }
@@ -373,6 +404,7 @@ pub struct Worker<S = ()> {
     queues: Vec<(String, usize)>,
     config: Config,
     id: Arc<str>,
+    schedules: Arc<Vec<Schedule>>,
 }
 
 impl<S: Clone + Send + Sync + 'static> Worker<S> {
@@ -402,8 +434,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 rescue_interval: DEFAULT_RESCUE_INTERVAL,
                 job_timeout: None,
                 db_timeout: DEFAULT_DB_TIMEOUT,
+                scheduler: Some(SchedulerConfig::default()),
             },
             id: None,
+            schedules: Vec::new(),
         }
     }
 
@@ -510,7 +544,21 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             worker_ttl: config.lease * 2,
             timeout: config.db_timeout,
         };
-        claimers.spawn(Rescuer::new(pool.clone(), rescuer).run(stop));
+        claimers.spawn(Rescuer::new(pool.clone(), rescuer).run(stop.clone()));
+        let scheduler = config
+            .scheduler
+            .clone()
+            .map(|config| Scheduler::new(pool.clone(), config));
+        let declare = declare_schedules(pool.clone(), self.schedules.clone(), kinds.clone());
+        claimers.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = declare => {}
+            }
+            if let Some(scheduler) = scheduler {
+                scheduler.run(stop).await;
+            }
+        });
         claimers.close();
 
         let listener = Listener::new(pool.clone(), wakers, running.clone());
@@ -584,6 +632,43 @@ impl Running {
         self.keepers.wait().await;
         self.heartbeat.unregister().await;
     }
+}
+
+/// Stores the worker's declared schedules and deactivates those it no longer declares,
+/// retrying until the database answers.
+async fn declare_schedules(pool: PgPool, schedules: Arc<Vec<Schedule>>, kinds: Vec<String>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match try_declare(&pool, &schedules, &kinds).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "could not store this worker's schedules; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn try_declare(
+    pool: &PgPool,
+    schedules: &[Schedule],
+    kinds: &[String],
+) -> Result<(), crate::ScheduleError> {
+    let mut tx = pool.begin().await?;
+    for schedule in schedules {
+        schedule.store(&mut *tx, "code").await?;
+    }
+    // A schedule's kind counts as this worker's when it runs it or declares it.
+    let mut owned = kinds.to_vec();
+    owned.extend(schedules.iter().map(|s| s.kind().to_owned()));
+    let names: Vec<String> = schedules.iter().map(|s| s.name().to_owned()).collect();
+    let gone = crate::db::schedule::deactivate_undeclared(&mut *tx, &owned, &names).await?;
+    tx.commit().await?;
+    for name in gone {
+        tracing::info!(schedule = %name, "schedule no longer declared in code; marked inactive");
+    }
+    Ok(())
 }
 
 /// The worker's own pool: the application's connect options, a few connections, deadlines.

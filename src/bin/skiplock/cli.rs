@@ -23,6 +23,75 @@ pub(crate) enum Command {
     Migrate(MigrateArgs),
     /// Enqueue one job and print its id.
     Enqueue(EnqueueArgs),
+    /// List, add, remove, pause, resume or run periodic jobs.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
+    /// Run the scheduler (enqueues the jobs of due schedules) until SIGINT or SIGTERM.
+    Scheduler(SchedulerArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SchedulesCommand {
+    /// Print every schedule.
+    List,
+    /// Create or update a schedule.
+    Add(AddScheduleArgs),
+    /// Delete a schedule (its jobs stay).
+    Remove(ScheduleName),
+    /// Stop a schedule from firing until it is resumed.
+    Pause(ScheduleName),
+    /// Resume a paused schedule from its next fire time.
+    Resume(ScheduleName),
+    /// Enqueue one job of the schedule now, without disturbing its cadence; prints the job's id.
+    RunNow(ScheduleName),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScheduleName {
+    /// The schedule's name.
+    pub(crate) name: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AddScheduleArgs {
+    /// The schedule's name.
+    pub(crate) name: String,
+
+    /// The cron expression: 5 fields (minute hour day-of-month month day-of-week), or 6 with a
+    /// leading seconds field.
+    #[arg(long)]
+    pub(crate) cron: String,
+
+    /// The kind of the job to enqueue at each fire time.
+    #[arg(long)]
+    pub(crate) kind: String,
+
+    /// The job's arguments as JSON.
+    #[arg(long, default_value = "{}")]
+    pub(crate) args: String,
+
+    /// The IANA time zone the expression is read in.
+    #[arg(long, default_value = "UTC")]
+    pub(crate) tz: String,
+
+    /// The queue of its jobs [default: default].
+    #[arg(long)]
+    pub(crate) queue: Option<String>,
+
+    /// The priority of its jobs [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) priority: Option<i16>,
+
+    /// Fire times missed while no scheduler ran: skip, run-once, or backfill=N.
+    #[arg(long, default_value = "skip")]
+    pub(crate) misfire: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SchedulerArgs {
+    /// The longest sleep between rounds (e.g. 1s, 250ms).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) interval: Duration,
 }
 
 #[derive(Debug, Args)]

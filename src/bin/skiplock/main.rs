@@ -3,6 +3,7 @@
 mod cli;
 mod enqueue;
 mod migrate;
+mod schedules;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(args) => {
             let job = enqueue::prepare(args)?;
             enqueue::run(&connect(cli.database_url).await?, job).await
+        }
+        Command::Schedules(command) => {
+            let prepared = schedules::prepare(command)?;
+            schedules::run(&connect(cli.database_url).await?, prepared).await
+        }
+        Command::Scheduler(args) => {
+            schedules::scheduler(connect(cli.database_url).await?, args).await
         }
     }
 }

@@ -1,0 +1,267 @@
+//! Statements on `skiplock.schedules` and the jobs schedules create.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+
+/// A full row of `skiplock.schedules`.
+pub(crate) struct ScheduleRow {
+    pub(crate) name: String,
+    pub(crate) cron: String,
+    pub(crate) timezone: String,
+    pub(crate) kind: String,
+    pub(crate) args: Value,
+    pub(crate) queue: String,
+    pub(crate) priority: i16,
+    pub(crate) max_attempts: i32,
+    pub(crate) misfire: String,
+    pub(crate) backfill_limit: i32,
+    pub(crate) paused: bool,
+    pub(crate) active: bool,
+    pub(crate) source: String,
+    pub(crate) next_fire_at: Option<DateTime<Utc>>,
+    pub(crate) last_fire_at: Option<DateTime<Utc>>,
+}
+
+/// A schedule to create or update.
+pub(crate) struct Upsert<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) cron: &'a str,
+    pub(crate) timezone: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) args: &'a Value,
+    pub(crate) queue: &'a str,
+    pub(crate) priority: i16,
+    pub(crate) max_attempts: i32,
+    pub(crate) misfire: &'a str,
+    pub(crate) backfill_limit: i32,
+    pub(crate) source: &'a str,
+}
+
+/// Creates or updates a schedule and makes it active. A changed expression or time zone takes
+/// effect from its next fire time: the scheduler computes it afresh. Pausing is left as it is.
+pub(crate) async fn upsert<'e>(
+    executor: impl PgExecutor<'e>,
+    s: &Upsert<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"
+        INSERT INTO skiplock.schedules AS s (name, cron, timezone, kind, args, queue, priority,
+                                             max_attempts, misfire, backfill_limit, source)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        ON CONFLICT (name) DO UPDATE
+        SET cron = excluded.cron, timezone = excluded.timezone, kind = excluded.kind,
+            args = excluded.args, queue = excluded.queue, priority = excluded.priority,
+            max_attempts = excluded.max_attempts, misfire = excluded.misfire,
+            backfill_limit = excluded.backfill_limit, source = excluded.source, active = true,
+            next_fire_at = CASE WHEN (s.cron, s.timezone) = (excluded.cron, excluded.timezone)
+                                THEN s.next_fire_at END,
+            updated_at = now()
+        "#,
+        s.name,
+        s.cron,
+        s.timezone,
+        s.kind,
+        s.args,
+        s.queue,
+        s.priority,
+        s.max_attempts,
+        s.misfire,
+        s.backfill_limit,
+        s.source,
+    )
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Marks inactive the schedules declared in code for one of `kinds` that are not in `names`:
+/// they were removed from the code of the workers that run those kinds.
+pub(crate) async fn deactivate_undeclared<'e>(
+    executor: impl PgExecutor<'e>,
+    kinds: &[String],
+    names: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        UPDATE skiplock.schedules
+        SET active = false, next_fire_at = NULL, updated_at = now()
+        WHERE source = 'code' AND active AND kind = ANY($1) AND NOT (name = ANY($2))
+        RETURNING name
+        "#,
+        kinds,
+        names,
+    )
+    .fetch_all(executor)
+    .await
+}
+
+pub(crate) async fn list<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<Vec<ScheduleRow>, sqlx::Error> {
+    sqlx::query_as!(
+        ScheduleRow,
+        r#"
+        SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, misfire,
+               backfill_limit, paused, active, source, next_fire_at, last_fire_at
+        FROM skiplock.schedules
+        ORDER BY name
+        "#
+    )
+    .fetch_all(executor)
+    .await
+}
+
+/// Deletes a schedule; returns whether it existed. Jobs it created are kept.
+pub(crate) async fn delete<'e>(
+    executor: impl PgExecutor<'e>,
+    name: &str,
+) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query!("DELETE FROM skiplock.schedules WHERE name = $1", name)
+        .execute(executor)
+        .await?
+        .rows_affected();
+    Ok(deleted == 1)
+}
+
+/// Pauses or resumes a schedule; returns whether it exists. Resuming recomputes the next fire
+/// time from now: fire times that passed while paused are not made up for.
+pub(crate) async fn set_paused<'e>(
+    executor: impl PgExecutor<'e>,
+    name: &str,
+    paused: bool,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query!(
+        r#"
+        UPDATE skiplock.schedules
+        SET paused = $2, updated_at = now(),
+            next_fire_at = CASE WHEN $2 THEN next_fire_at END
+        WHERE name = $1
+        "#,
+        name,
+        paused,
+    )
+    .execute(executor)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
+/// Enqueues one job of the schedule now, outside its cadence; `None` if there is no such
+/// schedule.
+pub(crate) async fn run_now<'e>(
+    executor: impl PgExecutor<'e>,
+    name: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, schedule)
+        SELECT kind, args, queue, priority, max_attempts, name
+        FROM skiplock.schedules
+        WHERE name = $1
+        RETURNING id
+        "#,
+        name,
+    )
+    .fetch_optional(executor)
+    .await
+}
+
+/// The transaction's database time.
+pub(crate) async fn now(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
+        .fetch_one(conn)
+        .await
+}
+
+/// Locks up to `limit` active, unpaused schedules that are due at `now` (or have no next fire
+/// time yet). Rows another scheduler holds are skipped: it is handling them.
+pub(crate) async fn lock_due(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<ScheduleRow>, sqlx::Error> {
+    sqlx::query_as!(
+        ScheduleRow,
+        r#"
+        SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, misfire,
+               backfill_limit, paused, active, source, next_fire_at, last_fire_at
+        FROM skiplock.schedules
+        WHERE active AND NOT paused AND (next_fire_at IS NULL OR next_fire_at <= $1)
+        ORDER BY next_fire_at NULLS FIRST
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+        "#,
+        now,
+        limit,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Inserts one job per fire time of schedule `name`, with `run_at` the fire time. A fire time
+/// that already has its job (another scheduler got there first) is skipped by the unique index
+/// `jobs_schedule_fire_idx`; returns the ids inserted.
+pub(crate) async fn insert_fires(
+    conn: &mut PgConnection,
+    name: &str,
+    fire_times: &[DateTime<Utc>],
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, run_at, state,
+                                   schedule)
+        SELECT s.kind, s.args, s.queue, s.priority, s.max_attempts, f.at,
+               CASE WHEN f.at > now() THEN 'scheduled' ELSE 'available' END::skiplock.job_state,
+               s.name
+        FROM skiplock.schedules AS s, unnest($2::timestamptz[]) AS f(at)
+        WHERE s.name = $1
+        ORDER BY f.at
+        ON CONFLICT (schedule, run_at) WHERE schedule IS NOT NULL DO NOTHING
+        RETURNING id
+        "#,
+        name,
+        fire_times,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Records a schedule's next fire time and, when it fired, its last.
+pub(crate) async fn advance(
+    conn: &mut PgConnection,
+    name: &str,
+    next_fire_at: Option<DateTime<Utc>>,
+    last_fire_at: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"
+        UPDATE skiplock.schedules
+        SET next_fire_at = $2, last_fire_at = coalesce($3, last_fire_at)
+        WHERE name = $1
+        "#,
+        name,
+        next_fire_at,
+        last_fire_at,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Seconds until the earliest next fire time (negative when overdue; `None` when nothing is
+/// scheduled), and whether some active schedule still needs its first fire time computed.
+pub(crate) async fn seconds_until_next_fire<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT CASE WHEN bool_or(next_fire_at IS NULL) THEN 0
+                    ELSE extract(epoch FROM min(next_fire_at) - now()) END::float8 AS "seconds"
+        FROM skiplock.schedules
+        WHERE active AND NOT paused
+        "#
+    )
+    .fetch_one(executor)
+    .await
+}

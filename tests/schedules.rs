@@ -1,0 +1,490 @@
+//! Periodic jobs: fire times, misfire policies, daylight saving time, pause/resume/run-now,
+//! schedules declared in code, and several schedulers at once. Most tests inject the clock
+//! into `Scheduler::run_once` and replay hours in milliseconds.
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use common::database;
+use serde::{Deserialize, Serialize};
+use skiplock::{Job, Misfire, Schedule, ScheduleError, Scheduler, SchedulerConfig, schedule};
+use sqlx::PgPool;
+
+#[derive(Serialize, Deserialize)]
+struct Report {
+    name: String,
+}
+
+impl Job for Report {
+    const KIND: &'static str = "report";
+    const QUEUE: &'static str = "reports";
+}
+
+fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
+        .single()
+        .expect("valid time")
+}
+
+fn scheduler(pool: &PgPool) -> Scheduler {
+    Scheduler::new(pool.clone(), SchedulerConfig::default())
+}
+
+/// The fire times (`run_at`) of the jobs of `name`, ascending.
+async fn fired(pool: &PgPool, name: &str) -> Vec<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT run_at FROM skiplock.jobs WHERE schedule = $1 ORDER BY run_at")
+        .bind(name)
+        .fetch_all(pool)
+        .await
+        .expect("jobs")
+}
+
+/// Runs the scheduler at each instant, in order.
+async fn replay(scheduler: &Scheduler, instants: impl IntoIterator<Item = DateTime<Utc>>) {
+    for now in instants {
+        scheduler.run_once(Some(now)).await.expect("round");
+    }
+}
+
+#[tokio::test]
+async fn a_schedule_fires_once_per_fire_time_with_run_at_the_fire_time() {
+    let db = database().await;
+    let pool = db.pool();
+    let hourly = Schedule::new("hourly-reminder", "0 * * * *", &Report { name: "r".into() })
+        .expect("schedule");
+    schedule::add(pool, &hourly).await.expect("add");
+    let scheduler = scheduler(pool);
+
+    // First round: the next fire time is computed, nothing fires.
+    replay(&scheduler, [at(2026, 1, 5, 9, 30, 0)]).await;
+    assert!(fired(pool, "hourly-reminder").await.is_empty());
+    // Every minute for three hours: three fire times, once each, however often it runs.
+    replay(
+        &scheduler,
+        (0..180).map(|m| at(2026, 1, 5, 9, 31, 0) + chrono::Duration::minutes(m)),
+    )
+    .await;
+    assert_eq!(
+        fired(pool, "hourly-reminder").await,
+        [
+            at(2026, 1, 5, 10, 0, 0),
+            at(2026, 1, 5, 11, 0, 0),
+            at(2026, 1, 5, 12, 0, 0)
+        ]
+    );
+    let job: (String, String, serde_json::Value) = sqlx::query_as(
+        "SELECT kind, queue, args FROM skiplock.jobs WHERE schedule = 'hourly-reminder' LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("job");
+    assert_eq!(
+        job,
+        (
+            "report".into(),
+            "reports".into(),
+            serde_json::json!({"name": "r"})
+        )
+    );
+    let row = &schedule::list(pool).await.expect("list")[0];
+    assert_eq!(row.last_fire_at, Some(at(2026, 1, 5, 12, 0, 0)));
+    assert_eq!(row.next_fire_at, Some(at(2026, 1, 5, 13, 0, 0)));
+}
+
+#[tokio::test]
+async fn fire_times_missed_while_no_scheduler_ran_follow_the_misfire_policy() {
+    let db = database().await;
+    let pool = db.pool();
+    let job = Report { name: "m".into() };
+    for (name, policy) in [
+        ("skip", Misfire::Skip),
+        ("once", Misfire::RunOnce),
+        ("backfill", Misfire::Backfill(3)),
+    ] {
+        let every_minute = Schedule::new(name, "* * * * *", &job)
+            .expect("schedule")
+            .misfire(policy);
+        schedule::add(pool, &every_minute).await.expect("add");
+    }
+    let scheduler = scheduler(pool);
+    replay(
+        &scheduler,
+        [at(2026, 1, 5, 9, 0, 30), at(2026, 1, 5, 9, 1, 0)],
+    )
+    .await;
+    // Down from 09:01 to 09:11:00: 09:02 .. 09:09 are missed (over 60 s late), 09:10 and
+    // 09:11 are within the grace.
+    replay(&scheduler, [at(2026, 1, 5, 9, 11, 0)]).await;
+    let minutes = |ms: &[u32]| {
+        ms.iter()
+            .map(|m| at(2026, 1, 5, 9, *m, 0))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fired(pool, "skip").await, minutes(&[1, 10, 11]));
+    assert_eq!(fired(pool, "once").await, minutes(&[1, 9, 10, 11]));
+    assert_eq!(
+        fired(pool, "backfill").await,
+        minutes(&[1, 7, 8, 9, 10, 11])
+    );
+}
+
+#[tokio::test]
+async fn daylight_saving_transitions_fire_once() {
+    let db = database().await;
+    let pool = db.pool();
+    let job = Report { name: "dst".into() };
+    for (name, expression, zone) in [
+        ("brussels", "30 2 * * *", "Europe/Brussels"),
+        ("new-york", "30 2 * * *", "America/New_York"),
+        // New York falls back from 02:00 EDT to 01:00 EST: its repeated hour is 01:00-02:00.
+        ("new-york-1:30", "30 1 * * *", "America/New_York"),
+    ] {
+        let nightly = Schedule::new(name, expression, &job)
+            .expect("schedule")
+            .timezone(zone)
+            .expect("zone");
+        schedule::add(pool, &nightly).await.expect("add");
+    }
+    let scheduler = scheduler(pool);
+    // Every 10 minutes through both 2026 transitions of both zones.
+    for (from, days) in [
+        (at(2026, 3, 6, 0, 0, 0), 25),
+        (at(2026, 10, 23, 0, 0, 0), 11),
+    ] {
+        let instants = (0..days * 144).map(|i| from + chrono::Duration::minutes(10 * i));
+        replay(&scheduler, instants).await;
+    }
+    let day = |times: &[DateTime<Utc>], from: DateTime<Utc>| -> Vec<DateTime<Utc>> {
+        let until = from + chrono::Duration::days(1);
+        times
+            .iter()
+            .copied()
+            .filter(|t| *t >= from && *t < until)
+            .collect()
+    };
+
+    let brussels = fired(pool, "brussels").await;
+    // Spring forward (29 March, 02:00 -> 03:00): 02:30 does not exist; it fires once, at 03:00
+    // CEST (01:00 UTC). Fall back (25 October, 03:00 -> 02:00): 02:30 happens twice; it fires
+    // once, at the first (00:30 UTC).
+    assert_eq!(
+        day(&brussels, at(2026, 3, 28, 0, 0, 0)),
+        [at(2026, 3, 28, 1, 30, 0)]
+    );
+    assert_eq!(
+        day(&brussels, at(2026, 3, 29, 0, 0, 0)),
+        [at(2026, 3, 29, 1, 0, 0)]
+    );
+    assert_eq!(
+        day(&brussels, at(2026, 3, 30, 0, 0, 0)),
+        [at(2026, 3, 30, 0, 30, 0)]
+    );
+    assert_eq!(
+        day(&brussels, at(2026, 10, 25, 0, 0, 0)),
+        [at(2026, 10, 25, 0, 30, 0)]
+    );
+    // One per day, no gaps and no doubles.
+    assert_eq!(brussels.len(), 25 + 11, "{brussels:?}");
+
+    let new_york = fired(pool, "new-york").await;
+    // Spring forward (8 March, 02:00 -> 03:00): at 03:00 EDT.
+    assert_eq!(
+        day(&new_york, at(2026, 3, 8, 5, 0, 0)),
+        [at(2026, 3, 8, 7, 0, 0)]
+    );
+    assert_eq!(
+        day(&new_york, at(2026, 11, 1, 4, 0, 0)),
+        [at(2026, 11, 1, 7, 30, 0)],
+        "02:30 EST"
+    );
+    assert_eq!(new_york.len(), 25 + 11, "{new_york:?}");
+    let repeated = fired(pool, "new-york-1:30").await;
+    let first = [at(2026, 11, 1, 5, 30, 0)];
+    assert_eq!(
+        day(&repeated, at(2026, 11, 1, 4, 0, 0)),
+        first,
+        "01:30 EDT, the first of two"
+    );
+    assert_eq!(repeated.len(), 25 + 11, "{repeated:?}");
+}
+
+#[tokio::test]
+async fn pause_resume_run_now_and_changed_expressions() {
+    let db = database().await;
+    let pool = db.pool();
+    let job = Report { name: "p".into() };
+    let every_minute = Schedule::new("p", "* * * * *", &job).expect("schedule");
+    schedule::add(pool, &every_minute).await.expect("add");
+    let scheduler = scheduler(pool);
+    replay(
+        &scheduler,
+        [at(2026, 1, 5, 9, 0, 30), at(2026, 1, 5, 9, 1, 0)],
+    )
+    .await;
+    assert_eq!(fired(pool, "p").await.len(), 1);
+
+    assert!(schedule::pause(pool, "p").await.expect("pause"));
+    replay(&scheduler, (2..6).map(|m| at(2026, 1, 5, 9, m, 0))).await;
+    assert_eq!(fired(pool, "p").await.len(), 1, "a paused schedule fired");
+
+    // Run now: one job at once, cadence untouched.
+    let id = schedule::run_now(pool, "p")
+        .await
+        .expect("run now")
+        .expect("exists");
+    assert_eq!(common::job(pool, id).await.schedule.as_deref(), Some("p"));
+    assert!(
+        schedule::run_now(pool, "nope")
+            .await
+            .expect("run now")
+            .is_none()
+    );
+
+    // Resumed: from its next fire time, without making up for the paused ones.
+    assert!(schedule::resume(pool, "p").await.expect("resume"));
+    replay(
+        &scheduler,
+        [at(2026, 1, 5, 9, 6, 10), at(2026, 1, 5, 9, 7, 0)],
+    )
+    .await;
+    let times = fired(pool, "p").await;
+    assert!(times.contains(&at(2026, 1, 5, 9, 7, 0)) && !times.contains(&at(2026, 1, 5, 9, 3, 0)));
+
+    // A changed expression takes effect from its next fire time.
+    let hourly = Schedule::new("p", "0 * * * *", &job).expect("schedule");
+    schedule::add(pool, &hourly).await.expect("update");
+    replay(
+        &scheduler,
+        (8..70).map(|m| at(2026, 1, 5, 9, 0, 0) + chrono::Duration::minutes(m)),
+    )
+    .await;
+    let after_change: Vec<_> = fired(pool, "p")
+        .await
+        .into_iter()
+        .filter(|t| *t > at(2026, 1, 5, 9, 7, 0) && *t < at(2026, 2, 1, 0, 0, 0))
+        .collect();
+    assert_eq!(after_change, [at(2026, 1, 5, 10, 0, 0)]);
+
+    assert!(schedule::remove(pool, "p").await.expect("remove"));
+    assert!(schedule::list(pool).await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn invalid_expressions_and_zones_are_refused_when_declared() {
+    let job = Report { name: "x".into() };
+    for expression in ["", "61 * * * *", "* * *", "every day"] {
+        let error = Schedule::new("bad", expression, &job).expect_err(expression);
+        assert!(
+            matches!(error, ScheduleError::Cron(_)),
+            "{expression}: {error}"
+        );
+        assert!(
+            error.to_string().contains("invalid cron expression"),
+            "{error}"
+        );
+    }
+    let error = Schedule::new("bad", "0 2 * * *", &job)
+        .expect("schedule")
+        .timezone("Europe/Atlantis")
+        .expect_err("unknown zone");
+    assert!(
+        error
+            .to_string()
+            .contains("unknown time zone \"Europe/Atlantis\""),
+        "{error}"
+    );
+    assert!(matches!(
+        Schedule::new("", "0 2 * * *", &job),
+        Err(ScheduleError::InvalidName(_))
+    ));
+
+    let output = Command::new(env!("CARGO_BIN_EXE_skiplock"))
+        .args([
+            "schedules",
+            "add",
+            "bad",
+            "--cron",
+            "99 * * * *",
+            "--kind",
+            "report",
+        ])
+        .env("DATABASE_URL", "postgres://127.0.0.1:1/never-reached")
+        .output()
+        .expect("run cli");
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.starts_with("error: invalid cron expression \"99 * * * *\""),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn the_unique_index_alone_refuses_a_second_job_for_a_fire_time() {
+    let db = database().await;
+    let pool = db.pool();
+    let job = Report { name: "u".into() };
+    schedule::add(
+        pool,
+        &Schedule::new("u", "* * * * *", &job).expect("schedule"),
+    )
+    .await
+    .expect("add");
+    let scheduler = scheduler(pool);
+    replay(
+        &scheduler,
+        [at(2026, 1, 5, 9, 0, 30), at(2026, 1, 5, 9, 1, 0)],
+    )
+    .await;
+    // A scheduler that read the schedule before the first one committed works from the stale
+    // next fire time: the database still refuses the duplicate.
+    sqlx::query("UPDATE skiplock.schedules SET next_fire_at = $1 WHERE name = 'u'")
+        .bind(at(2026, 1, 5, 9, 1, 0))
+        .execute(pool)
+        .await
+        .expect("rewind");
+    let report = scheduler
+        .run_once(Some(at(2026, 1, 5, 9, 1, 0)))
+        .await
+        .expect("round");
+    assert_eq!(report.fired, 0);
+    assert_eq!(fired(pool, "u").await, [at(2026, 1, 5, 9, 1, 0)]);
+}
+
+#[tokio::test]
+async fn schedules_removed_from_code_are_marked_inactive() {
+    let db = database().await;
+    let pool = db.pool();
+    let job = Report { name: "c".into() };
+    let declare = |names: &[&str]| {
+        let mut builder = common::worker(pool).register::<common::Record>();
+        for name in names {
+            builder = builder.schedule(Schedule::new(name, "0 2 * * *", &job).expect("schedule"));
+        }
+        builder.build().expect("worker").start()
+    };
+    let first = declare(&["a", "b"]);
+    common::eventually(Duration::from_secs(5), "two schedules", || async {
+        (schedule::list(pool).await.expect("list").len() == 2).then_some(())
+    })
+    .await;
+    first.shutdown().await.expect("shutdown");
+
+    let second = declare(&["a"]);
+    common::eventually(Duration::from_secs(5), "b to be inactive", || async {
+        let rows = schedule::list(pool).await.expect("list");
+        let active: Vec<_> = rows.iter().map(|r| (r.name.as_str(), r.active)).collect();
+        (active == [("a", true), ("b", false)]).then_some(())
+    })
+    .await;
+    second.shutdown().await.expect("shutdown");
+    let rows = schedule::list(pool).await.expect("list");
+    assert_eq!(rows[0].source, "code");
+    assert!(matches!(
+        common::worker(pool)
+            .register::<common::Record>()
+            .schedule(Schedule::new("a", "0 2 * * *", &job).expect("schedule"))
+            .schedule(Schedule::new("a", "0 3 * * *", &job).expect("schedule"))
+            .build(),
+        Err(skiplock::runtime::BuildError::DuplicateSchedule(_))
+    ));
+}
+
+#[tokio::test]
+async fn three_scheduler_processes_fire_an_every_second_schedule_exactly_once_per_second() {
+    let db = database().await;
+    let pool = db.pool();
+    let job = Report { name: "s".into() };
+    let every_second = Schedule::new("every-second", "* * * * * *", &job).expect("schedule");
+    schedule::add(pool, &every_second).await.expect("add");
+
+    let mut schedulers: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_skiplock"))
+                .args(["scheduler", "--interval", "100ms"])
+                .env("DATABASE_URL", db.url())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn scheduler")
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for child in &schedulers {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+    for child in &mut schedulers {
+        assert!(child.wait().expect("wait").success(), "a scheduler failed");
+    }
+
+    let times = fired(pool, "every-second").await;
+    let (first, last) = (times[0], times[times.len() - 1]);
+    let span = (last - first).num_seconds() + 1;
+    let mut distinct = times.clone();
+    distinct.dedup();
+    let gaps = span - distinct.len() as i64;
+    eprintln!(
+        "3 schedulers, 10 s: {} jobs for {span} fire times ({first} .. {last}), {} duplicates, {gaps} gaps",
+        times.len(),
+        times.len() - distinct.len()
+    );
+    assert!(times.len() >= 8, "only {} jobs in 10 s", times.len());
+    assert_eq!(times.len(), distinct.len(), "a fire time has two jobs");
+    assert_eq!(gaps, 0, "a fire time has no job");
+    assert!(
+        times.iter().all(|t| t.timestamp_subsec_nanos() == 0),
+        "fire times are whole seconds"
+    );
+}
+
+#[tokio::test]
+async fn the_celery_beat_use_cases_of_the_readme() {
+    let db = database().await;
+    let pool = db.pool();
+    let job = Report {
+        name: "beat".into(),
+    };
+    // Exactly as in the README.
+    let nightly_sync = Schedule::new("nightly-sync", "0 2 * * *", &job)
+        .expect("schedule")
+        .timezone("Europe/Brussels")
+        .expect("zone")
+        .misfire(Misfire::RunOnce);
+    let monday_report = Schedule::new("monday-report", "0 9 * * 1", &job)
+        .expect("schedule")
+        .timezone("America/New_York")
+        .expect("zone");
+    let hourly_reminder = Schedule::new("hourly-reminder", "0 * * * *", &job).expect("schedule");
+    for schedule in [&nightly_sync, &monday_report, &hourly_reminder] {
+        schedule::add(pool, schedule).await.expect("add");
+    }
+    // One January week, Monday 5 to Sunday 11, every five minutes.
+    let start = at(2026, 1, 4, 23, 0, 0);
+    let scheduler = scheduler(pool);
+    replay(
+        &scheduler,
+        (0..(7 * 288 + 12)).map(|i| start + chrono::Duration::minutes(5 * i)),
+    )
+    .await;
+
+    let nightly = fired(pool, "nightly-sync").await;
+    assert_eq!(nightly.len(), 7, "{nightly:?}");
+    assert!(
+        nightly
+            .iter()
+            .all(|t| t.format("%H:%M").to_string() == "01:00"),
+        "02:00 CET"
+    );
+    assert_eq!(
+        fired(pool, "monday-report").await,
+        [at(2026, 1, 5, 14, 0, 0)],
+        "09:00 EST on Monday"
+    );
+    assert_eq!(fired(pool, "hourly-reminder").await.len(), 7 * 24);
+}
