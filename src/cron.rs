@@ -16,8 +16,8 @@
 //!   trailing `year` (1970–2100): the `cron` crate's own format, passed to it
 //!   unchanged. There, day-of-week numbers run from `1` = Sunday to `7` = Saturday (prefer
 //!   names), and a day must match both day fields.
-//! * The shortcuts `@yearly`, `@monthly`, `@weekly` (Sundays), `@daily` and `@hourly`, which fire
-//!   at second 0 of minute 0 of hour 0 of the first day of the period.
+//! * The shortcuts `@yearly`, `@monthly`, `@weekly`, `@daily` and `@hourly`: at the start of
+//!   each year, month, week (Sunday 00:00), day and hour.
 //!
 //! Each field takes `*`, numbers, names (months and days of week), ranges `a-b`, steps `*/n`,
 //! `a-b/n` and `a/n` (from `a` to the field's maximum), and comma lists. Fire times are whole
@@ -92,7 +92,7 @@ pub struct CronSchedule {
 #[non_exhaustive]
 pub enum CronError {
     /// The expression does not parse.
-    #[error("invalid cron expression {expression:?}: {source}")]
+    #[error("invalid cron expression {expression:?}: {}", reason(.source))]
     InvalidExpression {
         /// The expression, as given.
         expression: String,
@@ -126,6 +126,15 @@ impl CronSchedule {
             source,
         };
         let fields: Vec<&str> = expression.split_whitespace().collect();
+        if !(5..=7).contains(&fields.len()) && !expression.trim_start().starts_with('@') {
+            let message = format!(
+                "expected 5 fields (minute hour day-of-month month day-of-week), 6 (with a \
+                 leading second) or 7 (and a trailing year), or a shortcut such as @daily; \
+                 found {}",
+                fields.len()
+            );
+            return Err(invalid(ErrorKind::Expression(message).into()));
+        }
         let sources = if let [minute, hour, day, month, weekday] = fields[..] {
             let days = crontab_weekdays(weekday)
                 .map_err(|message| invalid(ErrorKind::Expression(message).into()))?;
@@ -297,6 +306,18 @@ impl CronSchedule {
             .from_local_datetime(&hi)
             .earliest()
             .map(|at| at.to_utc())
+    }
+}
+
+/// The reason in a parse error, on one line: the `cron` crate's parser errors show the input
+/// and a caret under the fault, then (not always) a message.
+fn reason(error: &ParseError) -> String {
+    let text = error.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    match lines.len() {
+        0 | 1 => text,
+        2 => "not valid cron syntax".to_owned(),
+        _ => lines[2..].join(" "),
     }
 }
 
@@ -862,6 +883,7 @@ mod tests {
                         message.starts_with(&format!("invalid cron expression {expression:?}: ")),
                         "{message}"
                     );
+                    assert!(!message.contains('\n'), "{message}");
                     assert!(std::error::Error::source(&error).is_some());
                 }
                 other => panic!("{expression:?} gave {other:?}"),

@@ -103,9 +103,14 @@ pub struct Schedule {
 
 impl Schedule {
     /// Fires `job` at every time `expression` matches, in UTC until
-    /// [`timezone`](Self::timezone) says otherwise. The expression has 5 fields
-    /// (`minute hour day-of-month month day-of-week`, as in crontab) or 6 with a leading
-    /// seconds field. Queue, priority and attempts are the kind's.
+    /// [`timezone`](Self::timezone) says otherwise. Queue, priority and attempts are the
+    /// kind's.
+    ///
+    /// The expression has 5 fields, `minute hour day-of-month month day-of-week`, read as
+    /// crontab reads them (`0` or `7` is Sunday, `1` Monday; with both day fields restricted, a
+    /// day matching either fires). Or it has 6 fields with a leading seconds field (7 with a
+    /// trailing year), read as the `cron` crate reads them: there `1` is Sunday. Day names
+    /// (`MON`, `SUN-SAT`) mean the same in both forms.
     ///
     /// # Errors
     /// [`ScheduleError`] when the name or expression is invalid or `job` does not serialize.
