@@ -491,3 +491,34 @@ async fn the_celery_beat_use_cases_of_the_readme() {
     );
     assert_eq!(fired(pool, "hourly-reminder").await.len(), 7 * 24);
 }
+
+#[tokio::test]
+async fn a_schedule_that_can_never_fire_is_marked_inactive_instead_of_spinning() {
+    let db = database().await;
+    let pool = db.pool();
+    let job = Report {
+        name: "never".into(),
+    };
+    // 30 February does not exist.
+    schedule::add(
+        pool,
+        &Schedule::new("never", "0 0 30 2 *", &job).expect("schedule"),
+    )
+    .await
+    .expect("add");
+    let report = scheduler(pool)
+        .run_once(Some(at(2026, 1, 5, 9, 0, 0)))
+        .await
+        .expect("round");
+    assert_eq!(report.schedules, 1);
+    let row = &schedule::list(pool).await.expect("list")[0];
+    assert!(!row.active && row.next_fire_at.is_none());
+    let again = scheduler(pool)
+        .run_once(Some(at(2026, 1, 5, 9, 0, 1)))
+        .await
+        .expect("round");
+    assert_eq!(
+        again.schedules, 0,
+        "an exhausted schedule is picked up again and again"
+    );
+}

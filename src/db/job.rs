@@ -250,6 +250,22 @@ impl Outcomes {
         }
     }
 
+    /// The same attempts recorded as cancelled: they cannot go back to a state they are unique
+    /// in because a duplicate holds their key, and that duplicate will do the work.
+    pub(crate) fn superseded(&self) -> Self {
+        let n = self.len();
+        Self {
+            ids: self.ids.clone(),
+            lease_tokens: self.lease_tokens.clone(),
+            states: vec!["cancelled".to_owned(); n],
+            give_back: vec![false; n],
+            results: vec![None; n],
+            error_kinds: vec![Some("superseded".to_owned()); n],
+            error_messages: vec![Some("a duplicate unique job holds the key".to_owned()); n],
+            retry_in_secs: vec![0.0; n],
+        }
+    }
+
     /// The same attempts recorded as failed because their outcome could not be stored.
     pub(crate) fn unrecordable(&self, error: &sqlx::Error) -> Self {
         let n = self.len();
@@ -372,15 +388,21 @@ pub(crate) async fn set_progress<'e>(
     Ok(changed == 1)
 }
 
-/// A renewed lease, as [`heartbeat`] reports it.
+/// One lease, as [`heartbeat`] reports it.
 pub(crate) struct Renewed {
     pub(crate) id: i64,
+    /// The lease was extended.
+    pub(crate) renewed: bool,
+    /// Not extended because somebody holds the row's lock (the handler's own transaction, in
+    /// transactional completion), but still this worker's: neither renewed nor lost.
+    pub(crate) busy: bool,
     pub(crate) cancel_requested: bool,
 }
 
 /// Extends the leases of the given running jobs (fenced by their tokens) to `now() + lease`,
-/// and records the worker's heartbeat. Jobs missing from the result are no longer this
-/// worker's. `cancel_requested` tells which of them somebody asked to cancel.
+/// and records the worker's heartbeat. Rows locked by another transaction are skipped, never
+/// waited for (one long transaction must not stall every renewal), and reported `busy`; rows
+/// neither renewed nor busy are no longer this worker's. Rows are locked in id order.
 pub(crate) async fn heartbeat<'e>(
     executor: impl PgExecutor<'e>,
     ids: &[i64],
@@ -395,12 +417,34 @@ pub(crate) async fn heartbeat<'e>(
             INSERT INTO skiplock.workers (id, host, pid, queues)
             VALUES ($4, $5, $6, $7)
             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+        ),
+        held AS (
+            SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS l(id, lease_token)
+        ),
+        locked AS MATERIALIZED (
+            SELECT j.id
+            FROM skiplock.jobs AS j
+            JOIN held ON j.id = held.id AND j.lease_token = held.lease_token
+            WHERE j.state = 'running'
+            ORDER BY j.id
+            FOR UPDATE OF j SKIP LOCKED
+        ),
+        renewed AS (
+            UPDATE skiplock.jobs AS j
+            SET lease_expires_at = now() + make_interval(secs => $3)
+            FROM locked
+            WHERE j.id = locked.id
+            RETURNING j.id, j.cancel_requested_at IS NOT NULL AS cancel_requested
         )
-        UPDATE skiplock.jobs AS j
-        SET lease_expires_at = now() + make_interval(secs => $3)
-        FROM unnest($1::bigint[], $2::bigint[]) AS l(id, lease_token)
-        WHERE j.id = l.id AND j.lease_token = l.lease_token AND j.state = 'running'
-        RETURNING j.id, j.cancel_requested_at IS NOT NULL AS "cancel_requested!"
+        SELECT held.id AS "id!",
+               renewed.id IS NOT NULL AS "renewed!",
+               renewed.id IS NULL AND EXISTS (
+                   SELECT 1 FROM skiplock.jobs AS j
+                   WHERE j.id = held.id AND j.lease_token = held.lease_token
+                     AND j.state = 'running'
+               ) AS "busy!",
+               coalesce(renewed.cancel_requested, false) AS "cancel_requested!"
+        FROM held LEFT JOIN renewed ON renewed.id = held.id
         "#,
         ids,
         lease_tokens,
@@ -479,8 +523,11 @@ pub(crate) async fn rescue_expired<'e>(
                         ELSE 'retryable' END::skiplock.job_state AS new_state
             FROM skiplock.jobs AS j
             WHERE state = 'running' AND lease_expires_at < now()
-              -- As in promote_due: a unique job whose duplicate exists waits for it.
-              AND NOT (j.unique_key IS NOT NULL
+              -- As in promote_due: a unique job going back to a state it is unique in waits
+              -- while its duplicate holds the key (finishing it needs no wait).
+              AND NOT (j.unique_key IS NOT NULL AND j.cancel_requested_at IS NULL
+                       AND j.attempt < j.max_attempts
+                       AND ('available' = ANY (j.unique_states) OR 'retryable' = ANY (j.unique_states))
                        AND EXISTS (SELECT 1 FROM skiplock.jobs AS o
                                    WHERE o.unique_key = j.unique_key AND o.id <> j.id
                                      AND o.state = ANY (o.unique_states)))

@@ -135,7 +135,7 @@ pub(crate) async fn set_paused<'e>(
         r#"
         UPDATE skiplock.schedules
         SET paused = $2, updated_at = now(),
-            next_fire_at = CASE WHEN $2 THEN next_fire_at END
+            next_fire_at = CASE WHEN $2 OR NOT paused THEN next_fire_at END
         WHERE name = $1
         "#,
         name,
@@ -225,6 +225,18 @@ pub(crate) async fn insert_fires(
     )
     .fetch_all(conn)
     .await
+}
+
+/// Marks a schedule inactive because it will never fire again (its expression has no future
+/// fire time, or it cannot be parsed).
+pub(crate) async fn deactivate(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE skiplock.schedules SET active = false, next_fire_at = NULL, updated_at = now() WHERE name = $1",
+        name
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Records a schedule's next fire time and, when it fired, its last.

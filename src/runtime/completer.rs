@@ -9,10 +9,13 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
+use super::running::RunningAttempts;
 use crate::db;
 
 /// The most outcomes written by one statement.
@@ -92,6 +95,8 @@ pub(crate) struct Completer {
     pool: PgPool,
     config: CompleterConfig,
     receiver: mpsc::Receiver<Completion>,
+    /// Attempts are unregistered (their leases no longer renewed) once their outcome is written.
+    running: Arc<RunningAttempts>,
 }
 
 impl Completer {
@@ -99,11 +104,13 @@ impl Completer {
         pool: PgPool,
         config: CompleterConfig,
         receiver: mpsc::Receiver<Completion>,
+        running: Arc<RunningAttempts>,
     ) -> Self {
         Self {
             pool,
             config,
             receiver,
+            running,
         }
     }
 
@@ -139,7 +146,15 @@ impl Completer {
     /// cannot be stored is recorded as failed with kind `unrecordable_outcome`.
     async fn flush(&self, batch: &mut Vec<Completion>) -> CompleterReport {
         let outcomes = to_columns(batch.drain(..));
-        match self.write(&outcomes).await {
+        let report = self.write_all(&outcomes).await;
+        for (id, lease_token) in outcomes.ids.iter().zip(&outcomes.lease_tokens) {
+            self.running.remove(*id, *lease_token);
+        }
+        report
+    }
+
+    async fn write_all(&self, outcomes: &db::job::Outcomes) -> CompleterReport {
+        match self.write(outcomes).await {
             Ok(report) => report,
             Err(error) if is_data_error(&error) && outcomes.len() > 1 => {
                 tracing::warn!(%error, "a batch of outcomes was refused; writing them one by one");
@@ -147,6 +162,9 @@ impl Completer {
                 for i in 0..outcomes.len() {
                     let one = outcomes.row(i);
                     let written = match self.write(&one).await {
+                        Err(error) if is_unique_violation(&error) => {
+                            self.write(&one.superseded()).await
+                        }
                         Err(error) if is_data_error(&error) => {
                             self.write(&one.unrecordable(&error)).await
                         }
@@ -157,6 +175,10 @@ impl Completer {
                     report.stale += written.stale;
                 }
                 report
+            }
+            Err(error) if is_unique_violation(&error) => {
+                let written = self.write(&outcomes.superseded()).await;
+                written.unwrap_or_default()
             }
             Err(error) if is_data_error(&error) => {
                 let written = self.write(&outcomes.unrecordable(&error)).await;
@@ -224,6 +246,13 @@ fn is_data_error(error: &sqlx::Error) -> bool {
         .as_database_error()
         .and_then(|error| error.code())
         .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+}
+
+/// A unique job going back to a state it is unique in while a duplicate holds its key.
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|error| error.is_unique_violation())
 }
 
 /// The longest delay stored: about 31 years, far below what `make_interval` can hold.
@@ -328,7 +357,11 @@ mod tests {
     fn completer(db: &TestDatabase) -> (mpsc::Sender<Completion>, Completer) {
         let (sender, receiver) = mpsc::channel(8);
         let config = CompleterConfig::default();
-        (sender, Completer::new(db.pool().clone(), config, receiver))
+        let running = Arc::default();
+        (
+            sender,
+            Completer::new(db.pool().clone(), config, receiver, running),
+        )
     }
 
     async fn row(db: &TestDatabase, id: i64) -> crate::JobRow {

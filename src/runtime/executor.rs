@@ -86,22 +86,26 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
         let attempt = Arc::new(Attempt::new(job.id, job.lease_token, leased_at));
         self.running.insert(attempt.clone());
         let outcome = self.run(job, &attempt).instrument(span).await;
-        if let Some(outcome) = outcome {
-            let completion = Completion {
-                id: attempt.id,
-                lease_token: attempt.lease_token,
-                outcome,
-            };
-            // The completer stops only after every executor is gone, so this cannot fail while
-            // `self` lives; if it ever does, the lease brings the job back.
-            if self.completions.send(completion).await.is_err() {
-                tracing::error!(
-                    job.id = attempt.id,
-                    "completer is gone; outcome not recorded"
-                );
-            }
+        let Some(outcome) = outcome else {
+            self.running.remove(attempt.id, attempt.lease_token);
+            return;
+        };
+        // The attempt stays registered, its lease renewed, until the completer has recorded the
+        // outcome: a slow or retrying write must not let the job be rescued and run again.
+        let completion = Completion {
+            id: attempt.id,
+            lease_token: attempt.lease_token,
+            outcome,
+        };
+        // The completer stops only after every executor is gone, so this cannot fail while
+        // `self` lives; if it ever does, the lease brings the job back.
+        if self.completions.send(completion).await.is_err() {
+            tracing::error!(
+                job.id = attempt.id,
+                "completer is gone; outcome not recorded"
+            );
+            self.running.remove(attempt.id, attempt.lease_token);
         }
-        self.running.remove(attempt.id);
     }
 
     /// Runs the handler; `None` when there is nothing to record.
@@ -163,7 +167,12 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
                 .unwrap_or_else(|_| crate::Backoff::DEFAULT.delay(number))
         };
 
-        match (attempt.reason(), ended) {
+        let reason = if attempt.is_lease_lost() {
+            Some(StopReason::LeaseLost)
+        } else {
+            attempt.reason()
+        };
+        match (reason, ended) {
             (Some(StopReason::LeaseLost), _) => {
                 tracing::warn!(
                     elapsed_ms,
@@ -240,16 +249,24 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
             () = &mut timeout => attempt.stop(StopReason::Timeout),
             () = stopped.cancelled() => {}
         }
-        let grace = match attempt.reason() {
-            // Let go well before the lease can expire and the job run elsewhere.
-            Some(StopReason::LeaseLost) => self.cancel_timeout.min(self.lease / 4),
-            _ => self.cancel_timeout,
-        };
-        tokio::select! {
-            result = &mut run => Ended::Returned(result),
-            () = tokio::time::sleep(grace) => {
-                tracing::warn!(grace_ms = grace.as_millis() as u64, "handler ignored its cancellation; dropped it");
-                Ended::Dropped
+        // Let go within the cancel timeout, and within a quarter lease once the lease is lost
+        // or in doubt (even if that happens during the grace period), before the lease can
+        // expire and the job run elsewhere.
+        let lease_grace = self.lease / 4;
+        let mut deadline = Instant::now() + self.cancel_timeout;
+        if attempt.is_lease_lost() {
+            deadline = deadline.min(Instant::now() + lease_grace);
+        }
+        loop {
+            tokio::select! {
+                result = &mut run => return Ended::Returned(result),
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("handler ignored its cancellation; dropped it");
+                    return Ended::Dropped;
+                }
+                () = attempt.lease_lost.cancelled(), if deadline > Instant::now() + lease_grace => {
+                    deadline = Instant::now() + lease_grace;
+                }
             }
         }
     }

@@ -106,7 +106,7 @@ impl Heartbeat {
                 _ = check.tick() => {}
             }
             for attempt in self.running.snapshot() {
-                if attempt.renewed_at().elapsed() > limit && attempt.reason().is_none() {
+                if attempt.renewed_at().elapsed() > limit && !attempt.is_lease_lost() {
                     tracing::warn!(
                         job.id = attempt.id,
                         "lease not renewed in time; stopping the job before another worker may take it"
@@ -141,10 +141,12 @@ impl Heartbeat {
         )
         .await?;
 
+        let renewed: std::collections::HashMap<i64, db::job::Renewed> =
+            renewed.into_iter().map(|row| (row.id, row)).collect();
         let mut report = HeartbeatReport::default();
         for attempt in attempts {
-            match renewed.iter().find(|r| r.id == attempt.id) {
-                Some(row) => {
+            match renewed.get(&attempt.id) {
+                Some(row) if row.renewed => {
                     attempt.renewed(started);
                     report.renewed += 1;
                     if row.cancel_requested {
@@ -152,9 +154,11 @@ impl Heartbeat {
                         attempt.stop(StopReason::Cancelled);
                     }
                 }
+                // Locked by another transaction: still ours, renewed next time.
+                Some(row) if row.busy => {}
                 // Completed in the handler's own transaction: not running, and not lost.
-                None if attempt.completed_in_tx() => {}
-                None => {
+                _ if attempt.completed_in_tx() => {}
+                _ => {
                     report.lost += 1;
                     tracing::warn!(job.id = attempt.id, "job is no longer ours; stopping it");
                     attempt.stop(StopReason::LeaseLost);

@@ -496,9 +496,14 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let pool = &self.internal;
         let capacity: usize = self.queues.iter().map(|(_, concurrency)| concurrency).sum();
         let (completions, receiver) = mpsc::channel(capacity.max(64) * 2);
-        let completer =
-            tokio::spawn(Completer::new(pool.clone(), CompleterConfig::default(), receiver).run());
         let running = Arc::new(RunningAttempts::default());
+        let completer = Completer::new(
+            pool.clone(),
+            CompleterConfig::default(),
+            receiver,
+            running.clone(),
+        );
+        let completer = tokio::spawn(completer.run());
         let executor = Arc::new(Executor {
             registry: self.registry.clone(),
             state: self.state.clone(),

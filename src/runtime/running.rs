@@ -29,6 +29,9 @@ pub(crate) struct Attempt {
     pub(crate) lease_token: i64,
     /// The handler's cancellation token.
     pub(crate) cancellation: CancellationToken,
+    /// Fired when the lease is lost or in doubt, whatever stopped the attempt first: the
+    /// handler must then be let go within a quarter lease.
+    pub(crate) lease_lost: CancellationToken,
     reason: OnceLock<StopReason>,
     /// When the lease was last known good: taken *before* the claim or renewal statement was
     /// sent, so it never overestimates how long the lease has left.
@@ -43,16 +46,26 @@ impl Attempt {
             id,
             lease_token,
             cancellation: CancellationToken::new(),
+            lease_lost: CancellationToken::new(),
             reason: OnceLock::new(),
             renewed_at: Mutex::new(leased_at),
             completed_in_tx: AtomicBool::new(false),
         }
     }
 
-    /// Asks the handler to stop (its cancellation token fires); the first reason sticks.
+    /// Asks the handler to stop (its cancellation token fires); the first reason sticks, but a
+    /// lost lease is always recorded.
     pub(crate) fn stop(&self, reason: StopReason) {
         let _ = self.reason.set(reason);
+        if reason == StopReason::LeaseLost {
+            self.lease_lost.cancel();
+        }
         self.cancellation.cancel();
+    }
+
+    /// Whether the lease was lost, whatever else stopped the attempt.
+    pub(crate) fn is_lease_lost(&self) -> bool {
+        self.lease_lost.is_cancelled()
     }
 
     pub(crate) fn reason(&self) -> Option<StopReason> {
@@ -97,8 +110,16 @@ impl RunningAttempts {
         self.lock().insert(attempt.id, attempt);
     }
 
-    pub(crate) fn remove(&self, id: i64) {
-        self.lock().remove(&id);
+    /// Removes the attempt of `id` holding `lease_token`; a newer attempt of the same job (it
+    /// was rescued and claimed again by this worker) is left alone.
+    pub(crate) fn remove(&self, id: i64, lease_token: i64) {
+        let mut attempts = self.lock();
+        if attempts
+            .get(&id)
+            .is_some_and(|a| a.lease_token == lease_token)
+        {
+            attempts.remove(&id);
+        }
     }
 
     pub(crate) fn get(&self, id: i64) -> Option<Arc<Attempt>> {

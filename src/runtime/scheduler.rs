@@ -137,15 +137,23 @@ impl Scheduler {
                 let cron = match CronSchedule::parse(&row.cron, &row.timezone) {
                     Ok(cron) => cron,
                     Err(error) => {
-                        // Only SQL can store an invalid schedule; leave it for a human.
-                        tracing::error!(schedule = %row.name, %error, "invalid schedule; not firing it");
-                        db::schedule::advance(&mut tx, &row.name, None, None).await?;
+                        // Only SQL can store an invalid schedule: deactivate it for a human.
+                        tracing::error!(schedule = %row.name, %error, "invalid schedule; marked inactive");
+                        db::schedule::deactivate(&mut tx, &row.name).await?;
                         continue;
                     }
                 };
                 let Some(next) = row.next_fire_at else {
                     // New, changed or resumed: fire from the next time after now.
-                    db::schedule::advance(&mut tx, &row.name, cron.next_after(now), None).await?;
+                    match cron.next_after(now) {
+                        Some(next) => {
+                            db::schedule::advance(&mut tx, &row.name, Some(next), None).await?
+                        }
+                        None => {
+                            tracing::warn!(schedule = %row.name, "schedule has no future fire time; marked inactive");
+                            db::schedule::deactivate(&mut tx, &row.name).await?;
+                        }
+                    }
                     continue;
                 };
                 let policy = Misfire::from_columns(&row.misfire, row.backfill_limit);
@@ -159,13 +167,16 @@ impl Scheduler {
                 for fired in &fire {
                     tracing::info!(schedule = %row.name, fire_time = %fired, "schedule fired");
                 }
-                db::schedule::advance(
-                    &mut tx,
-                    &row.name,
-                    cron.next_after(now),
-                    fire.last().copied(),
-                )
-                .await?;
+                let last = fire.last().copied();
+                match cron.next_after(now) {
+                    Some(next) => {
+                        db::schedule::advance(&mut tx, &row.name, Some(next), last).await?
+                    }
+                    None => {
+                        db::schedule::advance(&mut tx, &row.name, None, last).await?;
+                        db::schedule::deactivate(&mut tx, &row.name).await?;
+                    }
+                }
             }
             tx.commit().await?;
             if !full {
