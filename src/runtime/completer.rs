@@ -25,6 +25,9 @@ pub(crate) const DEFAULT_MAX_BATCH: usize = 2_000;
 /// `running` until their lease expires and they are rescued).
 pub(crate) const RETRY_FOR: Duration = Duration::from_secs(120);
 
+/// How long one write may take before it counts as failed (and is retried).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The first retry delay of a failed write; it doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -194,7 +197,19 @@ impl Completer {
         let started = tokio::time::Instant::now();
         let mut delay = FIRST_RETRY_DELAY;
         loop {
-            match db::job::complete_many(&self.pool, outcomes).await {
+            // A client-side deadline too: a half-open connection never answers, and the
+            // server's statement_timeout cannot help with that.
+            let write = db::job::complete_many(&self.pool, outcomes);
+            let written = tokio::time::timeout(WRITE_TIMEOUT, write)
+                .await
+                .unwrap_or_else(|_| {
+                    let timeout = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {WRITE_TIMEOUT:?}"),
+                    );
+                    Err(sqlx::Error::Io(timeout))
+                });
+            match written {
                 Ok(changed) => {
                     let stale = outcomes.len() - changed.len();
                     if stale > 0 {
