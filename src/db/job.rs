@@ -253,30 +253,26 @@ impl Outcomes {
     /// The same attempts recorded as cancelled: they cannot go back to a state they are unique
     /// in because a duplicate holds their key, and that duplicate will do the work.
     pub(crate) fn superseded(&self) -> Self {
-        let n = self.len();
-        Self {
-            ids: self.ids.clone(),
-            lease_tokens: self.lease_tokens.clone(),
-            states: vec!["cancelled".to_owned(); n],
-            give_back: vec![false; n],
-            results: vec![None; n],
-            error_kinds: vec![Some("superseded".to_owned()); n],
-            error_messages: vec![Some("a duplicate unique job holds the key".to_owned()); n],
-            retry_in_secs: vec![0.0; n],
-        }
+        let message = "a duplicate unique job holds the key".to_owned();
+        self.finished_instead("cancelled", "superseded", message)
     }
 
     /// The same attempts recorded as failed because their outcome could not be stored.
     pub(crate) fn unrecordable(&self, error: &sqlx::Error) -> Self {
-        let n = self.len();
         let message = format!("the outcome could not be stored: {error}").replace('\0', "");
+        self.finished_instead("failed", "unrecordable_outcome", message)
+    }
+
+    /// The same attempts, all ending in final `state` with one error entry instead.
+    fn finished_instead(&self, state: &str, error_kind: &str, message: String) -> Self {
+        let n = self.len();
         Self {
             ids: self.ids.clone(),
             lease_tokens: self.lease_tokens.clone(),
-            states: vec!["failed".to_owned(); n],
+            states: vec![state.to_owned(); n],
             give_back: vec![false; n],
             results: vec![None; n],
-            error_kinds: vec![Some("unrecordable_outcome".to_owned()); n],
+            error_kinds: vec![Some(error_kind.to_owned()); n],
             error_messages: vec![Some(message); n],
             retry_in_secs: vec![0.0; n],
         }
