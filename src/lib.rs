@@ -65,10 +65,13 @@
 //! - [`enqueue`], [`enqueue_with`], [`enqueue_many`]: enqueueing on a pool, a connection or a
 //!   transaction.
 //! - [`Worker`]: queues, concurrency, polling and graceful shutdown.
+//! - [`Retention`]: how long finished jobs are kept before workers delete them.
 //! - [`get_job`] and the SQL schema (`docs/schema.md`): what happened to a job.
 //! - [`embedded`] (feature `embedded`): a throwaway PostgreSQL for examples and tests.
 
 mod backoff;
+#[cfg(feature = "bench")]
+pub mod bench;
 mod cron;
 mod db;
 #[cfg(feature = "embedded")]
@@ -94,6 +97,7 @@ pub use crate::job::{
 };
 pub use crate::migrate::{MIGRATIONS, MigrateError, MigrateReport, Migration, migrate, script};
 pub use crate::runtime::{
-    Scheduler, SchedulerConfig, Worker, WorkerBuilder, WorkerError, WorkerHandle,
+    Pruner, PrunerConfig, Retention, Scheduler, SchedulerConfig, Worker, WorkerBuilder,
+    WorkerError, WorkerHandle,
 };
 pub use crate::schedule::{Misfire, Schedule, ScheduleError, ScheduleRow};

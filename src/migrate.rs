@@ -39,6 +39,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "schedules",
         sql: include_str!("../migrations/0003_schedules.sql"),
     },
+    Migration {
+        version: 4,
+        name: "retention",
+        sql: include_str!("../migrations/0004_retention.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "leases",
+        sql: include_str!("../migrations/0005_leases.sql"),
+    },
 ];
 
 /// The error of [`migrate`].

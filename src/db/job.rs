@@ -315,7 +315,10 @@ pub(crate) async fn complete_many<'e>(
         FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
                     $7::float8[], $8::bool[])
              AS o(id, lease_token, state, result, error_kind, error_message, retry_in_secs, give_back)
-        WHERE j.id = o.id AND j.lease_token = o.lease_token AND j.state = 'running'
+        -- The fence is the lease token alone: a CHECK (0005) makes a non-null token mean
+        -- `running`. A `state = 'running'` term here would let stale statistics (no running
+        -- rows at the last ANALYZE) turn this join into batch × running comparisons.
+        WHERE j.id = o.id AND j.lease_token = o.lease_token
         RETURNING j.id, j.queue, j.state
         ),
         woken AS (
@@ -420,8 +423,8 @@ pub(crate) async fn heartbeat<'e>(
         locked AS MATERIALIZED (
             SELECT j.id
             FROM skiplock.jobs AS j
+            -- Fenced by the token alone, as in `complete_many` (and for the same reason).
             JOIN held ON j.id = held.id AND j.lease_token = held.lease_token
-            WHERE j.state = 'running'
             ORDER BY j.id
             FOR UPDATE OF j SKIP LOCKED
         ),
@@ -437,7 +440,6 @@ pub(crate) async fn heartbeat<'e>(
                renewed.id IS NULL AND EXISTS (
                    SELECT 1 FROM skiplock.jobs AS j
                    WHERE j.id = held.id AND j.lease_token = held.lease_token
-                     AND j.state = 'running'
                ) AS "busy!",
                coalesce(renewed.cancel_requested, false) AS "cancel_requested!"
         FROM held LEFT JOIN renewed ON renewed.id = held.id
@@ -561,6 +563,63 @@ pub(crate) async fn rescue_expired<'e>(
     )
     .fetch_all(executor)
     .await
+}
+
+/// Deletes up to `limit` jobs in final `state` (`completed`, `failed` or `cancelled`) whose
+/// `finished_at` is more than `older_than_secs` before the database's `now()`, oldest first;
+/// returns how many it deleted. Deletes nothing while another statement holding advisory lock
+/// `lock_key` runs (another worker's pruner).
+///
+/// Why the statement looks like this:
+/// - The inner SELECT is one range of `jobs_finished_idx` (`state, finished_at`) read in order:
+///   other states' rows and young rows are never visited, and the cutoff is database time.
+/// - `FOR UPDATE SKIP LOCKED` passes over rows another transaction holds (a `skiplock.retry`
+///   of a failed job, say): the pruner never waits for anyone. Others wait for it only on the
+///   rows of its batch, for the milliseconds of one statement (a `skiplock.retry` of a job
+///   being deleted then finds no job).
+/// - `pg_try_advisory_xact_lock` sits in an uncorrelated subquery, so it runs once per
+///   statement, before the scan, as a one-time filter: when another pruner holds the lock, the
+///   statement scans nothing and deletes nothing instead of waiting. SKIP LOCKED alone would
+///   keep concurrent pruners correct, but every worker runs one, and a fleet working through a
+///   large backlog at once would multiply the delete load (and WAL) for no benefit; with the
+///   lock one statement of one pruner runs at a time, and the others come back next interval.
+///   The lock is transaction-scoped: released at the end of this autocommit statement.
+/// - The victims travel as `id = ANY (ARRAY(...))` rather than a join against a CTE: with an
+///   unknown LIMIT, the generic plan of a prepared join may hash the whole table; an id array
+///   is always a primary-key index scan of exactly `limit` rows.
+/// - The DELETE repeats the state test. The rows are locked, so it cannot fail today; it keeps
+///   the statement from ever deleting a row in another state whatever the subquery becomes.
+/// - One statement, its own short transaction: a batch holds its row locks for milliseconds.
+pub(crate) async fn delete_finished<'e>(
+    executor: impl PgExecutor<'e>,
+    state: &str,
+    older_than_secs: f64,
+    limit: i64,
+    lock_key: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query!(
+        r#"
+        DELETE FROM skiplock.jobs
+        WHERE id = ANY (ARRAY(
+                  SELECT id
+                  FROM skiplock.jobs
+                  WHERE (SELECT pg_try_advisory_xact_lock($4))
+                    AND state = $1::text::skiplock.job_state
+                    AND finished_at < now() - make_interval(secs => $2)
+                  ORDER BY finished_at
+                  LIMIT $3
+                  FOR UPDATE SKIP LOCKED))
+          AND state = $1::text::skiplock.job_state
+        "#,
+        state,
+        older_than_secs,
+        limit,
+        lock_key,
+    )
+    .execute(executor)
+    .await?
+    .rows_affected();
+    Ok(deleted)
 }
 
 /// `skiplock.cancel(id)`: the job's state after the call, or `None` if there is no such job.

@@ -8,7 +8,9 @@
 //! Time is always the database's `now()`: leases, schedules and backoff never depend on the
 //! clock of the machine a worker happens to run on.
 
-#[cfg(feature = "embedded")]
+#[cfg(feature = "bench")]
+pub(crate) mod bench;
+#[cfg(any(feature = "embedded", feature = "bench"))]
 pub(crate) mod database;
 pub(crate) mod job;
 pub(crate) mod migration;

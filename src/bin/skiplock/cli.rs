@@ -28,6 +28,128 @@ pub(crate) enum Command {
     Schedules(SchedulesCommand),
     /// Run the scheduler (enqueues the jobs of due schedules) until SIGINT or SIGTERM.
     Scheduler(SchedulerArgs),
+    /// Measure skiplock on this server, each scenario in a fresh database of its own (the role
+    /// needs CREATEDB). Use an otherwise idle server.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    pub(crate) scenario: BenchScenario,
+
+    /// Print one JSON object per line instead of a sentence.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    /// Workers commit claims and completions with synchronous_commit = off (see
+    /// WorkerBuilder::synchronous_commit for the trade-off).
+    #[arg(long, global = true)]
+    pub(crate) async_commit: bool,
+
+    /// Run the scenario this many times, each in a fresh database.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub(crate) repeat: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchScenario {
+    /// Enqueue throughput: one job per transaction (--single) or enqueue_many (--bulk).
+    Insert(BenchInsertArgs),
+    /// Insert N no-op jobs (untimed), then time from the first claim to the last completion.
+    Drain(BenchDrainArgs),
+    /// Offered load: completion rate, backlog and enqueue-to-start latency percentiles.
+    Steady(BenchSteadyArgs),
+    /// Idle system, one job at a time: from the insert's commit to the handler's start.
+    Latency(BenchLatencyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchInsertArgs {
+    /// One job per transaction.
+    #[arg(long, conflicts_with = "bulk", required_unless_present = "bulk")]
+    pub(crate) single: bool,
+
+    /// enqueue_many with --batch jobs per call.
+    #[arg(long)]
+    pub(crate) bulk: bool,
+
+    /// Jobs to enqueue.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) jobs: u64,
+
+    /// Jobs per enqueue_many call, with --bulk.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) batch: u32,
+
+    /// Concurrent connections enqueueing.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) clients: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchDrainArgs {
+    /// Jobs to drain.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) jobs: u64,
+
+    /// Workers, all in this process.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) workers: u32,
+
+    /// Jobs each worker runs at once (also its largest claim).
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) concurrency: usize,
+
+    /// Jobs scheduled a day ahead, waiting in the table during the drain.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) scheduled: u64,
+
+    /// Completed jobs retained in the table during the drain.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) finished: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchSteadyArgs {
+    /// Jobs offered per second.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) rate: u32,
+
+    /// How long to offer them (e.g. 30s, 3m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) duration: Duration,
+
+    /// Workers, all in this process.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) workers: u32,
+
+    /// Jobs each worker runs at once.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) concurrency: usize,
+
+    /// Open a REPEATABLE READ transaction this long into the run (e.g. 30s)...
+    #[arg(long, value_parser = humantime::parse_duration, requires = "hold_snapshot_for")]
+    pub(crate) hold_snapshot_at: Option<Duration>,
+
+    /// ...and keep it open this long (e.g. 60s).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "hold_snapshot_at")]
+    pub(crate) hold_snapshot_for: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchLatencyArgs {
+    /// Jobs to time.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) samples: u32,
+
+    /// Do not LISTEN for wake-ups: find jobs by polling only.
+    #[arg(long)]
+    pub(crate) no_notify: bool,
+
+    /// The worker's poll interval.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) poll_interval: Duration,
 }
 
 #[derive(Debug, Subcommand)]

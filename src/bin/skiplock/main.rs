@@ -1,5 +1,6 @@
 //! The `skiplock` command-line tool.
 
+mod bench;
 mod cli;
 mod enqueue;
 mod migrate;
@@ -49,15 +50,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let prepared = schedules::prepare(command)?;
             schedules::run(&connect(cli.database_url).await?, prepared).await
         }
+        Command::Bench(args) => bench::run(server_options(cli.database_url)?, args).await,
         Command::Scheduler(args) => {
             schedules::scheduler(connect(cli.database_url).await?, args).await
         }
     }
 }
 
-async fn connect(url: Option<String>) -> anyhow::Result<PgPool> {
+fn server_options(url: Option<String>) -> anyhow::Result<PgConnectOptions> {
     let url = url.context("no database given: set DATABASE_URL or pass --database-url")?;
-    let options: PgConnectOptions = url.parse().context("the database URL is not valid")?;
+    url.parse().context("the database URL is not valid")
+}
+
+async fn connect(url: Option<String>) -> anyhow::Result<PgPool> {
+    let options = server_options(url)?;
     // One direct connection first: a pool retries until its acquire timeout, while a refused
     // or misconfigured connection should be reported at once.
     options

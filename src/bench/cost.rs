@@ -1,0 +1,59 @@
+//! The database's cost of a run: commits, WAL bytes and dead tuples, from `pg_stat_*`.
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+
+use super::{BenchError, Report};
+use crate::db::bench::{self, Counters};
+
+/// How long backends may take to report their statistics: a busy backend reports at most once a
+/// second, and an exiting one at once.
+const STATS_DELAY: Duration = Duration::from_millis(1_100);
+
+/// Counters read before the timed part.
+pub(super) struct Before(Counters);
+
+impl Before {
+    /// Reads the counters on `conn` (the benchmark's own connection, idle during the run).
+    pub(super) async fn read(conn: &mut PgConnection) -> Result<Self, BenchError> {
+        read(conn).await.map(Self)
+    }
+
+    /// Waits for the run's backends to report, reads the counters again and puts the
+    /// difference, per job, into `report`. Call it after the run's pools are closed.
+    pub(super) async fn finish(
+        self,
+        conn: &mut PgConnection,
+        report: Report,
+    ) -> Result<Report, BenchError> {
+        tokio::time::sleep(STATS_DELAY).await;
+        let after = read(conn).await?;
+        // Includes the handful of commits of the benchmark's own connection (its readings and,
+        // reported late, its set-up): noise next to thousands of jobs.
+        let commits = after.commits - self.0.commits;
+        let per_job = |total: i64| {
+            if report.jobs == 0 {
+                0.0
+            } else {
+                total as f64 / report.jobs as f64
+            }
+        };
+        Ok(Report {
+            commits_per_job: per_job(commits),
+            wal_bytes_per_job: per_job(after.wal_bytes - self.0.wal_bytes),
+            dead_tuples: after.dead_tuples,
+            ..report
+        })
+    }
+}
+
+async fn read(conn: &mut PgConnection) -> Result<Counters, BenchError> {
+    let action = "read pg_stat counters";
+    bench::clear_stats_snapshot(&mut *conn)
+        .await
+        .map_err(BenchError::database(action))?;
+    bench::counters(&mut *conn)
+        .await
+        .map_err(BenchError::database(action))
+}

@@ -1,0 +1,189 @@
+//! Working a full queue to empty: `skiplock bench drain`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgConnection;
+
+use super::probe::{KIND, Noop, Probe};
+use super::{BenchConfig, BenchDatabase, BenchError, Progress, QUEUE, Report, cost, reporting};
+use crate::db;
+use crate::{Worker, WorkerHandle};
+
+/// The kind of filler rows, which no benchmark worker runs.
+const FILLER_KIND: &str = "bench_filler";
+
+/// How long the completer may take to record the last outcomes once every handler has run.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A queue of `jobs` no-op jobs, inserted before the clock starts, worked to empty by
+/// `workers` workers. Timed from the first claim to the last completion, both read from the
+/// jobs table, so worker start-up is not counted.
+#[derive(Clone, Debug)]
+pub struct Drain {
+    /// Jobs to drain. Default 100,000.
+    pub jobs: u64,
+    /// Workers (each with its own producer, completer and connections), all in this process.
+    /// Default 1.
+    pub workers: u32,
+    /// Jobs each worker runs at once. Default 1,000: claims are sized to free slots, so this
+    /// is also the largest claim.
+    pub concurrency: usize,
+    /// Jobs scheduled a day ahead, inserted first and left waiting: they must not slow the
+    /// claim. Default 0.
+    pub scheduled: u64,
+    /// Completed jobs inserted first and retained: history must not slow the claim. Default 0.
+    pub finished: u64,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            jobs: 100_000,
+            workers: 1,
+            concurrency: 1_000,
+            scheduled: 0,
+            finished: 0,
+        }
+    }
+}
+
+impl Drain {
+    pub(super) async fn run(
+        &self,
+        config: &BenchConfig,
+        database: &BenchDatabase,
+        progress: &(dyn Fn(&Progress) + Sync),
+    ) -> Result<Report, BenchError> {
+        if self.workers == 0 || self.concurrency == 0 || self.jobs == 0 {
+            return Err(BenchError::Invalid(
+                "jobs, workers and concurrency must be at least 1".into(),
+            ));
+        }
+        let mut conn = database.connect().await?;
+        self.fill(&mut conn, progress).await?;
+        let before = cost::Before::read(&mut conn).await?;
+
+        let probe = Probe::counting();
+        let pool = database.pool(2).await?;
+        let workers = (0..self.workers)
+            .map(|i| start_worker(config, &pool, &probe, self.concurrency, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let total = self.jobs;
+        let all_started = async {
+            while probe.started() < total {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        reporting(
+            "draining",
+            Some(total),
+            || probe.started(),
+            progress,
+            all_started,
+        )
+        .await;
+        // Every handler ran; now wait for the database to say every job is completed.
+        let completed = settle(&mut conn, total).await;
+        let stopped = stop_all(workers).await;
+        pool.close().await;
+        let completed = completed?;
+        stopped?;
+
+        let seconds = match (completed.first_attempt, completed.last_finish) {
+            (Some(first), Some(last)) => (last - first).as_seconds_f64(),
+            _ => 0.0,
+        };
+        let report = Report::new("drain", completed.count as u64, seconds)
+            .detail("workers", self.workers)
+            .detail("concurrency", self.concurrency)
+            .detail("scheduled", self.scheduled)
+            .detail("finished", self.finished);
+        before.finish(&mut conn, report).await
+    }
+
+    /// Inserts the jobs (and any filler) untimed, then vacuums and checkpoints so the timed part
+    /// starts from a clean table.
+    async fn fill(
+        &self,
+        conn: &mut PgConnection,
+        progress: &(dyn Fn(&Progress) + Sync),
+    ) -> Result<(), BenchError> {
+        let action = "fill the queue";
+        let to_i64 =
+            |n: u64| i64::try_from(n).map_err(|_| BenchError::Invalid(format!("{n} is too many")));
+        let (jobs, scheduled, finished) = (
+            to_i64(self.jobs)?,
+            to_i64(self.scheduled)?,
+            to_i64(self.finished)?,
+        );
+        let fill = async {
+            if finished > 0 {
+                db::bench::fill_completed(&mut *conn, FILLER_KIND, QUEUE, finished).await?;
+            }
+            if scheduled > 0 {
+                db::bench::fill_scheduled(&mut *conn, FILLER_KIND, QUEUE, scheduled).await?;
+            }
+            db::bench::fill_available(&mut *conn, KIND, QUEUE, jobs).await?;
+            db::bench::vacuum_jobs(&mut *conn).await
+        };
+        let total = self.jobs + self.scheduled + self.finished;
+        reporting("filling", Some(total), || 0, progress, fill)
+            .await
+            .map_err(BenchError::database(action))?;
+        if let Err(error) = db::bench::checkpoint(&mut *conn).await {
+            tracing::info!(%error, "no CHECKPOINT before the timed part");
+        }
+        Ok(())
+    }
+}
+
+/// Starts one benchmark worker on `queue` [`QUEUE`].
+pub(super) fn start_worker(
+    config: &BenchConfig,
+    pool: &sqlx::PgPool,
+    probe: &Arc<Probe>,
+    concurrency: usize,
+    index: u32,
+) -> Result<WorkerHandle, BenchError> {
+    let worker = Worker::builder(pool.clone(), probe.clone())
+        .register::<Noop>()
+        .queue(QUEUE, concurrency)
+        .id(format!("bench-{}-{index}", std::process::id()))
+        .synchronous_commit(!config.async_commit)
+        .run_scheduler(false)
+        .build()
+        .map_err(BenchError::Worker)?;
+    Ok(worker.start())
+}
+
+/// Shuts every worker down; the first failure is returned once all have stopped.
+pub(super) async fn stop_all(workers: Vec<WorkerHandle>) -> Result<(), BenchError> {
+    let mut outcome = Ok(());
+    for worker in workers {
+        if let Err(error) = worker.shutdown().await {
+            outcome = outcome.and(Err(BenchError::WorkerFailed(error)));
+        }
+    }
+    outcome
+}
+
+/// Waits until the table shows `total` completed benchmark jobs.
+async fn settle(conn: &mut PgConnection, total: u64) -> Result<db::bench::Completed, BenchError> {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let completed = db::bench::completed(&mut *conn, KIND)
+            .await
+            .map_err(BenchError::database("count completed jobs"))?;
+        if completed.count as u64 >= total {
+            return Ok(completed);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(BenchError::Incomplete(format!(
+                "{} of {total} jobs completed {SETTLE_TIMEOUT:?} after every handler ran",
+                completed.count
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,118 @@
+//! `skiplock bench`: runs a scenario of `skiplock::bench` and prints its report.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // printing is this module's job
+
+use std::io::{IsTerminal as _, Write as _};
+
+use anyhow::Context as _;
+use skiplock::bench::{
+    self, BenchConfig, Drain, HoldSnapshot, Insert, InsertMode, Latency, Progress, Report,
+    Scenario, Steady,
+};
+use sqlx::postgres::PgConnectOptions;
+
+use crate::cli::{BenchArgs, BenchScenario};
+
+pub(crate) async fn run(server: PgConnectOptions, args: BenchArgs) -> anyhow::Result<()> {
+    let scenario = scenario(args.scenario);
+    let mut config = BenchConfig::new(server);
+    config.async_commit = args.async_commit;
+    let terminal = std::io::stderr().is_terminal();
+    for _ in 0..args.repeat.max(1) {
+        let report = bench::run(&config, &scenario, &|progress| {
+            if terminal {
+                show_progress(progress);
+            }
+        })
+        .await;
+        if terminal {
+            // Clear the progress line.
+            eprint!("\r\x1b[2K");
+        }
+        let report = report.context("benchmark failed")?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", sentence(&report));
+        }
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
+
+fn scenario(args: BenchScenario) -> Scenario {
+    match args {
+        BenchScenario::Insert(args) => Scenario::Insert(Insert {
+            jobs: args.jobs,
+            clients: args.clients,
+            mode: if args.bulk {
+                InsertMode::Bulk { batch: args.batch }
+            } else {
+                InsertMode::Single
+            },
+        }),
+        BenchScenario::Drain(args) => Scenario::Drain(Drain {
+            jobs: args.jobs,
+            workers: args.workers,
+            concurrency: args.concurrency,
+            scheduled: args.scheduled,
+            finished: args.finished,
+        }),
+        BenchScenario::Steady(args) => Scenario::Steady(Steady {
+            rate: args.rate,
+            duration: args.duration,
+            workers: args.workers,
+            concurrency: args.concurrency,
+            hold_snapshot: args
+                .hold_snapshot_at
+                .zip(args.hold_snapshot_for)
+                .map(|(at, hold)| HoldSnapshot { at, hold }),
+        }),
+        BenchScenario::Latency(args) => Scenario::Latency(Latency {
+            samples: args.samples,
+            notify: !args.no_notify,
+            poll_interval: args.poll_interval,
+            ..Latency::default()
+        }),
+    }
+}
+
+fn show_progress(progress: &Progress) {
+    let total = progress
+        .total
+        .map(|total| format!(" of {total}"))
+        .unwrap_or_default();
+    eprint!(
+        "\r\x1b[2K{}: {}{} ({:.1} s)",
+        progress.phase,
+        progress.done,
+        total,
+        progress.elapsed.as_secs_f64()
+    );
+    let _ = std::io::stderr().flush();
+}
+
+/// The report as one line for people.
+fn sentence(report: &Report) -> String {
+    let mut line = format!(
+        "{}: {} jobs in {:.2} s = {:.0} jobs/s",
+        report.scenario, report.jobs, report.seconds, report.jobs_per_s
+    );
+    if let (Some(p50), Some(p95), Some(p99)) = (report.p50_ms, report.p95_ms, report.p99_ms) {
+        line.push_str(&format!(
+            "; latency p50 {p50:.2} ms, p95 {p95:.2} ms, p99 {p99:.2} ms"
+        ));
+    }
+    line.push_str(&format!(
+        "; per job {:.3} commits, {:.0} WAL bytes; {} dead tuples left{}",
+        report.commits_per_job,
+        report.wal_bytes_per_job,
+        report.dead_tuples,
+        if report.async_commit {
+            " (synchronous_commit off)"
+        } else {
+            ""
+        }
+    ));
+    line
+}

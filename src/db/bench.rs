@@ -1,0 +1,193 @@
+//! Statements of `skiplock bench`: filling a benchmark database, counting what the run did, and
+//! reading the server's cost counters.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+
+/// Inserts `count` runnable jobs of `kind` in `queue` in one statement (the untimed set-up of a
+/// drain). Generated in the server, so filling a million rows costs no round trips.
+pub(crate) async fn fill_available<'e>(
+    executor: impl PgExecutor<'e>,
+    kind: &str,
+    queue: &str,
+    count: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        INSERT INTO skiplock.jobs (kind, queue, args, state)
+        SELECT $1, $2, jsonb_build_object('n', g), 'available'
+        FROM generate_series(1, $3::bigint) AS g
+        "#,
+        kind,
+        queue,
+        count,
+    )
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Inserts `count` jobs scheduled a day ahead: a backlog the claim must never scan.
+pub(crate) async fn fill_scheduled<'e>(
+    executor: impl PgExecutor<'e>,
+    kind: &str,
+    queue: &str,
+    count: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        INSERT INTO skiplock.jobs (kind, queue, args, state, run_at)
+        SELECT $1, $2, jsonb_build_object('n', g), 'scheduled', now() + interval '1 day'
+        FROM generate_series(1, $3::bigint) AS g
+        "#,
+        kind,
+        queue,
+        count,
+    )
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Inserts `count` completed jobs: the finished history a long-running queue retains.
+pub(crate) async fn fill_completed<'e>(
+    executor: impl PgExecutor<'e>,
+    kind: &str,
+    queue: &str,
+    count: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        INSERT INTO skiplock.jobs (kind, queue, args, state, attempt, attempted_at, finished_at,
+                                   attempted_by, result)
+        SELECT $1, $2, jsonb_build_object('n', g), 'completed', 1, now(), now(),
+               '{bench-filler}', 'null'::jsonb
+        FROM generate_series(1, $3::bigint) AS g
+        "#,
+        kind,
+        queue,
+        count,
+    )
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Updates planner statistics and cleans the jobs table after a fill, so every run starts from
+/// the same state (as a table that autovacuum has caught up with).
+pub(crate) async fn vacuum_jobs<'e>(executor: impl PgExecutor<'e>) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql("VACUUM (ANALYZE) skiplock.jobs")
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Flushes dirty pages now, so that a checkpoint triggered by the fill does not land inside the
+/// timed part. Needs superuser or `pg_checkpoint`; callers ignore a refusal.
+pub(crate) async fn checkpoint<'e>(executor: impl PgExecutor<'e>) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql("CHECKPOINT").execute(executor).await?;
+    Ok(())
+}
+
+/// How many jobs of `kind` exist.
+pub(crate) async fn count_kind<'e>(
+    executor: impl PgExecutor<'e>,
+    kind: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM skiplock.jobs WHERE kind = $1"#,
+        kind
+    )
+    .fetch_one(executor)
+    .await
+}
+
+/// The completed jobs of `kind`, and the span from the first claim to the last completion in
+/// database time.
+pub(crate) struct Completed {
+    pub(crate) count: i64,
+    pub(crate) first_attempt: Option<DateTime<Utc>>,
+    pub(crate) last_finish: Option<DateTime<Utc>>,
+}
+
+pub(crate) async fn completed<'e>(
+    executor: impl PgExecutor<'e>,
+    kind: &str,
+) -> Result<Completed, sqlx::Error> {
+    sqlx::query_as!(
+        Completed,
+        r#"
+        SELECT count(*) AS "count!", min(attempted_at) AS first_attempt,
+               max(finished_at) AS last_finish
+        FROM skiplock.jobs
+        WHERE kind = $1 AND state = 'completed'
+        "#,
+        kind
+    )
+    .fetch_one(executor)
+    .await
+}
+
+/// Jobs of `queue` waiting to run (`available`) or running: the backlog of a steady run. Reads
+/// the claim index for `available`, so it stays cheap on a big table.
+pub(crate) async fn backlog<'e>(
+    executor: impl PgExecutor<'e>,
+    queue: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT count(*) AS "count!" FROM skiplock.jobs
+        WHERE queue = $1 AND state IN ('available', 'running')
+        "#,
+        queue
+    )
+    .fetch_one(executor)
+    .await
+}
+
+/// The server's cumulative cost counters, read before and after a run.
+pub(crate) struct Counters {
+    /// Commits in this database (`pg_stat_database.xact_commit`).
+    pub(crate) commits: i64,
+    /// The server's WAL insert position in bytes: the difference of two readings is the WAL
+    /// written between them (by the whole server, which is why benchmarks want it to themselves).
+    pub(crate) wal_bytes: i64,
+    /// Dead tuples in `skiplock.jobs` (`pg_stat_user_tables.n_dead_tup`).
+    pub(crate) dead_tuples: i64,
+}
+
+/// Reads [`Counters`]. The statistics are those backends have reported: a backend reports at
+/// most once a second while busy, and on exit.
+pub(crate) async fn counters<'e>(executor: impl PgExecutor<'e>) -> Result<Counters, sqlx::Error> {
+    sqlx::query_as!(
+        Counters,
+        r#"
+        SELECT
+            (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())
+                AS "commits!",
+            pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint AS "wal_bytes!",
+            coalesce((SELECT n_dead_tup FROM pg_stat_user_tables
+                      WHERE relid = 'skiplock.jobs'::regclass), 0) AS "dead_tuples!"
+        "#
+    )
+    .fetch_one(executor)
+    .await
+}
+
+/// Drops the statistics snapshot cached in this session, so [`counters`] sees fresh values.
+pub(crate) async fn clear_stats_snapshot<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!("SELECT pg_stat_clear_snapshot()")
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Opens nothing by itself: run inside a `REPEATABLE READ` transaction, takes its snapshot, which
+/// then pins the server's xmin horizon until the transaction ends (the long-reader pathology).
+pub(crate) async fn take_snapshot<'e>(executor: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM skiplock.migrations"#)
+        .fetch_one(executor)
+        .await
+}
