@@ -36,6 +36,7 @@ skiplock() {
     bench "$1" "$2" latency --samples 1000
   done
   bench tcp "$TCP_URL" latency --samples 50 --no-notify --poll-interval 1s
+  bench tcp "$TCP_URL" insert --bulk --jobs 100000 --batch 1000 --clients 2
   bench tcp "$TCP_URL" steady --rate 2000 --duration 30s
 }
 
@@ -58,8 +59,9 @@ peers() {
 pathologies() {
   # Drain with a million scheduled jobs waiting and ten million finished jobs retained, then a
   # steady load with a REPEATABLE READ transaction held open for 60 s in the middle.
-  bench socket "$SOCKET_URL" drain --jobs 100000 --scheduled 1000000 --finished 10000000
-  bench socket "$SOCKET_URL" steady --rate 10000 --duration 150s --hold-snapshot-at 30s --hold-snapshot-for 60s
+  bench tcp "$TCP_URL" drain --jobs 100000 --scheduled 1000000 --finished 10000000
+  bench tcp "$TCP_URL" drain --jobs 100000
+  bench tcp "$TCP_URL" steady --rate 10000 --duration 150s --hold-snapshot-at 30s --hold-snapshot-for 60s
 }
 
 case "$what" in

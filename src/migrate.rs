@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "leases",
         sql: include_str!("../migrations/0005_leases.sql"),
     },
+    Migration {
+        version: 6,
+        name: "wake_from_enqueue",
+        sql: include_str!("../migrations/0006_wake_from_enqueue.sql"),
+    },
 ];
 
 /// The error of [`migrate`].

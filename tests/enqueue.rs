@@ -352,3 +352,46 @@ async fn one_wake_up_per_transaction_and_queue_carrying_only_the_queue_name() {
     payloads.sort();
     assert_eq!(payloads, ["a", "b"]);
 }
+
+#[tokio::test]
+async fn every_way_to_enqueue_wakes_the_queue_it_enqueued_on() {
+    let db = database().await;
+    let pool = db.pool();
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool)
+        .await
+        .expect("listener");
+    listener.listen("skiplock_wake").await.expect("listen");
+
+    // Each in its own transaction and queue, so each payload proves one path sent it.
+    skiplock::enqueue_with(
+        pool,
+        &Record { n: 1 },
+        EnqueueOptions::new().queue("single"),
+    )
+    .await
+    .expect("enqueue");
+    let job =
+        NewJob::with_options(&Record { n: 2 }, EnqueueOptions::new().queue("many")).expect("job");
+    skiplock::enqueue_many(pool, [job])
+        .await
+        .expect("enqueue_many");
+    sqlx::query("SELECT skiplock.enqueue('record', '{}', queue => 'sql')")
+        .execute(pool)
+        .await
+        .expect("SQL enqueue");
+    let unique = EnqueueOptions::new()
+        .queue("unique")
+        .unique(skiplock::Unique::key("only-one"));
+    skiplock::enqueue_with(pool, &Record { n: 3 }, unique)
+        .await
+        .expect("unique enqueue");
+
+    let mut payloads = Vec::new();
+    while let Ok(Ok(notification)) =
+        tokio::time::timeout(Duration::from_millis(300), listener.recv()).await
+    {
+        payloads.push(notification.payload().to_owned());
+    }
+    payloads.sort();
+    assert_eq!(payloads, ["many", "single", "sql", "unique"]);
+}

@@ -155,11 +155,14 @@ pub(crate) async fn run_now<'e>(
 ) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"
-        INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, schedule)
-        SELECT kind, args, queue, priority, max_attempts, name
-        FROM skiplock.schedules
-        WHERE name = $1
-        RETURNING id
+        WITH inserted AS (
+            INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, schedule)
+            SELECT kind, args, queue, priority, max_attempts, name
+            FROM skiplock.schedules
+            WHERE name = $1
+            RETURNING id, queue
+        )
+        SELECT id AS "id!" FROM inserted, LATERAL (SELECT pg_notify('skiplock_wake', queue)) AS woken
         "#,
         name,
     )
@@ -209,6 +212,7 @@ pub(crate) async fn insert_fires(
 ) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"
+        WITH inserted AS (
         INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, run_at, state,
                                    schedule)
         SELECT s.kind, s.args, s.queue, s.priority, s.max_attempts, f.at,
@@ -218,7 +222,12 @@ pub(crate) async fn insert_fires(
         WHERE s.name = $1
         ORDER BY f.at
         ON CONFLICT (schedule, run_at) WHERE schedule IS NOT NULL DO NOTHING
-        RETURNING id
+        RETURNING id, queue, state
+        ),
+        woken AS (
+            SELECT skiplock.wake(array_agg(queue)) FROM inserted WHERE state = 'available'
+        )
+        SELECT id AS "id!" FROM inserted, woken
         "#,
         name,
         fire_times,
