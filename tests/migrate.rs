@@ -100,3 +100,33 @@ async fn versions_from_a_newer_skiplock_are_reported_not_touched() {
     let report = skiplock::migrate(pool).await.expect("migrate");
     assert_eq!(report.unknown, vec![9999]);
 }
+
+#[tokio::test]
+async fn only_running_jobs_hold_a_lease() {
+    let db = skiplock::testing::TestDatabase::new()
+        .await
+        .expect("database");
+    let id: i64 = sqlx::query_scalar("SELECT skiplock.enqueue('k', '{}')")
+        .fetch_one(db.pool())
+        .await
+        .expect("enqueue");
+    // A token without a running state, a running state without an expiry, a finished job
+    // keeping its token: each would let a stale fence match, and each is refused.
+    for update in [
+        "UPDATE skiplock.jobs SET lease_token = 1 WHERE id = $1",
+        "UPDATE skiplock.jobs SET state = 'running', lease_token = 1 WHERE id = $1",
+        "UPDATE skiplock.jobs SET state = 'completed', finished_at = now(), lease_token = 1 \
+         WHERE id = $1",
+    ] {
+        let refused = sqlx::query(update).bind(id).execute(db.pool()).await;
+        assert!(refused.is_err(), "{update} was accepted");
+    }
+    sqlx::query(
+        "UPDATE skiplock.jobs SET state = 'running', lease_token = 1,
+                lease_expires_at = now() + interval '30 seconds' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(db.pool())
+    .await
+    .expect("a running job with a lease is fine");
+}

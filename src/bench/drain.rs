@@ -66,16 +66,23 @@ impl Drain {
 
         let probe = Probe::counting();
         let pool = database.pool(2).await?;
-        let workers = (0..self.workers)
-            .map(|i| start_worker(config, &pool, &probe, self.concurrency, i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let workers = start_workers(config, &pool, &probe, self.concurrency, self.workers)?;
         let total = self.jobs;
         let all_started = async {
+            let (mut seen, mut since) = (0, tokio::time::Instant::now());
             while probe.started() < total {
+                if probe.started() != seen {
+                    (seen, since) = (probe.started(), tokio::time::Instant::now());
+                } else if since.elapsed() > SETTLE_TIMEOUT {
+                    return Err(BenchError::Incomplete(format!(
+                        "{seen} of {total} jobs started; none for {SETTLE_TIMEOUT:?}"
+                    )));
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            Ok(())
         };
-        reporting(
+        let started = reporting(
             "draining",
             Some(total),
             || probe.started(),
@@ -84,7 +91,10 @@ impl Drain {
         )
         .await;
         // Every handler ran; now wait for the database to say every job is completed.
-        let completed = settle(&mut conn, total).await;
+        let completed = match started {
+            Ok(()) => settle(&mut conn, total).await,
+            Err(error) => Err(error),
+        };
         let stopped = stop_all(workers).await;
         pool.close().await;
         let completed = completed?;
@@ -138,23 +148,28 @@ impl Drain {
     }
 }
 
-/// Starts one benchmark worker on `queue` [`QUEUE`].
-pub(super) fn start_worker(
+/// Builds `count` benchmark workers on queue [`QUEUE`], then starts them all (so that none is
+/// left running when building another fails).
+pub(super) fn start_workers(
     config: &BenchConfig,
     pool: &sqlx::PgPool,
     probe: &Arc<Probe>,
     concurrency: usize,
-    index: u32,
-) -> Result<WorkerHandle, BenchError> {
-    let worker = Worker::builder(pool.clone(), probe.clone())
-        .register::<Noop>()
-        .queue(QUEUE, concurrency)
-        .id(format!("bench-{}-{index}", std::process::id()))
-        .synchronous_commit(!config.async_commit)
-        .run_scheduler(false)
-        .build()
-        .map_err(BenchError::Worker)?;
-    Ok(worker.start())
+    count: u32,
+) -> Result<Vec<WorkerHandle>, BenchError> {
+    let workers = (0..count)
+        .map(|index| {
+            Worker::builder(pool.clone(), probe.clone())
+                .register::<Noop>()
+                .queue(QUEUE, concurrency)
+                .id(format!("bench-{}-{index}", std::process::id()))
+                .synchronous_commit(!config.async_commit)
+                .run_scheduler(false)
+                .build()
+                .map_err(BenchError::Worker)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(workers.into_iter().map(Worker::start).collect())
 }
 
 /// Shuts every worker down; the first failure is returned once all have stopped.

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use sqlx::Connection as _;
 use tokio::sync::mpsc;
 
 use super::probe::{KIND, Noop, Probe};
@@ -46,6 +47,9 @@ impl Latency {
         database: &BenchDatabase,
     ) -> Result<Report, BenchError> {
         let mut conn = database.connect().await?;
+        // Enqueues go through a connection of their own, closed before the counters are read:
+        // a backend reports its commits to pg_stat only now and then, and on exit.
+        let mut enqueuer = database.connect().await?;
         let pool = database.pool(2).await?;
         let (signal, mut starts) = mpsc::unbounded_channel();
         let probe = Probe::signalling(signal);
@@ -67,7 +71,7 @@ impl Latency {
         let started = Instant::now();
         let measured = async {
             for n in 0..self.samples {
-                let id = enqueue(&mut conn, &Noop::new(i64::from(n))).await?;
+                let id = enqueue(&mut enqueuer, &Noop::new(i64::from(n))).await?;
                 let committed = Instant::now();
                 let began = loop {
                     let next = tokio::time::timeout(START_TIMEOUT, starts.recv()).await;
@@ -92,6 +96,7 @@ impl Latency {
         let seconds = started.elapsed().as_secs_f64();
         let stopped = worker.shutdown().await;
         pool.close().await;
+        let _ = enqueuer.close().await;
         outcome?;
         stopped.map_err(BenchError::WorkerFailed)?;
 

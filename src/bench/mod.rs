@@ -258,12 +258,17 @@ impl BenchDatabase {
             options: server.clone().database(&name),
             name,
         };
-        let pool = database.pool(1).await?;
-        let migrated = crate::migrate(&pool).await;
-        pool.close().await;
+        let migrated = match database.pool(1).await {
+            Ok(pool) => {
+                let migrated = crate::migrate(&pool).await.map_err(BenchError::Migrate);
+                pool.close().await;
+                migrated
+            }
+            Err(error) => Err(error),
+        };
         if let Err(error) = migrated {
             database.drop().await;
-            return Err(BenchError::Migrate(error));
+            return Err(error);
         }
         Ok(database)
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection as _, PgPool};
 
-use super::drain::{start_worker, stop_all};
+use super::drain::{start_workers, stop_all};
 use super::probe::{KIND, Noop, Probe};
 use super::{BenchConfig, BenchDatabase, BenchError, Progress, QUEUE, Report, reporting};
 use crate::{NewJob, db, enqueue_many};
@@ -44,7 +44,8 @@ impl Default for Steady {
     }
 }
 
-/// When a long reader holds its snapshot during [`Steady`].
+/// When a long reader holds its snapshot during [`Steady`]; `at + hold` must not exceed the
+/// run's duration.
 #[derive(Clone, Copy, Debug)]
 pub struct HoldSnapshot {
     /// Time from the start of the run until the transaction opens.
@@ -72,18 +73,25 @@ impl Steady {
                 "rate, duration, workers and concurrency must be above zero".into(),
             ));
         }
+        if let Some(hold) = self.hold_snapshot
+            && hold.at + hold.hold > self.duration
+        {
+            return Err(BenchError::Invalid(format!(
+                "the snapshot ({:?} + {:?}) must be released within the duration ({:?})",
+                hold.at, hold.hold, self.duration
+            )));
+        }
         let mut conn = database.connect().await?;
         let before = super::cost::Before::read(&mut conn).await?;
         let probe = Probe::recording();
         let worker_pool = database.pool(2).await?;
-        let workers = (0..self.workers)
-            .map(|i| start_worker(config, &worker_pool, &probe, self.concurrency, i))
-            .collect::<Result<Vec<_>, _>>()?;
         let enqueue_pool = database.pool(2).await?;
         let holder = match self.hold_snapshot {
             Some(_) => Some(database.connect().await?),
             None => None,
         };
+        // Last, so that no fallible step comes after the workers are running.
+        let workers = start_workers(config, &worker_pool, &probe, self.concurrency, self.workers)?;
 
         let enqueued = Arc::new(AtomicU64::new(0));
         let started = Instant::now();

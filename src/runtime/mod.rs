@@ -306,19 +306,22 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
         self
     }
 
-    /// Whether the worker's claims, completions and renewals wait for their commit to reach
-    /// disk. Default `true`.
+    /// Whether the commits of the worker's own connections (claims, completions, renewals,
+    /// promotion, rescue, pruning, and the fires of its embedded scheduler) wait for their WAL
+    /// to reach disk. Default `true`.
     ///
-    /// With `false`, the worker's own connections run with `synchronous_commit = off`: a commit
-    /// returns before its WAL is flushed, which roughly doubles drain throughput on a
-    /// commit-bound server. The trade-off: if the *database server* crashes (not the worker),
-    /// the last few hundred milliseconds of claims and outcomes (at most 3 × `wal_writer_delay`)
-    /// are lost. A lost claim puts the job back to where it was before; a lost completion makes
-    /// a job that ran run again. Nothing is ever lost or corrupted, and enqueues (made in your
-    /// own transactions) stay as durable as you make them; only at-least-once becomes
-    /// at-least-once-more-often after a server crash. Handlers that completed with
-    /// [`JobContext::complete_in`](crate::JobContext::complete_in) commit on your pool, so
-    /// their effects and completion stay atomic and durable.
+    /// With `false` they run with `synchronous_commit = off`: a commit returns before its WAL is
+    /// flushed. That helps where commits are the bottleneck (slow disks, small batches); on the
+    /// 2-core machine of `docs/performance.md` it added 4% to a drain, whose commits are already
+    /// shared by about a thousand jobs each. The trade-off: if the *database server* crashes
+    /// (not the worker), its last few hundred milliseconds of these commits (at most
+    /// 3 × `wal_writer_delay`) are lost. A lost claim puts the job back where it was; a lost
+    /// completion makes a job that ran run again; a lost scheduler fire is made up on restart
+    /// according to the schedule's misfire policy (with `skip`, only if the server is back
+    /// within the misfire grace). Nothing is corrupted, and enqueues made in your own
+    /// transactions stay as durable as your connections make them. Handlers that complete with
+    /// [`JobContext::complete_in`](crate::JobContext::complete_in) commit on your pool, so their
+    /// effects and completion stay atomic and durable.
     pub fn synchronous_commit(mut self, synchronous: bool) -> Self {
         self.config.synchronous_commit = synchronous;
         self
@@ -475,7 +478,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     /// handler (through [`JobContext::state`](crate::JobContext::state); it is cloned once per
     /// attempt, so keep it cheap to clone: a pool, `Arc`s). Use `()` when handlers need none.
     ///
-    /// The worker connects with `pool`'s connect options but on a small pool of its own (four
+    /// The worker connects with `pool`'s connect options but on a small pool of its own (five
     /// connections plus one per queue, opened lazily, `application_name` [`APPLICATION_NAME`];
     /// one of them is held for LISTEN), so that handlers exhausting `pool` cannot delay claims,
     /// completions or lease renewals. `pool` itself is not used by the worker.
@@ -771,7 +774,7 @@ fn internal_pool(pool: &PgPool, config: &Config, queues: usize) -> PgPool {
         options.options([("synchronous_commit", "off")])
     };
     PgPoolOptions::new()
-        .max_connections(u32::try_from(queues + 4).unwrap_or(u32::MAX))
+        .max_connections(u32::try_from(queues + 5).unwrap_or(u32::MAX))
         .acquire_timeout(config.db_timeout)
         .connect_lazy_with(options)
 }
