@@ -87,11 +87,8 @@ impl Insert {
                         InsertMode::Bulk { .. } => {
                             let jobs = (first..first + count)
                                 .map(|n| NewJob::new(&Noop::new(n as i64)))
-                                .collect::<Result<Vec<_>, _>>()
-                                .map_err(BenchError::Enqueue)?;
-                            enqueue_many(&mut *conn, jobs)
-                                .await
-                                .map_err(BenchError::Enqueue)?;
+                                .collect::<Result<Vec<_>, _>>()?;
+                            enqueue_many(&mut *conn, jobs).await?;
                         }
                     }
                 }
@@ -126,11 +123,5 @@ impl Insert {
             .detail("clients", self.clients)
             .detail("batch", batch);
         before.finish(&mut conn, report).await
-    }
-}
-
-impl From<crate::EnqueueError> for BenchError {
-    fn from(error: crate::EnqueueError) -> Self {
-        Self::Enqueue(error)
     }
 }

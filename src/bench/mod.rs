@@ -71,6 +71,12 @@ pub enum BenchError {
     Invalid(String),
 }
 
+impl From<crate::EnqueueError> for BenchError {
+    fn from(error: crate::EnqueueError) -> Self {
+        Self::Enqueue(error)
+    }
+}
+
 impl BenchError {
     fn database(action: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
         move |source| Self::Database { action, source }

@@ -620,17 +620,16 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             timeout: config.db_timeout,
         };
         claimers.spawn(Rescuer::new(pool.clone(), rescuer).run(stop.clone()));
-        if !config.retention.keeps_everything() {
-            let pruner = PrunerConfig {
-                interval: config.prune_interval,
-                retention: config.retention,
-                batch_size: DEFAULT_PRUNE_BATCH,
-                timeout: config.db_timeout,
-            };
-            let pruner = Pruner::new(pool.clone(), pruner);
-            let stop = stop.clone();
-            claimers.spawn(async move { pruner.run(stop).await });
-        }
+        // Returns at once when the retention keeps everything.
+        let pruner = PrunerConfig {
+            interval: config.prune_interval,
+            retention: config.retention,
+            batch_size: DEFAULT_PRUNE_BATCH,
+            timeout: config.db_timeout,
+        };
+        let pruner = Pruner::new(pool.clone(), pruner);
+        let pruner_stop = stop.clone();
+        claimers.spawn(async move { pruner.run(pruner_stop).await });
         let scheduler = config
             .scheduler
             .clone()
@@ -816,6 +815,20 @@ impl WorkerHandle {
 }
 
 /// Completes on SIGINT or SIGTERM.
+/// Runs `role` with a stop token that fires when `shutdown` completes: the `run_until` of the
+/// roles that can also run on their own ([`Scheduler`], [`Pruner`]).
+async fn run_until<F: Future<Output = ()>>(
+    shutdown: impl Future<Output = ()>,
+    role: impl FnOnce(CancellationToken) -> F,
+) {
+    let stop = CancellationToken::new();
+    let signal = stop.clone();
+    tokio::join!(role(stop), async move {
+        shutdown.await;
+        signal.cancel();
+    });
+}
+
 fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;

@@ -182,12 +182,7 @@ impl Pruner {
     /// # Cancel safety
     /// Cancel safe: each statement deletes its batch or nothing.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()>) {
-        let stop = CancellationToken::new();
-        let signal = stop.clone();
-        tokio::join!(self.run(stop), async move {
-            shutdown.await;
-            signal.cancel();
-        });
+        super::run_until(shutdown, |stop| self.run(stop)).await;
     }
 
     /// Runs rounds every interval until `stop` fires; a round in progress stops after its

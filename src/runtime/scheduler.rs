@@ -85,12 +85,7 @@ impl Scheduler {
     /// # Cancel safety
     /// Cancel safe: each round is one transaction.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()>) {
-        let stop = CancellationToken::new();
-        let signal = stop.clone();
-        tokio::join!(self.run(stop), async move {
-            shutdown.await;
-            signal.cancel();
-        });
+        super::run_until(shutdown, |stop| self.run(stop)).await;
     }
 
     pub(crate) async fn run(&self, stop: CancellationToken) {
