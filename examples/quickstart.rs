@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use skiplock::embedded::EmbeddedPostgres;
 use skiplock::{Handler, Job, JobContext, JobError, JobState, NewJob, Worker};
+use skiplock_testing::embedded::EmbeddedPostgres;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 

@@ -17,7 +17,7 @@ SOCKET_URL=${SOCKET_URL:-postgres://postgres@%2Fvar%2Frun%2Fpostgresql/postgres}
 PEERS=${PEERS:-../shared/bench/peers}
 PG_LIMIT=${PG_LIMIT:-../shared/bench/pg-limit.sh}
 
-cargo build --release --quiet --bin skiplock
+cargo build --release --quiet -p skiplock-cli
 sk=target/release/skiplock
 bench() { # label url args...
   local label=$1 url=$2; shift 2

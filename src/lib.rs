@@ -67,23 +67,24 @@
 //! - [`Worker`]: queues, concurrency, polling and graceful shutdown.
 //! - [`Retention`]: how long finished jobs are kept before workers delete them.
 //! - [`get_job`] and the SQL schema (`docs/schema.md`): what happened to a job.
-//! - [`embedded`] (feature `embedded`): a throwaway PostgreSQL for examples and tests.
+//! - The `skiplock-testing` crate (a dev-dependency): a fresh, migrated database per test, on a
+//!   throwaway PostgreSQL server when `DATABASE_URL` is unset.
+//!
+//! # Features
+//! None is on by default. `bench`: the benchmarks `skiplock bench` runs (`skiplock::bench`).
+//! `tls-rustls`, `tls-native-tls`: TLS for connections to remote databases (sqlx's).
 
 mod backoff;
 #[cfg(feature = "bench")]
 pub mod bench;
 mod cron;
 mod db;
-#[cfg(feature = "embedded")]
-pub mod embedded;
 mod enqueue;
 mod handler;
 mod job;
 mod migrate;
 pub mod runtime;
 pub mod schedule;
-#[cfg(feature = "embedded")]
-pub mod testing;
 
 pub use crate::backoff::Backoff;
 pub use crate::cron::{CronError, CronSchedule};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use skiplock::bench::{
     self, BenchConfig, Drain, HoldSnapshot, Insert, InsertMode, Latency, Report, Scenario, Steady,
 };
-use skiplock::testing::TestDatabase;
+use skiplock_testing::TestDatabase;
 
 /// Benchmarks of this process run one at a time, so that each can check it left no database.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

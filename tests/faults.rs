@@ -15,8 +15,8 @@ use common::database;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use skiplock::embedded::{EmbeddedPostgres, ShutdownMode};
 use skiplock::{Handler, Job, JobContext, JobError, NewJob, Worker};
+use skiplock_testing::embedded::{EmbeddedPostgres, ShutdownMode};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use skiplock::testing::TestDatabase;
+use skiplock_testing::TestDatabase;
 use sqlx::postgres::PgPoolOptions;
 
 #[tokio::test]
@@ -103,7 +103,7 @@ async fn versions_from_a_newer_skiplock_are_reported_not_touched() {
 
 #[tokio::test]
 async fn only_running_jobs_hold_a_lease() {
-    let db = skiplock::testing::TestDatabase::new()
+    let db = skiplock_testing::TestDatabase::new()
         .await
         .expect("database");
     let id: i64 = sqlx::query_scalar("SELECT skiplock.enqueue('k', '{}')")

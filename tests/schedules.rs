@@ -1,11 +1,11 @@
 //! Periodic jobs: fire times, misfire policies, daylight saving time, pause/resume/run-now,
-//! schedules declared in code, and several schedulers at once. Most tests inject the clock
-//! into `Scheduler::run_once` and replay hours in milliseconds.
+//! and schedules declared in code (several `skiplock scheduler` processes at once: in the CLI
+//! crate's tests). Most tests inject the clock into `Scheduler::run_once` and replay hours in
+//! milliseconds.
 #![allow(clippy::print_stderr)]
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -304,26 +304,6 @@ async fn invalid_expressions_and_zones_are_refused_when_declared() {
         Schedule::new("", "0 2 * * *", &job),
         Err(ScheduleError::InvalidName(_))
     ));
-
-    let output = Command::new(env!("CARGO_BIN_EXE_skiplock"))
-        .args([
-            "schedules",
-            "add",
-            "bad",
-            "--cron",
-            "99 * * * *",
-            "--kind",
-            "report",
-        ])
-        .env("DATABASE_URL", "postgres://127.0.0.1:1/never-reached")
-        .output()
-        .expect("run cli");
-    assert!(!output.status.success());
-    let message = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        message.starts_with("error: invalid cron expression \"99 * * * *\""),
-        "{message}"
-    );
 }
 
 #[tokio::test]
@@ -395,55 +375,6 @@ async fn schedules_removed_from_code_are_marked_inactive() {
             .build(),
         Err(skiplock::runtime::BuildError::DuplicateSchedule(_))
     ));
-}
-
-#[tokio::test]
-async fn three_scheduler_processes_fire_an_every_second_schedule_exactly_once_per_second() {
-    let db = database().await;
-    let pool = db.pool();
-    let job = Report { name: "s".into() };
-    let every_second = Schedule::new("every-second", "* * * * * *", &job).expect("schedule");
-    schedule::add(pool, &every_second).await.expect("add");
-
-    let mut schedulers: Vec<_> = (0..3)
-        .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_skiplock"))
-                .args(["scheduler", "--interval", "100ms"])
-                .env("DATABASE_URL", db.url())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn scheduler")
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    for child in &schedulers {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    }
-    for child in &mut schedulers {
-        assert!(child.wait().expect("wait").success(), "a scheduler failed");
-    }
-
-    let times = fired(pool, "every-second").await;
-    let (first, last) = (times[0], times[times.len() - 1]);
-    let span = (last - first).num_seconds() + 1;
-    let mut distinct = times.clone();
-    distinct.dedup();
-    let gaps = span - distinct.len() as i64;
-    eprintln!(
-        "3 schedulers, 10 s: {} jobs for {span} fire times ({first} .. {last}), {} duplicates, {gaps} gaps",
-        times.len(),
-        times.len() - distinct.len()
-    );
-    assert!(times.len() >= 8, "only {} jobs in 10 s", times.len());
-    assert_eq!(times.len(), distinct.len(), "a fire time has two jobs");
-    assert_eq!(gaps, 0, "a fire time has no job");
-    assert!(
-        times.iter().all(|t| t.timestamp_subsec_nanos() == 0),
-        "fire times are whole seconds"
-    );
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! Creating and dropping whole databases, for `skiplock::testing`. CREATE/DROP DATABASE take no
-//! parameters, so the name is spliced in as a quoted identifier.
+//! Creating and dropping whole databases, for the benchmarks' own databases. CREATE/DROP DATABASE
+//! take no parameters, so the name is spliced in as a quoted identifier.
 
 use sqlx::{AssertSqlSafe, PgConnection};
 

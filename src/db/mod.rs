@@ -10,7 +10,7 @@
 
 #[cfg(feature = "bench")]
 pub(crate) mod bench;
-#[cfg(any(feature = "embedded", feature = "bench"))]
+#[cfg(feature = "bench")]
 pub(crate) mod database;
 pub(crate) mod job;
 pub(crate) mod migration;

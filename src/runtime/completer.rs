@@ -132,7 +132,7 @@ impl Completer {
     }
 
     /// Writes what is waiting in the channel now (at most one batch); for tests.
-    #[cfg(all(test, feature = "embedded"))]
+    #[cfg(test)]
     pub(crate) async fn run_once(&mut self) -> CompleterReport {
         let mut batch = Vec::new();
         while batch.len() < self.config.max_batch {
@@ -347,13 +347,13 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
     columns
 }
 
-#[cfg(all(test, feature = "embedded"))]
+#[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::testing::TestDatabase;
     use crate::{EnqueueOptions, JobState, NewJob};
+    use skiplock_testing::TestDatabase;
 
     /// Claims `n` new jobs; returns their (id, lease token).
     async fn claimed(db: &TestDatabase, n: usize) -> Vec<(i64, i64)> {

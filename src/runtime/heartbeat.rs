@@ -177,15 +177,17 @@ impl Heartbeat {
     }
 }
 
+/// This machine's host name, or `unknown-host` when the system gives none (portable: `whoami`,
+/// which sqlx already depends on, asks the operating system).
+pub(crate) fn host_name() -> String {
+    whoami::hostname().unwrap_or_else(|_| "unknown-host".to_owned())
+}
+
 /// The worker's identity for this process.
 pub(crate) fn identity(id: Arc<str>, queues: Vec<String>) -> WorkerIdentity {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "unknown-host".to_owned());
     WorkerIdentity {
         id,
-        host,
+        host: host_name(),
         pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
         queues,
     }

@@ -829,6 +829,8 @@ async fn run_until<F: Future<Output = ()>>(
     });
 }
 
+/// SIGINT or SIGTERM on Unix; Ctrl-C elsewhere.
+#[cfg(unix)]
 fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -841,11 +843,23 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
+/// SIGINT or SIGTERM on Unix; Ctrl-C elsewhere.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => tracing::info!("received Ctrl-C"),
+            // Without a handler there is nothing to wait for: run until stopped another way.
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+    })
+}
+
 fn default_worker_id() -> String {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "unknown-host".to_owned());
+    let host = heartbeat::host_name();
     format!(
         "{host}:{}:{:06x}",
         std::process::id(),

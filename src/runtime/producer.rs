@@ -176,7 +176,7 @@ pub(crate) struct Claim {
     pub(crate) requested: usize,
 }
 
-#[cfg(all(test, feature = "embedded"))]
+#[cfg(test)]
 mod tests {
     use serde::{Deserialize, Serialize};
     use serde_json::json;
@@ -184,8 +184,8 @@ mod tests {
 
     use super::*;
     use crate::runtime::registry::Registry;
-    use crate::testing::TestDatabase;
     use crate::{EnqueueOptions, Handler, Job, JobContext, JobError, NewJob};
+    use skiplock_testing::TestDatabase;
 
     /// Runs until the test says so.
     #[derive(Serialize, Deserialize)]

@@ -89,13 +89,13 @@ impl Promoter {
     }
 }
 
-#[cfg(all(test, feature = "embedded"))]
+#[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::testing::TestDatabase;
     use crate::{EnqueueOptions, JobState, NewJob};
+    use skiplock_testing::TestDatabase;
 
     #[tokio::test]
     async fn promotes_due_jobs_only_and_reports_the_next_due() {

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use skiplock::testing::TestDatabase;
 use skiplock::{Handler, Job, JobContext, JobError, JobRow, Worker, WorkerBuilder};
+use skiplock_testing::TestDatabase;
 use sqlx::PgPool;
 
 /// A fresh database with the skiplock schema and a `ledger` table.

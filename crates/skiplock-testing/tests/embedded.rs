@@ -1,11 +1,10 @@
-//! Tests of `skiplock::embedded` against the PostgreSQL server binaries installed on the machine.
-#![cfg(feature = "embedded")]
+//! Tests of `skiplock_testing::embedded` against the PostgreSQL server binaries installed on the machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use skiplock::embedded::{EmbeddedError, EmbeddedPostgres, ShutdownMode};
+use skiplock_testing::embedded::{EmbeddedError, EmbeddedPostgres, ShutdownMode};
 
 /// Runs one statement with psql; its unaligned output, or its stderr.
 fn psql(url: &str, sql: &str) -> Result<String, String> {

@@ -1,12 +1,9 @@
 //! The `skiplock` command line, run as a real process.
-#![cfg(feature = "cli")]
-
-mod common;
 
 use std::process::{Command, Output};
 
 use skiplock::JobState;
-use skiplock::testing::TestDatabase;
+use skiplock_testing::TestDatabase;
 
 fn skiplock(database_url: Option<&str>, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_skiplock"));
@@ -109,6 +106,25 @@ fn errors_are_one_line_with_a_failing_exit_code() {
     assert_eq!(message.lines().count(), 1, "{message}");
     assert!(
         message.starts_with("error: could not connect to the database"),
+        "{message}"
+    );
+
+    let bad_cron = skiplock(
+        Some("postgres://127.0.0.1:1/never-reached"),
+        &[
+            "schedules",
+            "add",
+            "bad",
+            "--cron",
+            "99 * * * *",
+            "--kind",
+            "report",
+        ],
+    );
+    assert!(!bad_cron.status.success());
+    let message = stderr(&bad_cron);
+    assert!(
+        message.starts_with("error: invalid cron expression \"99 * * * *\""),
         "{message}"
     );
 }

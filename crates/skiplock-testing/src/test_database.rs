@@ -1,4 +1,4 @@
-//! Test support: a fresh database with the skiplock schema for every test.
+//! A fresh database with the skiplock schema for every test.
 //!
 //! [`TestDatabase::new`] creates a new database per call, so tests run in parallel without
 //! seeing each other's jobs. The server is the one `DATABASE_URL` names (the role needs
@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let db = skiplock::testing::TestDatabase::new().await?;
+//! let db = skiplock_testing::TestDatabase::new().await?;
 //! let id = skiplock::enqueue_new(db.pool(), &skiplock::NewJob::untyped(
 //!     "noop",
 //!     serde_json::json!({}),
@@ -48,7 +48,7 @@ pub enum TestDatabaseError {
     },
     /// Migrating the test database failed.
     #[error("could not migrate the test database")]
-    Migrate(#[source] crate::MigrateError),
+    Migrate(#[source] skiplock::MigrateError),
     /// An earlier call in this process failed to set up the server.
     #[error("test database setup failed earlier in this process: {0}")]
     SetupFailed(String),
@@ -107,7 +107,7 @@ impl TestDatabase {
             fastrand::u16(..)
         );
         let mut admin = connect(&shared.admin, "connect to the server").await?;
-        crate::db::database::create(&mut admin, &name)
+        crate::database::create(&mut admin, &name)
             .await
             .map_err(|source| TestDatabaseError::Database {
                 action: "create the test database",
@@ -127,7 +127,7 @@ impl TestDatabase {
             admin: shared.admin.clone(),
             name,
         };
-        crate::migrate(&database.pool)
+        skiplock::migrate(&database.pool)
             .await
             .map_err(TestDatabaseError::Migrate)?;
         Ok(database)
@@ -167,9 +167,7 @@ impl Drop for TestDatabase {
                 .ok()?;
             let drop = async move {
                 let mut conn = admin.connect().await.ok()?;
-                crate::db::database::drop_forced(&mut conn, &name)
-                    .await
-                    .ok()?;
+                crate::database::drop_forced(&mut conn, &name).await.ok()?;
                 conn.close().await.ok()
             };
             // Never hang a test run on an unreachable server.
@@ -229,6 +227,14 @@ async fn connect(
         .map_err(|source| TestDatabaseError::Database { action, source })
 }
 
+/// Renders an error and its sources as `outer: inner: root`.
 fn error_chain(error: &TestDatabaseError) -> String {
-    crate::handler::error_chain(error)
+    let mut rendered = error.to_string();
+    let mut next = std::error::Error::source(error);
+    while let Some(source) = next {
+        rendered.push_str(": ");
+        rendered.push_str(&source.to_string());
+        next = source.source();
+    }
+    rendered
 }

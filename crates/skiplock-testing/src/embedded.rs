@@ -10,8 +10,8 @@
 //! `tokio::task::spawn_blocking`.
 //!
 //! ```no_run
-//! # fn main() -> Result<(), skiplock::embedded::EmbeddedError> {
-//! let server = skiplock::embedded::EmbeddedPostgres::builder().setting("fsync", "off").start()?;
+//! # fn main() -> Result<(), skiplock_testing::embedded::EmbeddedError> {
+//! let server = skiplock_testing::embedded::EmbeddedPostgres::builder().setting("fsync", "off").start()?;
 //! let url = server.url(); // postgres://postgres@127.0.0.1:<port>/postgres
 //! drop(server); // stops the server and deletes its directory
 //! # Ok(()) }
