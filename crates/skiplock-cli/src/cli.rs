@@ -188,9 +188,14 @@ pub(crate) struct AddScheduleArgs {
     #[arg(long)]
     pub(crate) kind: String,
 
-    /// The job's arguments as JSON.
+    /// The job's arguments: a JSON object.
     #[arg(long, default_value = "{}")]
     pub(crate) args: String,
+
+    /// Accept arguments that are any JSON value, not only an object (for a kind whose handler
+    /// takes an array, a string or a number).
+    #[arg(long)]
+    pub(crate) any_json: bool,
 
     /// The IANA time zone the expression is read in.
     #[arg(long, default_value = "UTC")]
@@ -233,8 +238,14 @@ pub(crate) struct EnqueueArgs {
     /// The job's kind, as its handler registers it.
     pub(crate) kind: String,
 
-    /// The job's arguments as JSON, e.g. '{"to": "ada@example.com"}'.
+    /// The job's arguments: a JSON object, e.g. '{"to": "ada@example.com"}'; `-` reads them from
+    /// standard input and `@PATH` from a file (for arguments over the command-line limit).
     pub(crate) args: String,
+
+    /// Accept arguments that are any JSON value, not only an object (for a kind whose handler
+    /// takes an array, a string or a number).
+    #[arg(long)]
+    pub(crate) any_json: bool,
 
     /// The queue [default: default].
     #[arg(long)]

@@ -6,11 +6,13 @@ mod enqueue;
 mod migrate;
 mod schedules;
 
+use std::error::Error as StdError;
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 use tracing_subscriber::EnvFilter;
 
@@ -23,15 +25,16 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a log file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            // One line: the error and its causes.
             #[allow(clippy::print_stderr)]
             {
-                eprintln!("error: {error:#}");
+                eprintln!("error: {}", one_line(&error));
             }
             ExitCode::FAILURE
         }
@@ -50,7 +53,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let prepared = schedules::prepare(command)?;
             schedules::run(&connect(cli.database_url).await?, prepared).await
         }
-        Command::Bench(args) => bench::run(server_options(cli.database_url)?, args).await,
+        Command::Bench(args) => {
+            // sqlx's per-statement logs (a warning for each statement over 1 s) would interleave
+            // with the report; the benchmark measures its statements itself.
+            let server = server_options(cli.database_url)?.disable_statement_logging();
+            bench::run(server, args).await
+        }
         Command::Scheduler(args) => {
             schedules::scheduler(connect(cli.database_url).await?, args).await
         }
@@ -77,4 +85,54 @@ async fn connect(url: Option<String>) -> anyhow::Result<PgPool> {
         .max_connections(2)
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_lazy_with(options))
+}
+
+/// The error and its causes on one line, each said once: a level's own words without the cause
+/// its message already repeats, and PostgreSQL's errors as the server's message with its detail
+/// and hint (not sqlx's rendering, which repeats itself and appends "at line N", a line of
+/// PostgreSQL's C source).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut chain = error.chain().peekable();
+    while let Some(level) = chain.next() {
+        if let Some((raw, message)) = database_error(level) {
+            // An outer level may have spliced sqlx's rendering into its own message.
+            for part in &mut parts {
+                *part = part.replace(&raw, &message);
+            }
+            parts.push(message);
+            break;
+        }
+        let mut own = level.to_string();
+        if let Some(cause) = chain.peek().map(ToString::to_string)
+            && let Some(stripped) = own.strip_suffix(cause.as_str())
+        {
+            own = stripped.trim_end_matches([':', ' ']).to_owned();
+        }
+        let own = own.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !own.is_empty() && !parts.iter().any(|part| part.contains(&own)) {
+            parts.push(own);
+        }
+    }
+    parts.join(": ")
+}
+
+/// sqlx's rendering of a PostgreSQL error in `level`, and the server's message with its detail
+/// and hint.
+fn database_error(level: &(dyn StdError + 'static)) -> Option<(String, String)> {
+    let postgres = match level.downcast_ref::<sqlx::Error>() {
+        Some(error) => error
+            .as_database_error()?
+            .try_downcast_ref::<PgDatabaseError>()?,
+        None => level.downcast_ref::<PgDatabaseError>()?,
+    };
+    let mut message = postgres.message().to_owned();
+    if let Some(detail) = postgres.detail() {
+        message.push_str(&format!(" ({})", detail.trim_end_matches('.')));
+    }
+    if let Some(hint) = postgres.hint() {
+        message.push_str(&format!(" (hint: {})", hint.trim_end_matches('.')));
+    }
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    Some((postgres.to_string(), message))
 }

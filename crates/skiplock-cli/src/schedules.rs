@@ -31,8 +31,7 @@ pub(crate) fn prepare(command: SchedulesCommand) -> anyhow::Result<Prepared> {
 }
 
 fn schedule_of(args: AddScheduleArgs) -> anyhow::Result<Schedule> {
-    let json =
-        serde_json::from_str(&args.args).context("the job's arguments are not valid JSON")?;
+    let json = crate::enqueue::arguments(&args.args, args.any_json)?;
     let misfire = match args.misfire.as_str() {
         "skip" => Misfire::Skip,
         "run-once" => Misfire::RunOnce,
@@ -97,9 +96,18 @@ pub(crate) async fn run(pool: &PgPool, command: Prepared) -> anyhow::Result<()> 
             schedule::add(pool, &schedule).await?;
             writeln!(out, "schedule {:?} saved", schedule.name())?;
         }
-        Prepared::Remove(name) => found(schedule::remove(pool, &name).await?, &name)?,
-        Prepared::Pause(name) => found(schedule::pause(pool, &name).await?, &name)?,
-        Prepared::Resume(name) => found(schedule::resume(pool, &name).await?, &name)?,
+        Prepared::Remove(name) => {
+            found(schedule::remove(pool, &name).await?, &name)?;
+            writeln!(out, "schedule {name:?} removed")?;
+        }
+        Prepared::Pause(name) => {
+            found(schedule::pause(pool, &name).await?, &name)?;
+            writeln!(out, "schedule {name:?} paused")?;
+        }
+        Prepared::Resume(name) => {
+            found(schedule::resume(pool, &name).await?, &name)?;
+            writeln!(out, "schedule {name:?} resumed")?;
+        }
         Prepared::RunNow(name) => match schedule::run_now(pool, &name).await? {
             Some(id) => writeln!(out, "{id}")?,
             None => found(false, &name)?,
@@ -109,20 +117,35 @@ pub(crate) async fn run(pool: &PgPool, command: Prepared) -> anyhow::Result<()> 
 }
 
 pub(crate) async fn scheduler(pool: PgPool, args: SchedulerArgs) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("could not listen for SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("could not listen for SIGTERM")?;
+    let stop = stop_signal()?;
     let config = SchedulerConfig {
         interval: args.interval,
         ..SchedulerConfig::default()
     };
-    Scheduler::new(pool, config)
-        .run_until(async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-        })
-        .await;
+    Scheduler::new(pool, config).run_until(stop).await;
     Ok(())
+}
+
+/// SIGINT or SIGTERM.
+#[cfg(unix)]
+fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("could not listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("could not listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+/// Ctrl-C.
+#[cfg(not(unix))]
+fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    Ok(async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    })
 }

@@ -1,17 +1,31 @@
 //! The `skiplock` command line, run as a real process.
 
-use std::process::{Command, Output};
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
 
 use skiplock::JobState;
 use skiplock_testing::TestDatabase;
 
-fn skiplock(database_url: Option<&str>, args: &[&str]) -> Output {
+fn command(database_url: Option<&str>, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_skiplock"));
-    command.args(args).env_remove("DATABASE_URL");
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG");
     if let Some(url) = database_url {
         command.env("DATABASE_URL", url);
     }
-    command.output().expect("run skiplock")
+    command
+}
+
+fn skiplock(database_url: Option<&str>, args: &[&str]) -> Output {
+    command(database_url, args).output().expect("run skiplock")
+}
+
+/// Asserts a failure whose stderr is exactly `expected`, on one line.
+fn fails_with(output: &Output, expected: &str) {
+    assert!(!output.status.success(), "{}", stdout(output));
+    assert_eq!(stderr(output), expected);
 }
 
 fn stdout(output: &Output) -> String {
@@ -137,4 +151,176 @@ fn print_sql_needs_no_database() {
     assert!(sql.contains("CREATE TABLE skiplock.jobs"));
     assert!(sql.contains("CREATE FUNCTION skiplock.enqueue"));
     assert_eq!(sql, skiplock::script(0).trim());
+}
+
+#[tokio::test]
+async fn database_errors_are_the_servers_message_once_without_source_lines() {
+    let db = TestDatabase::new().await.expect("database");
+    sqlx::raw_sql("DROP SCHEMA skiplock CASCADE")
+        .execute(db.pool())
+        .await
+        .expect("drop the schema");
+    let output = skiplock(Some(&db.url()), &["enqueue", "k", "{}"]);
+    // sqlx's own rendering said the message twice, each with "at line N" (a line of
+    // PostgreSQL's C source).
+    fails_with(
+        &output,
+        r#"error: could not insert the job: relation "skiplock.jobs" does not exist"#,
+    );
+
+    let unreachable = skiplock(Some("postgres://postgres@127.0.0.1:1/none"), &["migrate"]);
+    let message = stderr(&unreachable);
+    assert_eq!(
+        message.matches("Connection refused").count(),
+        1,
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn arguments_must_be_a_json_object_unless_any_json_is_given() {
+    let unreachable = Some("postgres://postgres@127.0.0.1:1/none");
+    fails_with(
+        &skiplock(unreachable, &["enqueue", "k", "[1, 2]"]),
+        "error: the job's arguments must be a JSON object, not an array (pass --any-json if its \
+         handler takes another JSON value)",
+    );
+    let schedule = [
+        "schedules",
+        "add",
+        "s",
+        "--cron",
+        "0 * * * *",
+        "--kind",
+        "k",
+        "--args",
+        "42",
+    ];
+    fails_with(
+        &skiplock(unreachable, &schedule),
+        "error: the job's arguments must be a JSON object, not a number (pass --any-json if its \
+         handler takes another JSON value)",
+    );
+
+    let db = TestDatabase::new().await.expect("database");
+    let output = skiplock(Some(&db.url()), &["enqueue", "k", "[1, 2]", "--any-json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let row = skiplock::get_job(db.pool(), stdout(&output).parse().expect("id"))
+        .await
+        .expect("get")
+        .expect("job");
+    assert_eq!(row.args, serde_json::json!([1, 2]));
+    let output = skiplock(Some(&db.url()), &[&schedule[..], &["--any-json"]].concat());
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[tokio::test]
+async fn enqueue_reads_arguments_over_the_command_line_limit_from_stdin_or_a_file() {
+    let db = TestDatabase::new().await.expect("database");
+    // Linux refuses a single command-line argument over 128 KiB.
+    let args = serde_json::json!({ "blob": "x".repeat(140 * 1024) });
+    let text = args.to_string();
+
+    let mut child = command(Some(&db.url()), &["enqueue", "k", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn skiplock");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write stdin");
+    let from_stdin = child.wait_with_output().expect("wait");
+    assert!(from_stdin.status.success(), "{}", stderr(&from_stdin));
+
+    let path = std::env::temp_dir().join(format!("{}.json", db.name()));
+    std::fs::write(&path, &text).expect("write the file");
+    let at_path = format!("@{}", path.display());
+    let from_file = skiplock(Some(&db.url()), &["enqueue", "k", &at_path]);
+    let _ = std::fs::remove_file(&path);
+    assert!(from_file.status.success(), "{}", stderr(&from_file));
+
+    for output in [from_stdin, from_file] {
+        let row = skiplock::get_job(db.pool(), stdout(&output).parse().expect("id"))
+            .await
+            .expect("get")
+            .expect("job");
+        assert_eq!(row.args, args);
+    }
+    fails_with(
+        &skiplock(
+            Some(&db.url()),
+            &["enqueue", "k", "@/nonexistent/args.json"],
+        ),
+        "error: could not read the job's arguments from \"/nonexistent/args.json\": No such file \
+         or directory (os error 2)",
+    );
+}
+
+#[tokio::test]
+async fn schedule_commands_confirm_what_they_did() {
+    let db = TestDatabase::new().await.expect("database");
+    let url = Some(db.url());
+    let run = |args: &[&str]| {
+        let output = skiplock(url.as_deref(), args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output)
+    };
+    let add = [
+        "schedules",
+        "add",
+        "nightly",
+        "--cron",
+        "0 2 * * *",
+        "--kind",
+        "k",
+    ];
+    assert_eq!(run(&add), r#"schedule "nightly" saved"#);
+    assert_eq!(
+        run(&["schedules", "pause", "nightly"]),
+        r#"schedule "nightly" paused"#
+    );
+    assert_eq!(
+        run(&["schedules", "resume", "nightly"]),
+        r#"schedule "nightly" resumed"#
+    );
+    assert_eq!(
+        run(&["schedules", "remove", "nightly"]),
+        r#"schedule "nightly" removed"#
+    );
+    fails_with(
+        &skiplock(url.as_deref(), &["schedules", "pause", "nightly"]),
+        r#"error: no schedule named "nightly""#,
+    );
+}
+
+#[tokio::test]
+async fn log_lines_have_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let db = TestDatabase::new().await.expect("database");
+    let output = command(Some(&db.url()), &["schedules", "list"])
+        .env("RUST_LOG", "sqlx=debug")
+        .output()
+        .expect("run skiplock");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let log = stderr(&output);
+    assert!(log.contains("sqlx::query"), "statements are logged: {log}");
+    assert!(!log.contains('\x1b'), "colour codes in a pipe: {log}");
+}
+
+#[tokio::test]
+async fn bench_output_is_not_interleaved_with_statement_logs() {
+    let db = TestDatabase::new().await.expect("database");
+    let args = ["bench", "insert", "--single", "--jobs", "20"];
+    let output = command(Some(&db.url()), &args)
+        // Everything sqlx logs, slow-statement warnings included, would show at debug level.
+        .env("RUST_LOG", "sqlx=debug")
+        .output()
+        .expect("run skiplock");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).starts_with("insert_single: 20 jobs in "));
+    let log = stderr(&output);
+    assert!(!log.contains("sqlx::query"), "statement logs: {log}");
 }

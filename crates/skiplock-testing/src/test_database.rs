@@ -66,7 +66,8 @@ static SHARED: OnceCell<Result<Shared, String>> = OnceCell::const_new();
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh database with the skiplock schema, dropped when this value is.
-#[derive(Debug)]
+///
+/// Its `Debug` output names the database, server and user, never the password.
 pub struct TestDatabase {
     pool: PgPool,
     options: PgConnectOptions,
@@ -154,6 +155,19 @@ impl TestDatabase {
     }
 }
 
+impl std::fmt::Debug for TestDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `PgConnectOptions`'s derived `Debug` prints the password: name the parts one by one.
+        f.debug_struct("TestDatabase")
+            .field("name", &self.name)
+            .field("host", &self.options.get_host())
+            .field("port", &self.options.get_port())
+            .field("username", &self.options.get_username())
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         // Drop runs inside the test's runtime, which cannot be blocked on: drop the database from
@@ -237,4 +251,30 @@ fn error_chain(error: &TestDatabaseError) -> String {
         next = source.source();
     }
     rendered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn debug_never_prints_the_password() {
+        let options: PgConnectOptions = "postgres://ada:s3cret-pw@127.0.0.1:1/skiplock_test_x"
+            .parse()
+            .expect("url");
+        let database = TestDatabase {
+            pool: PgPoolOptions::new().connect_lazy_with(options.clone()),
+            options: options.clone(),
+            admin: options,
+            name: "skiplock_test_x".to_owned(),
+        };
+        let debug = format!("{database:?}");
+        assert!(!debug.contains("s3cret-pw"), "{debug}");
+        assert!(
+            debug.contains("skiplock_test_x") && debug.contains("ada"),
+            "{debug}"
+        );
+        // Dropping it tries to drop the database on a port where nothing listens: skip that.
+        std::mem::forget(database);
+    }
 }
