@@ -96,7 +96,10 @@ pub use crate::job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job, JobQueryError, JobRow, JobState, ParseJobStateError,
     cancel, get_job, retry,
 };
-pub use crate::migrate::{MIGRATIONS, MigrateError, MigrateReport, Migration, migrate, script};
+pub use crate::migrate::{
+    LOCK_ATTEMPTS, LOCK_TIMEOUT, MIGRATIONS, MigrateError, MigrateReport, Migration, MigrationKind,
+    migrate, migrate_to, script,
+};
 pub use crate::runtime::{
     Pruner, PrunerConfig, Retention, Scheduler, SchedulerConfig, Worker, WorkerBuilder,
     WorkerError, WorkerHandle,

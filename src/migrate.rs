@@ -4,7 +4,9 @@
 //! table `skiplock.migrations`; the application's `_sqlx_migrations` (or any other migration
 //! tool's table) is never touched.
 
-use sqlx::{Connection, PgPool};
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::db;
 
@@ -17,7 +19,39 @@ pub struct Migration {
     pub name: &'static str,
     /// Its SQL.
     pub sql: &'static str,
+    /// How [`migrate`] applies it.
+    pub kind: MigrationKind,
 }
+
+/// How [`migrate`] applies a [`Migration`] to a live database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MigrationKind {
+    /// In a transaction of its own, together with its record in `skiplock.migrations`. Its
+    /// statements wait at most [`LOCK_TIMEOUT`] for each table lock; when one is not granted in
+    /// time the whole migration is rolled back and tried again after a pause, so a migration
+    /// never queues the workers' statements behind it for longer than that. Written so that no
+    /// statement holds a lock that blocks writes while it scans a big table (constraints are
+    /// added `NOT VALID`, columns without volatile defaults, indexes through
+    /// [`ConcurrentIndex`](Self::ConcurrentIndex)).
+    Transaction,
+    /// One `CREATE INDEX IF NOT EXISTS <name> ...` statement, which [`migrate`] runs as
+    /// `CREATE INDEX CONCURRENTLY`, outside any transaction: writes go on while the index is
+    /// built. An invalid index left by an interrupted build is dropped and built again.
+    ConcurrentIndex {
+        /// The index's name, in schema `skiplock`.
+        name: &'static str,
+    },
+}
+
+/// How long each statement of a migration waits for a table lock before the migration is
+/// rolled back and tried again: 500 ms. Workers' statements that queue behind the waiting
+/// migration wait at most about as long.
+pub const LOCK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How many times [`migrate`] tries a migration whose locks were not granted in time before
+/// it gives up: 60, with pauses growing from 100 ms to 2 s (about two minutes in all).
+pub const LOCK_ATTEMPTS: u32 = 60;
 
 /// Creates the `skiplock` schema and the bookkeeping table; idempotent.
 const BOOTSTRAP: &str = include_str!("../migrations/bootstrap.sql");
@@ -28,31 +62,37 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "jobs",
         sql: include_str!("../migrations/0001_jobs.sql"),
+        kind: MigrationKind::Transaction,
     },
     Migration {
         version: 2,
         name: "reliability",
         sql: include_str!("../migrations/0002_reliability.sql"),
+        kind: MigrationKind::Transaction,
     },
     Migration {
         version: 3,
         name: "schedules",
         sql: include_str!("../migrations/0003_schedules.sql"),
+        kind: MigrationKind::Transaction,
     },
     Migration {
         version: 4,
         name: "retention",
         sql: include_str!("../migrations/0004_retention.sql"),
+        kind: MigrationKind::Transaction,
     },
     Migration {
         version: 5,
         name: "leases",
         sql: include_str!("../migrations/0005_leases.sql"),
+        kind: MigrationKind::Transaction,
     },
     Migration {
         version: 6,
         name: "wake_from_enqueue",
         sql: include_str!("../migrations/0006_wake_from_enqueue.sql"),
+        kind: MigrationKind::Transaction,
     },
 ];
 
@@ -63,7 +103,7 @@ pub enum MigrateError {
     /// Connecting, locking or reading the bookkeeping table failed.
     #[error("could not prepare the migration")]
     Prepare(#[source] sqlx::Error),
-    /// One migration failed; nothing of this run was applied.
+    /// One migration failed; it was rolled back, and the ones before it stay applied.
     #[error("migration {version} ({name}) failed")]
     Apply {
         /// The failing migration's version.
@@ -74,9 +114,23 @@ pub enum MigrateError {
         #[source]
         source: sqlx::Error,
     },
-    /// Committing failed; nothing of this run was applied.
-    #[error("could not commit the migration")]
-    Commit(#[source] sqlx::Error),
+    /// A migration's table locks were not granted within [`LOCK_TIMEOUT`] in any of
+    /// [`LOCK_ATTEMPTS`] tries: something holds locks on skiplock's tables for minutes (look
+    /// for long transactions in `pg_stat_activity`). Nothing of that migration was applied.
+    #[error(
+        "migration {version} ({name}) could not take its locks in {attempts} tries; look for long transactions on skiplock's tables"
+    )]
+    LockTimeout {
+        /// The migration's version.
+        version: i32,
+        /// Its name.
+        name: &'static str,
+        /// How many times it was tried.
+        attempts: u32,
+        /// The last lock timeout.
+        #[source]
+        source: sqlx::Error,
+    },
 }
 
 /// What [`migrate`] did.
@@ -90,57 +144,49 @@ pub struct MigrateReport {
     pub unknown: Vec<i32>,
 }
 
-/// Brings the `skiplock` schema up to date.
+/// Brings the `skiplock` schema up to date, on a live database.
 ///
-/// Idempotent, and safe when several processes call it at once: everything runs in one
-/// transaction under a transaction-scoped advisory lock, so one process applies the pending
-/// migrations and the others wait for it and then find nothing to do. A failing migration
-/// leaves the database as it was.
+/// Idempotent, and safe when several processes call it at once: the run holds an advisory
+/// lock, so one process applies the pending migrations and the others wait for it and then
+/// find nothing to do.
+///
+/// Safe while workers run: each migration is applied in a transaction of its own whose
+/// statements wait at most [`LOCK_TIMEOUT`] for a table lock (and are retried after a pause
+/// when that is not enough), indexes on `skiplock.jobs` are built `CONCURRENTLY`, and no
+/// statement holds a write-blocking lock while it scans the table; see [`MigrationKind`].
 ///
 /// # Errors
-/// [`MigrateError`] when the database refuses; nothing is applied then.
+/// [`MigrateError`] when the database refuses. The failing migration is rolled back; those
+/// before it stay applied, and the next call resumes from there.
 ///
 /// # Cancel safety
-/// Cancel safe: dropped midway, the transaction rolls back and nothing is applied.
+/// Cancel safe: the run has a connection of its own, which is closed when the future is
+/// dropped; the migration in progress is rolled back (an interrupted index build is dropped
+/// and built again by the next call) and the advisory lock released.
 pub async fn migrate(pool: &PgPool) -> Result<MigrateReport, MigrateError> {
-    let mut conn = pool.acquire().await.map_err(MigrateError::Prepare)?;
-    let mut tx = conn.begin().await.map_err(MigrateError::Prepare)?;
-    db::migration::lock(&mut tx)
-        .await
-        .map_err(MigrateError::Prepare)?;
-    sqlx::raw_sql(BOOTSTRAP)
-        .execute(&mut *tx)
-        .await
-        .map_err(MigrateError::Prepare)?;
-    let done = db::migration::applied_versions(&mut tx)
-        .await
-        .map_err(MigrateError::Prepare)?;
+    migrate_to(pool, i32::MAX).await
+}
 
-    let mut report = MigrateReport {
-        unknown: done
-            .iter()
-            .copied()
-            .filter(|version| !MIGRATIONS.iter().any(|m| m.version == *version))
-            .collect(),
-        ..MigrateReport::default()
-    };
-    for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
-        let apply = |source| MigrateError::Apply {
-            version: migration.version,
-            name: migration.name,
-            source,
-        };
-        sqlx::raw_sql(migration.sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(apply)?;
-        db::migration::record(&mut tx, migration.version, migration.name)
-            .await
-            .map_err(apply)?;
-        report.applied.push(migration.version);
-    }
-    tx.commit().await.map_err(MigrateError::Commit)?;
-
+/// Like [`migrate`], but applies pending migrations only up to and including `version`: to
+/// stage a deployment, or to test an upgrade from an earlier release.
+///
+/// # Errors
+/// As [`migrate`].
+///
+/// # Cancel safety
+/// Cancel safe, as [`migrate`].
+pub async fn migrate_to(pool: &PgPool, version: i32) -> Result<MigrateReport, MigrateError> {
+    // Detached from the pool: the session-level advisory lock goes with this connection, so a
+    // dropped future closes it (releasing the lock) instead of handing a locked connection back.
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(MigrateError::Prepare)?
+        .detach();
+    let result = run(&mut conn, version).await;
+    // Closing releases the lock; the server releases it as well if the close fails.
+    let _ = conn.close().await;
+    let report = result?;
     if !report.applied.is_empty() {
         tracing::info!(applied = ?report.applied, "skiplock schema migrated");
     }
@@ -153,10 +199,142 @@ pub async fn migrate(pool: &PgPool) -> Result<MigrateReport, MigrateError> {
     Ok(report)
 }
 
+async fn run(conn: &mut PgConnection, target: i32) -> Result<MigrateReport, MigrateError> {
+    db::migration::lock(conn)
+        .await
+        .map_err(MigrateError::Prepare)?;
+    let mut tx = conn.begin().await.map_err(MigrateError::Prepare)?;
+    sqlx::raw_sql(BOOTSTRAP)
+        .execute(&mut *tx)
+        .await
+        .map_err(MigrateError::Prepare)?;
+    tx.commit().await.map_err(MigrateError::Prepare)?;
+    let done = db::migration::applied_versions(conn)
+        .await
+        .map_err(MigrateError::Prepare)?;
+
+    let mut report = MigrateReport {
+        unknown: done
+            .iter()
+            .copied()
+            .filter(|version| !MIGRATIONS.iter().any(|m| m.version == *version))
+            .collect(),
+        ..MigrateReport::default()
+    };
+    let pending = MIGRATIONS
+        .iter()
+        .filter(|m| m.version <= target && !done.contains(&m.version));
+    for migration in pending {
+        apply(conn, migration).await?;
+        report.applied.push(migration.version);
+    }
+    Ok(report)
+}
+
+/// Applies one migration, trying again after a pause while its locks are not granted in time.
+async fn apply(conn: &mut PgConnection, migration: &Migration) -> Result<(), MigrateError> {
+    let mut pause = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        let applied = match migration.kind {
+            MigrationKind::Transaction => apply_in_transaction(conn, migration).await,
+            MigrationKind::ConcurrentIndex { name } => build_index(conn, migration, name).await,
+        };
+        let error = match applied {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if !is_lock_timeout(&error) {
+            return Err(MigrateError::Apply {
+                version: migration.version,
+                name: migration.name,
+                source: error,
+            });
+        }
+        if attempt == LOCK_ATTEMPTS {
+            return Err(MigrateError::LockTimeout {
+                version: migration.version,
+                name: migration.name,
+                attempts: attempt,
+                source: error,
+            });
+        }
+        tracing::info!(
+            version = migration.version,
+            attempt,
+            "migration waited too long for a table lock; rolled back, trying again"
+        );
+        // Jitter: concurrent migrators of several databases should not retry in step.
+        tokio::time::sleep(pause.mul_f64(1.0 + fastrand::f64() / 2.0)).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+        attempt += 1;
+    }
+}
+
+async fn apply_in_transaction(
+    conn: &mut PgConnection,
+    migration: &Migration,
+) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    db::migration::set_local_lock_timeout(&mut tx, LOCK_TIMEOUT).await?;
+    sqlx::raw_sql(migration.sql).execute(&mut *tx).await?;
+    db::migration::record(&mut tx, migration.version, migration.name).await?;
+    tx.commit().await
+}
+
+/// Builds a [`MigrationKind::ConcurrentIndex`] migration's index without blocking writes.
+/// `CREATE INDEX CONCURRENTLY` cannot run in a transaction, so the build and the record are two
+/// statements: a build interrupted before its record leaves an index that is either valid
+/// (found here and kept) or invalid (dropped here and built again).
+async fn build_index(
+    conn: &mut PgConnection,
+    migration: &Migration,
+    name: &'static str,
+) -> Result<(), sqlx::Error> {
+    match db::migration::index_is_valid(&mut *conn, name).await? {
+        Some(true) => {}
+        found => {
+            if found == Some(false) {
+                tracing::info!(
+                    index = name,
+                    "dropping an index whose build was interrupted"
+                );
+                let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS skiplock.{name}");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            sqlx::raw_sql(sqlx::AssertSqlSafe(concurrently(migration.sql)))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    db::migration::record(conn, migration.version, migration.name).await
+}
+
+/// `CREATE INDEX ...` as `CREATE INDEX CONCURRENTLY ...`; every concurrent-index migration
+/// starts with `CREATE INDEX IF NOT EXISTS` (a test checks it).
+fn concurrently(sql: &str) -> String {
+    sql.replacen("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1)
+}
+
+fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    // 55P03 lock_not_available: `lock_timeout` expired.
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code == "55P03")
+}
+
 /// The whole schema as one SQL script, for a DBA to review or apply with `psql -1 -f` instead
 /// of calling [`migrate`] (it records the versions it applies, so `migrate` later finds nothing
 /// to do). `since` is the last version the database already has: 0 for a fresh database, and
 /// only later migrations are included.
+///
+/// Applied in one transaction, the script builds indexes without `CONCURRENTLY` (which a
+/// transaction does not allow), blocking writes to the table while they are built; on a large
+/// live table, build them first with the `CREATE INDEX CONCURRENTLY` statement printed next to
+/// each, or use [`migrate`], which does.
 pub fn script(since: i32) -> String {
     let mut sql = String::from(
         "-- skiplock schema: apply in one transaction (psql -1 -f).\n\
@@ -166,9 +344,47 @@ pub fn script(since: i32) -> String {
     sql.push_str(BOOTSTRAP);
     for migration in MIGRATIONS.iter().filter(|m| m.version > since) {
         sql.push_str(&format!(
-            "\n-- migration {} ({})\n{}\nINSERT INTO skiplock.migrations (version, name) VALUES ({}, '{}');\n",
-            migration.version, migration.name, migration.sql, migration.version, migration.name
+            "\n-- migration {} ({})\n",
+            migration.version, migration.name
+        ));
+        if let MigrationKind::ConcurrentIndex { .. } = migration.kind {
+            sql.push_str(&format!(
+                "-- Blocks writes while it builds; on a large live table run this first, outside a transaction:\n-- {}\n",
+                concurrently(migration.sql).trim().replace('\n', "\n-- ")
+            ));
+        }
+        sql.push_str(&format!(
+            "{}\nINSERT INTO skiplock.migrations (version, name) VALUES ({}, '{}');\n",
+            migration.sql, migration.version, migration.name
         ));
     }
     sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_index_migrations_are_single_create_index_statements() {
+        for migration in MIGRATIONS {
+            if let MigrationKind::ConcurrentIndex { name } = migration.kind {
+                let body: String = migration
+                    .sql
+                    .lines()
+                    .filter(|line| !line.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let prefix = format!("CREATE INDEX IF NOT EXISTS {name} ON skiplock.");
+                assert!(body.trim_start().starts_with(&prefix), "{}", migration.name);
+                assert_eq!(body.matches(';').count(), 1, "{}", migration.name);
+                assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            }
+        }
+    }
+
+    #[test]
+    fn versions_ascend() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+    }
 }

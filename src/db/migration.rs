@@ -1,14 +1,50 @@
 //! Statements of the migration runner (the migrations themselves live in `migrations/`).
 
+use std::time::Duration;
+
 use sqlx::PgConnection;
 
-/// Serialises concurrent migrators for the rest of the transaction. The key is the ASCII bytes
-/// of "skiplock" read as a big-endian integer, shared by every skiplock version.
+/// Serialises concurrent migrators until this session ends or unlocks. Session-level rather
+/// than transaction-level: a run applies each migration in a transaction of its own (and builds
+/// indexes outside any). The key is the ASCII bytes of "skiplock" read as a big-endian integer,
+/// shared by every skiplock version.
 pub(crate) async fn lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query!("SELECT pg_advisory_xact_lock(8316857068446245739)")
+    sqlx::query!("SELECT pg_advisory_lock(8316857068446245739)")
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Sets `lock_timeout` for the rest of the current transaction.
+pub(crate) async fn set_local_lock_timeout(
+    conn: &mut PgConnection,
+    timeout: Duration,
+) -> Result<(), sqlx::Error> {
+    let millis = format!("{}ms", timeout.as_millis().max(1));
+    sqlx::query_scalar!("SELECT set_config('lock_timeout', $1, true)", millis)
+        .fetch_one(conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether index `skiplock.<name>` is valid; `None` when there is no such index. An index whose
+/// `CREATE INDEX CONCURRENTLY` was interrupted exists but is invalid.
+pub(crate) async fn index_is_valid(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT i.indisvalid AS "valid!"
+        FROM pg_index AS i
+        JOIN pg_class AS c ON c.oid = i.indexrelid
+        JOIN pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'skiplock' AND c.relname = $1
+        "#,
+        name,
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 /// Versions already applied, ascending.
