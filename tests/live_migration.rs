@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use skiplock::testing::TestDatabase;
+use skiplock_testing::TestDatabase;
 use sqlx::PgPool;
 
 /// The last version of the previous release (0.1): the schema the test starts from.
