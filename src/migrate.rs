@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "wake_from_enqueue",
         sql: include_str!("../migrations/0006_wake_from_enqueue.sql"),
     },
+    Migration {
+        version: 8,
+        name: "limits_and_privileges",
+        sql: include_str!("../migrations/0008_limits_and_privileges.sql"),
+    },
 ];
 
 /// The error of [`migrate`].
@@ -63,6 +68,21 @@ pub enum MigrateError {
     /// Connecting, locking or reading the bookkeeping table failed.
     #[error("could not prepare the migration")]
     Prepare(#[source] sqlx::Error),
+    /// The `skiplock` schema or its `skiplock.migrations` table belongs to a role other than
+    /// the one migrating (and one it is not a member of); nothing was read from or applied to
+    /// it. Whoever owns the schema controls the functions every skiplock user calls: run
+    /// `migrate` as that owner, or find out who created it.
+    #[error(
+        "refusing to migrate: {object} is owned by role {owner}, not by {user}; run migrate as {owner}"
+    )]
+    ForeignOwner {
+        /// `schema skiplock` or `table skiplock.migrations`.
+        object: &'static str,
+        /// The role that owns it.
+        owner: String,
+        /// The role that ran `migrate`.
+        user: String,
+    },
     /// One migration failed; nothing of this run was applied.
     #[error("migration {version} ({name}) failed")]
     Apply {
@@ -97,8 +117,15 @@ pub struct MigrateReport {
 /// migrations and the others wait for it and then find nothing to do. A failing migration
 /// leaves the database as it was.
 ///
+/// Run it as the role that owns the schema (docs/security.md): it refuses a `skiplock` schema
+/// or `skiplock.migrations` table owned by any other role, so a schema somebody else planted
+/// is never adopted (a superuser too must be the owner itself, not merely able to act as it).
+/// When the schema is current it changes nothing and needs no privilege beyond reading the
+/// catalog and the migrations table: no `CREATE` on the database.
+///
 /// # Errors
-/// [`MigrateError`] when the database refuses; nothing is applied then.
+/// [`MigrateError::ForeignOwner`] for a schema or migrations table of another role; otherwise
+/// [`MigrateError`] when the database refuses. Nothing is applied then.
 ///
 /// # Cancel safety
 /// Cancel safe: dropped midway, the transaction rolls back and nothing is applied.
@@ -108,10 +135,28 @@ pub async fn migrate(pool: &PgPool) -> Result<MigrateReport, MigrateError> {
     db::migration::lock(&mut tx)
         .await
         .map_err(MigrateError::Prepare)?;
-    sqlx::raw_sql(BOOTSTRAP)
-        .execute(&mut *tx)
+    let owners = db::migration::owners(&mut tx)
         .await
         .map_err(MigrateError::Prepare)?;
+    let foreign = |object, owner| MigrateError::ForeignOwner {
+        object,
+        owner,
+        user: owners.current_user.clone(),
+    };
+    if let (Some(owner), false) = (&owners.schema_owner, owners.schema_ours) {
+        return Err(foreign("schema skiplock", owner.clone()));
+    }
+    if let (Some(owner), false) = (&owners.table_owner, owners.table_ours) {
+        return Err(foreign("table skiplock.migrations", owner.clone()));
+    }
+    if owners.table_owner.is_none() {
+        // CREATE SCHEMA IF NOT EXISTS checks the CREATE privilege on the database before it
+        // looks for the schema: only run it when something is missing.
+        sqlx::raw_sql(BOOTSTRAP)
+            .execute(&mut *tx)
+            .await
+            .map_err(MigrateError::Prepare)?;
+    }
     let done = db::migration::applied_versions(&mut tx)
         .await
         .map_err(MigrateError::Prepare)?;
