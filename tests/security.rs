@@ -6,10 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Record, wait_for_state};
+use common::Record;
 use serde_json::json;
 use skiplock::testing::TestDatabase;
-use skiplock::{EnqueueOptions, JobState, MigrateError, NewJob, Unique, Worker};
+use skiplock::{EnqueueOptions, JobState, MigrateError, NewJob, Retention, Unique, Worker};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -257,32 +257,53 @@ async fn a_worker_role_runs_a_worker_that_drains_its_jobs() {
     let db = common::database().await;
     let admin = db.pool();
     let worker_role = Role::new(&db, "worker", Some("worker")).await;
-    let ids = skiplock::enqueue_many(
-        admin,
-        (0..20).map(|n| NewJob::new(&Record { n }).expect("serialize")),
-    )
-    .await
-    .expect("enqueue");
+    let mut jobs: Vec<NewJob> = (0..20)
+        .map(|n| NewJob::new(&Record { n }).expect("serialize"))
+        .collect();
+    // One the promoter must make runnable.
+    jobs.push(
+        NewJob::with_options(
+            &Record { n: 99 },
+            EnqueueOptions::new().delay(Duration::from_millis(300)),
+        )
+        .expect("serialize"),
+    );
+    skiplock::enqueue_many(admin, jobs).await.expect("enqueue");
 
     // The ledger is the application's table: handlers write it through their own state.
     let worker = Worker::builder(worker_role.pool.clone(), admin.clone())
+        .id("least-privilege")
         .poll_interval(Duration::from_millis(200))
         .promote_interval(Duration::from_millis(100))
         .rescue_interval(Duration::from_millis(500))
         .prune_interval(Duration::from_millis(200))
+        .retention(Retention {
+            completed: Some(Duration::ZERO),
+            ..Retention::default()
+        })
         .shutdown_timeout(Duration::from_secs(5))
         .queue("default", 4)
         .register::<Record>()
         .build()
         .expect("worker")
         .start();
-    wait_for_state(
-        admin,
-        "completed",
-        ids.len() as i64,
-        Duration::from_secs(30),
-    )
+    // Every job ran once, and the pruner deleted each once it completed.
+    common::eventually(Duration::from_secs(30), "the queue to drain", || async {
+        let (ran, left): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM ledger), (SELECT count(*) FROM skiplock.jobs)",
+        )
+        .fetch_one(admin)
+        .await
+        .expect("counts");
+        (ran == 21 && left == 0).then_some(())
+    })
     .await;
+    let registered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM skiplock.workers WHERE id = 'least-privilege'")
+            .fetch_one(admin)
+            .await
+            .expect("workers");
+    assert_eq!(registered, 1, "the heartbeat registers the worker");
     worker.shutdown().await.expect("a clean shutdown");
     worker_role.drop(&db).await;
 }
