@@ -113,8 +113,8 @@ GRANT EXECUTE ON FUNCTION skiplock.tags_fit(text[], integer) TO PUBLIC;
 --   job that is running or finished (those need lease_token or finished_at).
 -- - 'worker': everything a worker process does (claim, heartbeat, complete, rescue, promote,
 --   prune, schedule): reads and writes every skiplock table but the migrations table, which
---   it may read. Tables and sequences a later migration adds are covered too (default
---   privileges of the schema's owner).
+--   it may read, and executes every function. Tables, sequences and functions a later
+--   migration adds are covered too (default privileges of the schema's owner).
 -- - 'observer': read every skiplock table, including later ones.
 -- Run by the schema's owner (or a superuser). Idempotent. See docs/security.md.
 CREATE FUNCTION skiplock.grant_access(grantee regrole, access text) RETURNS void
@@ -137,7 +137,12 @@ BEGIN
                        'state, timeout_secs), SELECT (id, queue, state) ON skiplock.jobs TO %s',
                        grantee);
     ELSIF access = 'worker' THEN
-        EXECUTE format('GRANT EXECUTE ON %s TO %s', api, grantee);
+        -- Every function, present and future: the worker is trusted with the queue, and a
+        -- function a later migration adds for workers must not stop them. The owner's
+        -- functions (set_limits, grant_access) run with the caller's rights and fail for it.
+        EXECUTE format('GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA skiplock TO %s', grantee);
+        EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA skiplock '
+                       'GRANT EXECUTE ON FUNCTIONS TO %s', owner, grantee);
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA skiplock TO %s',
                        grantee);
         EXECUTE format('REVOKE INSERT, UPDATE, DELETE ON skiplock.migrations FROM %s', grantee);

@@ -305,6 +305,18 @@ async fn a_worker_role_runs_a_worker_that_drains_its_jobs() {
             .expect("workers");
     assert_eq!(registered, 1, "the heartbeat registers the worker");
     worker.shutdown().await.expect("a clean shutdown");
+
+    // The owner's functions run with the caller's rights: a worker cannot use them.
+    let pool = &worker_role.pool;
+    assert_eq!(
+        refused(pool, "SELECT skiplock.set_limits(args_bytes => 2000000000)").await,
+        DENIED
+    );
+    let escalate = format!(
+        "SELECT skiplock.grant_access('{}', 'worker')",
+        worker_role.name
+    );
+    assert_eq!(refused(pool, &escalate).await, DENIED);
     worker_role.drop(&db).await;
 }
 
