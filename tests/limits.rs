@@ -297,3 +297,67 @@ async fn run_at_must_be_a_real_instant_between_1970_and_9999() {
     }
     assert_eq!(count_jobs(pool).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_from_before_the_limits_still_run_and_infinite_waits_are_pulled_back() {
+    let db = common::database().await;
+    let pool = db.pool();
+    // The schema as the previous release left it, with rows 0008 would refuse.
+    sqlx::raw_sql("DROP SCHEMA skiplock CASCADE")
+        .execute(pool)
+        .await
+        .expect("drop");
+    sqlx::raw_sql(include_str!("../migrations/bootstrap.sql"))
+        .execute(pool)
+        .await
+        .expect("bootstrap");
+    for migration in skiplock::MIGRATIONS.iter().filter(|m| m.version <= 6) {
+        sqlx::raw_sql(migration.sql)
+            .execute(pool)
+            .await
+            .expect("old migration");
+        sqlx::query("INSERT INTO skiplock.migrations (version, name) VALUES ($1, $2)")
+            .bind(migration.version)
+            .bind(migration.name)
+            .execute(pool)
+            .await
+            .expect("record");
+    }
+    let big: i64 = sqlx::query_scalar(
+        "SELECT skiplock.enqueue('record', jsonb_build_object('n', 1, 'pad', repeat('x', 2000000)),
+                                 tags => array_fill('t'::text, ARRAY[150]))",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("an old big job");
+    let never: i64 =
+        sqlx::query_scalar("SELECT skiplock.enqueue('record', '{\"n\": 2}', run_at => 'infinity')")
+            .fetch_one(pool)
+            .await
+            .expect("an old job that never runs");
+
+    skiplock::migrate(pool).await.expect("migrate");
+
+    let run_at: String = sqlx::query_scalar("SELECT run_at::text FROM skiplock.jobs WHERE id = $1")
+        .bind(never)
+        .fetch_one(pool)
+        .await
+        .expect("run_at");
+    assert_eq!(run_at, "9999-12-31 23:59:59+00");
+    // The big job is claimed, run and completed (every one an UPDATE the limits would refuse),
+    // and the far one can be cancelled.
+    let worker = common::worker(pool)
+        .queue("default", 2)
+        .register::<common::Record>()
+        .build()
+        .expect("worker")
+        .start();
+    common::wait_for_state(pool, "completed", 1, Duration::from_secs(30)).await;
+    worker.shutdown().await.expect("shutdown");
+    assert_eq!(
+        common::job(pool, big).await.state,
+        skiplock::JobState::Completed
+    );
+    let state = skiplock::cancel(pool, never).await.expect("cancel");
+    assert_eq!(state, Some(skiplock::JobState::Cancelled));
+}
