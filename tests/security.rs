@@ -45,7 +45,7 @@ impl Role {
     }
 
     /// Closes the role's connections, revokes what it was granted and drops it.
-    async fn drop(self, db: &TestDatabase) {
+    async fn remove(self, db: &TestDatabase) {
         self.pool.close().await;
         exec(db.pool(), &format!("DROP OWNED BY {}", self.name)).await;
         exec(db.pool(), &format!("DROP ROLE {}", self.name)).await;
@@ -153,7 +153,7 @@ async fn an_enqueuer_enqueues_cancels_and_retries_but_cannot_write_the_table() {
     ] {
         assert_eq!(refused(pool, sql).await, DENIED, "{sql}");
     }
-    enqueuer.drop(&db).await;
+    enqueuer.remove(&db).await;
 }
 
 #[tokio::test]
@@ -192,7 +192,7 @@ async fn execute_on_the_functions_alone_is_enough_to_enqueue_cancel_and_retry() 
         DENIED
     );
     assert_eq!(refused(pool, "SELECT * FROM skiplock.jobs").await, DENIED);
-    app.drop(&db).await;
+    app.remove(&db).await;
 }
 
 #[tokio::test]
@@ -212,7 +212,7 @@ async fn nobody_else_may_execute_the_functions_and_definers_pin_their_search_pat
         refused(&bare.pool, "SELECT skiplock.wake('{q}')").await,
         DENIED
     );
-    bare.drop(&db).await;
+    bare.remove(&db).await;
 
     // Every function of the schema, including later migrations' (docs/security.md):
     let public: Vec<String> = sqlx::query_scalar(
@@ -317,7 +317,7 @@ async fn a_worker_role_runs_a_worker_that_drains_its_jobs() {
         worker_role.name
     );
     assert_eq!(refused(pool, &escalate).await, DENIED);
-    worker_role.drop(&db).await;
+    worker_role.remove(&db).await;
 }
 
 #[tokio::test]
@@ -345,7 +345,7 @@ async fn an_observer_reads_everything_and_writes_nothing() {
     ] {
         assert_eq!(refused(pool, sql).await, DENIED, "{sql}");
     }
-    observer.drop(&db).await;
+    observer.remove(&db).await;
 }
 
 #[tokio::test]
@@ -373,7 +373,7 @@ async fn migrate_is_a_no_op_without_create_on_the_database_when_current() {
         .await
         .expect("migrate a current schema without CREATE on the database");
     assert!(again.applied.is_empty());
-    owner.drop(&db).await;
+    owner.remove(&db).await;
 }
 
 #[tokio::test]
@@ -465,5 +465,5 @@ async fn migrate_refuses_a_schema_or_migrations_table_owned_by_another_role() {
         ),
         "{error:?}"
     );
-    other.drop(&db).await;
+    other.remove(&db).await;
 }
