@@ -30,9 +30,101 @@ pub enum EnqueueError {
     /// An option is out of range: the message says which and why.
     #[error("invalid job: {0}")]
     Invalid(String),
+    /// The job is over one of its [`Limits`]; nothing was sent to the database.
+    #[error("{limit} of a {kind:?} job is {value}, over the limit of {max}")]
+    TooLarge {
+        /// The job's kind.
+        kind: String,
+        /// Which limit.
+        limit: Limit,
+        /// The job's value: bytes, tags or characters as `limit` says.
+        value: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `run_at` (or now plus the delay) is not between [`MIN_RUN_AT`] and [`MAX_RUN_AT`].
+    #[error("run_at of a {kind:?} job is {run_at}, outside 1970-01-01 to 9999-12-31 UTC")]
+    RunAtOutOfRange {
+        /// The job's kind.
+        kind: String,
+        /// The requested time, or `now + <delay>` for a delay too long to add.
+        run_at: String,
+    },
     /// The insert failed.
     #[error("could not insert the job")]
     Database(#[from] sqlx::Error),
+}
+
+/// The default of [`Limits::args_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_ARGS_BYTES: usize = 1_048_576;
+/// The default of [`Limits::tags`]: 100 tags.
+pub const DEFAULT_MAX_TAGS: usize = 100;
+/// The default of [`Limits::tag_chars`]: 200 characters.
+pub const DEFAULT_MAX_TAG_CHARS: usize = 200;
+
+/// The earliest `run_at` a job may have: 1970-01-01 00:00:00 UTC.
+pub const MIN_RUN_AT: DateTime<Utc> = DateTime::UNIX_EPOCH;
+/// The latest `run_at` a job may have: 9999-12-31 23:59:59.999999 UTC. The database refuses
+/// anything later (`jobs_run_at_range`), `'infinity'` included.
+pub const MAX_RUN_AT: DateTime<Utc> = match DateTime::from_timestamp(253_402_300_799, 999_999_000) {
+    Some(max) => max,
+    None => panic!("9999-12-31 is a valid instant"),
+};
+
+/// How big a job may be, checked before anything is sent to the database.
+///
+/// The database enforces the same limits with CHECK constraints (`jobs_args_max_bytes`,
+/// `jobs_tags_max_count`, `jobs_tag_max_chars`), whatever inserts the job; their defaults are
+/// the ones here, and `SELECT skiplock.set_limits(args_bytes, tags, tag_chars)`, run by the
+/// schema's owner, changes them (docs/schema.md). Raise them on both sides together: the
+/// database refuses what it does not allow whatever these say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest `args`, in bytes of their JSON text as PostgreSQL prints a `jsonb` value
+    /// (`octet_length(args::text)`: a space after each `,` and `:`). Default:
+    /// [`DEFAULT_MAX_ARGS_BYTES`] (1 MiB).
+    pub args_bytes: usize,
+    /// The most tags. Default: [`DEFAULT_MAX_TAGS`] (100).
+    pub tags: usize,
+    /// The longest tag, in characters. Default: [`DEFAULT_MAX_TAG_CHARS`] (200).
+    pub tag_chars: usize,
+}
+
+impl Limits {
+    /// The defaults, equal to the database's after migration 0008.
+    pub const DEFAULT: Self = Self {
+        args_bytes: DEFAULT_MAX_ARGS_BYTES,
+        tags: DEFAULT_MAX_TAGS,
+        tag_chars: DEFAULT_MAX_TAG_CHARS,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Which of the [`Limits`] a job is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// [`Limits::args_bytes`].
+    ArgsBytes,
+    /// [`Limits::tags`].
+    Tags,
+    /// [`Limits::tag_chars`].
+    TagChars,
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ArgsBytes => "the size of the args in bytes",
+            Self::Tags => "the number of tags",
+            Self::TagChars => "the length of a tag in characters",
+        })
+    }
 }
 
 /// Options for one job; every option left unset falls back to the job kind's default.
@@ -57,6 +149,7 @@ pub struct EnqueueOptions {
     tags: Vec<String>,
     timeout: Option<Duration>,
     unique: Option<Unique>,
+    limits: Option<Limits>,
 }
 
 impl EnqueueOptions {
@@ -114,6 +207,14 @@ impl EnqueueOptions {
     /// enqueueing returns that job's id instead of inserting another. Default: not unique.
     pub fn unique(mut self, unique: Unique) -> Self {
         self.unique = Some(unique);
+        self
+    }
+
+    /// The limits the job is checked against before it is sent. Default: [`Limits::DEFAULT`],
+    /// the database's own defaults; raise them only together with the database's
+    /// (`skiplock.set_limits`).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
         self
     }
 }
@@ -187,6 +288,7 @@ pub struct NewJob {
     tags: Vec<String>,
     timeout_secs: Option<f64>,
     unique: Option<Unique>,
+    limits: Limits,
 }
 
 impl NewJob {
@@ -247,6 +349,7 @@ impl NewJob {
                 .or(defaults.timeout)
                 .map(|timeout| timeout.as_secs_f64()),
             unique: options.unique,
+            limits: options.limits.unwrap_or_default(),
         }
     }
 
@@ -295,6 +398,52 @@ impl NewJob {
                 self.max_attempts
             )));
         }
+        self.check_run_at()?;
+        self.check_limits()
+    }
+
+    /// Refuses a `run_at` the database would refuse (`jobs_run_at_range`).
+    fn check_run_at(&self) -> Result<(), EnqueueError> {
+        let out_of_range = |run_at: String| EnqueueError::RunAtOutOfRange {
+            kind: self.kind.clone(),
+            run_at,
+        };
+        if let Some(run_at) = self.run_at {
+            if !(MIN_RUN_AT..=MAX_RUN_AT).contains(&run_at) {
+                return Err(out_of_range(run_at.to_rfc3339()));
+            }
+        } else if let Some(delay) = self.delay_secs {
+            // The database adds the delay to its own now(); the local clock is close enough
+            // for a bound eight thousand years away.
+            let latest = (MAX_RUN_AT - Utc::now()).num_seconds() as f64;
+            if delay > latest {
+                return Err(out_of_range(format!("now + {delay} s")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a job over its [`Limits`], before its args travel to the database.
+    fn check_limits(&self) -> Result<(), EnqueueError> {
+        let over = |limit, value, max| EnqueueError::TooLarge {
+            kind: self.kind.clone(),
+            limit,
+            value,
+            max,
+        };
+        let limits = &self.limits;
+        if self.tags.len() > limits.tags {
+            return Err(over(Limit::Tags, self.tags.len(), limits.tags));
+        }
+        if let Some(longest) = self.tags.iter().map(|tag| tag.chars().count()).max()
+            && longest > limits.tag_chars
+        {
+            return Err(over(Limit::TagChars, longest, limits.tag_chars));
+        }
+        let bytes = pg_text_len(&self.args);
+        if bytes > limits.args_bytes {
+            return Err(over(Limit::ArgsBytes, bytes, limits.args_bytes));
+        }
         Ok(())
     }
 
@@ -311,6 +460,41 @@ impl NewJob {
             timeout_secs: self.timeout_secs,
         }
     }
+}
+
+/// The length in bytes of `value` as PostgreSQL prints it as `jsonb` (`args::text`): the
+/// compact JSON plus a space after every `:` and every `,`, computed without building the text.
+/// Numbers may print a few characters differently (`1e3` is `1000` there).
+fn pg_text_len(value: &Value) -> usize {
+    /// Counts the bytes serde writes.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    /// One space after each `,` and `:` between the elements of `value`'s arrays and objects.
+    fn spaces(value: &Value) -> usize {
+        match value {
+            Value::Array(items) => {
+                items.len().saturating_sub(1) + items.iter().map(spaces).sum::<usize>()
+            }
+            Value::Object(map) => {
+                2 * map.len() - usize::from(!map.is_empty())
+                    + map.values().map(spaces).sum::<usize>()
+            }
+            _ => 0,
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a counter cannot fail: its keys are strings, and the writer never
+    // refuses bytes.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0 + spaces(value)
 }
 
 /// A kind's defaults, for [`NewJob::build`].

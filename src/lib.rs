@@ -89,7 +89,9 @@ pub mod schedule;
 pub use crate::backoff::Backoff;
 pub use crate::cron::{CronError, CronSchedule};
 pub use crate::enqueue::{
-    EnqueueError, EnqueueOptions, NewJob, Unique, enqueue, enqueue_many, enqueue_new, enqueue_with,
+    DEFAULT_MAX_ARGS_BYTES, DEFAULT_MAX_TAG_CHARS, DEFAULT_MAX_TAGS, EnqueueError, EnqueueOptions,
+    Limit, Limits, MAX_RUN_AT, MIN_RUN_AT, NewJob, Unique, enqueue, enqueue_many, enqueue_new,
+    enqueue_with,
 };
 pub use crate::handler::{BoxError, ContextError, Handler, JobContext, JobError, LeaseLost};
 pub use crate::job::{

@@ -94,6 +94,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0006_wake_from_enqueue.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 8,
+        name: "limits_and_privileges",
+        sql: include_str!("../migrations/0008_limits_and_privileges.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].
@@ -103,6 +109,21 @@ pub enum MigrateError {
     /// Connecting, locking or reading the bookkeeping table failed.
     #[error("could not prepare the migration")]
     Prepare(#[source] sqlx::Error),
+    /// The `skiplock` schema or its `skiplock.migrations` table belongs to a role other than
+    /// the one migrating (and one it is not a member of); nothing was read from or applied to
+    /// it. Whoever owns the schema controls the functions every skiplock user calls: run
+    /// `migrate` as that owner, or find out who created it.
+    #[error(
+        "refusing to migrate: {object} is owned by role {owner}, not by {user}; run migrate as {owner}"
+    )]
+    ForeignOwner {
+        /// `schema skiplock` or `table skiplock.migrations`.
+        object: &'static str,
+        /// The role that owns it.
+        owner: String,
+        /// The role that ran `migrate`.
+        user: String,
+    },
     /// One migration failed; it was rolled back, and the ones before it stay applied.
     #[error("migration {version} ({name}) failed")]
     Apply {
@@ -155,7 +176,14 @@ pub struct MigrateReport {
 /// when that is not enough), indexes on `skiplock.jobs` are built `CONCURRENTLY`, and no
 /// statement holds a write-blocking lock while it scans the table; see [`MigrationKind`].
 ///
+/// Run it as the role that owns the schema (docs/security.md): it refuses a `skiplock` schema
+/// or `skiplock.migrations` table owned by any other role, so a schema somebody else planted
+/// is never adopted (a superuser too must be the owner itself, not merely able to act as it).
+/// When the schema is current it changes nothing and needs no privilege beyond reading the
+/// catalog and the migrations table: no `CREATE` on the database.
+///
 /// # Errors
+/// [`MigrateError::ForeignOwner`] for a schema or migrations table of another role; otherwise
 /// [`MigrateError`] when the database refuses. The failing migration is rolled back; those
 /// before it stay applied, and the next call resumes from there.
 ///
@@ -203,12 +231,30 @@ async fn run(conn: &mut PgConnection, target: i32) -> Result<MigrateReport, Migr
     db::migration::lock(conn)
         .await
         .map_err(MigrateError::Prepare)?;
-    let mut tx = conn.begin().await.map_err(MigrateError::Prepare)?;
-    sqlx::raw_sql(BOOTSTRAP)
-        .execute(&mut *tx)
+    let owners = db::migration::owners(conn)
         .await
         .map_err(MigrateError::Prepare)?;
-    tx.commit().await.map_err(MigrateError::Prepare)?;
+    let foreign = |object, owner: &String| MigrateError::ForeignOwner {
+        object,
+        owner: owner.clone(),
+        user: owners.current_user.clone(),
+    };
+    if let (Some(owner), false) = (&owners.schema_owner, owners.schema_ours) {
+        return Err(foreign("schema skiplock", owner));
+    }
+    if let (Some(owner), false) = (&owners.table_owner, owners.table_ours) {
+        return Err(foreign("table skiplock.migrations", owner));
+    }
+    if owners.table_owner.is_none() {
+        // CREATE SCHEMA IF NOT EXISTS checks the CREATE privilege on the database before it
+        // looks for the schema: only run it when something is missing.
+        let mut tx = conn.begin().await.map_err(MigrateError::Prepare)?;
+        sqlx::raw_sql(BOOTSTRAP)
+            .execute(&mut *tx)
+            .await
+            .map_err(MigrateError::Prepare)?;
+        tx.commit().await.map_err(MigrateError::Prepare)?;
+    }
     let done = db::migration::applied_versions(conn)
         .await
         .map_err(MigrateError::Prepare)?;

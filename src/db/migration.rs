@@ -47,6 +47,46 @@ pub(crate) async fn index_is_valid(
     .await
 }
 
+/// Who owns the `skiplock` schema and its migrations table, if they exist, and whether that
+/// is the current role (or a role it is a member of; a superuser counts only as itself).
+pub(crate) struct Owners {
+    pub(crate) current_user: String,
+    pub(crate) schema_owner: Option<String>,
+    pub(crate) schema_ours: bool,
+    pub(crate) table_owner: Option<String>,
+    pub(crate) table_ours: bool,
+}
+
+/// Reads [`Owners`] from the catalog; needs no privilege.
+pub(crate) async fn owners(conn: &mut PgConnection) -> Result<Owners, sqlx::Error> {
+    sqlx::query_as!(
+        Owners,
+        r#"
+        WITH me AS (
+            SELECT r.oid, r.rolname, r.rolsuper FROM pg_roles AS r WHERE r.rolname = current_user
+        ),
+        objects AS (
+            SELECT (SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'skiplock') AS schema_owner,
+                   (SELECT c.relowner FROM pg_class AS c
+                    JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                    WHERE n.nspname = 'skiplock' AND c.relname = 'migrations') AS table_owner
+        )
+        SELECT me.rolname::text AS "current_user!",
+               o.schema_owner::regrole::text AS schema_owner,
+               coalesce(o.schema_owner = me.oid
+                        OR (NOT me.rolsuper AND pg_has_role(o.schema_owner, 'USAGE')), false)
+                   AS "schema_ours!",
+               o.table_owner::regrole::text AS table_owner,
+               coalesce(o.table_owner = me.oid
+                        OR (NOT me.rolsuper AND pg_has_role(o.table_owner, 'USAGE')), false)
+                   AS "table_ours!"
+        FROM me, objects AS o
+        "#
+    )
+    .fetch_one(conn)
+    .await
+}
+
 /// Versions already applied, ascending.
 pub(crate) async fn applied_versions(conn: &mut PgConnection) -> Result<Vec<i32>, sqlx::Error> {
     sqlx::query_scalar!("SELECT version FROM skiplock.migrations ORDER BY version")

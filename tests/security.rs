@@ -1,0 +1,469 @@
+//! Least privilege: the documented access levels (docs/security.md) are enough for their job and
+//! no more, and `migrate` neither needs privileges it does not use nor adopts a schema another
+//! role owns. Roles are cluster-wide: each test names its own after its database and drops them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Record;
+use serde_json::json;
+use skiplock::testing::TestDatabase;
+use skiplock::{EnqueueOptions, JobState, MigrateError, NewJob, Retention, Unique, Worker};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+const ENQUEUE_SIGNATURE: &str = "skiplock.enqueue(text, jsonb, text, timestamptz, integer, \
+    integer, text[], text, boolean, skiplock.job_state[], double precision)";
+
+/// A LOGIN role of this test, and a pool connected as it.
+struct Role {
+    name: String,
+    pool: PgPool,
+}
+
+impl Role {
+    /// Creates `<database>_<suffix>` and, unless `access` is `None`, grants it that access level
+    /// with `skiplock.grant_access`.
+    async fn new(db: &TestDatabase, suffix: &str, access: Option<&str>) -> Self {
+        let name = format!("{}_{suffix}", db.name());
+        exec(db.pool(), &format!("CREATE ROLE {name} LOGIN")).await;
+        if let Some(access) = access {
+            sqlx::query("SELECT skiplock.grant_access($1::regrole, $2)")
+                .bind(&name)
+                .bind(access)
+                .execute(db.pool())
+                .await
+                .expect("grant access");
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(db.connect_options().clone().username(&name))
+            .await
+            .expect("connect as the role");
+        Self { name, pool }
+    }
+
+    /// Closes the role's connections, revokes what it was granted and drops it.
+    async fn remove(self, db: &TestDatabase) {
+        self.pool.close().await;
+        exec(db.pool(), &format!("DROP OWNED BY {}", self.name)).await;
+        exec(db.pool(), &format!("DROP ROLE {}", self.name)).await;
+    }
+}
+
+async fn exec(pool: &PgPool, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// The SQLSTATE `sql` fails with on `pool`.
+async fn refused(pool: &PgPool, sql: &str) -> String {
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(pool)
+        .await
+    {
+        Ok(_) => panic!("{sql}: allowed"),
+        Err(e) => e
+            .as_database_error()
+            .and_then(|db| db.code())
+            .map(|code| code.into_owned())
+            .unwrap_or_else(|| panic!("{sql}: {e}")),
+    }
+}
+
+const DENIED: &str = "42501";
+const CHECK: &str = "23514";
+
+#[tokio::test]
+async fn an_enqueuer_enqueues_cancels_and_retries_but_cannot_write_the_table() {
+    let db = common::database().await;
+    let enqueuer = Role::new(&db, "enqueuer", Some("enqueuer")).await;
+    let pool = &enqueuer.pool;
+
+    // Every enqueue path of the crate: a plain insert, a batch, a unique job.
+    let id = skiplock::enqueue_new(
+        pool,
+        &NewJob::untyped("k", json!({"n": 1}), EnqueueOptions::new()),
+    )
+    .await
+    .expect("enqueue");
+    let ids = skiplock::enqueue_many(
+        pool,
+        (0..3).map(|n| NewJob::untyped("k", json!({ "n": n }), EnqueueOptions::new())),
+    )
+    .await
+    .expect("enqueue_many");
+    assert_eq!(ids.len(), 3);
+    let options = || EnqueueOptions::new().unique(Unique::key("once"));
+    let unique = skiplock::enqueue_new(pool, &NewJob::untyped("k", json!({}), options()))
+        .await
+        .expect("unique enqueue");
+    let again = skiplock::enqueue_new(pool, &NewJob::untyped("k", json!({}), options()))
+        .await
+        .expect("unique enqueue again");
+    assert_eq!(unique, again);
+    // Cancel and retry, from Rust and from SQL.
+    assert_eq!(
+        skiplock::cancel(pool, id).await.expect("cancel"),
+        Some(JobState::Cancelled)
+    );
+    assert!(skiplock::retry(pool, id).await.expect("retry"));
+    exec(
+        pool,
+        &format!(
+            "SELECT skiplock.enqueue('k', '{{}}'), skiplock.cancel({id}), skiplock.retry({id})"
+        ),
+    )
+    .await;
+
+    // No planted rows: a running job with a long lease, a finished one holding a unique key.
+    let lease = "INSERT INTO skiplock.jobs (kind, state, lease_token, lease_expires_at)
+                 VALUES ('k', 'running', 1, now() + interval '100 years')";
+    assert_eq!(refused(pool, lease).await, DENIED);
+    assert_eq!(
+        refused(
+            pool,
+            "INSERT INTO skiplock.jobs (kind, state) VALUES ('k', 'running')"
+        )
+        .await,
+        CHECK
+    );
+    assert_eq!(
+        refused(
+            pool,
+            "INSERT INTO skiplock.jobs (kind, state) VALUES ('k', 'completed')"
+        )
+        .await,
+        CHECK
+    );
+    let held = "INSERT INTO skiplock.jobs (kind, state, unique_key, unique_states)
+                VALUES ('k', 'completed', 'once', '{completed}')";
+    assert_eq!(refused(pool, held).await, DENIED);
+    for sql in [
+        "INSERT INTO skiplock.jobs (kind, created_at) VALUES ('k', '2000-01-01')",
+        "INSERT INTO skiplock.jobs (kind, attempt) VALUES ('k', 1)",
+        "UPDATE skiplock.jobs SET priority = -100",
+        "DELETE FROM skiplock.jobs",
+        "SELECT args FROM skiplock.jobs",
+        "INSERT INTO skiplock.workers (id, host, pid, queues) VALUES ('w', 'h', 1, '{}')",
+        "SELECT skiplock.set_limits(args_bytes => 1000000000)",
+    ] {
+        assert_eq!(refused(pool, sql).await, DENIED, "{sql}");
+    }
+    enqueuer.remove(&db).await;
+}
+
+#[tokio::test]
+async fn execute_on_the_functions_alone_is_enough_to_enqueue_cancel_and_retry() {
+    let db = common::database().await;
+    let app = Role::new(&db, "app", None).await;
+    exec(
+        db.pool(),
+        &format!(
+            "GRANT USAGE ON SCHEMA skiplock TO {0};
+             GRANT EXECUTE ON FUNCTION {ENQUEUE_SIGNATURE}, skiplock.cancel(bigint),
+                 skiplock.retry(bigint) TO {0}",
+            app.name
+        ),
+    )
+    .await;
+    let pool = &app.pool;
+    let id: i64 = sqlx::query_scalar("SELECT skiplock.enqueue('k', '{}', unique_by_args => true)")
+        .fetch_one(pool)
+        .await
+        .expect("enqueue");
+    let state: Option<String> = sqlx::query_scalar("SELECT skiplock.cancel($1)::text")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("cancel");
+    assert_eq!(state.as_deref(), Some("cancelled"));
+    let retried: bool = sqlx::query_scalar("SELECT skiplock.retry($1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("retry");
+    assert!(retried);
+    assert_eq!(
+        refused(pool, "INSERT INTO skiplock.jobs (kind) VALUES ('k')").await,
+        DENIED
+    );
+    assert_eq!(refused(pool, "SELECT * FROM skiplock.jobs").await, DENIED);
+    app.remove(&db).await;
+}
+
+#[tokio::test]
+async fn nobody_else_may_execute_the_functions_and_definers_pin_their_search_path() {
+    let db = common::database().await;
+    let bare = Role::new(&db, "bare", None).await;
+    exec(
+        db.pool(),
+        &format!("GRANT USAGE ON SCHEMA skiplock TO {}", bare.name),
+    )
+    .await;
+    assert_eq!(
+        refused(&bare.pool, "SELECT skiplock.cancel(1)").await,
+        DENIED
+    );
+    assert_eq!(
+        refused(&bare.pool, "SELECT skiplock.wake('{q}')").await,
+        DENIED
+    );
+    bare.remove(&db).await;
+
+    // Every function of the schema, including later migrations' (docs/security.md):
+    let public: Vec<String> = sqlx::query_scalar(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p
+         WHERE p.pronamespace = 'skiplock'::regnamespace
+           AND has_function_privilege('public', p.oid, 'EXECUTE')
+         ORDER BY 1",
+    )
+    .fetch_all(db.pool())
+    .await
+    .expect("public functions");
+    assert_eq!(
+        public,
+        ["skiplock.tags_fit(text[],integer)"],
+        "executable by PUBLIC"
+    );
+    let unpinned: Vec<String> = sqlx::query_scalar(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p
+         WHERE p.pronamespace = 'skiplock'::regnamespace AND p.prosecdef
+           AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
+         ORDER BY 1",
+    )
+    .fetch_all(db.pool())
+    .await
+    .expect("definers");
+    assert!(
+        unpinned.is_empty(),
+        "SECURITY DEFINER without a pinned search_path: {unpinned:?}"
+    );
+    let definers: Vec<String> = sqlx::query_scalar(
+        "SELECT p.proname::text FROM pg_proc p
+         WHERE p.pronamespace = 'skiplock'::regnamespace AND p.prosecdef ORDER BY 1",
+    )
+    .fetch_all(db.pool())
+    .await
+    .expect("definers");
+    assert_eq!(definers, ["cancel", "enqueue", "retry"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_role_runs_a_worker_that_drains_its_jobs() {
+    let db = common::database().await;
+    let admin = db.pool();
+    let worker_role = Role::new(&db, "worker", Some("worker")).await;
+    let mut jobs: Vec<NewJob> = (0..20)
+        .map(|n| NewJob::new(&Record { n }).expect("serialize"))
+        .collect();
+    // One the promoter must make runnable.
+    jobs.push(
+        NewJob::with_options(
+            &Record { n: 99 },
+            EnqueueOptions::new().delay(Duration::from_millis(300)),
+        )
+        .expect("serialize"),
+    );
+    skiplock::enqueue_many(admin, jobs).await.expect("enqueue");
+
+    // The ledger is the application's table: handlers write it through their own state.
+    let worker = Worker::builder(worker_role.pool.clone(), admin.clone())
+        .id("least-privilege")
+        .poll_interval(Duration::from_millis(200))
+        .promote_interval(Duration::from_millis(100))
+        .rescue_interval(Duration::from_millis(500))
+        .prune_interval(Duration::from_millis(200))
+        .retention(Retention {
+            completed: Some(Duration::ZERO),
+            ..Retention::default()
+        })
+        .shutdown_timeout(Duration::from_secs(5))
+        .queue("default", 4)
+        .register::<Record>()
+        .build()
+        .expect("worker")
+        .start();
+    // Every job ran once, and the pruner deleted each once it completed.
+    common::eventually(Duration::from_secs(30), "the queue to drain", || async {
+        let (ran, left): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM ledger), (SELECT count(*) FROM skiplock.jobs)",
+        )
+        .fetch_one(admin)
+        .await
+        .expect("counts");
+        (ran == 21 && left == 0).then_some(())
+    })
+    .await;
+    let registered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM skiplock.workers WHERE id = 'least-privilege'")
+            .fetch_one(admin)
+            .await
+            .expect("workers");
+    assert_eq!(registered, 1, "the heartbeat registers the worker");
+    worker.shutdown().await.expect("a clean shutdown");
+
+    // The owner's functions run with the caller's rights: a worker cannot use them.
+    let pool = &worker_role.pool;
+    assert_eq!(
+        refused(pool, "SELECT skiplock.set_limits(args_bytes => 2000000000)").await,
+        DENIED
+    );
+    let escalate = format!(
+        "SELECT skiplock.grant_access('{}', 'worker')",
+        worker_role.name
+    );
+    assert_eq!(refused(pool, &escalate).await, DENIED);
+    worker_role.remove(&db).await;
+}
+
+#[tokio::test]
+async fn an_observer_reads_everything_and_writes_nothing() {
+    let db = common::database().await;
+    let id = skiplock::enqueue_new(
+        db.pool(),
+        &NewJob::untyped("k", json!({}), EnqueueOptions::new()),
+    )
+    .await
+    .expect("enqueue");
+    let observer = Role::new(&db, "observer", Some("observer")).await;
+    let pool = &observer.pool;
+    let job = skiplock::get_job(pool, id).await.expect("read a job");
+    assert_eq!(job.map(|j| j.id), Some(id));
+    for table in ["jobs", "workers", "schedules", "migrations"] {
+        exec(pool, &format!("SELECT * FROM skiplock.{table}")).await;
+    }
+    for sql in [
+        "INSERT INTO skiplock.jobs (kind) VALUES ('k')",
+        "UPDATE skiplock.jobs SET priority = 1",
+        "DELETE FROM skiplock.jobs",
+        "SELECT skiplock.enqueue('k', '{}')",
+        "SELECT skiplock.cancel(1)",
+    ] {
+        assert_eq!(refused(pool, sql).await, DENIED, "{sql}");
+    }
+    observer.remove(&db).await;
+}
+
+#[tokio::test]
+async fn migrate_is_a_no_op_without_create_on_the_database_when_current() {
+    let db = TestDatabase::new().await.expect("database");
+    exec(db.pool(), "DROP SCHEMA skiplock CASCADE").await;
+    let owner = Role::new(&db, "owner", None).await;
+    let grant = format!("GRANT CREATE ON DATABASE {} TO {}", db.name(), owner.name);
+    exec(db.pool(), &grant).await;
+    let first = skiplock::migrate(&owner.pool)
+        .await
+        .expect("first migration");
+    assert_eq!(first.applied.len(), skiplock::MIGRATIONS.len());
+
+    exec(
+        db.pool(),
+        &format!(
+            "REVOKE CREATE ON DATABASE {} FROM {}",
+            db.name(),
+            owner.name
+        ),
+    )
+    .await;
+    let again = skiplock::migrate(&owner.pool)
+        .await
+        .expect("migrate a current schema without CREATE on the database");
+    assert!(again.applied.is_empty());
+    owner.remove(&db).await;
+}
+
+#[tokio::test]
+async fn migrate_refuses_a_schema_or_migrations_table_owned_by_another_role() {
+    let db = TestDatabase::new().await.expect("database");
+    let admin = db.pool();
+    let other = Role::new(&db, "other", None).await;
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(admin)
+        .await
+        .expect("current user");
+
+    // Somebody else created the schema first: nothing is created in it.
+    exec(
+        admin,
+        &format!(
+            "DROP SCHEMA skiplock CASCADE; CREATE SCHEMA skiplock AUTHORIZATION {}",
+            other.name
+        ),
+    )
+    .await;
+    let error = skiplock::migrate(admin)
+        .await
+        .expect_err("a planted schema");
+    match &error {
+        MigrateError::ForeignOwner {
+            object,
+            owner,
+            user: by,
+        } => {
+            assert_eq!(
+                (*object, owner.as_str(), by.as_str()),
+                ("schema skiplock", other.name.as_str(), user.as_str())
+            );
+        }
+        other => panic!("expected ForeignOwner, got {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(
+        !message.contains('\n') && message.contains(&other.name),
+        "{message}"
+    );
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class WHERE relnamespace = 'skiplock'::regnamespace",
+    )
+    .fetch_one(admin)
+    .await
+    .expect("tables");
+    assert_eq!(tables, 0);
+
+    // The schema is ours but the bookkeeping table is not.
+    exec(admin, "DROP SCHEMA skiplock CASCADE").await;
+    skiplock::migrate(admin).await.expect("fresh migration");
+    exec(
+        admin,
+        &format!("ALTER TABLE skiplock.migrations OWNER TO {}", other.name),
+    )
+    .await;
+    let error = skiplock::migrate(admin)
+        .await
+        .expect_err("a foreign migrations table");
+    assert!(
+        matches!(
+            error,
+            MigrateError::ForeignOwner {
+                object: "table skiplock.migrations",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    exec(
+        admin,
+        &format!("ALTER TABLE skiplock.migrations OWNER TO {user}"),
+    )
+    .await;
+
+    // A role that does not own the schema does not migrate it, even when it is current.
+    let error = skiplock::migrate(&other.pool)
+        .await
+        .expect_err("not the owner");
+    assert!(
+        matches!(
+            error,
+            MigrateError::ForeignOwner {
+                object: "schema skiplock",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    other.remove(&db).await;
+}
