@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::Record;
 use serde_json::json;
-use skiplock::testing::TestDatabase;
+use skiplock_testing::TestDatabase;
 use skiplock::{EnqueueOptions, JobState, MigrateError, NewJob, Retention, Unique, Worker};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
