@@ -86,7 +86,7 @@ pub mod schedule;
 pub mod testing;
 
 pub use crate::backoff::Backoff;
-pub use crate::cron::{CronError, CronSchedule};
+pub use crate::cron::{CronError, CronSchedule, MAX_CRON_LENGTH};
 pub use crate::enqueue::{
     EnqueueError, EnqueueOptions, NewJob, Unique, enqueue, enqueue_many, enqueue_new, enqueue_with,
 };
@@ -97,7 +97,7 @@ pub use crate::job::{
 };
 pub use crate::migrate::{MIGRATIONS, MigrateError, MigrateReport, Migration, migrate, script};
 pub use crate::runtime::{
-    Pruner, PrunerConfig, Retention, Scheduler, SchedulerConfig, Worker, WorkerBuilder,
-    WorkerError, WorkerHandle,
+    Pruner, PrunerConfig, Retention, Scheduler, SchedulerConfig, SchedulerError, Worker,
+    WorkerBuilder, WorkerError, WorkerHandle,
 };
 pub use crate::schedule::{Misfire, Schedule, ScheduleError, ScheduleRow};

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "wake_from_enqueue",
         sql: include_str!("../migrations/0006_wake_from_enqueue.sql"),
     },
+    Migration {
+        version: 9,
+        name: "schedule_owners",
+        sql: include_str!("../migrations/0009_schedule_owners.sql"),
+    },
 ];
 
 /// The error of [`migrate`].
