@@ -49,7 +49,7 @@
 use std::str::FromStr;
 
 use ::cron::Schedule;
-use ::cron::error::{Error as ParseError, ErrorKind};
+use ::cron::error::Error as ParseError;
 use chrono::{
     DateTime, Datelike, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeDelta,
     TimeZone, Timelike, Utc,
@@ -97,13 +97,12 @@ pub struct CronSchedule {
 #[non_exhaustive]
 pub enum CronError {
     /// The expression does not parse.
-    #[error("invalid cron expression {expression:?}: {}", reason(.source))]
+    #[error("invalid cron expression {expression:?}: {reason}")]
     InvalidExpression {
         /// The expression, as given.
         expression: String,
-        /// What is wrong with it.
-        #[source]
-        source: ParseError,
+        /// What is wrong with it, on one line, e.g. `minute field: 60 is out of range 0-59`.
+        reason: String,
     },
     /// The expression is longer than [`MAX_CRON_LENGTH`] bytes.
     #[error("cron expression is {length} bytes long; at most {MAX_CRON_LENGTH} are allowed")]
@@ -139,9 +138,9 @@ impl CronSchedule {
         let tz = Tz::from_str(timezone).map_err(|_| CronError::UnknownTimezone {
             timezone: timezone.to_owned(),
         })?;
-        let invalid = |source: ParseError| CronError::InvalidExpression {
+        let invalid = |reason: String| CronError::InvalidExpression {
             expression: expression.to_owned(),
-            source,
+            reason,
         };
         let fields: Vec<&str> = expression.split_whitespace().collect();
         if !(5..=7).contains(&fields.len()) && !expression.trim_start().starts_with('@') {
@@ -151,7 +150,7 @@ impl CronSchedule {
                  found {}",
                 fields.len()
             );
-            return Err(invalid(ErrorKind::Expression(message).into()));
+            return Err(invalid(message));
         }
         let message = match fields.len() {
             _ if expression.trim_start().starts_with('@') => {
@@ -167,11 +166,10 @@ impl CronSchedule {
             _ => check_fields(&fields, &SECONDS_FIELDS),
         };
         if let Some(message) = message {
-            return Err(invalid(ErrorKind::Expression(message).into()));
+            return Err(invalid(message));
         }
         let sources = if let [minute, hour, day, month, weekday] = fields[..] {
-            let days = crontab_weekdays(weekday)
-                .map_err(|message| invalid(ErrorKind::Expression(message).into()))?;
+            let days = crontab_weekdays(weekday).map_err(&invalid)?;
             let restricted = |field: &str| !field.starts_with(['*', '?']);
             if restricted(day) && restricted(weekday) {
                 vec![
@@ -188,7 +186,7 @@ impl CronSchedule {
             .iter()
             .map(|source| Schedule::from_str(source))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid)?;
+            .map_err(|error| invalid(reason(&error)))?;
         Ok(Self {
             expression: expression.to_owned(),
             tz,
@@ -1045,7 +1043,7 @@ mod tests {
                         "{message}"
                     );
                     assert!(!message.contains('\n'), "{message}");
-                    assert!(std::error::Error::source(&error).is_some());
+                    assert!(std::error::Error::source(&error).is_none(), "said once");
                 }
                 other => panic!("{expression:?} gave {other:?}"),
             }
