@@ -81,10 +81,11 @@ async fn try_declare(
     let mut tx = deadline(timeout, pool.begin()).await?;
     let claim = db::schedule::claim_owner(&mut tx, &owner.name, owner.generation);
     if !deadline(timeout, claim).await? {
-        tracing::info!(
+        tracing::warn!(
             owner = %owner.name,
             generation = owner.generation,
-            "a newer generation of this owner declared its schedules; leaving them as they are"
+            "a newer generation of this owner declared its schedules; leaving them as they are \
+             (to roll back, deploy with a generation at least as high)"
         );
         return Ok(());
     }

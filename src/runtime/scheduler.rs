@@ -1,7 +1,7 @@
 //! The scheduler: enqueues the jobs of due schedules, exactly once per fire time however many
 //! schedulers run.
 //!
-//! Each round, in one transaction: lock the due schedules (`FOR UPDATE SKIP LOCKED`, so two
+//! Each batch of a round, in one transaction: lock due schedules (`FOR UPDATE SKIP LOCKED`, so two
 //! schedulers never work on one schedule at once), work out their fire times from the cron
 //! expression and database time, insert one job per fire time with `run_at` equal to it — a
 //! unique index on `(schedule, run_at)` refuses a second job for the same fire time, even from
@@ -19,9 +19,10 @@
 //! [`MAX_FIRES_PER_ROUND`] times per round, and missed fire times are counted up to
 //! [`MAX_COUNTED_MISSES`], never listed. Every database call has a deadline
 //! ([`SchedulerConfig::timeout`]). A stop request is honoured at once, even in the middle of a
-//! round: the batch in progress is rolled back (it is one transaction, and nothing is lost: the
-//! next scheduler fires those times), so stopping takes no longer than the rollback, which the
-//! database's `statement_timeout` bounds for the worker's own connections.
+//! round: [`Scheduler::run_until`] returns at once, and the batch in progress is rolled back (it
+//! is one transaction, and nothing is lost: the next round of any scheduler fires those times).
+//! A worker's shutdown waits for that rollback when it closes its pool, which its
+//! `statement_timeout` (the worker's `db_timeout`) bounds.
 //!
 //! What it is built for: in a release build on a 2-core machine sharing its cores with
 //! PostgreSQL, one scheduler sustains about FIRES_PER_SECOND fires per second (every-second
