@@ -24,12 +24,14 @@
 //! A worker's shutdown waits for that rollback when it closes its pool, which its
 //! `statement_timeout` (the worker's `db_timeout`) bounds.
 //!
-//! What it is built for: in a release build on a 2-core machine sharing its cores with
-//! PostgreSQL, one scheduler sustains about FIRES_PER_SECOND fires per second (every-second
-//! schedules, each firing once per round). That is thousands of schedules firing every minute,
-//! or hundreds firing every second. Past that it falls behind, fairly (the schedules due
-//! longest fire first), and fire times more than the misfire grace late follow each schedule's
-//! [`Misfire`] policy; it still stops at once when asked.
+//! What it is built for: one scheduler fires about 2,000 jobs per second (measured in a release
+//! build on a 2-core machine shared with PostgreSQL and other busy processes: 2,000 every-second
+//! schedules kept up, 20,000 made it fire 2,900 per second while falling behind). That is tens
+//! of thousands of schedules firing every minute, or a thousand or two firing every second;
+//! more schedulers (every worker runs one) share the load. Past that it falls behind, fairly
+//! (the schedules due longest fire first), and fire times more than the misfire grace late
+//! follow each schedule's [`Misfire`] policy. It stops at once when asked whatever the load
+//! (50-70 ms for `skiplock scheduler` with 20,000 every-second schedules).
 
 use std::future::Future;
 use std::time::Duration;
