@@ -49,7 +49,7 @@
 use std::str::FromStr;
 
 use ::cron::Schedule;
-use ::cron::error::{Error as ParseError, ErrorKind};
+use ::cron::error::Error as ParseError;
 use chrono::{
     DateTime, Datelike, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeDelta,
     TimeZone, Timelike, Utc,
@@ -60,6 +60,11 @@ use chrono_tz::Tz;
 const FIRST_YEAR: i32 = 1970;
 /// The last year the `cron` crate knows.
 const LAST_YEAR: i32 = 2100;
+/// The longest expression accepted, in bytes: 256. Longer ones are refused with
+/// [`CronError::TooLong`] (the `schedules_cron_length` constraint holds the same in SQL).
+pub const MAX_CRON_LENGTH: usize = 256;
+/// The shortcuts an expression may be.
+const SHORTCUTS: [&str; 5] = ["@yearly", "@monthly", "@weekly", "@daily", "@hourly"];
 /// Steps of the search for the end of a gap: 192 × 15 minutes covers gaps of up to 48 hours
 /// (the longest on record is a whole day, Pacific/Apia on 2011-12-30).
 const GAP_SEARCH_STEPS: i32 = 192;
@@ -92,13 +97,18 @@ pub struct CronSchedule {
 #[non_exhaustive]
 pub enum CronError {
     /// The expression does not parse.
-    #[error("invalid cron expression {expression:?}: {}", reason(.source))]
+    #[error("invalid cron expression {expression:?}: {reason}")]
     InvalidExpression {
         /// The expression, as given.
         expression: String,
-        /// What is wrong with it.
-        #[source]
-        source: ParseError,
+        /// What is wrong with it, on one line, e.g. `minute field: 60 is out of range 0-59`.
+        reason: String,
+    },
+    /// The expression is longer than [`MAX_CRON_LENGTH`] bytes.
+    #[error("cron expression is {length} bytes long; at most {MAX_CRON_LENGTH} are allowed")]
+    TooLong {
+        /// Its length in bytes.
+        length: usize,
     },
     /// The time zone is not an IANA time zone name.
     #[error("unknown time zone {timezone:?} (expected an IANA name such as \"Europe/Brussels\")")]
@@ -115,15 +125,22 @@ impl CronSchedule {
     /// `timezone`, an IANA name such as `"Europe/Brussels"` or `"UTC"` (case-sensitive).
     ///
     /// # Errors
-    /// [`CronError::UnknownTimezone`] for an unknown zone, [`CronError::InvalidExpression`] for
-    /// an expression that does not parse (an empty one included).
+    /// [`CronError::UnknownTimezone`] for an unknown zone, [`CronError::TooLong`] for an
+    /// expression over [`MAX_CRON_LENGTH`] bytes, [`CronError::InvalidExpression`] for
+    /// one that does not parse (an empty one included), whose message names the field and
+    /// what is wrong with it on one line (`minute field: 60 is out of range 0-59`).
     pub fn parse(expression: &str, timezone: &str) -> Result<Self, CronError> {
+        if expression.len() > MAX_CRON_LENGTH {
+            return Err(CronError::TooLong {
+                length: expression.len(),
+            });
+        }
         let tz = Tz::from_str(timezone).map_err(|_| CronError::UnknownTimezone {
             timezone: timezone.to_owned(),
         })?;
-        let invalid = |source: ParseError| CronError::InvalidExpression {
+        let invalid = |reason: String| CronError::InvalidExpression {
             expression: expression.to_owned(),
-            source,
+            reason,
         };
         let fields: Vec<&str> = expression.split_whitespace().collect();
         if !(5..=7).contains(&fields.len()) && !expression.trim_start().starts_with('@') {
@@ -133,11 +150,26 @@ impl CronSchedule {
                  found {}",
                 fields.len()
             );
-            return Err(invalid(ErrorKind::Expression(message).into()));
+            return Err(invalid(message));
+        }
+        let message = match fields.len() {
+            _ if expression.trim_start().starts_with('@') => {
+                let shortcut = expression.trim();
+                (!SHORTCUTS.contains(&shortcut)).then(|| {
+                    format!(
+                        "unknown shortcut {shortcut:?} (expected @yearly, @monthly, @weekly, \
+                         @daily or @hourly)"
+                    )
+                })
+            }
+            5 => check_fields(&fields, &CRONTAB_FIELDS),
+            _ => check_fields(&fields, &SECONDS_FIELDS),
+        };
+        if let Some(message) = message {
+            return Err(invalid(message));
         }
         let sources = if let [minute, hour, day, month, weekday] = fields[..] {
-            let days = crontab_weekdays(weekday)
-                .map_err(|message| invalid(ErrorKind::Expression(message).into()))?;
+            let days = crontab_weekdays(weekday).map_err(&invalid)?;
             let restricted = |field: &str| !field.starts_with(['*', '?']);
             if restricted(day) && restricted(weekday) {
                 vec![
@@ -154,7 +186,7 @@ impl CronSchedule {
             .iter()
             .map(|source| Schedule::from_str(source))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid)?;
+            .map_err(|error| invalid(reason(&error)))?;
         Ok(Self {
             expression: expression.to_owned(),
             tz,
@@ -307,6 +339,133 @@ impl CronSchedule {
             .earliest()
             .map(|at| at.to_utc())
     }
+}
+
+/// One field of an expression: its name, its range, and whether it takes names and `?`.
+struct FieldSpec {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    names: bool,
+    any: bool,
+    note: &'static str,
+}
+
+const fn field(name: &'static str, min: u32, max: u32) -> FieldSpec {
+    FieldSpec {
+        name,
+        min,
+        max,
+        names: false,
+        any: false,
+        note: "",
+    }
+}
+
+const DAY_OF_MONTH: FieldSpec = FieldSpec {
+    any: true,
+    ..field("day-of-month", 1, 31)
+};
+const MONTH: FieldSpec = FieldSpec {
+    names: true,
+    ..field("month", 1, 12)
+};
+
+/// The fields of a 5-field (crontab) expression.
+const CRONTAB_FIELDS: [FieldSpec; 5] = [
+    field("minute", 0, 59),
+    field("hour", 0, 23),
+    DAY_OF_MONTH,
+    MONTH,
+    FieldSpec {
+        names: true,
+        any: true,
+        note: " (0 and 7 are Sunday)",
+        ..field("day-of-week", 0, 7)
+    },
+];
+
+/// The fields of a 6- or 7-field expression (the `cron` crate's).
+const SECONDS_FIELDS: [FieldSpec; 7] = [
+    field("second", 0, 59),
+    field("minute", 0, 59),
+    field("hour", 0, 23),
+    DAY_OF_MONTH,
+    MONTH,
+    FieldSpec {
+        names: true,
+        any: true,
+        note: " (1 is Sunday)",
+        ..field("day-of-week", 1, 7)
+    },
+    field("year", FIRST_YEAR as u32, LAST_YEAR as u32),
+];
+
+/// What is wrong with the first faulty field, on one line; `None` when every field is well
+/// formed (names are checked by the `cron` crate).
+fn check_fields(fields: &[&str], specs: &[FieldSpec]) -> Option<String> {
+    fields.iter().zip(specs).find_map(|(field, spec)| {
+        let message = check_field(field, spec).err()?;
+        Some(format!("{} field: {message}", spec.name))
+    })
+}
+
+/// Checks one field: a comma list of `*`, `?` (day fields), a value or a range `a-b`, each
+/// with an optional step `/n`.
+fn check_field(field: &str, spec: &FieldSpec) -> Result<(), String> {
+    for item in field.split(',') {
+        let (base, step) = match item.split_once('/') {
+            Some((base, step)) => (base, Some(step)),
+            None => (item, None),
+        };
+        if let Some(step) = step {
+            match step.parse::<u32>() {
+                Ok(n) if (1..=spec.max).contains(&n) => {}
+                Ok(n) => return Err(format!("step {n} is out of range 1-{}", spec.max)),
+                Err(_) => return Err(format!("step {step:?} is not a number")),
+            }
+        }
+        match base {
+            "" => return Err(format!("{item:?} is missing a value")),
+            "*" => continue,
+            "?" if spec.any => continue,
+            "?" => return Err("? is only allowed in the day fields".to_owned()),
+            _ => {}
+        }
+        match base.split_once('-') {
+            Some((first, last)) => {
+                let first = check_value(first, spec)?;
+                let last = check_value(last, spec)?;
+                if let (Some(first), Some(last)) = (first, last)
+                    && first > last
+                {
+                    return Err(format!("range {base} runs backwards"));
+                }
+            }
+            None => {
+                check_value(base, spec)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A number in the field's range (`Some`), or a name in a field that takes names (`None`).
+fn check_value(token: &str, spec: &FieldSpec) -> Result<Option<u32>, String> {
+    if token.is_empty() {
+        return Err("a range is missing a bound".to_owned());
+    }
+    if token.bytes().all(|byte| byte.is_ascii_digit()) {
+        let (min, max, note) = (spec.min, spec.max, spec.note);
+        return match token.parse::<u32>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(format!("{token} is out of range {min}-{max}{note}")),
+        };
+    }
+    if spec.names && token.bytes().all(|byte| byte.is_ascii_alphabetic()) {
+        return Ok(None);
+    }
+    Err(format!("{token:?} is not a valid value"))
 }
 
 /// The reason in a parse error, on one line: the `cron` crate's parser errors show the input
@@ -884,7 +1043,7 @@ mod tests {
                         "{message}"
                     );
                     assert!(!message.contains('\n'), "{message}");
-                    assert!(std::error::Error::source(&error).is_some());
+                    assert!(std::error::Error::source(&error).is_none(), "said once");
                 }
                 other => panic!("{expression:?} gave {other:?}"),
             }
@@ -899,6 +1058,62 @@ mod tests {
                 ),
                 other => panic!("{timezone:?} gave {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn parse_errors_are_one_line_and_name_the_field_and_its_range() {
+        for (expression, reason) in [
+            ("60 * * * *", "minute field: 60 is out of range 0-59"),
+            ("0 24 * * *", "hour field: 24 is out of range 0-23"),
+            ("0 0 0 * *", "day-of-month field: 0 is out of range 1-31"),
+            ("0 0 1 13 *", "month field: 13 is out of range 1-12"),
+            (
+                "0 9 * * 8",
+                "day-of-week field: 8 is out of range 0-7 (0 and 7 are Sunday)",
+            ),
+            (
+                "0 0 9 * * 0",
+                "day-of-week field: 0 is out of range 1-7 (1 is Sunday)",
+            ),
+            ("60 0 9 * * *", "second field: 60 is out of range 0-59"),
+            (
+                "0 0 0 1 1 * 2101",
+                "year field: 2101 is out of range 1970-2100",
+            ),
+            ("*/0 * * * *", "minute field: step 0 is out of range 1-59"),
+            ("*/x * * * *", "minute field: step \"x\" is not a number"),
+            ("0 10-2 * * *", "hour field: range 10-2 runs backwards"),
+            ("0 1- * * *", "hour field: a range is missing a bound"),
+            ("1,,2 * * * *", "minute field: \"\" is missing a value"),
+            (
+                "? * * * *",
+                "minute field: ? is only allowed in the day fields",
+            ),
+            ("0 noon * * *", "hour field: \"noon\" is not a valid value"),
+            (
+                "@every_minute",
+                "unknown shortcut \"@every_minute\" (expected @yearly, @monthly, @weekly, \
+                 @daily or @hourly)",
+            ),
+        ] {
+            let error = CronSchedule::parse(expression, "UTC").expect_err(expression);
+            assert_eq!(
+                error.to_string(),
+                format!("invalid cron expression {expression:?}: {reason}")
+            );
+        }
+        // Every value the message says is in range parses.
+        for expression in ["59 23 31 12 7", "0 59 23 31 12 7 2100", "0 0 * * 0"] {
+            CronSchedule::parse(expression, "UTC").expect(expression);
+        }
+        let long = format!("0 0 * * {}", vec!["1"; 200].join(","));
+        match CronSchedule::parse(&long, "UTC") {
+            Err(error @ CronError::TooLong { length: 407 }) => assert_eq!(
+                error.to_string(),
+                "cron expression is 407 bytes long; at most 256 are allowed"
+            ),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -87,7 +87,7 @@ pub mod runtime;
 pub mod schedule;
 
 pub use crate::backoff::Backoff;
-pub use crate::cron::{CronError, CronSchedule};
+pub use crate::cron::{CronError, CronSchedule, MAX_CRON_LENGTH};
 pub use crate::enqueue::{
     DEFAULT_MAX_ARGS_BYTES, DEFAULT_MAX_TAG_CHARS, DEFAULT_MAX_TAGS, EnqueueError, EnqueueOptions,
     Limit, Limits, MAX_RUN_AT, MIN_RUN_AT, NewJob, Unique, enqueue, enqueue_many, enqueue_new,
@@ -103,7 +103,7 @@ pub use crate::migrate::{
     migrate, migrate_to, script,
 };
 pub use crate::runtime::{
-    Pruner, PrunerConfig, Retention, Scheduler, SchedulerConfig, Worker, WorkerBuilder,
-    WorkerError, WorkerHandle,
+    Pruner, PrunerConfig, Retention, Scheduler, SchedulerConfig, SchedulerError, Worker,
+    WorkerBuilder, WorkerError, WorkerHandle,
 };
 pub use crate::schedule::{Misfire, Schedule, ScheduleError, ScheduleRow};

@@ -100,6 +100,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0008_limits_and_privileges.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 9,
+        name: "schedule_owners",
+        sql: include_str!("../migrations/0009_schedule_owners.sql"),
+    },
 ];
 
 /// The error of [`migrate`].

@@ -29,6 +29,8 @@
 //!
 //! See `docs/schema.md` for the table, the misfire policies and the daylight-saving rules.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgExecutor;
@@ -99,12 +101,14 @@ pub struct Schedule {
     priority: i16,
     max_attempts: i32,
     misfire: Misfire,
+    tags: Vec<String>,
+    timeout: Option<Duration>,
 }
 
 impl Schedule {
     /// Fires `job` at every time `expression` matches, in UTC until
-    /// [`timezone`](Self::timezone) says otherwise. Queue, priority and attempts are the
-    /// kind's.
+    /// [`timezone`](Self::timezone) says otherwise. Queue, priority, attempts and timeout are
+    /// the kind's.
     ///
     /// The expression has 5 fields, `minute hour day-of-month month day-of-week`, read as
     /// crontab reads them (`0` or `7` is Sunday, `1` Monday; with both day fields restricted, a
@@ -123,11 +127,12 @@ impl Schedule {
         schedule.queue = J::QUEUE.to_owned();
         schedule.priority = J::PRIORITY;
         schedule.max_attempts = J::MAX_ATTEMPTS;
+        schedule.timeout = J::TIMEOUT;
         Ok(schedule)
     }
 
     /// As [`new`](Self::new), for a kind given by name with raw JSON arguments (the CLI's way),
-    /// with the default queue, priority 0 and the default attempts.
+    /// with the default queue, priority 0, the default attempts and no timeout.
     ///
     /// # Errors
     /// [`ScheduleError`] when the name or expression is invalid.
@@ -153,6 +158,8 @@ impl Schedule {
             priority: 0,
             max_attempts: crate::DEFAULT_MAX_ATTEMPTS,
             misfire: Misfire::Skip,
+            tags: Vec::new(),
+            timeout: None,
         })
     }
 
@@ -177,6 +184,19 @@ impl Schedule {
         self
     }
 
+    /// Adds a free-form label to the jobs it enqueues (their `tags` column). Default: none.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+
+    /// How long one attempt of the jobs it enqueues may run. Default: the kind's
+    /// ([`Job::TIMEOUT`]); none for [`untyped`](Self::untyped).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// What to do about fire times missed while no scheduler ran. Default: [`Misfire::Skip`].
     pub fn misfire(mut self, misfire: Misfire) -> Self {
         self.misfire = misfire;
@@ -193,13 +213,19 @@ impl Schedule {
         self.cron.next_after(after)
     }
 
+    /// Stores the schedule: added at runtime when `owner` is `None`, declared in code by
+    /// `owner` otherwise. Returns `false` when another owner's schedule holds the name.
     pub(crate) async fn store<'e>(
         &self,
         executor: impl PgExecutor<'e>,
-        source: &str,
-    ) -> Result<(), ScheduleError> {
+        owner: Option<&str>,
+    ) -> Result<bool, ScheduleError> {
         if !(1..=128).contains(&self.queue.chars().count()) || self.max_attempts < 1 {
             let message = "queue must be 1 to 128 characters and max_attempts at least 1";
+            return Err(EnqueueError::Invalid(message.to_owned()).into());
+        }
+        if self.timeout.is_some_and(|timeout| timeout.is_zero()) {
+            let message = "timeout must be greater than zero";
             return Err(EnqueueError::Invalid(message.to_owned()).into());
         }
         let (misfire, backfill_limit) = self.misfire.to_columns();
@@ -214,7 +240,9 @@ impl Schedule {
             max_attempts: self.max_attempts,
             misfire,
             backfill_limit,
-            source,
+            tags: &self.tags,
+            timeout_secs: self.timeout.map(|timeout| timeout.as_secs_f64()),
+            owner,
         };
         Ok(db::schedule::upsert(executor, &row).await?)
     }
@@ -252,6 +280,14 @@ pub struct ScheduleRow {
     pub active: bool,
     /// `"code"` (declared by a worker) or `"runtime"` (CLI, SQL, [`add`]).
     pub source: String,
+    /// The owner that declared it in code
+    /// ([`WorkerBuilder::schedule_owner`](crate::WorkerBuilder::schedule_owner)); `None` for
+    /// runtime schedules and for code schedules stored before owners existed.
+    pub owner: Option<String>,
+    /// The tags of the jobs it enqueues.
+    pub tags: Vec<String>,
+    /// The timeout of the jobs it enqueues.
+    pub timeout: Option<Duration>,
     /// When it fires next (computed by the scheduler; `None` until then).
     pub next_fire_at: Option<DateTime<Utc>>,
     /// When it last fired.
@@ -270,7 +306,8 @@ pub async fn add<'e>(
     executor: impl PgExecutor<'e>,
     schedule: &Schedule,
 ) -> Result<(), ScheduleError> {
-    schedule.store(executor, "runtime").await
+    schedule.store(executor, None).await?;
+    Ok(())
 }
 
 /// Every schedule, by name.
@@ -294,6 +331,11 @@ pub async fn list<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<ScheduleRow>,
             paused: row.paused,
             active: row.active,
             source: row.source,
+            owner: row.owner,
+            tags: row.tags,
+            timeout: row
+                .timeout_secs
+                .and_then(|secs| Duration::try_from_secs_f64(secs).ok()),
             next_fire_at: row.next_fire_at,
             last_fire_at: row.last_fire_at,
         })

@@ -453,3 +453,179 @@ async fn a_schedule_that_can_never_fire_is_marked_inactive_instead_of_spinning()
         "an exhausted schedule is picked up again and again"
     );
 }
+
+/// `(name, active, owner)` of every schedule, by name.
+async fn rows(pool: &PgPool) -> Vec<(String, bool, Option<String>)> {
+    let rows = schedule::list(pool).await.expect("list");
+    rows.into_iter()
+        .map(|row| (row.name, row.active, row.owner))
+        .collect()
+}
+
+/// Starts a worker of `owner` at `generation` declaring `names`, waits until its declaration
+/// is done (its scheduler, which starts after it, has computed the probe's next fire time),
+/// and stops it.
+async fn start_declaring(pool: &PgPool, owner: &str, generation: i64, names: &[&str]) {
+    sqlx::query("UPDATE skiplock.schedules SET next_fire_at = NULL WHERE name = 'probe'")
+        .execute(pool)
+        .await
+        .expect("reset probe");
+    let job = Report { name: "o".into() };
+    let mut builder = common::worker(pool)
+        .register::<common::Record>()
+        .schedule_owner(owner)
+        .schedule_generation(generation);
+    for name in names {
+        builder = builder.schedule(Schedule::new(name, "0 2 * * *", &job).expect("schedule"));
+    }
+    let worker = builder.build().expect("worker").start();
+    common::eventually(Duration::from_secs(10), "the declaration", || async {
+        let probe: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT next_fire_at FROM skiplock.schedules WHERE name = 'probe'")
+                .fetch_one(pool)
+                .await
+                .expect("probe");
+        probe.map(|_| ())
+    })
+    .await;
+    worker.shutdown().await.expect("shutdown");
+}
+
+fn row(name: &str, active: bool, owner: &str) -> (String, bool, Option<String>) {
+    (name.to_owned(), active, Some(owner.to_owned()))
+}
+
+#[tokio::test]
+async fn a_rolling_deploy_does_not_flap_schedules() {
+    let db = database().await;
+    let pool = db.pool();
+    let probe = Schedule::new("probe", "0 0 1 1 *", &Report { name: "p".into() });
+    schedule::add(pool, &probe.expect("schedule"))
+        .await
+        .expect("add");
+    let probe = || ("probe".to_owned(), true, None);
+
+    // Version 1 declares s0 and s1; version 2 keeps s0, drops s1 and adds s2. During the
+    // deploy, old and new processes start in turn.
+    let old = |pool| start_declaring(pool, "billing", 1, &["s0", "s1"]);
+    let new = |pool| start_declaring(pool, "billing", 2, &["s0", "s2"]);
+    old(pool).await;
+    let before = vec![
+        probe(),
+        row("s0", true, "billing"),
+        row("s1", true, "billing"),
+    ];
+    assert_eq!(rows(pool).await, before);
+    let after = vec![
+        probe(),
+        row("s0", true, "billing"),
+        row("s1", false, "billing"),
+        row("s2", true, "billing"),
+    ];
+    for step in 0..4 {
+        if step % 2 == 0 {
+            new(pool).await;
+        } else {
+            old(pool).await;
+        }
+        assert_eq!(rows(pool).await, after, "after start {step}");
+    }
+    let declared: i64 = sqlx::query_scalar(
+        "SELECT generation FROM skiplock.schedule_owners WHERE owner = 'billing'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("owner");
+    assert_eq!(declared, 2);
+}
+
+#[tokio::test]
+async fn services_sharing_a_kind_keep_their_own_schedules() {
+    let db = database().await;
+    let pool = db.pool();
+    let probe = Schedule::new("probe", "0 0 1 1 *", &Report { name: "p".into() });
+    schedule::add(pool, &probe.expect("schedule"))
+        .await
+        .expect("add");
+    let probe = || ("probe".to_owned(), true, None);
+    // Both services register the `record` kind and declare schedules of the `report` kind.
+    start_declaring(pool, "billing", 0, &["invoices"]).await;
+    start_declaring(pool, "reporting", 0, &["dashboards"]).await;
+    // Each start of one service leaves the other's schedules alone.
+    start_declaring(pool, "billing", 0, &["invoices"]).await;
+    assert_eq!(
+        rows(pool).await,
+        [
+            row("dashboards", true, "reporting"),
+            row("invoices", true, "billing"),
+            probe(),
+        ]
+    );
+    start_declaring(pool, "reporting", 0, &[]).await;
+    assert_eq!(
+        rows(pool).await,
+        [
+            row("dashboards", false, "reporting"),
+            row("invoices", true, "billing"),
+            probe(),
+        ]
+    );
+    // A name another service's active schedule holds is not taken over.
+    start_declaring(pool, "reporting", 0, &["invoices"]).await;
+    assert_eq!(rows(pool).await[1], row("invoices", true, "billing"));
+    assert!(matches!(
+        common::worker(pool)
+            .register::<common::Record>()
+            .schedule_owner("")
+            .build(),
+        Err(skiplock::runtime::BuildError::InvalidScheduleOwner(_))
+    ));
+}
+
+#[derive(Serialize, Deserialize)]
+struct Timed;
+
+impl Job for Timed {
+    const KIND: &'static str = "timed";
+    const TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn scheduled_jobs_carry_the_kinds_timeout_and_the_schedules_tags() {
+    let db = database().await;
+    let pool = db.pool();
+    let tagged = Schedule::new("tagged", "* * * * *", &Timed)
+        .expect("schedule")
+        .tag("nightly")
+        .tag("billing");
+    schedule::add(pool, &tagged).await.expect("add");
+    let untimed = Schedule::new("untimed", "* * * * *", &Report { name: "u".into() })
+        .expect("schedule")
+        .timeout(Duration::from_millis(1_500));
+    schedule::add(pool, &untimed).await.expect("add");
+    let scheduler = scheduler(pool);
+    replay(
+        &scheduler,
+        [at(2026, 1, 5, 9, 0, 30), at(2026, 1, 5, 9, 1, 0)],
+    )
+    .await;
+    schedule::run_now(pool, "tagged").await.expect("run now");
+    let jobs: Vec<(String, Vec<String>, Option<f64>)> = sqlx::query_as(
+        "SELECT schedule, tags, timeout_secs FROM skiplock.jobs ORDER BY schedule, id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("jobs");
+    let tags = vec!["nightly".to_owned(), "billing".to_owned()];
+    assert_eq!(
+        jobs,
+        [
+            ("tagged".to_owned(), tags.clone(), Some(30.0)),
+            ("tagged".to_owned(), tags.clone(), Some(30.0)),
+            ("untimed".to_owned(), vec![], Some(1.5)),
+        ]
+    );
+    let listed = schedule::list(pool).await.expect("list");
+    assert_eq!(listed[0].tags, tags);
+    assert_eq!(listed[0].timeout, Some(Duration::from_secs(30)));
+}

@@ -19,6 +19,9 @@ pub(crate) struct ScheduleRow {
     pub(crate) paused: bool,
     pub(crate) active: bool,
     pub(crate) source: String,
+    pub(crate) owner: Option<String>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) timeout_secs: Option<f64>,
     pub(crate) next_fire_at: Option<DateTime<Utc>>,
     pub(crate) last_fire_at: Option<DateTime<Utc>>,
 }
@@ -35,28 +38,42 @@ pub(crate) struct Upsert<'a> {
     pub(crate) max_attempts: i32,
     pub(crate) misfire: &'a str,
     pub(crate) backfill_limit: i32,
-    pub(crate) source: &'a str,
+    pub(crate) tags: &'a [String],
+    pub(crate) timeout_secs: Option<f64>,
+    /// `None` for a schedule added at runtime; the declaring owner for one declared in code.
+    pub(crate) owner: Option<&'a str>,
 }
 
-/// Creates or updates a schedule and makes it active. A changed expression or time zone takes
-/// effect from its next fire time: the scheduler computes it afresh. Pausing is left as it is.
+/// Creates or updates a schedule and makes it active; returns `false` when it was left alone
+/// because another owner's active code schedule holds the name. A changed expression or time
+/// zone takes effect from its next fire time: the scheduler computes it afresh. Pausing is left
+/// as it is.
+///
+/// A schedule added at runtime (`owner` `None`) replaces whatever holds the name; a declaration
+/// in code takes a runtime schedule, an ownerless (pre-0009) or inactive one, or its own owner's.
 pub(crate) async fn upsert<'e>(
     executor: impl PgExecutor<'e>,
     s: &Upsert<'_>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
+) -> Result<bool, sqlx::Error> {
+    let source = if s.owner.is_some() { "code" } else { "runtime" };
+    let stored = sqlx::query_scalar!(
         r#"
         INSERT INTO skiplock.schedules AS s (name, cron, timezone, kind, args, queue, priority,
-                                             max_attempts, misfire, backfill_limit, source)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                             max_attempts, misfire, backfill_limit, source,
+                                             tags, timeout_secs, owner)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
         ON CONFLICT (name) DO UPDATE
         SET cron = excluded.cron, timezone = excluded.timezone, kind = excluded.kind,
             args = excluded.args, queue = excluded.queue, priority = excluded.priority,
             max_attempts = excluded.max_attempts, misfire = excluded.misfire,
             backfill_limit = excluded.backfill_limit, source = excluded.source, active = true,
+            tags = excluded.tags, timeout_secs = excluded.timeout_secs, owner = excluded.owner,
             next_fire_at = CASE WHEN (s.cron, s.timezone) = (excluded.cron, excluded.timezone)
                                 THEN s.next_fire_at END,
             updated_at = now()
+        WHERE excluded.owner IS NULL OR s.owner IS NULL OR s.owner = excluded.owner
+              OR NOT s.active
+        RETURNING name
         "#,
         s.name,
         s.cron,
@@ -68,17 +85,46 @@ pub(crate) async fn upsert<'e>(
         s.max_attempts,
         s.misfire,
         s.backfill_limit,
-        s.source,
+        source,
+        s.tags,
+        s.timeout_secs,
+        s.owner,
     )
-    .execute(executor)
+    .fetch_optional(executor)
     .await?;
-    Ok(())
+    Ok(stored.is_some())
 }
 
-/// Marks inactive the schedules declared in code for one of `kinds` that are not in `names`:
-/// they were removed from the code of the workers that run those kinds.
-pub(crate) async fn deactivate_undeclared<'e>(
-    executor: impl PgExecutor<'e>,
+/// Records that `owner` declares its schedules at `generation` and locks its row until the
+/// transaction ends (declarations of one owner take turns); `false` when a newer generation has
+/// declared already, and this declaration must change nothing.
+pub(crate) async fn claim_owner(
+    conn: &mut PgConnection,
+    owner: &str,
+    generation: i64,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query_scalar!(
+        r#"
+        INSERT INTO skiplock.schedule_owners AS o (owner, generation) VALUES ($1, $2)
+        ON CONFLICT (owner) DO UPDATE
+        SET generation = excluded.generation, declared_at = now()
+        WHERE o.generation <= excluded.generation
+        RETURNING generation
+        "#,
+        owner,
+        generation,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(claimed.is_some())
+}
+
+/// Marks inactive the active code schedules of `owner` that are not in `names`: they were
+/// removed from its code. Code schedules stored before owners existed (no owner) go by the
+/// old rule: inactive when their kind is one of `kinds` and they are not in `names`.
+pub(crate) async fn deactivate_undeclared(
+    conn: &mut PgConnection,
+    owner: &str,
     kinds: &[String],
     names: &[String],
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -86,13 +132,15 @@ pub(crate) async fn deactivate_undeclared<'e>(
         r#"
         UPDATE skiplock.schedules
         SET active = false, next_fire_at = NULL, updated_at = now()
-        WHERE source = 'code' AND active AND kind = ANY($1) AND NOT (name = ANY($2))
+        WHERE source = 'code' AND active AND NOT (name = ANY($3))
+              AND (owner = $1 OR (owner IS NULL AND kind = ANY($2)))
         RETURNING name
         "#,
+        owner,
         kinds,
         names,
     )
-    .fetch_all(executor)
+    .fetch_all(conn)
     .await
 }
 
@@ -103,7 +151,8 @@ pub(crate) async fn list<'e>(
         ScheduleRow,
         r#"
         SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, misfire,
-               backfill_limit, paused, active, source, next_fire_at, last_fire_at
+               backfill_limit, paused, active, source, owner, tags, timeout_secs, next_fire_at,
+               last_fire_at
         FROM skiplock.schedules
         ORDER BY name
         "#
@@ -156,8 +205,9 @@ pub(crate) async fn run_now<'e>(
     sqlx::query_scalar!(
         r#"
         WITH inserted AS (
-            INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, schedule)
-            SELECT kind, args, queue, priority, max_attempts, name
+            INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, tags,
+                                       timeout_secs, schedule)
+            SELECT kind, args, queue, priority, max_attempts, tags, timeout_secs, name
             FROM skiplock.schedules
             WHERE name = $1
             RETURNING id, queue
@@ -188,7 +238,8 @@ pub(crate) async fn lock_due(
         ScheduleRow,
         r#"
         SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, misfire,
-               backfill_limit, paused, active, source, next_fire_at, last_fire_at
+               backfill_limit, paused, active, source, owner, tags, timeout_secs, next_fire_at,
+               last_fire_at
         FROM skiplock.schedules
         WHERE active AND NOT paused AND (next_fire_at IS NULL OR next_fire_at <= $1)
         ORDER BY next_fire_at NULLS FIRST
@@ -213,9 +264,9 @@ pub(crate) async fn insert_fires(
     sqlx::query_scalar!(
         r#"
         WITH inserted AS (
-        INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, run_at, state,
-                                   schedule)
-        SELECT s.kind, s.args, s.queue, s.priority, s.max_attempts, f.at,
+        INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, tags, timeout_secs,
+                                   run_at, state, schedule)
+        SELECT s.kind, s.args, s.queue, s.priority, s.max_attempts, s.tags, s.timeout_secs, f.at,
                CASE WHEN f.at > now() THEN 'scheduled' ELSE 'available' END::skiplock.job_state,
                s.name
         FROM skiplock.schedules AS s, unnest($2::timestamptz[]) AS f(at)

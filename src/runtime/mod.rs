@@ -32,6 +32,7 @@
 
 mod completer;
 mod deadline;
+mod declare;
 mod executor;
 mod heartbeat;
 mod listener;
@@ -70,7 +71,9 @@ use self::registry::Registry;
 use self::rescuer::{Rescuer, RescuerConfig};
 use self::running::{RunningAttempts, StopReason};
 pub use self::scheduler::{
-    DEFAULT_MISFIRE_GRACE, DEFAULT_SCHEDULER_INTERVAL, Scheduler, SchedulerConfig, SchedulerReport,
+    DEFAULT_MISFIRE_GRACE, DEFAULT_SCHEDULER_INTERVAL, DEFAULT_SCHEDULER_TIMEOUT,
+    MAX_COUNTED_MISSES, MAX_FIRES_PER_ROUND, Scheduler, SchedulerConfig, SchedulerError,
+    SchedulerReport,
 };
 use crate::{Handler, Schedule};
 
@@ -139,6 +142,9 @@ pub enum BuildError {
     /// Two schedules share a name.
     #[error("schedule {0:?} is declared twice")]
     DuplicateSchedule(String),
+    /// The schedule owner's name is empty or longer than 128 characters.
+    #[error("schedule owner {0:?} must be 1 to 128 characters")]
+    InvalidScheduleOwner(String),
     /// The heartbeat is too slow for the lease: leases would expire between renewals.
     #[error("heartbeat_interval ({heartbeat:?}) must be under half the lease ({lease:?})")]
     HeartbeatTooSlow {
@@ -172,6 +178,8 @@ pub struct WorkerBuilder<S = ()> {
     config: Config,
     id: Option<String>,
     schedules: Vec<Schedule>,
+    schedule_owner: Option<String>,
+    schedule_generation: i64,
 }
 
 /// Timings shared by the builder and the worker.
@@ -342,11 +350,32 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
     }
 
     /// Declares a periodic job. At start the worker stores its schedules in
-    /// `skiplock.schedules`, and marks inactive the schedules earlier declared in code for the
-    /// kinds it registers that it no longer declares (a schedule removed from the code stops
-    /// firing rather than firing forever).
+    /// `skiplock.schedules` under its [`schedule_owner`](Self::schedule_owner), and marks
+    /// inactive the schedules that owner declared earlier and no longer declares (a schedule
+    /// removed from the code stops firing rather than firing forever). Schedules of other
+    /// owners, and those added at runtime, are never touched.
     pub fn schedule(mut self, schedule: Schedule) -> Self {
         self.schedules.push(schedule);
+        self
+    }
+
+    /// The owner this worker declares its schedules under: one name per service (every process
+    /// running the same code), 1 to 128 characters. Default: the executable's file name
+    /// (`billing` for `/usr/bin/billing`). Give it explicitly when one service runs under
+    /// several executable names, or two services share one.
+    pub fn schedule_owner(mut self, owner: impl Into<String>) -> Self {
+        self.schedule_owner = Some(owner.into());
+        self
+    }
+
+    /// The generation of this worker's schedule declaration. A worker declares (stores its
+    /// schedules and deactivates its owner's undeclared ones) only if no worker of its owner
+    /// declared a higher generation: during a rolling deploy, give the new version a higher
+    /// one (a build number, a release timestamp) and old processes starting meanwhile change
+    /// nothing, so no schedule flaps. With equal generations the last worker to start wins.
+    /// Default: 0.
+    pub fn schedule_generation(mut self, generation: i64) -> Self {
+        self.schedule_generation = generation;
         self
     }
 
@@ -427,6 +456,13 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
         if let Some(twice) = names.windows(2).find(|pair| pair[0] == pair[1]) {
             return Err(BuildError::DuplicateSchedule(twice[0].to_owned()));
         }
+        let owner = declare::Owner {
+            name: self.schedule_owner.unwrap_or_else(declare::default_owner),
+            generation: self.schedule_generation,
+        };
+        if !(1..=128).contains(&owner.name.chars().count()) {
+            return Err(BuildError::InvalidScheduleOwner(owner.name));
+        }
         let id = self.id.unwrap_or_else(default_worker_id);
         let internal = internal_pool(&self.pool, &self.config, queues.len());
         Ok(Worker {
@@ -437,6 +473,7 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
             config: self.config,
             id: id.into(),
             schedules: Arc::new(self.schedules),
+            owner,
         })
     }
 }
@@ -471,6 +508,7 @@ pub struct Worker<S = ()> {
     config: Config,
     id: Arc<str>,
     schedules: Arc<Vec<Schedule>>,
+    owner: declare::Owner,
 }
 
 impl<S: Clone + Send + Sync + 'static> Worker<S> {
@@ -508,6 +546,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             },
             id: None,
             schedules: Vec::new(),
+            schedule_owner: None,
+            schedule_generation: 0,
         }
     }
 
@@ -630,11 +670,23 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let pruner = Pruner::new(pool.clone(), pruner);
         let pruner_stop = stop.clone();
         claimers.spawn(async move { pruner.run(pruner_stop).await });
-        let scheduler = config
-            .scheduler
-            .clone()
-            .map(|config| Scheduler::new(pool.clone(), config));
-        let declare = declare_schedules(pool.clone(), self.schedules.clone(), kinds.clone());
+        let scheduler = config.scheduler.clone().map(|scheduler| {
+            let timeout = config.db_timeout;
+            Scheduler::new(
+                pool.clone(),
+                SchedulerConfig {
+                    timeout,
+                    ..scheduler
+                },
+            )
+        });
+        let declare = declare::declare_schedules(
+            pool.clone(),
+            self.owner.clone(),
+            self.schedules.clone(),
+            kinds.clone(),
+            config.db_timeout,
+        );
         claimers.spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -719,43 +771,6 @@ impl Running {
         self.keepers.wait().await;
         self.heartbeat.unregister().await;
     }
-}
-
-/// Stores the worker's declared schedules and deactivates those it no longer declares,
-/// retrying until the database answers.
-async fn declare_schedules(pool: PgPool, schedules: Arc<Vec<Schedule>>, kinds: Vec<String>) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match try_declare(&pool, &schedules, &kinds).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, "could not store this worker's schedules; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-async fn try_declare(
-    pool: &PgPool,
-    schedules: &[Schedule],
-    kinds: &[String],
-) -> Result<(), crate::ScheduleError> {
-    let mut tx = pool.begin().await?;
-    for schedule in schedules {
-        schedule.store(&mut *tx, "code").await?;
-    }
-    // A schedule's kind counts as this worker's when it runs it or declares it.
-    let mut owned = kinds.to_vec();
-    owned.extend(schedules.iter().map(|s| s.kind().to_owned()));
-    let names: Vec<String> = schedules.iter().map(|s| s.name().to_owned()).collect();
-    let gone = crate::db::schedule::deactivate_undeclared(&mut *tx, &owned, &names).await?;
-    tx.commit().await?;
-    for name in gone {
-        tracing::info!(schedule = %name, "schedule no longer declared in code; marked inactive");
-    }
-    Ok(())
 }
 
 /// The worker's own pool: the application's connect options, a few connections, deadlines.

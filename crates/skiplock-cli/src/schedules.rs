@@ -65,8 +65,8 @@ pub(crate) async fn run(pool: &PgPool, command: Prepared) -> anyhow::Result<()> 
         Prepared::List => {
             writeln!(
                 out,
-                "{:<20} {:<18} {:<16} {:<18} {:<7} {:<25} last fire",
-                "name", "cron", "timezone", "kind", "state", "next fire"
+                "{:<20} {:<18} {:<16} {:<18} {:<16} {:<7} {:<25} last fire",
+                "name", "cron", "timezone", "kind", "owner", "state", "next fire"
             )?;
             for s in schedule::list(pool).await? {
                 let state = if !s.active {
@@ -76,16 +76,22 @@ pub(crate) async fn run(pool: &PgPool, command: Prepared) -> anyhow::Result<()> 
                 } else {
                     "active"
                 };
+                // Runtime schedules have no owner; code ones from before owners show "-".
+                let owner = s.owner.as_deref().unwrap_or(match s.source.as_str() {
+                    "runtime" => "(runtime)",
+                    _ => "-",
+                });
                 let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
                     t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".to_owned())
                 };
                 writeln!(
                     out,
-                    "{:<20} {:<18} {:<16} {:<18} {:<7} {:<25} {}",
+                    "{:<20} {:<18} {:<16} {:<18} {:<16} {:<7} {:<25} {}",
                     s.name,
                     s.cron,
                     s.timezone,
                     s.kind,
+                    owner,
                     state,
                     time(s.next_fire_at),
                     time(s.last_fire_at)
