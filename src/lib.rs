@@ -97,7 +97,7 @@ pub use crate::job::{
 };
 pub use crate::migrate::{MIGRATIONS, MigrateError, MigrateReport, Migration, migrate, script};
 pub use crate::runtime::{
-    Pruner, PrunerConfig, Retention, Scheduler, SchedulerConfig, Worker, WorkerBuilder,
-    WorkerError, WorkerHandle,
+    Health, Pruner, PrunerConfig, Retention, RoleHealth, Scheduler, SchedulerConfig, Worker,
+    WorkerBuilder, WorkerError, WorkerHandle,
 };
 pub use crate::schedule::{Misfire, Schedule, ScheduleError, ScheduleRow};

@@ -42,6 +42,7 @@ mod registry;
 mod rescuer;
 pub(crate) mod running;
 mod scheduler;
+mod service;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -72,6 +73,8 @@ use self::running::{RunningAttempts, StopReason};
 pub use self::scheduler::{
     DEFAULT_MISFIRE_GRACE, DEFAULT_SCHEDULER_INTERVAL, Scheduler, SchedulerConfig, SchedulerReport,
 };
+use self::service::Monitor;
+pub use self::service::{Health, MAX_BACKOFF_FACTOR, RoleHealth, STEADY_AFTER, UNHEALTHY_AFTER};
 use crate::{Handler, Schedule};
 
 /// Jobs one queue runs at once unless [`WorkerBuilder::queue`] says otherwise: 10.
@@ -542,8 +545,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     /// # Cancel safety
     /// Not cancel safe, as [`run`](Self::run).
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        self.run_monitored(shutdown, Monitor::default()).await;
+    }
+
+    async fn run_monitored(self, shutdown: impl Future<Output = ()>, monitor: Monitor) {
         let stop = CancellationToken::new();
-        let running = self.spawn_roles(stop.clone());
+        let running = self.spawn_roles(stop.clone(), &monitor);
         shutdown.await;
         tracing::info!(worker.id = %self.id, "worker stopping");
         stop.cancel();
@@ -557,11 +564,19 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let stop = CancellationToken::new();
         let id = self.id.clone();
         let signal = stop.clone();
-        let task = tokio::spawn(async move { self.run_until(signal.cancelled_owned()).await });
-        WorkerHandle { id, stop, task }
+        let monitor = Monitor::default();
+        let roles = monitor.clone();
+        let task =
+            tokio::spawn(async move { self.run_monitored(signal.cancelled_owned(), roles).await });
+        WorkerHandle {
+            id,
+            stop,
+            task,
+            monitor,
+        }
     }
 
-    fn spawn_roles(&self, stop: CancellationToken) -> Running {
+    fn spawn_roles(&self, stop: CancellationToken, monitor: &Monitor) -> Running {
         let config = &self.config;
         let pool = &self.internal;
         let capacity: usize = self.queues.iter().map(|(_, concurrency)| concurrency).sum();
@@ -573,7 +588,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             receiver,
             running.clone(),
         );
-        let completer = tokio::spawn(completer.run());
+        // Supervised batch by batch inside (it owns the channel's receiving end).
+        let completer = tokio::spawn(completer.run(monitor.role("completer")));
         let executor = Arc::new(Executor {
             registry: self.registry.clone(),
             state: self.state.clone(),
@@ -588,7 +604,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let kinds = self.registry.kinds();
 
         // Claimers stop at the first stage of shutdown; keepers (lease renewal, cancel
-        // requests) go on until every running job has finished.
+        // requests) go on until every running job has finished. Every role is supervised
+        // (`service`): a panic or an early return is logged, counted and restarted.
         let jobs = TaskTracker::new();
         let claimers = TaskTracker::new();
         let keepers = TaskTracker::new();
@@ -606,49 +623,70 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 timeout: config.db_timeout,
                 kinds: kinds.clone(),
             };
-            let producer =
-                Producer::new(producer, pool.clone(), executor.clone(), wake, jobs.clone());
-            claimers.spawn(producer.run(stop.clone()));
+            let (pool, executor, jobs, stop) =
+                (pool.clone(), executor.clone(), jobs.clone(), stop.clone());
+            let health = monitor.role(format!("producer:{queue}"));
+            // A restarted producer starts with all its slots free: until the jobs of the one
+            // that panicked finish, the queue may run up to twice its concurrency.
+            claimers.spawn(service::supervise(health, stop.clone(), move || {
+                let producer = Producer::new(
+                    producer.clone(),
+                    pool.clone(),
+                    executor.clone(),
+                    wake.clone(),
+                    jobs.clone(),
+                );
+                producer.run(stop.clone())
+            }));
         }
-        let promoter = PromoterConfig {
-            interval: config.promote_interval,
+        let maintenance = Maintenance {
+            promoter: Promoter::new(
+                pool.clone(),
+                PromoterConfig {
+                    interval: config.promote_interval,
+                    timeout: config.db_timeout,
+                },
+            ),
+            rescuer: Rescuer::new(
+                pool.clone(),
+                RescuerConfig {
+                    interval: config.rescue_interval,
+                    worker_ttl: config.lease * 2,
+                    timeout: config.db_timeout,
+                },
+            ),
+            // Returns at once when the retention keeps everything.
+            pruner: Pruner::new(
+                pool.clone(),
+                PrunerConfig {
+                    interval: config.prune_interval,
+                    retention: config.retention,
+                    batch_size: DEFAULT_PRUNE_BATCH,
+                    timeout: config.db_timeout,
+                },
+            ),
+            scheduler: config
+                .scheduler
+                .clone()
+                .map(|config| Scheduler::new(pool.clone(), config)),
+            monitor: monitor.clone(),
         };
-        claimers.spawn(Promoter::new(pool.clone(), promoter).run(stop.clone()));
-        let rescuer = RescuerConfig {
-            interval: config.rescue_interval,
-            worker_ttl: config.lease * 2,
-            timeout: config.db_timeout,
-        };
-        claimers.spawn(Rescuer::new(pool.clone(), rescuer).run(stop.clone()));
-        // Returns at once when the retention keeps everything.
-        let pruner = PrunerConfig {
-            interval: config.prune_interval,
-            retention: config.retention,
-            batch_size: DEFAULT_PRUNE_BATCH,
-            timeout: config.db_timeout,
-        };
-        let pruner = Pruner::new(pool.clone(), pruner);
-        let pruner_stop = stop.clone();
-        claimers.spawn(async move { pruner.run(pruner_stop).await });
-        let scheduler = config
-            .scheduler
-            .clone()
-            .map(|config| Scheduler::new(pool.clone(), config));
         let declare = declare_schedules(pool.clone(), self.schedules.clone(), kinds.clone());
         claimers.spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = declare => {}
             }
-            if let Some(scheduler) = scheduler {
-                scheduler.run(stop).await;
-            }
+            maintenance.run(&stop).await;
         });
         claimers.close();
 
         if config.listen {
-            let listener = Listener::new(pool.clone(), wakers, running.clone());
-            keepers.spawn(listener.run(keep.clone()));
+            let health = monitor.role("listener");
+            let (pool, running, keep) = (pool.clone(), running.clone(), keep.clone());
+            keepers.spawn(service::supervise(health, keep.clone(), move || {
+                Listener::new(pool.clone(), wakers.clone(), running.clone()).run(keep.clone())
+            }));
         }
         let heartbeat = HeartbeatConfig {
             lease: config.lease,
@@ -664,9 +702,14 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             identity,
         ));
         keepers.spawn({
+            let health = monitor.role("heartbeat");
             let heartbeat = heartbeat.clone();
             let keep = keep.clone();
-            async move { heartbeat.run_loop(keep).await }
+            service::supervise(health, keep.clone(), move || {
+                let heartbeat = heartbeat.clone();
+                let keep = keep.clone();
+                async move { heartbeat.run_loop(keep).await }
+            })
         });
         keepers.close();
         tracing::info!(worker.id = %self.id, queues = ?self.queues, "worker started");
@@ -679,6 +722,37 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             completer,
             heartbeat,
         }
+    }
+}
+
+/// The maintenance roles: promoter, rescuer, pruner, and the embedded scheduler.
+struct Maintenance {
+    promoter: Promoter,
+    rescuer: Rescuer,
+    pruner: Pruner,
+    scheduler: Option<Scheduler>,
+    monitor: Monitor,
+}
+
+impl Maintenance {
+    /// Runs every maintenance role until `stop` fires.
+    async fn run(&self, stop: &CancellationToken) {
+        let promoter = self.monitor.role("promoter");
+        let rescuer = self.monitor.role("rescuer");
+        let pruner = self.monitor.role("pruner");
+        let scheduler = async {
+            let Some(scheduler) = &self.scheduler else {
+                return;
+            };
+            let health = self.monitor.role("scheduler");
+            service::supervise(health, stop.clone(), || scheduler.run(stop.clone())).await;
+        };
+        tokio::join!(
+            self.promoter.run(stop, &promoter),
+            self.rescuer.run(stop, &rescuer),
+            self.pruner.run_supervised(stop, &pruner),
+            scheduler,
+        );
     }
 }
 
@@ -786,6 +860,7 @@ pub struct WorkerHandle {
     id: Arc<str>,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    monitor: Monitor,
 }
 
 impl WorkerHandle {
@@ -797,6 +872,16 @@ impl WorkerHandle {
     /// Whether the worker has stopped.
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
+    }
+
+    /// How the worker's background roles are doing: per role, its consecutive and total
+    /// failures, its last error and its last success. [`Health::is_healthy`] is false while a
+    /// role has failed [`UNHEALTHY_AFTER`] times in a row (the database is unreachable, or a
+    /// role keeps panicking); use it for a readiness probe. Every role is restarted after a
+    /// failure, so a worker that is unhealthy for a while recovers by itself once the cause is
+    /// gone.
+    pub fn health(&self) -> Health {
+        self.monitor.snapshot()
     }
 
     /// Stops the worker gracefully and waits until it has: no more claims, running jobs

@@ -14,11 +14,15 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::deadline::{DbCallError, deadline};
+use super::deadline::DbCallError;
+use super::service::{self, RoleMonitor, Service, Step};
 use crate::db;
 
 /// How many jobs one statement rescues; more take several.
 const BATCH: i64 = 1_000;
+
+/// How many job ids a round's log line names; the rest are counted.
+const LOGGED_IDS: usize = 10;
 
 /// Configuration of the [`Rescuer`].
 #[derive(Clone, Debug)]
@@ -27,7 +31,7 @@ pub(crate) struct RescuerConfig {
     pub(crate) interval: Duration,
     /// How old a worker's last heartbeat may be before its `skiplock.workers` row is removed.
     pub(crate) worker_ttl: Duration,
-    /// The deadline of one statement.
+    /// The deadline of each step (one batch).
     pub(crate) timeout: Duration,
 }
 
@@ -51,44 +55,107 @@ impl Rescuer {
     }
 
     /// Rescues every interval until `stop` fires.
-    pub(crate) async fn run(self, stop: CancellationToken) {
-        loop {
-            if let Err(error) = self.run_once().await {
-                tracing::warn!(%error, "could not rescue jobs; retrying");
-            }
-            tokio::select! {
-                () = stop.cancelled() => break,
-                () = tokio::time::sleep(self.config.interval) => {}
-            }
-        }
+    pub(crate) async fn run(&self, stop: &CancellationToken, health: &RoleMonitor) {
+        service::run(self, stop, health).await;
     }
 
     /// Rescues every job whose lease has expired, then forgets dead workers.
+    #[cfg(all(test, feature = "embedded"))]
     pub(crate) async fn run_once(&self) -> Result<RescuerReport, DbCallError> {
-        let mut report = RescuerReport::default();
-        loop {
-            let batch = deadline(
-                self.config.timeout,
-                db::job::rescue_expired(&self.pool, BATCH),
-            )
-            .await?;
-            let full = batch.len() as i64 == BATCH;
-            for job in batch {
-                tracing::warn!(job.id = job.id, state = %job.state, "rescued a job whose worker was lost");
-                report.rescued.push((job.id, job.state));
-            }
-            if !full {
-                break;
-            }
+        service::round(self, &CancellationToken::new()).await
+    }
+}
+
+impl Service for Rescuer {
+    type Report = RescuerReport;
+    const NAME: &'static str = "rescuer";
+
+    fn interval(&self) -> Duration {
+        self.config.interval
+    }
+
+    fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    async fn step(&self, report: &mut RescuerReport) -> Result<Step, DbCallError> {
+        let batch = db::job::rescue_expired(&self.pool, BATCH).await?;
+        let full = batch.len() as i64 == BATCH;
+        report
+            .rescued
+            .extend(batch.into_iter().map(|job| (job.id, job.state)));
+        if full {
+            return Ok(Step::More);
         }
-        report.reaped_workers = deadline(
-            self.config.timeout,
-            db::job::delete_dead_workers(&self.pool, self.config.worker_ttl.as_secs_f64()),
+        let ttl = self.config.worker_ttl.as_secs_f64();
+        report.reaped_workers = db::job::delete_dead_workers(&self.pool, ttl).await?;
+        Ok(Step::Done)
+    }
+
+    /// One line per round, however many jobs it rescued.
+    fn log(report: &RescuerReport) {
+        if !report.rescued.is_empty() {
+            let count = |state: &str| report.rescued.iter().filter(|(_, s)| s == state).count();
+            let ids: Vec<i64> = report
+                .rescued
+                .iter()
+                .take(LOGGED_IDS)
+                .map(|(id, _)| *id)
+                .collect();
+            tracing::warn!(
+                rescued = report.rescued.len(),
+                available = count("available"),
+                retryable = count("retryable"),
+                failed = count("failed"),
+                cancelled = count("cancelled"),
+                job.ids = ?ids,
+                "rescued jobs whose worker was lost"
+            );
+        }
+        if !report.reaped_workers.is_empty() {
+            let ids = &report.reaped_workers[..report.reaped_workers.len().min(LOGGED_IDS)];
+            tracing::info!(
+                workers = report.reaped_workers.len(),
+                worker.ids = ?ids,
+                "forgot workers that stopped sending heartbeats"
+            );
+        }
+    }
+}
+
+#[cfg(all(test, feature = "embedded"))]
+mod tests {
+    use super::*;
+    use crate::testing::TestDatabase;
+
+    #[tokio::test]
+    async fn rescues_expired_leases_in_one_round() {
+        let db = TestDatabase::new().await.expect("database");
+        let pool = db.pool();
+        sqlx::raw_sql(
+            "INSERT INTO skiplock.jobs (queue, kind, args, state, attempt, attempted_at,
+                                        lease_expires_at, lease_token)
+             SELECT 'default', 'k', '{}', 'running', 1, now(), now() - interval '1 second', 1
+             FROM generate_series(1, 3)",
         )
-        .await?;
-        for worker in &report.reaped_workers {
-            tracing::info!(worker.id = %worker, "forgot a worker that stopped sending heartbeats");
-        }
-        Ok(report)
+        .execute(pool)
+        .await
+        .expect("insert");
+        let rescuer = Rescuer::new(
+            pool.clone(),
+            RescuerConfig {
+                interval: Duration::from_secs(5),
+                worker_ttl: Duration::from_secs(60),
+                timeout: Duration::from_secs(10),
+            },
+        );
+        let report = rescuer.run_once().await.expect("rescue");
+        assert_eq!(report.rescued.len(), 3);
+        assert!(report.rescued.iter().all(|(_, state)| state == "available"));
+        Rescuer::log(&report);
+        assert_eq!(
+            rescuer.run_once().await.expect("rescue"),
+            RescuerReport::default()
+        );
     }
 }
