@@ -21,7 +21,11 @@ async fn a_job_at_infinity_does_not_stop_promotion() {
     .execute(pool)
     .await
     .expect("insert");
-    let handle = worker(pool).register::<Record>().build().expect("build").start();
+    let handle = worker(pool)
+        .register::<Record>()
+        .build()
+        .expect("build")
+        .start();
     for n in 1..=3 {
         let delay = EnqueueOptions::new().delay(Duration::from_millis(100 * n));
         skiplock::enqueue_with(pool, &Record { n: n as i64 }, delay)
@@ -93,4 +97,62 @@ async fn health_reports_a_role_that_keeps_failing_until_it_recovers() {
     .await;
     wait_for_state(pool, "completed", 0, Duration::from_secs(5)).await;
     handle.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn one_worker_runs_maintenance_and_another_takes_over_when_it_stops() {
+    let db = database().await;
+    let pool = db.pool();
+    let mut handles: Vec<_> = (0..3)
+        .map(|i| {
+            worker(pool)
+                .register::<Record>()
+                .id(format!("w{i}"))
+                .build()
+                .expect("build")
+                .start()
+        })
+        .collect();
+    let leaders = |handles: &[skiplock::WorkerHandle]| {
+        handles
+            .iter()
+            .enumerate()
+            .filter(|(_, handle)| handle.health().maintenance)
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>()
+    };
+    let leader = eventually(Duration::from_secs(10), "one leader", || async {
+        match leaders(&handles)[..] {
+            [leader] => Some(leader),
+            _ => None,
+        }
+    })
+    .await;
+    // Only the leader runs the promoter; a delayed job still runs.
+    let promoters = handles
+        .iter()
+        .filter(|handle| handle.health().role("promoter").is_some())
+        .count();
+    assert_eq!(promoters, 1);
+    let delay = EnqueueOptions::new().delay(Duration::from_millis(200));
+    skiplock::enqueue_with(pool, &Record { n: 1 }, delay.clone())
+        .await
+        .expect("enqueue");
+    wait_for_state(pool, "completed", 1, Duration::from_secs(10)).await;
+
+    // The leader stops: its connection closes, and a follower takes over within an interval
+    // (the rescue interval: 500 ms here).
+    handles.remove(leader).shutdown().await.expect("shutdown");
+    eventually(Duration::from_secs(5), "a new leader", || async {
+        (leaders(&handles).len() == 1).then_some(())
+    })
+    .await;
+    skiplock::enqueue_with(pool, &Record { n: 2 }, delay)
+        .await
+        .expect("enqueue");
+    wait_for_state(pool, "completed", 2, Duration::from_secs(10)).await;
+    for handle in handles {
+        assert!(handle.health().is_healthy());
+        handle.shutdown().await.expect("shutdown");
+    }
 }

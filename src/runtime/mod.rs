@@ -34,6 +34,7 @@ mod completer;
 mod deadline;
 mod executor;
 mod heartbeat;
+mod leader;
 mod listener;
 mod producer;
 mod promoter;
@@ -59,6 +60,7 @@ use tokio_util::task::TaskTracker;
 use self::completer::{Completer, CompleterConfig};
 use self::executor::Executor;
 use self::heartbeat::{FENCE_AFTER, Heartbeat, HeartbeatConfig};
+use self::leader::Leader;
 use self::listener::Listener;
 use self::producer::{Producer, ProducerConfig};
 use self::promoter::{Promoter, PromoterConfig};
@@ -672,12 +674,33 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             monitor: monitor.clone(),
         };
         let declare = declare_schedules(pool.clone(), self.schedules.clone(), kinds.clone());
+        // One worker of the database runs maintenance, elected on a session lock; without
+        // LISTEN (a transaction-mode pooler) there are no sessions to elect on, so each does.
+        let key = match config.scheduler {
+            Some(_) => leader::KEY,
+            None => leader::KEY_WITHOUT_SCHEDULER,
+        };
+        let leader = config
+            .listen
+            .then(|| Leader::new(pool.clone(), key, config.rescue_interval, config.db_timeout));
         claimers.spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = declare => {}
             }
-            maintenance.run(&stop).await;
+            let monitor = &maintenance.monitor;
+            let Some(leader) = leader else {
+                monitor.set_maintenance(true);
+                return maintenance.run(&stop).await;
+            };
+            let health = monitor.role("leader");
+            let leading = |on| monitor.set_maintenance(on);
+            let maintenance = &maintenance;
+            leader
+                .run(&stop, &health, leading, |term| async move {
+                    maintenance.run(&term).await;
+                })
+                .await;
         });
         claimers.close();
 

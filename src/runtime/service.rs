@@ -22,6 +22,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -221,10 +222,13 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Health {
-    /// Every supervised role, in the order they started: `promoter`, `rescuer`, `pruner`,
-    /// `scheduler` (those four only in the worker that holds the maintenance leadership, or in
-    /// every worker without leader election), `producer:<queue>`, `completer`, `listener`,
-    /// `heartbeat`, `leader`.
+    /// Whether this worker runs the maintenance roles now: it holds the maintenance
+    /// leadership, or it was built with `listen(false)`, which turns election off (see
+    /// [`WorkerBuilder::listen`](super::WorkerBuilder::listen)).
+    pub maintenance: bool,
+    /// Every supervised role, in the order they started: `completer`, `producer:<queue>`,
+    /// `listener`, `heartbeat`, `leader` (the election), and `promoter`, `rescuer`, `pruner`,
+    /// `scheduler` once this worker has run maintenance.
     pub roles: Vec<RoleHealth>,
 }
 
@@ -272,9 +276,15 @@ impl RoleHealth {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Monitor {
     roles: Arc<Mutex<Vec<RoleMonitor>>>,
+    maintenance: Arc<AtomicBool>,
 }
 
 impl Monitor {
+    /// Records whether this worker runs the maintenance roles now.
+    pub(crate) fn set_maintenance(&self, runs: bool) {
+        self.maintenance.store(runs, Ordering::Relaxed);
+    }
+
     /// Registers a role (or finds it when it was registered before: a role that starts again
     /// after a change of leader keeps its history).
     pub(crate) fn role(&self, name: impl Into<String>) -> RoleMonitor {
@@ -298,6 +308,7 @@ impl Monitor {
     pub(crate) fn snapshot(&self) -> Health {
         let roles = self.roles.lock().unwrap_or_else(PoisonError::into_inner);
         Health {
+            maintenance: self.maintenance.load(Ordering::Relaxed),
             roles: roles.iter().map(RoleMonitor::snapshot).collect(),
         }
     }
@@ -339,7 +350,7 @@ impl RoleMonitor {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
 
     use super::*;
 
