@@ -7,7 +7,8 @@
 //! would slow every claim today. The price is that a due job waits for the next promotion; the
 //! promoter sleeps until the earliest known `run_at` (bounded by its interval), so that delay
 //! is a few milliseconds for jobs it knows about and at most one interval for jobs scheduled
-//! after it went to sleep. Every worker runs one; concurrent promoters skip each other's rows.
+//! after it went to sleep. The maintenance leader runs it (see `leader.rs`); concurrent
+//! promoters skip each other's rows.
 
 use std::time::Duration;
 

@@ -2,7 +2,8 @@
 //! `finished_at` is older than the [`Retention`] for their state, so that `skiplock.jobs` does
 //! not grow forever.
 //!
-//! Every worker runs one, every [`WorkerBuilder::prune_interval`](super::WorkerBuilder::prune_interval).
+//! The maintenance leader runs one, every
+//! [`WorkerBuilder::prune_interval`](super::WorkerBuilder::prune_interval).
 //! A round deletes, state by state, in batches of [`PrunerConfig::batch_size`] rows, one short
 //! autocommit statement each, going on while a batch was full. It never blocks the queue: rows
 //! are chosen with `FOR UPDATE SKIP LOCKED`, only in final states, by database time. Several

@@ -4,8 +4,9 @@
 //! A rescued job runs again after `min(2^(attempt-1) - 1, 600)` seconds: at once after a first
 //! attempt (keeping its place at the head of its queue), later and later when a job keeps losing its workers (so that a job that kills its
 //! worker every time cannot crash-loop a fleet). On its last attempt it becomes `failed`, and
-//! `cancelled` if a cancel was pending; each gets a `worker_lost` entry in `errors`. Every
-//! worker runs a rescuer; concurrent rescuers skip each other's rows. A job's lease expires at
+//! `cancelled` if a cancel was pending; each gets a `worker_lost` entry in `errors`. The
+//! maintenance leader runs it; concurrent rescuers skip each other's rows. A round logs one
+//! line, with counts per new state and the first ids, however many jobs it took back. A job's lease expires at
 //! most `lease` after its worker's last renewal, and a rescuer looks every `interval`, so a job
 //! whose worker died is runnable again within `lease + interval` (plus its backoff).
 
