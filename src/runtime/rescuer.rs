@@ -126,18 +126,38 @@ impl Service for Rescuer {
 
 #[cfg(all(test, feature = "embedded"))]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tracing_subscriber::layer::{Context, SubscriberExt as _};
+
     use super::*;
     use crate::testing::TestDatabase;
 
+    /// Counts skiplock's warnings.
+    struct Warnings(Arc<AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let meta = event.metadata();
+            if *meta.level() == tracing::Level::WARN && meta.target().starts_with("skiplock") {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
     #[tokio::test]
-    async fn rescues_expired_leases_in_one_round() {
+    async fn rescues_expired_leases_in_one_round_with_one_warning() {
+        let warnings = Arc::new(AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry().with(Warnings(warnings.clone()));
+        let _guard = tracing::subscriber::set_default(subscriber);
         let db = TestDatabase::new().await.expect("database");
         let pool = db.pool();
         sqlx::raw_sql(
             "INSERT INTO skiplock.jobs (queue, kind, args, state, attempt, attempted_at,
                                         lease_expires_at, lease_token)
-             SELECT 'default', 'k', '{}', 'running', 1, now(), now() - interval '1 second', 1
-             FROM generate_series(1, 3)",
+             SELECT 'default', 'k', '{}', 'running', 1, now(), now() - interval '1 second', g
+             FROM generate_series(1, 50) AS g",
         )
         .execute(pool)
         .await
@@ -150,13 +170,31 @@ mod tests {
                 timeout: Duration::from_secs(10),
             },
         );
-        let report = rescuer.run_once().await.expect("rescue");
-        assert_eq!(report.rescued.len(), 3);
-        assert!(report.rescued.iter().all(|(_, state)| state == "available"));
-        Rescuer::log(&report);
+        let stop = CancellationToken::new();
+        let health = super::super::service::Monitor::default().role("rescuer");
+        let run = rescuer.run(&stop, &health);
+        let watch = async {
+            while running_jobs(pool).await > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop.cancel();
+        };
+        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(run, watch) })
+            .await
+            .expect("rescued");
+        // One line for the round, not one per job.
+        assert_eq!(warnings.load(Ordering::SeqCst), 1);
         assert_eq!(
             rescuer.run_once().await.expect("rescue"),
             RescuerReport::default()
         );
+    }
+
+    /// Jobs still running.
+    async fn running_jobs(pool: &PgPool) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM skiplock.jobs WHERE state = 'running'")
+            .fetch_one(pool)
+            .await
+            .expect("count")
     }
 }
