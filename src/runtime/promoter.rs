@@ -184,4 +184,32 @@ mod tests {
         assert!(next > Duration::from_secs(365 * 86_400), "{next:?}");
         assert_eq!(promoter.next_round(&report), Duration::from_secs(1));
     }
+
+    #[tokio::test]
+    async fn a_round_gives_up_at_its_deadline() {
+        let db = TestDatabase::new().await.expect("database");
+        let pool = db.pool();
+        // Another transaction holds the table: every statement on it waits.
+        let mut blocker = pool.begin().await.expect("begin");
+        sqlx::raw_sql("LOCK TABLE skiplock.jobs IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *blocker)
+            .await
+            .expect("lock");
+        let timeout = Duration::from_millis(200);
+        let promoter = Promoter::new(
+            pool.clone(),
+            PromoterConfig {
+                interval: Duration::from_secs(1),
+                timeout,
+            },
+        );
+        let round = tokio::time::timeout(Duration::from_secs(5), promoter.run_once())
+            .await
+            .expect("the round has a deadline of its own");
+        assert!(
+            matches!(round, Err(DbCallError::Timeout(limit)) if limit == timeout),
+            "{round:?}"
+        );
+        blocker.rollback().await.expect("rollback");
+    }
 }
