@@ -103,7 +103,8 @@ pub use crate::migrate::{
     migrate, migrate_to, script,
 };
 pub use crate::runtime::{
-    Pruner, PrunerConfig, Retention, Scheduler, SchedulerConfig, SchedulerError, Worker,
+    Health, Pruner, PrunerConfig, Retention, RoleHealth, Scheduler, SchedulerConfig, SchedulerError,
+    Worker,
     WorkerBuilder, WorkerError, WorkerHandle,
 };
 pub use crate::schedule::{Misfire, Schedule, ScheduleError, ScheduleRow};

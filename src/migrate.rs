@@ -104,6 +104,7 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 9,
         name: "schedule_owners",
         sql: include_str!("../migrations/0009_schedule_owners.sql"),
+        kind: MigrationKind::Transaction,
     },
 ];
 

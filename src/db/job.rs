@@ -703,7 +703,10 @@ pub(crate) async fn seconds_until_next_due<'e>(
 ) -> Result<Option<f64>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"
-        SELECT extract(epoch FROM min(run_at) - now())::float8 AS "seconds"
+        -- Epochs rather than `min(run_at) - now()`, which fails (PostgreSQL 15) or is an
+        -- infinite interval (16+) for a job at 'infinity'; capped at about 31 years.
+        SELECT least(extract(epoch FROM min(run_at)) - extract(epoch FROM now()), 1e9)::float8
+               AS "seconds"
         FROM skiplock.jobs
         WHERE state IN ('scheduled', 'retryable')
         "#

@@ -13,6 +13,7 @@ pub(crate) mod bench;
 #[cfg(feature = "bench")]
 pub(crate) mod database;
 pub(crate) mod job;
+pub(crate) mod leader;
 pub(crate) mod migration;
 pub(crate) mod schedule;
 

@@ -117,8 +117,11 @@ impl Completer {
         }
     }
 
-    /// Records outcomes until every sender is gone and the channel is drained.
-    pub(crate) async fn run(mut self) {
+    /// Records outcomes until every sender is gone and the channel is drained. A batch whose
+    /// write panics is counted in `health` and let go: its attempts are unregistered, so their
+    /// leases lapse and the rescuer runs the jobs again; the completer goes on with the next.
+    pub(crate) async fn run(mut self, health: super::service::RoleMonitor) {
+        use futures_util::FutureExt as _;
         let mut batch = Vec::with_capacity(self.config.max_batch);
         while self
             .receiver
@@ -126,7 +129,18 @@ impl Completer {
             .await
             > 0
         {
-            self.flush(&mut batch).await;
+            let attempts: Vec<(i64, i64)> = batch.iter().map(|c| (c.id, c.lease_token)).collect();
+            let flush = std::panic::AssertUnwindSafe(self.flush(&mut batch));
+            if flush.catch_unwind().await.is_ok() {
+                health.succeeded();
+                continue;
+            }
+            batch.clear();
+            health.failed("panicked while recording outcomes".to_owned(), true);
+            tracing::error!(job.ids = ?attempts.iter().map(|(id, _)| id).collect::<Vec<_>>(), "panicked while recording outcomes; their jobs run again once their leases lapse");
+            for (id, lease_token) in attempts {
+                self.running.remove(id, lease_token);
+            }
         }
         tracing::debug!("completer finished");
     }

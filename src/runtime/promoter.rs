@@ -7,13 +7,16 @@
 //! would slow every claim today. The price is that a due job waits for the next promotion; the
 //! promoter sleeps until the earliest known `run_at` (bounded by its interval), so that delay
 //! is a few milliseconds for jobs it knows about and at most one interval for jobs scheduled
-//! after it went to sleep. Every worker runs one; concurrent promoters skip each other's rows.
+//! after it went to sleep. The maintenance leader runs it (see `leader.rs`); concurrent
+//! promoters skip each other's rows.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::deadline::DbCallError;
+use super::service::{self, RoleMonitor, Service, Step};
 use crate::db;
 
 /// How many jobs one statement promotes; a larger backlog takes several statements.
@@ -28,6 +31,8 @@ const MIN_SLEEP: Duration = Duration::from_millis(5);
 pub(crate) struct PromoterConfig {
     /// The longest sleep between promotions.
     pub(crate) interval: Duration,
+    /// The deadline of each step (one batch).
+    pub(crate) timeout: Duration,
 }
 
 /// What one promotion round did.
@@ -50,42 +55,52 @@ impl Promoter {
     }
 
     /// Promotes due jobs until `stop` fires.
-    pub(crate) async fn run(self, stop: CancellationToken) {
-        loop {
-            let sleep = match self.run_once().await {
-                Ok(report) => report
-                    .next_due
-                    .map_or(self.config.interval, |due| due.min(self.config.interval))
-                    .max(MIN_SLEEP),
-                Err(error) => {
-                    tracing::warn!(%error, "could not promote due jobs; retrying");
-                    self.config.interval
-                }
-            };
-            tokio::select! {
-                () = stop.cancelled() => break,
-                () = tokio::time::sleep(sleep) => {}
-            }
-        }
+    pub(crate) async fn run(&self, stop: &CancellationToken, health: &RoleMonitor) {
+        service::run(self, stop, health).await;
     }
 
     /// Promotes every job due now, then asks when the next one is due.
-    pub(crate) async fn run_once(&self) -> Result<PromoterReport, sqlx::Error> {
-        let mut promoted = 0;
-        loop {
-            let batch = db::job::promote_due(&self.pool, BATCH).await?;
-            promoted += batch;
-            if batch < BATCH {
-                break;
-            }
+    #[cfg(test)]
+    pub(crate) async fn run_once(&self) -> Result<PromoterReport, DbCallError> {
+        service::round(self, &CancellationToken::new()).await
+    }
+}
+
+impl Service for Promoter {
+    type Report = PromoterReport;
+    const NAME: &'static str = "promoter";
+
+    fn interval(&self) -> Duration {
+        self.config.interval
+    }
+
+    fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    async fn step(&self, report: &mut PromoterReport) -> Result<Step, DbCallError> {
+        let batch = db::job::promote_due(&self.pool, BATCH).await?;
+        report.promoted += batch;
+        if batch == BATCH {
+            return Ok(Step::More);
         }
-        if promoted > 0 {
-            tracing::debug!(promoted, "promoted due jobs");
-        }
-        let next_due = db::job::seconds_until_next_due(&self.pool)
+        report.next_due = db::job::seconds_until_next_due(&self.pool)
             .await?
-            .map(|seconds| Duration::from_secs_f64(seconds.max(0.0)));
-        Ok(PromoterReport { promoted, next_due })
+            .and_then(|seconds| Duration::try_from_secs_f64(seconds.max(0.0)).ok());
+        Ok(Step::Done)
+    }
+
+    fn next_round(&self, report: &PromoterReport) -> Duration {
+        report
+            .next_due
+            .map_or(self.config.interval, |due| due.min(self.config.interval))
+            .max(MIN_SLEEP)
+    }
+
+    fn log(report: &PromoterReport) {
+        if report.promoted > 0 {
+            tracing::debug!(promoted = report.promoted, "promoted due jobs");
+        }
     }
 }
 
@@ -116,6 +131,7 @@ mod tests {
             pool.clone(),
             PromoterConfig {
                 interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(10),
             },
         );
 
@@ -139,5 +155,61 @@ mod tests {
         };
         assert_eq!(state(ids[0]).await, JobState::Available);
         assert_eq!(state(ids[1]).await, JobState::Scheduled);
+    }
+
+    #[tokio::test]
+    async fn a_job_at_infinity_does_not_break_promotion() {
+        let db = TestDatabase::new().await.expect("database");
+        let pool = db.pool();
+        // Only SQL can store such a row: PostgreSQL 15 refused `'infinity' - now()`, and 16+
+        // made it an infinite interval that panicked `Duration::from_secs_f64`.
+        sqlx::raw_sql(
+            "INSERT INTO skiplock.jobs (queue, kind, args, state, run_at)
+             VALUES ('default', 'k', '{}', 'scheduled', 'infinity'),
+                    ('default', 'k', '{}', 'scheduled', now() - interval '1 second')",
+        )
+        .execute(pool)
+        .await
+        .expect("insert");
+        let promoter = Promoter::new(
+            pool.clone(),
+            PromoterConfig {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(10),
+            },
+        );
+        let report = promoter.run_once().await.expect("promote");
+        assert_eq!(report.promoted, 1);
+        let next = report.next_due.expect("the job at infinity, capped");
+        assert!(next > Duration::from_secs(365 * 86_400), "{next:?}");
+        assert_eq!(promoter.next_round(&report), Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_round_gives_up_at_its_deadline() {
+        let db = TestDatabase::new().await.expect("database");
+        let pool = db.pool();
+        // Another transaction holds the table: every statement on it waits.
+        let mut blocker = pool.begin().await.expect("begin");
+        sqlx::raw_sql("LOCK TABLE skiplock.jobs IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *blocker)
+            .await
+            .expect("lock");
+        let timeout = Duration::from_millis(200);
+        let promoter = Promoter::new(
+            pool.clone(),
+            PromoterConfig {
+                interval: Duration::from_secs(1),
+                timeout,
+            },
+        );
+        let round = tokio::time::timeout(Duration::from_secs(5), promoter.run_once())
+            .await
+            .expect("the round has a deadline of its own");
+        assert!(
+            matches!(round, Err(DbCallError::Timeout(limit)) if limit == timeout),
+            "{round:?}"
+        );
+        blocker.rollback().await.expect("rollback");
     }
 }

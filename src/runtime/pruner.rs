@@ -2,7 +2,8 @@
 //! `finished_at` is older than the [`Retention`] for their state, so that `skiplock.jobs` does
 //! not grow forever.
 //!
-//! Every worker runs one, every [`WorkerBuilder::prune_interval`](super::WorkerBuilder::prune_interval).
+//! The maintenance leader runs one, every
+//! [`WorkerBuilder::prune_interval`](super::WorkerBuilder::prune_interval).
 //! A round deletes, state by state, in batches of [`PrunerConfig::batch_size`] rows, one short
 //! autocommit statement each, going on while a batch was full. It never blocks the queue: rows
 //! are chosen with `FOR UPDATE SKIP LOCKED`, only in final states, by database time. Several
@@ -16,7 +17,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::DEFAULT_DB_TIMEOUT;
-use super::deadline::{DbCallError, deadline};
+use super::deadline::DbCallError;
+use super::service::{self, Monitor, RoleMonitor, Service, Step};
 use crate::db;
 
 /// How often the pruner looks for finished jobs past their retention: 30 s.
@@ -107,7 +109,7 @@ pub struct PrunerConfig {
     /// How many jobs one statement deletes at most (0 counts as 1). Default:
     /// [`DEFAULT_PRUNE_BATCH`].
     pub batch_size: usize,
-    /// The deadline of each statement. Default:
+    /// The deadline of each step of a round: one batch of each state. Default:
     /// [`DEFAULT_DB_TIMEOUT`](super::DEFAULT_DB_TIMEOUT).
     pub timeout: Duration,
 }
@@ -149,7 +151,7 @@ pub enum PruneError {
     /// The database refused a statement.
     #[error("could not prune finished jobs")]
     Database(#[source] sqlx::Error),
-    /// A statement got no answer within [`PrunerConfig::timeout`].
+    /// A step (one batch per state) got no answer within [`PrunerConfig::timeout`].
     #[error("no answer from the database within {0:?} while pruning finished jobs")]
     Timeout(Duration),
 }
@@ -185,30 +187,19 @@ impl Pruner {
         super::run_until(shutdown, |stop| self.run(stop)).await;
     }
 
-    /// Runs rounds every interval until `stop` fires; a round in progress stops after its
-    /// current statement.
+    /// Runs rounds every interval until `stop` fires, interrupting a round in progress (each
+    /// statement deletes its batch or nothing).
     pub(crate) async fn run(&self, stop: CancellationToken) {
+        let health = Monitor::default().role(<Self as Service>::NAME);
+        self.run_supervised(&stop, &health).await;
+    }
+
+    /// As [`run`](Self::run), recording failures in `health`.
+    pub(crate) async fn run_supervised(&self, stop: &CancellationToken, health: &RoleMonitor) {
         if self.config.retention.keeps_everything() {
             return;
         }
-        loop {
-            match self.prune(&stop).await {
-                Ok(report) if report.total() > 0 => {
-                    tracing::debug!(
-                        completed = report.completed,
-                        failed = report.failed,
-                        cancelled = report.cancelled,
-                        "pruned finished jobs"
-                    );
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "could not prune finished jobs; retrying"),
-            }
-            tokio::select! {
-                () = stop.cancelled() => break,
-                () = tokio::time::sleep(self.config.interval) => {}
-            }
-        }
+        service::run(self, stop, health).await;
     }
 
     /// One round: deletes every finished job past its state's retention, in batches, and says
@@ -216,38 +207,76 @@ impl Pruner {
     /// deleting, this one deletes nothing (it would only compete for the same rows).
     ///
     /// # Errors
-    /// [`PruneError`] when a statement fails or times out; batches deleted before stay deleted.
+    /// [`PruneError`] when a statement fails or a step (one batch per state) gets no answer
+    /// within [`PrunerConfig::timeout`]; batches deleted before stay deleted.
     ///
     /// # Cancel safety
     /// Cancel safe: each statement deletes its batch or nothing.
     pub async fn run_once(&self) -> Result<PruneReport, PruneError> {
-        self.prune(&CancellationToken::new()).await
+        let round = service::round(self, &CancellationToken::new()).await?;
+        Ok(round.report)
+    }
+}
+
+/// A round of the pruner in progress: what it deleted, and which states are done.
+#[derive(Debug, Default)]
+pub(crate) struct PruneRound {
+    report: PruneReport,
+    drained: [bool; 3],
+}
+
+impl Service for Pruner {
+    type Report = PruneRound;
+    const NAME: &'static str = "pruner";
+
+    fn interval(&self) -> Duration {
+        self.config.interval
     }
 
-    async fn prune(&self, stop: &CancellationToken) -> Result<PruneReport, PruneError> {
+    fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    /// One batch of each state not yet done.
+    async fn step(&self, round: &mut PruneRound) -> Result<Step, DbCallError> {
         let retention = &self.config.retention;
         let batch = i64::try_from(self.config.batch_size.max(1)).unwrap_or(i64::MAX);
-        let mut report = PruneReport::default();
-        for (state, age, deleted) in [
+        let report = &mut round.report;
+        for ((state, age, deleted), drained) in [
             ("completed", retention.completed, &mut report.completed),
             ("failed", retention.failed, &mut report.failed),
             ("cancelled", retention.cancelled, &mut report.cancelled),
-        ] {
-            let Some(age) = age else { continue };
+        ]
+        .into_iter()
+        .zip(&mut round.drained)
+        {
+            let Some(age) = age.filter(|_| !*drained) else {
+                *drained = true;
+                continue;
+            };
             let older_than_secs = age.min(MAX_AGE).as_secs_f64();
-            while !stop.is_cancelled() {
-                let n = deadline(
-                    self.config.timeout,
-                    db::job::delete_finished(&self.pool, state, older_than_secs, batch, LOCK_KEY),
-                )
+            let n = db::job::delete_finished(&self.pool, state, older_than_secs, batch, LOCK_KEY)
                 .await?;
-                *deleted += n;
-                if n < batch as u64 {
-                    break;
-                }
-            }
+            *deleted += n;
+            *drained = n < batch as u64;
         }
-        Ok(report)
+        Ok(if round.drained.iter().all(|done| *done) {
+            Step::Done
+        } else {
+            Step::More
+        })
+    }
+
+    fn log(round: &PruneRound) {
+        let report = &round.report;
+        if report.total() > 0 {
+            tracing::debug!(
+                completed = report.completed,
+                failed = report.failed,
+                cancelled = report.cancelled,
+                "pruned finished jobs"
+            );
+        }
     }
 }
 
