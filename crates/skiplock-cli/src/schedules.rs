@@ -2,7 +2,7 @@
 
 use std::io::Write as _;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use skiplock::{Misfire, Schedule, Scheduler, SchedulerConfig, schedule};
 use sqlx::PgPool;
 
@@ -135,6 +135,7 @@ pub(crate) async fn scheduler(pool: PgPool, args: SchedulerArgs) -> anyhow::Resu
 /// SIGINT or SIGTERM.
 #[cfg(unix)]
 fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use anyhow::Context as _;
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt()).context("could not listen for SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("could not listen for SIGTERM")?;
