@@ -15,10 +15,12 @@
 //! The application may replace its pool's connect options at any time
 //! ([`Pool::set_connect_options`](sqlx::Pool::set_connect_options), for a credential refresh):
 //! the worker's pools follow. sqlx 0.9 has no hook before a connection is opened, so each pool
-//! re-reads the application's options whenever it hands out, takes back or opens a
-//! connection, and a changed set is copied to all three pools before their next connect. The
-//! worker's roles use their pools every second or so, so a refresh reaches them within about
-//! that long; a connect that fails in between is retried by its role.
+//! compares the application's options with those it copied whenever it hands out, takes back
+//! or opens a connection, and copies a changed set to all three pools. A connection that turns
+//! out to have been opened with replaced options is closed at once and opened again with the
+//! new ones, so every connection the worker uses was opened with the application's options of
+//! that moment. (The one gap: a connect that *fails* with replaced credentials before any
+//! connection was handed out or returned; its role retries, and the retry uses the new ones.)
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -98,9 +100,16 @@ fn pool(follow: &Arc<Follow>, settings: &SessionSettings, size: u32) -> PgPool {
         .max_connections(size)
         .acquire_timeout(settings.db_timeout)
         .after_connect(move |conn, _| {
-            on_connect.sync();
+            // Opened with options the application has replaced since: the pool closes it and
+            // connects again with the new ones.
+            let stale = on_connect.sync();
             let statement_timeout = statement_timeout.clone();
             Box::pin(async move {
+                if stale {
+                    return Err(sqlx::Error::Configuration(
+                        "the application's connect options changed; connecting again".into(),
+                    ));
+                }
                 db::session::configure(conn, &statement_timeout, synchronous_commit).await
             })
         })
@@ -134,11 +143,13 @@ impl Follow {
         lock(&self.seen).clone()
     }
 
-    fn sync(&self) {
+    /// Copies the application's options if they changed since the last call; returns whether
+    /// they did.
+    fn sync(&self) -> bool {
         let current = self.app.connect_options();
         let mut seen = lock(&self.seen);
         if Arc::ptr_eq(&current, &seen) {
-            return;
+            return false;
         }
         let options = worker_options(&current);
         for pool in lock(&self.pools).iter() {
@@ -146,6 +157,7 @@ impl Follow {
         }
         tracing::debug!("the application's connect options changed; worker connections follow");
         *seen = current;
+        true
     }
 }
 
