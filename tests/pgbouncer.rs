@@ -298,8 +298,13 @@ async fn worker_connections_follow_the_application_pools_connect_options() {
         .expect("enqueue");
     wait_for_state(pool, "completed", 1, Duration::from_secs(10)).await;
 
-    // The application refreshes its credentials; the worker's connections are replaced.
+    // The application refreshes its credentials. A connect already under way may still finish
+    // with the old ones: let the worker work a little first, then replace its connections.
     app.set_connect_options(db.connect_options().clone().username(&role));
+    skiplock::enqueue(&app, &Record { n: 2 })
+        .await
+        .expect("enqueue");
+    wait_for_state(pool, "completed", 2, Duration::from_secs(10)).await;
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
          WHERE application_name = 'skiplock-worker' AND datname = current_database()",
@@ -307,10 +312,10 @@ async fn worker_connections_follow_the_application_pools_connect_options() {
     .execute(pool)
     .await
     .expect("terminate worker connections");
-    skiplock::enqueue(&app, &Record { n: 2 })
+    skiplock::enqueue(&app, &Record { n: 3 })
         .await
         .expect("enqueue");
-    wait_for_state(pool, "completed", 2, Duration::from_secs(10)).await;
+    wait_for_state(pool, "completed", 3, Duration::from_secs(10)).await;
     let users: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT usename::text FROM pg_stat_activity
          WHERE application_name = 'skiplock-worker' AND datname = current_database()",
