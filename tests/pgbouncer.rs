@@ -35,6 +35,10 @@ struct Bouncer {
 
 impl Drop for Bouncer {
     fn drop(&mut self) {
+        // The child may be `runuser`, which does not pass SIGKILL on: stop PgBouncer by its pid.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -66,6 +70,13 @@ fn version(binary: &Path) -> (u32, u32) {
         .split('.')
         .map(|part| part.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| output.stdout.trim_ascii() == b"0")
 }
 
 fn free_port() -> u16 {
@@ -129,25 +140,21 @@ fn start_bouncer(server: &PgConnectOptions, database: &str) -> Option<Bouncer> {
     std::fs::write(dir.join("pgbouncer.ini"), ini).expect("pgbouncer.ini");
     let user = server.get_username();
     std::fs::write(dir.join("userlist.txt"), format!("\"{user}\" \"\"\n")).expect("userlist");
-    let mut command = Command::new(&binary);
-    command.arg("--quiet").arg(dir.join("pgbouncer.ini"));
-    // PgBouncer refuses to run as root.
-    if nix::unistd::Uid::effective().is_root() {
-        let postgres = nix::unistd::User::from_name("postgres")
-            .ok()
-            .flatten()
-            .expect("a postgres system user to run pgbouncer as");
-        std::os::unix::fs::chown(
-            &dir,
-            Some(postgres.uid.as_raw()),
-            Some(postgres.gid.as_raw()),
-        )
-        .expect("chown");
-        use std::os::unix::process::CommandExt;
+    // PgBouncer refuses to run as root: then it runs as the `postgres` system user.
+    let mut command = if running_as_root() {
+        let owned = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&dir)
+            .status()
+            .expect("chown");
+        assert!(owned.success(), "chown -R postgres {}", dir.display());
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(&binary);
         command
-            .uid(postgres.uid.as_raw())
-            .gid(postgres.gid.as_raw());
-    }
+    } else {
+        Command::new(&binary)
+    };
+    command.arg("--quiet").arg(dir.join("pgbouncer.ini"));
     let child = command.spawn().expect("start pgbouncer");
     Some(Bouncer {
         child,

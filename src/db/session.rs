@@ -1,25 +1,30 @@
 //! Session settings of the worker's own connections.
 
-use sqlx::PgConnection;
+use std::time::Duration;
 
-/// Sets this session's `statement_timeout` (a PostgreSQL duration such as `10000ms`) and, when
-/// `synchronous_commit` is `Some`, its `synchronous_commit`. Run right after connecting instead
-/// of as startup `options`, which connection poolers such as PgBouncer refuse.
+use sqlx::{AssertSqlSafe, PgConnection};
+
+/// Sets this session's `statement_timeout` and, when `synchronous_commit_off`, turns
+/// `synchronous_commit` off. Run right after connecting instead of as startup `options`, which
+/// connection poolers such as PgBouncer refuse.
+///
+/// One simple-protocol round trip (a parameterized statement would take two, on every new
+/// connection). `SET` takes no parameters, so the values are spliced in; both are generated
+/// here (an integer and a keyword), never taken from input.
 pub(crate) async fn configure(
     conn: &mut PgConnection,
-    statement_timeout: &str,
-    synchronous_commit: Option<&str>,
+    statement_timeout: Duration,
+    synchronous_commit_off: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        r#"
-        SELECT set_config('statement_timeout', $1, false) AS "statement_timeout!",
-               CASE WHEN $2::text IS NOT NULL
-                    THEN set_config('synchronous_commit', $2, false) END AS "synchronous_commit"
-        "#,
-        statement_timeout,
-        synchronous_commit,
-    )
-    .fetch_one(conn)
-    .await?;
+    let mut statement = format!(
+        "SET statement_timeout = {}",
+        statement_timeout.as_millis().max(1)
+    );
+    if synchronous_commit_off {
+        statement.push_str("; SET synchronous_commit = off");
+    }
+    sqlx::raw_sql(AssertSqlSafe(statement))
+        .execute(conn)
+        .await?;
     Ok(())
 }

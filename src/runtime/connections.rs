@@ -89,10 +89,10 @@ impl WorkerPools {
 
 /// One pool of `size` connections with the worker's session settings and followed options.
 fn pool(follow: &Arc<Follow>, settings: &SessionSettings, size: u32) -> PgPool {
-    let statement_timeout = format!("{}ms", settings.db_timeout.as_millis().max(1));
+    let statement_timeout = settings.db_timeout;
     // Only when the user opted in (`WorkerBuilder::synchronous_commit`); otherwise the
     // server's own setting stands.
-    let synchronous_commit = (!settings.synchronous_commit).then_some("off");
+    let synchronous_commit_off = !settings.synchronous_commit;
     let on_connect = follow.clone();
     let on_acquire = follow.clone();
     let on_release = follow.clone();
@@ -103,14 +103,13 @@ fn pool(follow: &Arc<Follow>, settings: &SessionSettings, size: u32) -> PgPool {
             // Opened with options the application has replaced since: the pool closes it and
             // connects again with the new ones.
             let stale = on_connect.sync();
-            let statement_timeout = statement_timeout.clone();
             Box::pin(async move {
                 if stale {
                     return Err(sqlx::Error::Configuration(
                         "the application's connect options changed; connecting again".into(),
                     ));
                 }
-                db::session::configure(conn, &statement_timeout, synchronous_commit).await
+                db::session::configure(conn, statement_timeout, synchronous_commit_off).await
             })
         })
         .before_acquire(move |_, _| {
