@@ -96,8 +96,22 @@ pub struct JobContext<S = ()> {
     pub(crate) meta: Arc<JobMeta>,
     pub(crate) state: S,
     pub(crate) attempt: Arc<Attempt>,
-    /// The worker's own pool, for progress updates.
-    pub(crate) pool: PgPool,
+    /// Writes progress updates on the worker's own connections.
+    pub(crate) pool: ProgressWriter,
+}
+
+/// Where [`JobContext::set_progress`] writes: the worker's progress pool, which lease renewals
+/// do not share, with the worker's `db_timeout` as deadline.
+#[derive(Clone, Debug)]
+pub(crate) struct ProgressWriter {
+    pool: PgPool,
+    timeout: Duration,
+}
+
+impl ProgressWriter {
+    pub(crate) fn new(pool: PgPool, timeout: Duration) -> Self {
+        Self { pool, timeout }
+    }
 }
 
 /// The metadata of one attempt.
@@ -227,18 +241,25 @@ impl<S> JobContext<S> {
 
     /// Stores `progress` (any JSON: a percentage, a cursor, a step name) in the job's
     /// `progress` column, where SQL and the dashboard can see it. Written on the worker's own
-    /// connections and fenced like every write after a claim.
+    /// progress connections (two per worker, which lease renewals do not share: a handler
+    /// writing progress in a loop slows other progress writes, never a renewal), with the
+    /// worker's [`db_timeout`](crate::WorkerBuilder::db_timeout) as deadline, and fenced like
+    /// every write after a claim.
     ///
     /// # Errors
-    /// [`ContextError`] when the value does not serialize, the update fails, or the lease is
-    /// lost (the cancellation token fires then too).
+    /// [`ContextError`] when the value does not serialize, the update fails or takes longer
+    /// than the deadline, or the lease is lost (the cancellation token fires then too).
     ///
     /// # Cancel safety
     /// Cancel safe: dropped midway, the progress may or may not have been stored.
     pub async fn set_progress(&self, progress: &impl Serialize) -> Result<(), ContextError> {
         let progress = serde_json::to_value(progress).map_err(ContextError::Serialize)?;
         let (id, lease_token) = (self.attempt.id, self.attempt.lease_token);
-        if !db::job::set_progress(&self.pool, id, lease_token, &progress).await? {
+        let write = db::job::set_progress(&self.pool.pool, id, lease_token, &progress);
+        let written = tokio::time::timeout(self.pool.timeout, write)
+            .await
+            .map_err(|_| ContextError::Timeout(self.pool.timeout))??;
+        if !written {
             self.attempt.stop(StopReason::LeaseLost);
             return Err(ContextError::LeaseLost(LeaseLost { job_id: id }));
         }
@@ -268,6 +289,9 @@ pub enum ContextError {
     /// The update failed.
     #[error("could not update the job")]
     Database(#[from] sqlx::Error),
+    /// The database did not answer within the worker's `db_timeout` (the duration).
+    #[error("no answer from the database within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Why a handler failed, and whether the job may be retried.

@@ -761,3 +761,25 @@ pub(crate) async fn get<'e>(
     .fetch_optional(executor)
     .await
 }
+
+/// Of the given running attempts (job id and lease token, element by element), the ids of those
+/// whose job has a cancel request (`cancel_requested_at` set) and still runs under that token.
+/// Reads only; locks nothing.
+pub(crate) async fn cancel_requested<'e>(
+    executor: impl PgExecutor<'e>,
+    ids: &[i64],
+    lease_tokens: &[i64],
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT j.id
+        FROM unnest($1::bigint[], $2::bigint[]) AS held(id, lease_token)
+        JOIN skiplock.jobs AS j ON j.id = held.id AND j.lease_token = held.lease_token
+        WHERE j.cancel_requested_at IS NOT NULL
+        "#,
+        ids,
+        lease_tokens,
+    )
+    .fetch_all(executor)
+    .await
+}

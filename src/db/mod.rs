@@ -16,6 +16,7 @@ pub(crate) mod job;
 pub(crate) mod leader;
 pub(crate) mod migration;
 pub(crate) mod schedule;
+pub(crate) mod session;
 
 /// The channel idle workers LISTEN on; the payload of each notification is a queue name.
 pub(crate) const WAKE_CHANNEL: &str = "skiplock_wake";

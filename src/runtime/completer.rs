@@ -25,9 +25,6 @@ pub(crate) const DEFAULT_MAX_BATCH: usize = 2_000;
 /// `running` until their lease expires and they are rescued).
 pub(crate) const RETRY_FOR: Duration = Duration::from_secs(120);
 
-/// How long one write may take before it counts as failed (and is retried).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The first retry delay of a failed write; it doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -75,12 +72,16 @@ pub(crate) enum Outcome {
 pub(crate) struct CompleterConfig {
     /// The most outcomes per statement. Default: [`DEFAULT_MAX_BATCH`].
     pub(crate) max_batch: usize,
+    /// How long one write may take before it counts as failed (and is retried): the worker's
+    /// `db_timeout`. Default: [`DEFAULT_DB_TIMEOUT`](super::DEFAULT_DB_TIMEOUT).
+    pub(crate) timeout: Duration,
 }
 
 impl Default for CompleterConfig {
     fn default() -> Self {
         Self {
             max_batch: DEFAULT_MAX_BATCH,
+            timeout: super::DEFAULT_DB_TIMEOUT,
         }
     }
 }
@@ -213,13 +214,14 @@ impl Completer {
         loop {
             // A client-side deadline too: a half-open connection never answers, and the
             // server's statement_timeout cannot help with that.
+            let limit = self.config.timeout;
             let write = db::job::complete_many(&self.pool, outcomes);
-            let written = tokio::time::timeout(WRITE_TIMEOUT, write)
+            let written = tokio::time::timeout(limit, write)
                 .await
                 .unwrap_or_else(|_| {
                     let timeout = std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
-                        format!("no answer within {WRITE_TIMEOUT:?}"),
+                        format!("no answer within {limit:?}"),
                     );
                     Err(sqlx::Error::Io(timeout))
                 });

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -52,8 +51,8 @@ pub(crate) struct Executor<S> {
     pub(crate) worker_id: Arc<str>,
     pub(crate) completions: mpsc::Sender<Completion>,
     pub(crate) running: Arc<RunningAttempts>,
-    /// The worker's own pool, handed to contexts for progress updates.
-    pub(crate) pool: PgPool,
+    /// The worker's progress connections, handed to contexts for progress updates.
+    pub(crate) pool: crate::handler::ProgressWriter,
     /// How long a stopped handler may take to return before it is dropped.
     pub(crate) cancel_timeout: Duration,
     /// How long a lease lasts; a handler stopped for losing it is dropped within a quarter.

@@ -1,8 +1,8 @@
 //! The heartbeat: renews the leases of the worker's running attempts, records that the worker
 //! is alive, passes on cancel requests, and fences attempts whose lease it cannot vouch for.
 //!
-//! Leases are renewed every `interval` (a third of the lease by default) on the worker's own
-//! connections, which handlers cannot exhaust. A job missing from a renewal's answer is no
+//! Leases are renewed every `interval` (a third of the lease by default) on the worker's keeper
+//! connections, which nothing a handler calls can use (progress goes to other connections). A job missing from a renewal's answer is no
 //! longer this worker's (it was rescued or re-claimed): its handler is stopped at once. When
 //! renewals fail (the database is down or unreachable), every attempt whose lease was last
 //! renewed more than half a lease ago is stopped, and dropped a quarter lease later if it does
@@ -23,6 +23,14 @@ use crate::db;
 /// The share of the lease after which an attempt without a renewal is stopped.
 pub(crate) const FENCE_AFTER: f64 = 0.5;
 
+/// How many times one renewal tries rows that another statement holds locked (a progress write
+/// in flight, usually), [`BUSY_RETRY_DELAY`] × the pass number apart. A renewal that skipped a
+/// row once would leave it two intervals (two thirds of a lease) unrenewed: past the fence.
+const BUSY_PASSES: u32 = 4;
+
+/// See [`BUSY_PASSES`].
+const BUSY_RETRY_DELAY: Duration = Duration::from_millis(5);
+
 /// Configuration of the [`Heartbeat`].
 #[derive(Clone, Debug)]
 pub(crate) struct HeartbeatConfig {
@@ -30,8 +38,11 @@ pub(crate) struct HeartbeatConfig {
     pub(crate) lease: Duration,
     /// How often leases are renewed.
     pub(crate) interval: Duration,
-    /// The deadline of one renewal.
+    /// The deadline of one renewal statement.
     pub(crate) timeout: Duration,
+    /// The deadline of getting a connection for it, which may mean opening one: longer than
+    /// `timeout`, so that a slow connect is not abandoned (and started again) every interval.
+    pub(crate) connect_timeout: Duration,
 }
 
 /// Who this worker is, for `skiplock.workers`.
@@ -51,6 +62,8 @@ pub(crate) struct HeartbeatReport {
     pub(crate) lost: usize,
     /// Attempts somebody asked to cancel.
     pub(crate) cancel_requested: usize,
+    /// Attempts whose row stayed locked by another statement: neither renewed nor lost.
+    pub(crate) busy: usize,
 }
 
 pub(crate) struct Heartbeat {
@@ -119,51 +132,69 @@ impl Heartbeat {
 
     /// Renews the leases of every running attempt once.
     pub(crate) async fn run_once(&self) -> Result<HeartbeatReport, super::deadline::DbCallError> {
-        let attempts = self.running.snapshot();
-        let ids: Vec<i64> = attempts.iter().map(|a| a.id).collect();
-        let tokens: Vec<i64> = attempts.iter().map(|a| a.lease_token).collect();
-        let started = Instant::now();
+        let mut attempts = self.running.snapshot();
+        let mut conn = deadline(self.config.connect_timeout, self.pool.acquire()).await?;
         let worker = db::job::WorkerRow {
             id: &self.identity.id,
             host: &self.identity.host,
             pid: self.identity.pid,
             queues: &self.identity.queues,
         };
-        let renewed = deadline(
-            self.config.timeout,
-            db::job::heartbeat(
-                &self.pool,
-                &ids,
-                &tokens,
-                self.config.lease.as_secs_f64(),
-                &worker,
-            ),
-        )
-        .await?;
-
-        let renewed: std::collections::HashMap<i64, db::job::Renewed> =
-            renewed.into_iter().map(|row| (row.id, row)).collect();
         let mut report = HeartbeatReport::default();
-        for attempt in attempts {
-            match renewed.get(&attempt.id) {
-                Some(row) if row.renewed => {
-                    attempt.renewed(started);
-                    report.renewed += 1;
-                    if row.cancel_requested {
-                        report.cancel_requested += 1;
-                        attempt.stop(StopReason::Cancelled);
+        for pass in 1..=BUSY_PASSES {
+            let ids: Vec<i64> = attempts.iter().map(|a| a.id).collect();
+            let tokens: Vec<i64> = attempts.iter().map(|a| a.lease_token).collect();
+            let started = Instant::now();
+            let renewed = deadline(
+                self.config.timeout,
+                db::job::heartbeat(
+                    &mut *conn,
+                    &ids,
+                    &tokens,
+                    self.config.lease.as_secs_f64(),
+                    &worker,
+                ),
+            )
+            .await?;
+            let renewed: std::collections::HashMap<i64, db::job::Renewed> =
+                renewed.into_iter().map(|row| (row.id, row)).collect();
+            let mut busy = Vec::new();
+            for attempt in attempts {
+                match renewed.get(&attempt.id) {
+                    Some(row) if row.renewed => {
+                        attempt.renewed(started);
+                        report.renewed += 1;
+                        if row.cancel_requested {
+                            report.cancel_requested += 1;
+                            attempt.stop(StopReason::Cancelled);
+                        }
+                    }
+                    // Completed in the handler's own transaction, which still holds the row:
+                    // the lock keeps the job from being rescued or claimed until that
+                    // transaction ends (committed: completed; rolled back: running under our
+                    // token again, renewed next time). The lock vouches for the lease, so the
+                    // attempt is not fenced however long the transaction stays open.
+                    Some(row) if row.busy && attempt.completed_in_tx() => {
+                        attempt.renewed(started);
+                    }
+                    // Locked by another statement (most often this attempt's own progress
+                    // write, for a millisecond): still ours, tried again shortly.
+                    Some(row) if row.busy => busy.push(attempt),
+                    // Completed in the handler's own transaction: not running, and not lost.
+                    _ if attempt.completed_in_tx() => {}
+                    _ => {
+                        report.lost += 1;
+                        tracing::warn!(job.id = attempt.id, "job is no longer ours; stopping it");
+                        attempt.stop(StopReason::LeaseLost);
                     }
                 }
-                // Locked by another transaction: still ours, renewed next time.
-                Some(row) if row.busy => {}
-                // Completed in the handler's own transaction: not running, and not lost.
-                _ if attempt.completed_in_tx() => {}
-                _ => {
-                    report.lost += 1;
-                    tracing::warn!(job.id = attempt.id, "job is no longer ours; stopping it");
-                    attempt.stop(StopReason::LeaseLost);
-                }
             }
+            if busy.is_empty() || pass == BUSY_PASSES {
+                report.busy = busy.len();
+                break;
+            }
+            attempts = busy;
+            tokio::time::sleep(BUSY_RETRY_DELAY * pass).await;
         }
         Ok(report)
     }

@@ -32,9 +32,10 @@
 //! expired because their worker died or hung, so they run again within
 //! `lease + rescue_interval`. Every write after a claim presents the lease token, so a worker
 //! that lost a job can no longer change it, and a worker that cannot renew a lease stops the
-//! job before the lease can expire. The worker claims, completes and renews on a small pool of
-//! its own (plus the LISTEN connection), so handlers that exhaust the application's pool cannot
-//! starve it; every database call of these roles has a deadline.
+//! job before the lease can expire. The worker claims and completes on a small pool of its own
+//! (plus the LISTEN connection) and renews leases on another, which handler work (progress
+//! writes included) cannot reach, so handlers cannot starve either; every database call of these
+//! roles has a deadline.
 //!
 //! # Retention
 //! The *pruner* deletes finished jobs once they are older than the
@@ -49,6 +50,7 @@
 //! up an attempt. Outcomes are flushed before the worker returns. Nothing is lost at any stage.
 
 mod completer;
+mod connections;
 mod deadline;
 mod declare;
 mod executor;
@@ -70,13 +72,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::completer::{Completer, CompleterConfig};
+use self::connections::{SessionSettings, WorkerPools};
 use self::executor::Executor;
 use self::heartbeat::{FENCE_AFTER, Heartbeat, HeartbeatConfig};
 use self::leader::Leader;
@@ -492,9 +494,9 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
             return Err(BuildError::InvalidScheduleOwner(owner.name));
         }
         let id = self.id.unwrap_or_else(default_worker_id);
-        let internal = internal_pool(&self.pool, &self.config, queues.len());
+        let pools = internal_pool(&self.pool, &self.config, queues.len());
         Ok(Worker {
-            internal,
+            pools,
             state: self.state,
             registry: Arc::new(self.registry),
             queues,
@@ -528,8 +530,9 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
 /// # Ok(()) }
 /// ```
 pub struct Worker<S = ()> {
-    /// The worker's own pool: claims, completions, renewals, promotion, rescue, pruning.
-    internal: PgPool,
+    /// The worker's own pools: claims, completions, promotion, rescue, pruning (`internal`);
+    /// lease renewals (`keeper`); progress writes (`progress`).
+    pools: WorkerPools,
     state: S,
     registry: Arc<Registry<S>>,
     queues: Vec<(String, usize)>,
@@ -544,10 +547,16 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     /// handler (through [`JobContext::state`](crate::JobContext::state); it is cloned once per
     /// attempt, so keep it cheap to clone: a pool, `Arc`s). Use `()` when handlers need none.
     ///
-    /// The worker connects with `pool`'s connect options but on a small pool of its own (five
-    /// connections plus one per queue, opened lazily, `application_name` [`APPLICATION_NAME`];
-    /// one of them is held for LISTEN), so that handlers exhausting `pool` cannot delay claims,
-    /// completions or lease renewals. `pool` itself is not used by the worker.
+    /// The worker connects with `pool`'s connect options, and follows them when the
+    /// application replaces them ([`Pool::set_connect_options`](sqlx::Pool::set_connect_options),
+    /// for a credential refresh), but on small pools of its own, opened lazily, with
+    /// `application_name` [`APPLICATION_NAME`]: five connections plus one per queue for claims,
+    /// completions and maintenance (one of them is held for LISTEN), two for lease renewals and
+    /// cancel checks, two for [`JobContext::set_progress`](crate::JobContext::set_progress). So
+    /// handlers exhausting `pool`, or writing progress in a loop, cannot delay claims,
+    /// completions or lease renewals. Session settings (`statement_timeout`,
+    /// `synchronous_commit`) are set after connecting, which poolers such as PgBouncer accept.
+    /// `pool` itself is not used by the worker.
     pub fn builder(pool: PgPool, state: S) -> WorkerBuilder<S> {
         WorkerBuilder {
             pool,
@@ -620,7 +629,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         tracing::info!(worker.id = %self.id, "worker stopping");
         stop.cancel();
         running.finish(&self.config).await;
-        self.internal.close().await;
+        self.pools.close().await;
         tracing::info!(worker.id = %self.id, "worker stopped");
     }
 
@@ -643,13 +652,16 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
 
     fn spawn_roles(&self, stop: CancellationToken, monitor: &Monitor) -> Running {
         let config = &self.config;
-        let pool = &self.internal;
+        let pool = &self.pools.internal;
         let capacity: usize = self.queues.iter().map(|(_, concurrency)| concurrency).sum();
         let (completions, receiver) = mpsc::channel(capacity.max(64) * 2);
         let running = Arc::new(RunningAttempts::default());
         let completer = Completer::new(
             pool.clone(),
-            CompleterConfig::default(),
+            CompleterConfig {
+                timeout: config.db_timeout,
+                ..CompleterConfig::default()
+            },
             receiver,
             running.clone(),
         );
@@ -661,7 +673,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             worker_id: self.id.clone(),
             completions,
             running: running.clone(),
-            pool: pool.clone(),
+            pool: crate::handler::ProgressWriter::new(
+                self.pools.progress.clone(),
+                config.db_timeout,
+            ),
             cancel_timeout: config.cancel_timeout,
             lease: config.lease,
             default_timeout: config.job_timeout,
@@ -781,20 +796,34 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
 
         if config.listen {
             let health = monitor.role("listener");
-            let (pool, running, keep) = (pool.clone(), running.clone(), keep.clone());
+            let (pool, keeper, running, keep) = (
+                pool.clone(),
+                self.pools.keeper.clone(),
+                running.clone(),
+                keep.clone(),
+            );
+            let timeout = config.db_timeout;
             keepers.spawn(service::supervise(health, keep.clone(), move || {
-                Listener::new(pool.clone(), wakers.clone(), running.clone()).run(keep.clone())
+                Listener::new(
+                    pool.clone(),
+                    keeper.clone(),
+                    timeout,
+                    wakers.clone(),
+                    running.clone(),
+                )
+                .run(keep.clone())
             }));
         }
         let heartbeat = HeartbeatConfig {
             lease: config.lease,
             interval: config.heartbeat_interval(),
             timeout: config.db_timeout.min(config.heartbeat_interval()),
+            connect_timeout: config.db_timeout,
         };
         let queues = self.queues.iter().map(|(queue, _)| queue.clone()).collect();
         let identity = heartbeat::identity(self.id.clone(), queues);
         let heartbeat = Arc::new(Heartbeat::new(
-            pool.clone(),
+            self.pools.keeper.clone(),
             heartbeat,
             running.clone(),
             identity,
@@ -893,24 +922,14 @@ impl Running {
     }
 }
 
-/// The worker's own pool: the application's connect options, a few connections, deadlines.
-fn internal_pool(pool: &PgPool, config: &Config, queues: usize) -> PgPool {
-    let statement_timeout = format!("{}ms", config.db_timeout.as_millis().max(1));
-    let options = (*pool.connect_options())
-        .clone()
-        .application_name(APPLICATION_NAME)
-        .options([("statement_timeout", statement_timeout.as_str())]);
-    // Only when the user opted in (`WorkerBuilder::synchronous_commit`); otherwise the
-    // server's own setting stands.
-    let options = if config.synchronous_commit {
-        options
-    } else {
-        options.options([("synchronous_commit", "off")])
+/// The worker's own pools: the application's connect options (followed when it changes
+/// them), a few connections each, session settings set after connecting.
+fn internal_pool(pool: &PgPool, config: &Config, queues: usize) -> WorkerPools {
+    let settings = SessionSettings {
+        db_timeout: config.db_timeout,
+        synchronous_commit: config.synchronous_commit,
     };
-    PgPoolOptions::new()
-        .max_connections(u32::try_from(queues + 5).unwrap_or(u32::MAX))
-        .acquire_timeout(config.db_timeout)
-        .connect_lazy_with(options)
+    WorkerPools::new(pool, &settings, queues)
 }
 
 /// Controls a worker started with [`Worker::start`]. Dropping it leaves the worker running in

@@ -227,7 +227,7 @@ mod tests {
             worker_id: "test".into(),
             completions,
             running: Arc::default(),
-            pool: db.pool().clone(),
+            pool: crate::handler::ProgressWriter::new(db.pool().clone(), Duration::from_secs(10)),
             cancel_timeout: Duration::from_secs(1),
             lease: Duration::from_secs(60),
             default_timeout: None,

@@ -1,0 +1,174 @@
+//! The worker's own connections: three small pools, connected with the application pool's
+//! *current* connect options and configured after connecting.
+//!
+//! - `internal`: claims, completions, promotion, rescue, pruning, the scheduler, and the LISTEN
+//!   connection.
+//! - `keeper`: lease renewals and cancel checks only. Nothing a handler calls can take its
+//!   connections, so handler work cannot delay a renewal (and make a lease lapse).
+//! - `progress`: [`JobContext::set_progress`](crate::JobContext::set_progress), the one worker
+//!   write that handlers drive. Handlers writing progress in a loop queue for these
+//!   connections, not for the others.
+//!
+//! Session settings (`statement_timeout`, and `synchronous_commit` when turned off) are `SET`
+//! after each connect rather than sent as startup `options`, which PgBouncer refuses.
+//!
+//! The application may replace its pool's connect options at any time
+//! ([`Pool::set_connect_options`](sqlx::Pool::set_connect_options), for a credential refresh):
+//! the worker's pools follow. sqlx 0.9 has no hook before a connection is opened, so each pool
+//! compares the application's options with those it copied whenever it hands out, takes back
+//! or opens a connection, and copies a changed set to all three pools. A connection that turns
+//! out to have been opened with replaced options is closed at once and opened again with the
+//! new ones, so every connection the worker uses was opened with the application's options of
+//! that moment. (The one gap: a connect that *fails* with replaced credentials before any
+//! connection was handed out or returned; its role retries, and the retry uses the new ones.)
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use super::APPLICATION_NAME;
+use crate::db;
+
+/// The lease renewals' pool: one connection renews, one answers cancel checks.
+const KEEPER_CONNECTIONS: u32 = 2;
+
+/// The progress writes' pool.
+const PROGRESS_CONNECTIONS: u32 = 2;
+
+/// The session settings of every worker connection.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionSettings {
+    /// The deadline of each database call, also the connections' `statement_timeout`.
+    pub(crate) db_timeout: Duration,
+    /// `false` runs the connections with `synchronous_commit = off`.
+    pub(crate) synchronous_commit: bool,
+}
+
+/// The worker's pools; see the [module docs](self).
+pub(crate) struct WorkerPools {
+    pub(crate) internal: PgPool,
+    pub(crate) keeper: PgPool,
+    pub(crate) progress: PgPool,
+    /// Lets go of the pools' references to each other when the worker is dropped.
+    _follow: FollowGuard,
+}
+
+impl WorkerPools {
+    /// Lazily connected pools for a worker with `queues` queues, following `app`'s connect
+    /// options.
+    pub(crate) fn new(app: &PgPool, settings: &SessionSettings, queues: usize) -> Self {
+        let follow = Arc::new(Follow {
+            seen: Mutex::new(app.connect_options()),
+            app: app.clone(),
+            pools: Mutex::new(Vec::new()),
+        });
+        let internal_size = u32::try_from(queues + 5).unwrap_or(u32::MAX);
+        let internal = pool(&follow, settings, internal_size);
+        let keeper = pool(&follow, settings, KEEPER_CONNECTIONS);
+        let progress = pool(&follow, settings, PROGRESS_CONNECTIONS);
+        *lock(&follow.pools) = vec![internal.clone(), keeper.clone(), progress.clone()];
+        Self {
+            internal,
+            keeper,
+            progress,
+            _follow: FollowGuard(follow),
+        }
+    }
+
+    /// Closes every pool, waiting for their connections to be returned.
+    pub(crate) async fn close(&self) {
+        tokio::join!(
+            self.internal.close(),
+            self.keeper.close(),
+            self.progress.close()
+        );
+    }
+}
+
+/// One pool of `size` connections with the worker's session settings and followed options.
+fn pool(follow: &Arc<Follow>, settings: &SessionSettings, size: u32) -> PgPool {
+    let statement_timeout = settings.db_timeout;
+    // Only when the user opted in (`WorkerBuilder::synchronous_commit`); otherwise the
+    // server's own setting stands.
+    let synchronous_commit_off = !settings.synchronous_commit;
+    let on_connect = follow.clone();
+    let on_acquire = follow.clone();
+    let on_release = follow.clone();
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(settings.db_timeout)
+        .after_connect(move |conn, _| {
+            // Opened with options the application has replaced since: the pool closes it and
+            // connects again with the new ones.
+            let stale = on_connect.sync();
+            Box::pin(async move {
+                if stale {
+                    return Err(sqlx::Error::Configuration(
+                        "the application's connect options changed; connecting again".into(),
+                    ));
+                }
+                db::session::configure(conn, statement_timeout, synchronous_commit_off).await
+            })
+        })
+        .before_acquire(move |_, _| {
+            on_acquire.sync();
+            Box::pin(async { Ok(true) })
+        })
+        .after_release(move |_, _| {
+            on_release.sync();
+            Box::pin(async { Ok(true) })
+        })
+        .connect_lazy_with(worker_options(&follow.seen_options()))
+}
+
+/// The worker's connect options derived from the application's.
+fn worker_options(app: &PgConnectOptions) -> PgConnectOptions {
+    app.clone().application_name(APPLICATION_NAME)
+}
+
+/// Copies the application pool's connect options to the worker's pools when they change.
+struct Follow {
+    app: PgPool,
+    /// The application's options as last copied (compared by pointer: `set_connect_options`
+    /// always stores a new `Arc`).
+    seen: Mutex<Arc<PgConnectOptions>>,
+    pools: Mutex<Vec<PgPool>>,
+}
+
+impl Follow {
+    fn seen_options(&self) -> Arc<PgConnectOptions> {
+        lock(&self.seen).clone()
+    }
+
+    /// Copies the application's options if they changed since the last call; returns whether
+    /// they did.
+    fn sync(&self) -> bool {
+        let current = self.app.connect_options();
+        let mut seen = lock(&self.seen);
+        if Arc::ptr_eq(&current, &seen) {
+            return false;
+        }
+        let options = worker_options(&current);
+        for pool in lock(&self.pools).iter() {
+            pool.set_connect_options(options.clone());
+        }
+        tracing::debug!("the application's connect options changed; worker connections follow");
+        *seen = current;
+        true
+    }
+}
+
+/// The pools' hooks hold the [`Follow`], which holds the pools: this breaks the cycle.
+struct FollowGuard(Arc<Follow>);
+
+impl Drop for FollowGuard {
+    fn drop(&mut self) {
+        lock(&self.0.pools).clear();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
