@@ -1,5 +1,6 @@
 //! Migrating a big, busy jobs table: a worker of the previous release keeps draining it while
 //! `migrate` brings the schema up to date, and never stalls for more than 2 s.
+#![allow(clippy::print_stderr)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
