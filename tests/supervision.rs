@@ -12,11 +12,12 @@ use skiplock::{EnqueueOptions, Retention};
 async fn a_job_at_infinity_does_not_stop_promotion() {
     let db = database().await;
     let pool = db.pool();
-    // Only SQL can store it. It made the promoter fail every round (PostgreSQL 15: "cannot
-    // subtract infinite timestamps") or panic and die (16+: an infinite interval).
+    // It made the promoter fail every round (PostgreSQL 15: "cannot subtract infinite
+    // timestamps") or panic and die (16+: an infinite interval). Since 0008 only rows from before
+    // that migration (created earlier: jobs_run_at_range spares them) can hold it.
     sqlx::raw_sql(
-        "INSERT INTO skiplock.jobs (queue, kind, args, state, run_at)
-         VALUES ('nobody', 'record', '{\"n\": 0}', 'scheduled', 'infinity')",
+        "INSERT INTO skiplock.jobs (queue, kind, args, state, run_at, created_at)
+         VALUES ('nobody', 'record', '{\"n\": 0}', 'scheduled', 'infinity', '2000-01-01')",
     )
     .execute(pool)
     .await

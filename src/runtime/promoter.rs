@@ -161,12 +161,13 @@ mod tests {
     async fn a_job_at_infinity_does_not_break_promotion() {
         let db = TestDatabase::new().await.expect("database");
         let pool = db.pool();
-        // Only SQL can store such a row: PostgreSQL 15 refused `'infinity' - now()`, and 16+
-        // made it an infinite interval that panicked `Duration::from_secs_f64`.
+        // PostgreSQL 15 refused `'infinity' - now()`, and 16+ made it an infinite interval that
+        // panicked `Duration::from_secs_f64`. Since 0008 only rows from before that migration
+        // (created earlier: jobs_run_at_range spares them) can hold it.
         sqlx::raw_sql(
-            "INSERT INTO skiplock.jobs (queue, kind, args, state, run_at)
-             VALUES ('default', 'k', '{}', 'scheduled', 'infinity'),
-                    ('default', 'k', '{}', 'scheduled', now() - interval '1 second')",
+            "INSERT INTO skiplock.jobs (queue, kind, args, state, run_at, created_at)
+             VALUES ('default', 'k', '{}', 'scheduled', 'infinity', '2000-01-01'),
+                    ('default', 'k', '{}', 'scheduled', now() - interval '1 second', now())",
         )
         .execute(pool)
         .await
