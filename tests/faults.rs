@@ -225,7 +225,11 @@ async fn sigkill_mid_flight_loses_nothing_and_reruns_only_what_was_in_flight() {
     )
     .await;
 
-    // Everything `a` holds now is what may run twice.
+    // Freeze `a` first, so it claims nothing between the read below and the kill; a claim it
+    // had already sent still commits on the server, so give that a moment. Everything `a` holds
+    // then is what may run twice.
+    a.signal(Signal::SIGSTOP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let in_flight: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM skiplock.jobs WHERE state = 'running' AND attempted_by[cardinality(attempted_by)] = 'a'",
     )
