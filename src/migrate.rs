@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "wake_from_enqueue",
         sql: include_str!("../migrations/0006_wake_from_enqueue.sql"),
     },
+    Migration {
+        version: 7,
+        name: "claim_by_kind",
+        sql: include_str!("../migrations/0007_claim_by_kind.sql"),
+    },
 ];
 
 /// The error of [`migrate`].

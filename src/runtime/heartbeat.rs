@@ -41,6 +41,8 @@ pub(crate) struct WorkerIdentity {
     pub(crate) host: String,
     pub(crate) pid: i32,
     pub(crate) queues: Vec<String>,
+    /// The kinds it has handlers for.
+    pub(crate) kinds: Vec<String>,
 }
 
 /// What one renewal did.
@@ -128,6 +130,7 @@ impl Heartbeat {
             host: &self.identity.host,
             pid: self.identity.pid,
             queues: &self.identity.queues,
+            kinds: &self.identity.kinds,
         };
         let renewed = deadline(
             self.config.timeout,
@@ -178,7 +181,7 @@ impl Heartbeat {
 }
 
 /// The worker's identity for this process.
-pub(crate) fn identity(id: Arc<str>, queues: Vec<String>) -> WorkerIdentity {
+pub(crate) fn identity(id: Arc<str>, queues: Vec<String>, kinds: Vec<String>) -> WorkerIdentity {
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())
@@ -188,5 +191,6 @@ pub(crate) fn identity(id: Arc<str>, queues: Vec<String>) -> WorkerIdentity {
         host,
         pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
         queues,
+        kinds,
     }
 }

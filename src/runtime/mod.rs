@@ -42,6 +42,7 @@ mod registry;
 mod rescuer;
 pub(crate) mod running;
 mod scheduler;
+mod unrunnable;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -72,6 +73,7 @@ use self::running::{RunningAttempts, StopReason};
 pub use self::scheduler::{
     DEFAULT_MISFIRE_GRACE, DEFAULT_SCHEDULER_INTERVAL, Scheduler, SchedulerConfig, SchedulerReport,
 };
+use self::unrunnable::{Unrunnable, UnrunnableConfig};
 use crate::{Handler, Schedule};
 
 /// Jobs one queue runs at once unless [`WorkerBuilder::queue`] says otherwise: 10.
@@ -106,6 +108,10 @@ pub const DEFAULT_RESCUE_INTERVAL: Duration = Duration::from_secs(5);
 /// The deadline of each database call the worker's own roles make (claim, completion, renewal,
 /// promotion, rescue, pruning), also set as their connections' `statement_timeout`: 10 s.
 pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most bytes of stored job arguments one claim takes: 16 MiB. A claim takes at least one
+/// job whatever its size; see [`WorkerBuilder::max_claim_bytes`].
+pub const DEFAULT_MAX_CLAIM_BYTES: usize = 16 * 1024 * 1024;
 
 /// The `application_name` of the worker's own connections, to find them in
 /// `pg_stat_activity`.
@@ -192,6 +198,7 @@ struct Config {
     scheduler: Option<SchedulerConfig>,
     retention: Retention,
     prune_interval: Duration,
+    max_claim_bytes: usize,
 }
 
 impl Config {
@@ -331,6 +338,14 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
     /// or [`EnqueueOptions::timeout`](crate::EnqueueOptions::timeout)). Default: none.
     pub fn job_timeout(mut self, timeout: Duration) -> Self {
         self.config.job_timeout = Some(timeout);
+        self
+    }
+
+    /// The most bytes of stored arguments (`pg_column_size(args)`, compressed for large values)
+    /// one claim takes, so that a batch of big jobs cannot balloon the worker's memory. A
+    /// claim takes at least one job whatever its size. Default: [`DEFAULT_MAX_CLAIM_BYTES`].
+    pub fn max_claim_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_claim_bytes = bytes;
         self
     }
 
@@ -505,6 +520,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 scheduler: Some(SchedulerConfig::default()),
                 retention: Retention::default(),
                 prune_interval: DEFAULT_PRUNE_INTERVAL,
+                max_claim_bytes: DEFAULT_MAX_CLAIM_BYTES,
             },
             id: None,
             schedules: Vec::new(),
@@ -605,6 +621,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 lease: config.lease,
                 timeout: config.db_timeout,
                 kinds: kinds.clone(),
+                max_claim_bytes: i64::try_from(config.max_claim_bytes).unwrap_or(i64::MAX),
             };
             let producer =
                 Producer::new(producer, pool.clone(), executor.clone(), wake, jobs.clone());
@@ -620,6 +637,9 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             timeout: config.db_timeout,
         };
         claimers.spawn(Rescuer::new(pool.clone(), rescuer).run(stop.clone()));
+        let queues = self.queues.iter().map(|(queue, _)| queue.clone()).collect();
+        let unrunnable = UnrunnableConfig::new(queues, config.db_timeout);
+        claimers.spawn(Unrunnable::new(pool.clone(), unrunnable).run(stop.clone()));
         // Returns at once when the retention keeps everything.
         let pruner = PrunerConfig {
             interval: config.prune_interval,
@@ -656,7 +676,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             timeout: config.db_timeout.min(config.heartbeat_interval()),
         };
         let queues = self.queues.iter().map(|(queue, _)| queue.clone()).collect();
-        let identity = heartbeat::identity(self.id.clone(), queues);
+        let identity = heartbeat::identity(self.id.clone(), queues, kinds);
         let heartbeat = Arc::new(Heartbeat::new(
             pool.clone(),
             heartbeat,

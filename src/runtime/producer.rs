@@ -39,6 +39,8 @@ pub(crate) struct ProducerConfig {
     pub(crate) timeout: Duration,
     /// The kinds this worker can run; only those are claimed.
     pub(crate) kinds: Vec<String>,
+    /// The most bytes of stored arguments one claim takes (at least one job whatever its size).
+    pub(crate) max_claim_bytes: i64,
 }
 
 pub(crate) struct Producer<S> {
@@ -142,6 +144,7 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
             &self.executor.worker_id,
             self.config.lease.as_secs_f64(),
             &self.config.kinds,
+            self.config.max_claim_bytes,
         );
         // A claim that times out may still commit; its jobs then wait for their lease to expire
         // and are rescued. Better than a producer hung on a dead connection.
@@ -240,6 +243,7 @@ mod tests {
             lease: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
             kinds: vec!["hold".to_owned()],
+            max_claim_bytes: i64::MAX,
         };
         let tracker = TaskTracker::new();
         let producer = Producer::new(

@@ -17,14 +17,15 @@ pub(crate) enum RunResult {
     /// The handler returned `Err`.
     Failed(JobError),
     /// The stored arguments do not deserialize into the registered type.
-    Undecodable(serde_json::Error),
+    Undecodable(DecodeError),
     /// The output does not serialize to JSON.
     UnserializableOutput(serde_json::Error),
 }
 
 /// One registered kind, type-erased.
 pub(crate) trait ErasedHandler<S>: Send + Sync {
-    fn run(&self, args: Value, ctx: JobContext<S>) -> BoxFuture<'static, RunResult>;
+    /// Decodes `args` (JSON text) into the handler's type and runs it.
+    fn run(&self, args: String, ctx: JobContext<S>) -> BoxFuture<'static, RunResult>;
     fn backoff(&self, attempt: i32) -> Duration;
 }
 
@@ -35,9 +36,9 @@ where
     S: Send + 'static,
     J: Handler<S>,
 {
-    fn run(&self, args: Value, ctx: JobContext<S>) -> BoxFuture<'static, RunResult> {
+    fn run(&self, args: String, ctx: JobContext<S>) -> BoxFuture<'static, RunResult> {
         Box::pin(async move {
-            let job: J = match serde_json::from_value(args) {
+            let job: J = match decode(&args) {
                 Ok(job) => job,
                 Err(error) => return RunResult::Undecodable(error),
             };
@@ -54,6 +55,93 @@ where
     fn backoff(&self, attempt: i32) -> Duration {
         J::backoff(attempt)
     }
+}
+
+/// Deserializes a job's arguments from JSON text.
+fn decode<J: serde::de::DeserializeOwned>(args: &str) -> Result<J, DecodeError> {
+    let mut json = serde_json::Deserializer::from_str(args);
+    let job = serde_path_to_error::deserialize(&mut json).map_err(|error| DecodeError {
+        path: error.path().to_string(),
+        reason: redact(error.inner()),
+    })?;
+    json.end().map_err(|error| DecodeError {
+        path: ".".to_owned(),
+        reason: redact(&error),
+    })?;
+    Ok(job)
+}
+
+/// Why stored arguments do not decode: where, and what was expected there, but never the
+/// value found (arguments may hold secrets, and this is stored in `errors` and logged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DecodeError {
+    /// Where in the arguments: `.` for the top level, `user.emails[2]` deeper.
+    pub(crate) path: String,
+    /// What went wrong, without the value.
+    pub(crate) reason: String,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at {}: {}", self.path, self.reason)
+    }
+}
+
+/// A `serde_json` error's message without the values it may quote.
+///
+/// Syntax errors are `serde_json`'s own words (`number out of range`, `recursion limit
+/// exceeded`) and quote nothing. Data errors come from `serde`'s helpers, whose messages quote
+/// the value found (`invalid type: string "hunter2", expected u32`): of those, only the kind of
+/// value found and what was expected are kept. A message of any other shape (a custom error of
+/// a `Deserialize` impl, which may say anything) is withheld entirely.
+fn redact(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+
+    let position = format!("line {} column {}", error.line(), error.column());
+    if error.classify() != Category::Data {
+        // Display is "<message> at line L column C"; keep it as it is.
+        return error.to_string();
+    }
+    let message = error.to_string();
+    let message = message
+        .strip_suffix(&format!(" at {position}"))
+        .unwrap_or(&message);
+    // The expected part is the code's own words, after the value: the last ", expected " is
+    // the one serde wrote, whatever the value contains.
+    let expected = message
+        .rfind(", expected ")
+        .map(|at| &message[at + ", expected ".len()..]);
+    let found = |prefix: &str| {
+        message.strip_prefix(prefix).map(|rest| {
+            // "string \"...\"", "integer `5`", "unit value": the words before any quote.
+            let end = rest.find(['"', '`', ',']).unwrap_or(rest.len());
+            rest[..end].trim().to_owned()
+        })
+    };
+    let reason = if let Some(found) = found("invalid type: ") {
+        format!(
+            "invalid type: {found}, expected {}",
+            expected.unwrap_or("?")
+        )
+    } else if let Some(found) = found("invalid value: ") {
+        format!(
+            "invalid value: {found}, expected {}",
+            expected.unwrap_or("?")
+        )
+    } else if message.starts_with("invalid length ") {
+        // "invalid length 3, expected ...": a length, not a value.
+        message.to_owned()
+    } else if message.starts_with("missing field `") || message.starts_with("duplicate field `") {
+        // The field is one the type declares.
+        message.to_owned()
+    } else if message.starts_with("unknown variant `") {
+        format!("unknown variant, expected {}", expected.unwrap_or("?"))
+    } else if message.starts_with("unknown field `") {
+        format!("unknown field, expected {}", expected.unwrap_or("?"))
+    } else {
+        "the value was rejected (message withheld: it may quote the value)".to_owned()
+    };
+    format!("{reason} at {position}")
 }
 
 /// Handlers by kind, plus the queue each kind defaults to.
