@@ -60,15 +60,57 @@ where
 /// Deserializes a job's arguments from JSON text.
 fn decode<J: serde::de::DeserializeOwned>(args: &str) -> Result<J, DecodeError> {
     let mut json = serde_json::Deserializer::from_str(args);
-    let job = serde_path_to_error::deserialize(&mut json).map_err(|error| DecodeError {
-        path: error.path().to_string(),
-        reason: redact(error.inner()),
+    let job = serde_path_to_error::deserialize(&mut json).map_err(|error| {
+        let reason = redact(error.inner());
+        let mut segments: Vec<_> = error.path().iter().collect();
+        if reason.starts_with("unknown field") {
+            // The last segment is the unknown key itself: input, not the type's.
+            segments.pop();
+        }
+        DecodeError {
+            path: render_path(&segments),
+            reason,
+        }
     })?;
     json.end().map_err(|error| DecodeError {
         path: ".".to_owned(),
         reason: redact(&error),
     })?;
     Ok(job)
+}
+
+/// A path as `serde_path_to_error` shows one: `user.emails[2]`, `.` for the top level.
+fn render_path(segments: &[&serde_path_to_error::Segment]) -> String {
+    use serde_path_to_error::Segment;
+
+    let mut path = String::new();
+    for segment in segments {
+        match segment {
+            Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            Segment::Enum { variant } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(variant);
+            }
+            Segment::Unknown => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push('?');
+            }
+        }
+    }
+    if path.is_empty() {
+        path.push('.');
+    }
+    path
 }
 
 /// Why stored arguments do not decode: where, and what was expected there, but never the
@@ -190,5 +232,83 @@ impl<S: Send + 'static> Registry<S> {
     /// The queues of the registered kinds, in registration order.
     pub(crate) fn default_queues(&self) -> &[&'static str] {
         &self.default_queues
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Args {
+        user: User,
+        mode: Mode,
+        #[serde(default)]
+        headers: HashMap<String, u8>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct User {
+        age: u32,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Mode {
+        Fast,
+    }
+
+    const SECRET: &str = "hunter2, expected nothing";
+
+    fn error(args: &str) -> String {
+        decode::<Args>(args).expect_err("undecodable").to_string()
+    }
+
+    #[test]
+    fn decode_errors_name_the_place_and_the_expectation_but_not_the_value() {
+        let cases = [
+            (
+                format!(r#"{{"user": {{"age": "{SECRET}"}}, "mode": "fast"}}"#),
+                "at user.age: invalid type: string, expected u32 at line 1",
+            ),
+            (
+                r#"{"user": {"age": -1}, "mode": "fast", "x": 1}"#.to_owned(),
+                "at user.age: invalid value: integer, expected u32 at line 1",
+            ),
+            (
+                format!(r#"{{"user": {{"age": 1}}, "mode": "{SECRET}"}}"#),
+                "at mode: unknown variant, expected `fast` at line 1",
+            ),
+            (
+                format!(r#"{{"user": {{"age": 1}}, "mode": "fast", "{SECRET}": 1}}"#),
+                "at .: unknown field, expected one of `user`, `mode`, `headers` at line 1",
+            ),
+            (
+                format!(r#"{{"mode": "fast", "headers": {{"a": "{SECRET}"}}}}"#),
+                "at headers.a: invalid type: string, expected u8 at line 1",
+            ),
+            (
+                r#"{"user": {"age": 1e400}, "mode": "fast"}"#.to_owned(),
+                "at user.age: number out of range at line 1",
+            ),
+        ];
+        for (args, expected) in cases {
+            let message = error(&args);
+            assert!(message.starts_with(expected), "{message:?} for {args}");
+            assert!(!message.contains("hunter2"), "{message:?}");
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let message = decode::<Value>(&deep).expect_err("too deep").to_string();
+        assert!(
+            message.contains("recursion limit exceeded at line 1"),
+            "{message}"
+        );
     }
 }

@@ -110,3 +110,35 @@ impl Unrunnable {
         Ok(report)
     }
 }
+
+#[cfg(all(test, feature = "embedded"))]
+mod tests {
+    use super::*;
+    use crate::testing::TestDatabase;
+
+    #[tokio::test]
+    async fn warns_about_its_own_queues_only() {
+        let db = TestDatabase::new().await.expect("database");
+        sqlx::raw_sql(
+            "INSERT INTO skiplock.jobs (kind, queue, run_at)
+             SELECT 'ghost', q, now() - interval '1 hour'
+             FROM unnest(ARRAY['mine', 'mine', 'theirs']) AS q;
+             INSERT INTO skiplock.workers (id, host, pid, queues, kinds)
+             VALUES ('w', 'h', 1, '{mine}', '{record}');",
+        )
+        .execute(db.pool())
+        .await
+        .expect("fill");
+        let config = UnrunnableConfig::new(vec!["mine".to_owned()], Duration::from_secs(10));
+        let watch = Unrunnable::new(db.pool().clone(), config);
+        let found = watch.run_once().await.expect("look");
+        assert_eq!(
+            found,
+            [UnrunnableKind {
+                queue: "mine".to_owned(),
+                kind: "ghost".to_owned(),
+                jobs: 2,
+            }]
+        );
+    }
+}
