@@ -183,6 +183,9 @@ pub(crate) struct Claimed {
     pub(crate) tags: Vec<String>,
     pub(crate) lease_token: i64,
     pub(crate) timeout_secs: Option<f64>,
+    /// The byte bound left out jobs this claim could otherwise have taken (the same in every
+    /// row of one claim): more are waiting.
+    pub(crate) cut_by_bytes: bool,
 }
 
 /// Claims up to `limit` available jobs of `queue` of the given `kinds` for `worker_id`, and no
@@ -267,7 +270,8 @@ pub(crate) async fn claim<'e>(
                        THEN j.created_at END AS "created_at?",
                   ARRAY(SELECT tag FROM unnest(j.tags) WITH ORDINALITY AS t(tag, n)
                         WHERE tag IS NOT NULL ORDER BY n) AS "tags!",
-                  j.lease_token AS "lease_token!", j.timeout_secs
+                  j.lease_token AS "lease_token!", j.timeout_secs,
+                  (SELECT count(*) FROM heads) > (SELECT count(*) FROM picked) AS "cut_by_bytes!"
         "#,
         queue,
         limit,
@@ -966,6 +970,7 @@ mod tests {
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 2);
+        assert!(claimed.iter().all(|job| job.cut_by_bytes));
         // Room for none: still one.
         let claimed = claim(&mut *conn, "default", 10, "w", 60.0, &kinds, 1)
             .await
@@ -976,5 +981,6 @@ mod tests {
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 2);
+        assert!(!claimed[0].cut_by_bytes);
     }
 }

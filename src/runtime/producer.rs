@@ -83,10 +83,15 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
                 permit = self.slots.acquire() => drop(permit),
             }
             let wait = match self.run_once().await {
-                Ok(Claim { claimed, requested }) => {
+                Ok(Claim {
+                    claimed,
+                    requested,
+                    cut_by_bytes,
+                }) => {
                     error_delay = FIRST_ERROR_DELAY;
-                    if claimed == requested {
-                        // Every free slot got a job, so more are probably waiting.
+                    if claimed == requested || cut_by_bytes {
+                        // Every free slot got a job, or the byte bound left some behind, so
+                        // more are probably waiting.
                         Some(self.config.fetch_cooldown)
                     } else {
                         None
@@ -150,6 +155,7 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
         // and are rescued. Better than a producer hung on a dead connection.
         let jobs = deadline(self.config.timeout, claim).await?;
         let claimed = jobs.len();
+        let cut_by_bytes = jobs.first().is_some_and(|job| job.cut_by_bytes);
         for job in jobs {
             // Always `Some`: the claim returns at most `free` rows. Were it ever `None`, the job
             // would still run, one over the limit, rather than be left claimed and idle.
@@ -166,6 +172,7 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
         Ok(Claim {
             claimed,
             requested: free,
+            cut_by_bytes,
         })
     }
 }
@@ -177,6 +184,8 @@ pub(crate) struct Claim {
     pub(crate) claimed: usize,
     /// Free slots at the time, i.e. the most it could have claimed.
     pub(crate) requested: usize,
+    /// The claim's byte bound left out jobs it could otherwise have taken.
+    pub(crate) cut_by_bytes: bool,
 }
 
 #[cfg(all(test, feature = "embedded"))]
@@ -259,7 +268,8 @@ mod tests {
             first,
             Claim {
                 claimed: 3,
-                requested: 3
+                requested: 3,
+                cut_by_bytes: false,
             }
         );
         // Every slot is busy: nothing more is claimed, however much is waiting.
@@ -268,7 +278,8 @@ mod tests {
             busy,
             Claim {
                 claimed: 0,
-                requested: 0
+                requested: 0,
+                cut_by_bytes: false,
             }
         );
         assert_eq!(available(db.pool()).await, 2);
@@ -286,7 +297,8 @@ mod tests {
             next,
             Claim {
                 claimed: 1,
-                requested: 1
+                requested: 1,
+                cut_by_bytes: false,
             }
         );
         assert_eq!(available(db.pool()).await, 1);
