@@ -95,6 +95,14 @@ pub const MIGRATIONS: &[Migration] = &[
         kind: MigrationKind::Transaction,
     },
     Migration {
+        version: 7,
+        name: "claim_kind_index",
+        sql: include_str!("../migrations/0007_claim_kind_index.sql"),
+        kind: MigrationKind::ConcurrentIndex {
+            name: "jobs_claim_kind_idx",
+        },
+    },
+    Migration {
         version: 8,
         name: "limits_and_privileges",
         sql: include_str!("../migrations/0008_limits_and_privileges.sql"),
@@ -104,6 +112,12 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 9,
         name: "schedule_owners",
         sql: include_str!("../migrations/0009_schedule_owners.sql"),
+        kind: MigrationKind::Transaction,
+    },
+    Migration {
+        version: 10,
+        name: "claim_by_kind",
+        sql: include_str!("../migrations/0010_claim_by_kind.sql"),
         kind: MigrationKind::Transaction,
     },
 ];

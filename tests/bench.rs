@@ -65,6 +65,7 @@ async fn a_drain_completes_every_job_and_times_it_in_the_database() {
         concurrency: 100,
         scheduled: 500,
         finished: 1_000,
+        foreign: 500,
     };
     let report = run(&db, Scenario::Drain(drain), true).await;
     assert_eq!((report.scenario, report.jobs), ("drain", 3_000));

@@ -34,6 +34,9 @@ pub struct Drain {
     pub scheduled: u64,
     /// Completed jobs inserted first and retained: history must not slow the claim. Default 0.
     pub finished: u64,
+    /// Available jobs of a kind no benchmark worker runs, inserted first into the same queue
+    /// (so they sit at its head) and left waiting: they must not slow the claim. Default 0.
+    pub foreign: u64,
 }
 
 impl Default for Drain {
@@ -44,6 +47,7 @@ impl Default for Drain {
             concurrency: 1_000,
             scheduled: 0,
             finished: 0,
+            foreign: 0,
         }
     }
 }
@@ -108,7 +112,8 @@ impl Drain {
             .detail("workers", self.workers)
             .detail("concurrency", self.concurrency)
             .detail("scheduled", self.scheduled)
-            .detail("finished", self.finished);
+            .detail("finished", self.finished)
+            .detail("foreign", self.foreign);
         before.finish(&mut conn, report).await
     }
 
@@ -122,10 +127,11 @@ impl Drain {
         let action = "fill the queue";
         let to_i64 =
             |n: u64| i64::try_from(n).map_err(|_| BenchError::Invalid(format!("{n} is too many")));
-        let (jobs, scheduled, finished) = (
+        let (jobs, scheduled, finished, foreign) = (
             to_i64(self.jobs)?,
             to_i64(self.scheduled)?,
             to_i64(self.finished)?,
+            to_i64(self.foreign)?,
         );
         let fill = async {
             if finished > 0 {
@@ -134,10 +140,13 @@ impl Drain {
             if scheduled > 0 {
                 db::bench::fill_scheduled(&mut *conn, FILLER_KIND, QUEUE, scheduled).await?;
             }
+            if foreign > 0 {
+                db::bench::fill_available(&mut *conn, FILLER_KIND, QUEUE, foreign).await?;
+            }
             db::bench::fill_available(&mut *conn, KIND, QUEUE, jobs).await?;
             db::bench::vacuum_jobs(&mut *conn).await
         };
-        let total = self.jobs + self.scheduled + self.finished;
+        let total = self.jobs + self.scheduled + self.finished + self.foreign;
         reporting("filling", Some(total), || 0, progress, fill)
             .await
             .map_err(BenchError::database(action))?;

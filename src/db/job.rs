@@ -157,39 +157,69 @@ pub(crate) async fn insert_many<'e>(
     Ok(ids)
 }
 
-/// A job as claimed by a producer.
+/// How many entries of `attempted_by` a claim keeps: the most recent ones. A job that snoozes
+/// forever is claimed forever, and its row must not grow with it. Documented in docs/schema.md.
+pub(crate) const ATTEMPTED_BY_KEPT: i32 = 100;
+
+/// A job as claimed by a producer. Every column arrives in a form that always decodes, whatever
+/// a foreign writer stored: one undecodable row must not fail the claim of its whole batch (the
+/// claim has committed by then, so its jobs would sit `running` until rescued, and be claimed
+/// together again).
 pub(crate) struct Claimed {
     pub(crate) id: i64,
     pub(crate) kind: String,
     pub(crate) queue: String,
-    pub(crate) args: Value,
+    /// The arguments as JSON text: valid jsonb, yet perhaps not JSON that `serde_json` reads
+    /// (nesting deeper than its recursion limit, numbers beyond `f64`). Each job decodes its
+    /// own, into its handler's type, and fails alone if they do not.
+    pub(crate) args: String,
     pub(crate) priority: i16,
     pub(crate) attempt: i32,
     pub(crate) max_attempts: i32,
-    pub(crate) created_at: DateTime<Utc>,
+    /// `None` when the stored value is outside what `chrono` represents (`infinity`, or a year
+    /// past 262,000): such a row fails as `undecodable_row`.
+    pub(crate) created_at: Option<DateTime<Utc>>,
+    /// Without NULL elements, flattened if a foreign writer stored a multidimensional array.
     pub(crate) tags: Vec<String>,
     pub(crate) lease_token: i64,
     pub(crate) timeout_secs: Option<f64>,
+    /// The byte bound left out jobs this claim could otherwise have taken (the same in every
+    /// row of one claim): more are waiting.
+    pub(crate) cut_by_bytes: bool,
 }
 
-/// Claims up to `limit` available jobs of `queue` for `worker_id`, in claim order.
+/// Claims up to `limit` available jobs of `queue` of the given `kinds` for `worker_id`, and no
+/// more of them than fit in `max_bytes` of stored arguments (but always at least one).
 ///
 /// Why the statement looks like this:
-/// - The inner SELECT reads the partial index `jobs_claim_idx` in its own order
-///   (`priority, run_at, id`): only `available` rows live in that index, so finished, scheduled
-///   and retrying rows never lengthen the scan.
+/// - `heads` reads, for each kind this worker runs, the head of that kind in the partial index
+///   `jobs_claim_kind_idx` (`queue, kind, priority, run_at, id`) in index order, and merges the
+///   heads in claim order (`priority, run_at, id`). Only `available` rows are in the index, and
+///   only this worker's kinds are visited: however many jobs of other kinds (or other states)
+///   wait in the queue, the claim reads just the rows it may take. A single scan with
+///   `kind = ANY (...)` would have to filter its way past every other kind's jobs.
 /// - `FOR UPDATE SKIP LOCKED` makes concurrent producers (other processes, other hosts) pass over
 ///   rows another transaction is claiming instead of queueing behind its lock: each job goes to
-///   exactly one claimer, and nobody waits.
-/// - The CTE is `MATERIALIZED` so that it is a fence: the LIMIT and the row locks are taken once,
-///   in the inner scan, before the UPDATE joins against the result. Inlined, the planner may turn
-///   it into a join that re-evaluates the subquery and locks rows the UPDATE then skips.
-/// - Only kinds this worker can run are claimed: workers with different handlers may share a
-///   queue, and a job of a kind no running worker knows waits for one that does.
+///   exactly one claimer, and nobody waits. Rows are locked in each kind's scan, before the
+///   merge, so a row another claimer holds never counts towards the limit.
+/// - The cost of that: each kind's scan locks up to `limit` rows, and the merge keeps `limit` of
+///   them; a worker running K kinds may lock up to K × `limit` rows for the milliseconds of the
+///   statement (released at its commit). Another claimer skips those meanwhile and may get
+///   fewer jobs than are waiting; it claims again at its next wake-up or poll. Workers with
+///   few kinds or small claims pay nearly nothing; one with dozens of busy kinds locks dozens of
+///   times its claim size.
+/// - `MATERIALIZED` makes `heads` a fence: the LIMITs and the row locks are taken once, before
+///   the UPDATE joins against the result. Inlined, the planner may turn it into a join that
+///   re-evaluates the subquery and locks rows the UPDATE then skips.
+/// - `picked` bounds the bytes of one claim: a running sum of the stored size of `args`
+///   (`pg_column_size`, the size on disk, which is compressed for large values) in claim order;
+///   the first job is always taken, so a job larger than the bound still runs.
 /// - One statement claims the whole batch (as many jobs as the producer has free slots): one
 ///   round trip and one commit for N jobs instead of N.
 /// - Each claimed row gets a fresh `lease_token`: every later write on the job (heartbeat,
 ///   progress, completion) must present it, so a worker that lost the job changes nothing.
+/// - `attempted_by` keeps the last [`ATTEMPTED_BY_KEPT`] workers.
+/// - The columns returned always decode (see [`Claimed`]).
 pub(crate) async fn claim<'e>(
     executor: impl PgExecutor<'e>,
     queue: &str,
@@ -197,35 +227,59 @@ pub(crate) async fn claim<'e>(
     worker_id: &str,
     lease_secs: f64,
     kinds: &[String],
+    max_bytes: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as!(
         Claimed,
         r#"
-        WITH picked AS MATERIALIZED (
-            SELECT id
-            FROM skiplock.jobs
-            WHERE state = 'available' AND queue = $1 AND kind = ANY($5)
-            ORDER BY priority, run_at, id
+        WITH heads AS MATERIALIZED (
+            SELECT head.id, head.priority, head.run_at, head.size
+            FROM unnest($5::text[]) AS k(kind)
+            CROSS JOIN LATERAL (
+                SELECT j.id, j.priority, j.run_at, pg_column_size(j.args) AS size
+                FROM skiplock.jobs AS j
+                WHERE j.state = 'available' AND j.queue = $1 AND j.kind = k.kind
+                ORDER BY j.priority, j.run_at, j.id
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+            ) AS head
+            ORDER BY head.priority, head.run_at, head.id
             LIMIT $2
-            FOR UPDATE SKIP LOCKED
+        ),
+        picked AS (
+            SELECT id
+            FROM (SELECT id,
+                         sum(size) OVER (ORDER BY priority, run_at, id) AS bytes,
+                         row_number() OVER (ORDER BY priority, run_at, id) AS n
+                  FROM heads) AS h
+            WHERE h.n = 1 OR h.bytes <= $6
         )
         UPDATE skiplock.jobs AS j
         SET state = 'running',
             attempt = j.attempt + 1,
             attempted_at = now(),
-            attempted_by = array_append(j.attempted_by, $3),
+            attempted_by = (array_append(j.attempted_by, $3))
+                               [greatest(cardinality(j.attempted_by) + 2 - $7::int, 1):],
             lease_expires_at = now() + make_interval(secs => $4),
             lease_token = nextval('skiplock.lease_token_seq')
         FROM picked
         WHERE j.id = picked.id
-        RETURNING j.id, j.kind, j.queue, j.args, j.priority, j.attempt, j.max_attempts,
-                  j.created_at, j.tags, j.lease_token AS "lease_token!", j.timeout_secs
+        RETURNING j.id, j.kind, j.queue, j.args::text AS "args!", j.priority, j.attempt,
+                  j.max_attempts,
+                  CASE WHEN isfinite(j.created_at) AND j.created_at < '262000-01-01'
+                       THEN j.created_at END AS "created_at?",
+                  ARRAY(SELECT tag FROM unnest(j.tags) WITH ORDINALITY AS t(tag, n)
+                        WHERE tag IS NOT NULL ORDER BY n) AS "tags!",
+                  j.lease_token AS "lease_token!", j.timeout_secs,
+                  (SELECT count(*) FROM heads) > (SELECT count(*) FROM picked) AS "cut_by_bytes!"
         "#,
         queue,
         limit,
         worker_id,
         lease_secs,
         kinds,
+        max_bytes,
+        ATTEMPTED_BY_KEPT,
     )
     .fetch_all(executor)
     .await
@@ -431,9 +485,9 @@ pub(crate) async fn heartbeat<'e>(
         Renewed,
         r#"
         WITH alive AS (
-            INSERT INTO skiplock.workers (id, host, pid, queues)
-            VALUES ($4, $5, $6, $7)
-            ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+            INSERT INTO skiplock.workers (id, host, pid, queues, kinds)
+            VALUES ($4, $5, $6, $7, $8)
+            ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), kinds = excluded.kinds
         ),
         held AS (
             SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS l(id, lease_token)
@@ -469,6 +523,7 @@ pub(crate) async fn heartbeat<'e>(
         worker.host,
         worker.pid,
         worker.queues,
+        worker.kinds,
     )
     .fetch_all(executor)
     .await
@@ -480,6 +535,35 @@ pub(crate) struct WorkerRow<'a> {
     pub(crate) host: &'a str,
     pub(crate) pid: i32,
     pub(crate) queues: &'a [String],
+    /// The kinds it has handlers for.
+    pub(crate) kinds: &'a [String],
+}
+
+/// Jobs of one queue and kind that no worker runs, as `skiplock.unrunnable_jobs` reports them.
+pub(crate) struct Unrunnable {
+    pub(crate) queue: String,
+    pub(crate) kind: String,
+    pub(crate) jobs: i64,
+    pub(crate) oldest_run_at: DateTime<Utc>,
+}
+
+/// `skiplock.unrunnable_jobs(grace)`: available jobs waiting longer than `grace_secs` whose
+/// queue and kind no worker in `skiplock.workers` runs, by queue and kind.
+pub(crate) async fn unrunnable<'e>(
+    executor: impl PgExecutor<'e>,
+    grace_secs: f64,
+) -> Result<Vec<Unrunnable>, sqlx::Error> {
+    sqlx::query_as!(
+        Unrunnable,
+        r#"
+        SELECT queue AS "queue!", kind AS "kind!", jobs AS "jobs!",
+               oldest_run_at AS "oldest_run_at!"
+        FROM skiplock.unrunnable_jobs(make_interval(secs => $1))
+        "#,
+        grace_secs,
+    )
+    .fetch_all(executor)
+    .await
 }
 
 /// Removes a worker's row when it stops cleanly.
@@ -782,4 +866,146 @@ pub(crate) async fn cancel_requested<'e>(
     )
     .fetch_all(executor)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+    use sqlx::{Connection, PgConnection};
+
+    use super::*;
+    use skiplock_testing::TestDatabase;
+
+    /// Every node of a JSON plan, depth first.
+    fn nodes(plan: &Value) -> Vec<&Value> {
+        let mut all = vec![plan];
+        if let Some(children) = plan["Plans"].as_array() {
+            for child in children {
+                all.extend(nodes(child));
+            }
+        }
+        all
+    }
+
+    /// The plan (with actual row counts) of the claim as `conn` prepared it, run and rolled back.
+    async fn explain_claim(conn: &mut PgConnection, kinds: &str) -> Value {
+        let statement: String = sqlx::query_scalar(
+            "SELECT name FROM pg_prepared_statements WHERE statement LIKE '%WITH heads AS MATERIALIZED%'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .expect("the prepared claim");
+        let mut tx = conn.begin().await.expect("begin");
+        let explain = format!(
+            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {statement}('default', 10, 'w', 60, '{kinds}', 1000000, 100)"
+        );
+        // A statement name and literals of this test's own.
+        let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+            .fetch_one(&mut *tx)
+            .await
+            .expect("explain");
+        tx.rollback().await.expect("rollback");
+        plan[0]["Plan"].clone()
+    }
+
+    /// With many jobs of other kinds at the head of the queue, the claim reads its own kinds'
+    /// rows from the claim index and nothing else: no sequential scan, no row filtered out.
+    #[tokio::test]
+    async fn claims_read_only_their_own_kinds() {
+        let db = TestDatabase::new().await.expect("database");
+        let mut conn = db.pool().acquire().await.expect("connection");
+        sqlx::raw_sql(
+            "INSERT INTO skiplock.jobs (kind, run_at)
+             SELECT 'foreign_' || (i % 3), now() - interval '1 day' FROM generate_series(1, 30000) AS i;
+             INSERT INTO skiplock.jobs (kind) SELECT k FROM generate_series(1, 20) AS i,
+                 unnest(ARRAY['mine', 'also_mine']) AS k;
+             ANALYZE skiplock.jobs;",
+        )
+        .execute(&mut *conn)
+        .await
+        .expect("fill");
+        let kinds = ["mine".to_owned(), "also_mine".to_owned()];
+        // Prepares the statement on this connection (and claims two).
+        let claimed = claim(&mut *conn, "default", 2, "w", 60.0, &kinds, i64::MAX)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 2);
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+                .execute(&mut *conn)
+                .await
+                .expect("set");
+            let plan = explain_claim(&mut conn, "{mine,also_mine}").await;
+            let mut read_claim_index = false;
+            for node in nodes(&plan) {
+                let kind = node["Node Type"].as_str().unwrap_or_default();
+                assert_ne!(kind, "Seq Scan", "{mode}: {plan:#}");
+                assert!(
+                    node["Rows Removed by Filter"].as_f64().unwrap_or(0.0) == 0.0,
+                    "{mode}: rows filtered out: {plan:#}"
+                );
+                if node["Index Name"] == "jobs_claim_kind_idx" {
+                    read_claim_index = true;
+                    let cond = node["Index Cond"].as_str().unwrap_or_default();
+                    assert!(cond.contains("kind"), "{mode}: {cond}");
+                    // Each kind's head: at most `limit` rows (plus those skipped as locked).
+                    assert!(
+                        node["Actual Rows"].as_f64().unwrap_or(0.0) <= 10.0,
+                        "{plan:#}"
+                    );
+                }
+            }
+            assert!(read_claim_index, "{mode}: {plan:#}");
+        }
+    }
+
+    /// Sizes of the stored args of the available jobs, in claim order.
+    async fn sizes(conn: &mut PgConnection) -> Vec<i64> {
+        sqlx::query_scalar(
+            "SELECT pg_column_size(args)::bigint FROM skiplock.jobs
+             WHERE state = 'available' ORDER BY priority, run_at, id",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .expect("sizes")
+    }
+
+    #[tokio::test]
+    async fn a_claim_takes_no_more_bytes_than_its_bound_but_always_one_job() {
+        let db = TestDatabase::new().await.expect("database");
+        let mut conn = db.pool().acquire().await.expect("connection");
+        // Five jobs of about 100 kB of arguments each (random hex: barely compressible).
+        sqlx::raw_sql(
+            "INSERT INTO skiplock.jobs (kind, args)
+             SELECT 'big', jsonb_build_object('blob',
+                        (SELECT string_agg(md5(random()::text || i || j), '')
+                         FROM generate_series(1, 3200) AS j))
+             FROM generate_series(1, 5) AS i",
+        )
+        .execute(&mut *conn)
+        .await
+        .expect("fill");
+        let kinds = ["big".to_owned()];
+        let size = sizes(&mut conn).await;
+        assert!(size[0] > 50_000, "{size:?}");
+
+        // Room for two and a half: two.
+        let bound = size[0] + size[1] + size[2] / 2;
+        let claimed = claim(&mut *conn, "default", 10, "w", 60.0, &kinds, bound)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 2);
+        assert!(claimed.iter().all(|job| job.cut_by_bytes));
+        // Room for none: still one.
+        let claimed = claim(&mut *conn, "default", 10, "w", 60.0, &kinds, 1)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        // No bound: the rest.
+        let claimed = claim(&mut *conn, "default", 10, "w", 60.0, &kinds, i64::MAX)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 2);
+        assert!(!claimed[0].cut_by_bytes);
+    }
 }

@@ -36,6 +36,9 @@ pub(crate) mod error_kind {
     pub(crate) const CANCELLED: &str = "cancelled";
     /// The stored arguments did not deserialize into the registered type.
     pub(crate) const UNDECODABLE_ARGS: &str = "undecodable_args";
+    /// Another column of the row holds a value the worker cannot represent (a foreign writer
+    /// stored `created_at = 'infinity'`, say).
+    pub(crate) const UNDECODABLE_ROW: &str = "undecodable_row";
     /// The handler succeeded but its output did not serialize to JSON.
     pub(crate) const UNSERIALIZABLE_OUTPUT: &str = "unserializable_output";
     /// No handler for the job's kind is registered in the worker that claimed it.
@@ -122,6 +125,15 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
             timeout_secs,
             ..
         } = job;
+        let Some(created_at) = created_at else {
+            let message =
+                "created_at is outside the range of timestamps skiplock can represent".to_owned();
+            tracing::error!(error = %message, "job failed permanently");
+            return Some(Outcome::Failed {
+                error_kind: error_kind::UNDECODABLE_ROW,
+                message,
+            });
+        };
         let Some(handler) = self.registry.get(&kind).cloned() else {
             // Claims only ask for registered kinds, so this is a configuration race at most.
             let message = format!("no handler for kind {kind:?} is registered in this worker");
@@ -302,7 +314,8 @@ fn classify(
             retry_or_fail(error_kind::ERROR, message, attempt, max_attempts, backoff)
         }
         Ok(RunResult::Undecodable(error)) => {
-            let message = format!("arguments do not decode as a {kind:?} job: {error}");
+            // Redacted: the path and what was expected there, never the value.
+            let message = format!("arguments do not decode as a {kind:?} job {error}");
             tracing::error!(error = %message, "job failed permanently");
             Outcome::Failed {
                 error_kind: error_kind::UNDECODABLE_ARGS,

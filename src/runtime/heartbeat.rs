@@ -52,6 +52,8 @@ pub(crate) struct WorkerIdentity {
     pub(crate) host: String,
     pub(crate) pid: i32,
     pub(crate) queues: Vec<String>,
+    /// The kinds it has handlers for.
+    pub(crate) kinds: Vec<String>,
 }
 
 /// What one renewal did.
@@ -139,6 +141,7 @@ impl Heartbeat {
             host: &self.identity.host,
             pid: self.identity.pid,
             queues: &self.identity.queues,
+            kinds: &self.identity.kinds,
         };
         let mut report = HeartbeatReport::default();
         for pass in 1..=BUSY_PASSES {
@@ -215,11 +218,12 @@ pub(crate) fn host_name() -> String {
 }
 
 /// The worker's identity for this process.
-pub(crate) fn identity(id: Arc<str>, queues: Vec<String>) -> WorkerIdentity {
+pub(crate) fn identity(id: Arc<str>, queues: Vec<String>, kinds: Vec<String>) -> WorkerIdentity {
     WorkerIdentity {
         id,
         host: host_name(),
         pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
         queues,
+        kinds,
     }
 }

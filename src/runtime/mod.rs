@@ -65,6 +65,7 @@ mod rescuer;
 pub(crate) mod running;
 mod scheduler;
 mod service;
+mod unrunnable;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -100,6 +101,7 @@ pub use self::scheduler::{
 };
 use self::service::Monitor;
 pub use self::service::{Health, MAX_BACKOFF_FACTOR, RoleHealth, STEADY_AFTER, UNHEALTHY_AFTER};
+use self::unrunnable::{Unrunnable, UnrunnableConfig};
 use crate::{Handler, Schedule};
 
 /// Jobs one queue runs at once unless [`WorkerBuilder::queue`] says otherwise: 10.
@@ -134,6 +136,10 @@ pub const DEFAULT_RESCUE_INTERVAL: Duration = Duration::from_secs(5);
 /// The deadline of each database call the worker's own roles make (claim, completion, renewal,
 /// promotion, rescue, pruning), also set as their connections' `statement_timeout`: 10 s.
 pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most bytes of stored job arguments one claim takes: 16 MiB. A claim takes at least one
+/// job whatever its size; see [`WorkerBuilder::max_claim_bytes`].
+pub const DEFAULT_MAX_CLAIM_BYTES: usize = 16 * 1024 * 1024;
 
 /// The `application_name` of the worker's own connections, to find them in
 /// `pg_stat_activity`.
@@ -225,6 +231,7 @@ struct Config {
     scheduler: Option<SchedulerConfig>,
     retention: Retention,
     prune_interval: Duration,
+    max_claim_bytes: usize,
 }
 
 impl Config {
@@ -367,6 +374,14 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
     /// or [`EnqueueOptions::timeout`](crate::EnqueueOptions::timeout)). Default: none.
     pub fn job_timeout(mut self, timeout: Duration) -> Self {
         self.config.job_timeout = Some(timeout);
+        self
+    }
+
+    /// The most bytes of stored arguments (`pg_column_size(args)`, compressed for large values)
+    /// one claim takes, so that a batch of big jobs cannot balloon the worker's memory. A
+    /// claim takes at least one job whatever its size. Default: [`DEFAULT_MAX_CLAIM_BYTES`].
+    pub fn max_claim_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_claim_bytes = bytes;
         self
     }
 
@@ -580,6 +595,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 scheduler: Some(SchedulerConfig::default()),
                 retention: Retention::default(),
                 prune_interval: DEFAULT_PRUNE_INTERVAL,
+                max_claim_bytes: DEFAULT_MAX_CLAIM_BYTES,
             },
             id: None,
             schedules: Vec::new(),
@@ -702,6 +718,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 lease: config.lease,
                 timeout: config.db_timeout,
                 kinds: kinds.clone(),
+                max_claim_bytes: i64::try_from(config.max_claim_bytes).unwrap_or(i64::MAX),
             };
             let (pool, executor, jobs, stop) =
                 (pool.clone(), executor.clone(), jobs.clone(), stop.clone());
@@ -770,6 +787,15 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             Some(_) => leader::KEY,
             None => leader::KEY_WITHOUT_SCHEDULER,
         };
+        let queues = self.queues.iter().map(|(queue, _)| queue.clone()).collect();
+        let unrunnable = UnrunnableConfig::new(queues, config.db_timeout);
+        let unrunnable = Unrunnable::new(pool.clone(), unrunnable);
+        let health = monitor.role("unrunnable");
+        let unrunnable_stop = stop.clone();
+        claimers.spawn(async move {
+            let stop = &unrunnable_stop;
+            service::supervise(health, stop.clone(), || unrunnable.run(stop.clone())).await;
+        });
         let leader = config
             .listen
             .then(|| Leader::new(pool.clone(), key, config.rescue_interval, config.db_timeout));
@@ -821,7 +847,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             connect_timeout: config.db_timeout,
         };
         let queues = self.queues.iter().map(|(queue, _)| queue.clone()).collect();
-        let identity = heartbeat::identity(self.id.clone(), queues);
+        let identity = heartbeat::identity(self.id.clone(), queues, kinds);
         let heartbeat = Arc::new(Heartbeat::new(
             self.pools.keeper.clone(),
             heartbeat,

@@ -39,6 +39,8 @@ pub(crate) struct ProducerConfig {
     pub(crate) timeout: Duration,
     /// The kinds this worker can run; only those are claimed.
     pub(crate) kinds: Vec<String>,
+    /// The most bytes of stored arguments one claim takes (at least one job whatever its size).
+    pub(crate) max_claim_bytes: i64,
 }
 
 pub(crate) struct Producer<S> {
@@ -81,10 +83,15 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
                 permit = self.slots.acquire() => drop(permit),
             }
             let wait = match self.run_once().await {
-                Ok(Claim { claimed, requested }) => {
+                Ok(Claim {
+                    claimed,
+                    requested,
+                    cut_by_bytes,
+                }) => {
                     error_delay = FIRST_ERROR_DELAY;
-                    if claimed == requested {
-                        // Every free slot got a job, so more are probably waiting.
+                    if claimed == requested || cut_by_bytes {
+                        // Every free slot got a job, or the byte bound left some behind, so
+                        // more are probably waiting.
                         Some(self.config.fetch_cooldown)
                     } else {
                         None
@@ -142,11 +149,13 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
             &self.executor.worker_id,
             self.config.lease.as_secs_f64(),
             &self.config.kinds,
+            self.config.max_claim_bytes,
         );
         // A claim that times out may still commit; its jobs then wait for their lease to expire
         // and are rescued. Better than a producer hung on a dead connection.
         let jobs = deadline(self.config.timeout, claim).await?;
         let claimed = jobs.len();
+        let cut_by_bytes = jobs.first().is_some_and(|job| job.cut_by_bytes);
         for job in jobs {
             // Always `Some`: the claim returns at most `free` rows. Were it ever `None`, the job
             // would still run, one over the limit, rather than be left claimed and idle.
@@ -163,6 +172,7 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
         Ok(Claim {
             claimed,
             requested: free,
+            cut_by_bytes,
         })
     }
 }
@@ -174,6 +184,8 @@ pub(crate) struct Claim {
     pub(crate) claimed: usize,
     /// Free slots at the time, i.e. the most it could have claimed.
     pub(crate) requested: usize,
+    /// The claim's byte bound left out jobs it could otherwise have taken.
+    pub(crate) cut_by_bytes: bool,
 }
 
 #[cfg(test)]
@@ -240,6 +252,7 @@ mod tests {
             lease: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
             kinds: vec!["hold".to_owned()],
+            max_claim_bytes: i64::MAX,
         };
         let tracker = TaskTracker::new();
         let producer = Producer::new(
@@ -255,7 +268,8 @@ mod tests {
             first,
             Claim {
                 claimed: 3,
-                requested: 3
+                requested: 3,
+                cut_by_bytes: false,
             }
         );
         // Every slot is busy: nothing more is claimed, however much is waiting.
@@ -264,7 +278,8 @@ mod tests {
             busy,
             Claim {
                 claimed: 0,
-                requested: 0
+                requested: 0,
+                cut_by_bytes: false,
             }
         );
         assert_eq!(available(db.pool()).await, 2);
@@ -282,7 +297,8 @@ mod tests {
             next,
             Claim {
                 claimed: 1,
-                requested: 1
+                requested: 1,
+                cut_by_bytes: false,
             }
         );
         assert_eq!(available(db.pool()).await, 1);

@@ -57,6 +57,7 @@ fn scenario(args: BenchScenario) -> Scenario {
             concurrency: args.concurrency,
             scheduled: args.scheduled,
             finished: args.finished,
+            foreign: args.foreign,
         }),
         BenchScenario::Steady(args) => Scenario::Steady(Steady {
             rate: args.rate,

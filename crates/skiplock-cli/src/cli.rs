@@ -108,6 +108,10 @@ pub(crate) struct BenchDrainArgs {
     /// Completed jobs retained in the table during the drain.
     #[arg(long, default_value_t = 0)]
     pub(crate) finished: u64,
+
+    /// Available jobs of a kind no worker runs, waiting at the head of the same queue.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) foreign: u64,
 }
 
 #[derive(Debug, Args)]
