@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use skiplock_testing::embedded::EmbeddedPostgres;
 use skiplock::{Handler, Job, JobContext, JobError, Worker};
+use skiplock_testing::embedded::EmbeddedPostgres;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 

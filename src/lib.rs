@@ -103,8 +103,7 @@ pub use crate::migrate::{
     migrate, migrate_to, script,
 };
 pub use crate::runtime::{
-    Health, Pruner, PrunerConfig, Retention, RoleHealth, Scheduler, SchedulerConfig, SchedulerError,
-    Worker,
-    WorkerBuilder, WorkerError, WorkerHandle,
+    Health, Pruner, PrunerConfig, Retention, RoleHealth, Scheduler, SchedulerConfig,
+    SchedulerError, Worker, WorkerBuilder, WorkerError, WorkerHandle,
 };
 pub use crate::schedule::{Misfire, Schedule, ScheduleError, ScheduleRow};

@@ -2,6 +2,9 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
+use skiplock::MigrationKind;
 use skiplock_testing::TestDatabase;
 use sqlx::postgres::PgPoolOptions;
 
@@ -129,4 +132,119 @@ async fn only_running_jobs_hold_a_lease() {
     .execute(db.pool())
     .await
     .expect("a running job with a lease is fine");
+}
+
+/// The first migration that builds an index concurrently: its version and index name.
+fn first_concurrent_index() -> (i32, &'static str) {
+    skiplock::MIGRATIONS
+        .iter()
+        .find_map(|m| match m.kind {
+            MigrationKind::ConcurrentIndex { name } => Some((m.version, name)),
+            _ => None,
+        })
+        .expect("a concurrent-index migration")
+}
+
+async fn index_valid(pool: &sqlx::PgPool, name: &str) -> Option<bool> {
+    sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+         WHERE c.relname = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .expect("index")
+}
+
+#[tokio::test]
+async fn an_interrupted_index_build_is_dropped_and_built_again() {
+    let db = TestDatabase::new().await.expect("database");
+    let pool = db.pool();
+    let (version, name) = first_concurrent_index();
+    sqlx::raw_sql("DROP SCHEMA skiplock CASCADE")
+        .execute(pool)
+        .await
+        .expect("reset");
+    skiplock::migrate_to(pool, version - 1)
+        .await
+        .expect("migrate to the version before");
+    // What a CREATE INDEX CONCURRENTLY interrupted midway leaves: an invalid index of that name
+    // (here from a unique build that fails on duplicates).
+    sqlx::raw_sql("INSERT INTO skiplock.jobs (kind) VALUES ('k'), ('k')")
+        .execute(pool)
+        .await
+        .expect("jobs");
+    let failed = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE UNIQUE INDEX CONCURRENTLY {name} ON skiplock.jobs (kind)"
+    )))
+    .execute(pool)
+    .await;
+    assert!(failed.is_err());
+    assert_eq!(index_valid(pool, name).await, Some(false));
+
+    let report = skiplock::migrate(pool).await.expect("migrate");
+    assert!(report.applied.contains(&version), "{report:?}");
+    assert_eq!(index_valid(pool, name).await, Some(true));
+    let unique: bool = sqlx::query_scalar(
+        "SELECT i.indisunique FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+         WHERE c.relname = $1",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .expect("index");
+    assert!(!unique, "the migration's own index replaced the broken one");
+}
+
+/// A migration that cannot get its table lock gives up after `LOCK_TIMEOUT` and tries again
+/// later, so the application's writes never queue behind it for longer than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_waiting_for_a_lock_does_not_hold_up_writes() {
+    // 0010 drops an index of skiplock.jobs: it needs the table's ACCESS EXCLUSIVE lock.
+    const BEFORE: i32 = 9;
+    const LOCKING: i32 = 10;
+    let db = TestDatabase::new().await.expect("database");
+    let pool = db.pool().clone();
+    sqlx::raw_sql("DROP SCHEMA skiplock CASCADE")
+        .execute(&pool)
+        .await
+        .expect("reset");
+    skiplock::migrate_to(&pool, BEFORE).await.expect("migrate");
+
+    // A long transaction (a report, say) holds a lock the migration's ALTER must wait for.
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::raw_sql("LOCK TABLE skiplock.jobs IN ACCESS SHARE MODE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let migration = tokio::spawn({
+        let pool = pool.clone();
+        async move { skiplock::migrate(&pool).await }
+    });
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let insert = Instant::now();
+        let enqueue = sqlx::query("SELECT skiplock.enqueue('k', '{}')").execute(&pool);
+        // Queued behind a migration that waits for ever, it would never return.
+        if let Ok(done) = tokio::time::timeout(Duration::from_secs(5), enqueue).await {
+            done.expect("enqueue");
+        }
+        slowest = slowest.max(insert.elapsed());
+        if slowest >= Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !migration.is_finished(),
+        "the migration waited for the lock"
+    );
+    holder.commit().await.expect("release");
+    let report = migration.await.expect("task").expect("migrate");
+    assert!(report.applied.contains(&LOCKING), "{report:?}");
+    assert!(
+        slowest < skiplock::LOCK_TIMEOUT * 3,
+        "an enqueue waited {slowest:?} behind the migration"
+    );
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::Record;
 use serde_json::json;
-use skiplock_testing::TestDatabase;
 use skiplock::{EnqueueOptions, JobState, MigrateError, NewJob, Retention, Unique, Worker};
+use skiplock_testing::TestDatabase;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
