@@ -140,10 +140,13 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
         let Ok(mut permits) = self.slots.clone().try_acquire_many_owned(free as u32) else {
             return Ok(Claim::default());
         };
+        // A connection first: opening one may take a while (a reconnect, a busy server), and
+        // that wait must not count against the leases of the jobs about to be claimed.
+        let mut conn = deadline(self.config.timeout, self.pool.acquire()).await?;
         // Taken before the statement is sent: the lease is at least this fresh.
         let leased_at = Instant::now();
         let claim = db::job::claim(
-            &self.pool,
+            &mut *conn,
             &self.config.queue,
             free as i64,
             &self.executor.worker_id,
