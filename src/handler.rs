@@ -240,7 +240,7 @@ impl<S> JobContext<S> {
     }
 
     /// Stores `progress` (any JSON: a percentage, a cursor, a step name) in the job's
-    /// `progress` column, where SQL and the dashboard can see it. Written on the worker's own
+    /// `progress` column, where SQL and monitoring can read it. Written on the worker's own
     /// progress connections (two per worker, which lease renewals do not share: a handler
     /// writing progress in a loop slows other progress writes, never a renewal), with the
     /// worker's [`db_timeout`](crate::WorkerBuilder::db_timeout) as deadline, and fenced like
