@@ -202,7 +202,9 @@ impl<S> JobContext<S> {
     /// rescued), nothing is written and [`ContextError::LeaseLost`] is returned — roll the
     /// transaction back. After a successful call, return `Ok` from the
     /// handler; the worker does not write the outcome again. If the transaction then rolls back
-    /// instead, the job stays `running` until its lease expires and is retried.
+    /// instead, return the error: the attempt is then recorded like any failed one. (Returning
+    /// `Ok` after a rollback records nothing: the job stays `running` until its lease expires
+    /// and it is rescued.)
     ///
     /// ```no_run
     /// # use skiplock::{JobContext, JobError};
