@@ -193,7 +193,9 @@ async fn main() -> anyhow::Result<()> {
     .execute(&pool)
     .await?;
 
-    // The worker runs beside the HTTP server, in the same process and on the same pool.
+    // The worker runs beside the HTTP server, in the same process. Handlers get the application's
+    // pool as their state; the worker's own claims, completions and renewals use small pools of
+    // its own, connected with the same options.
     let worker = Worker::builder(pool.clone(), pool.clone())
         .register::<SendOrderConfirmation>()
         .shutdown_timeout(Duration::from_secs(10))

@@ -202,7 +202,9 @@ impl<S> JobContext<S> {
     /// rescued), nothing is written and [`ContextError::LeaseLost`] is returned — roll the
     /// transaction back. After a successful call, return `Ok` from the
     /// handler; the worker does not write the outcome again. If the transaction then rolls back
-    /// instead, the job stays `running` until its lease expires and is retried.
+    /// instead, return the error: the attempt is then recorded like any failed one. (Returning
+    /// `Ok` after a rollback records nothing: the job stays `running` until its lease expires
+    /// and it is rescued.)
     ///
     /// ```no_run
     /// # use skiplock::{JobContext, JobError};
@@ -240,7 +242,7 @@ impl<S> JobContext<S> {
     }
 
     /// Stores `progress` (any JSON: a percentage, a cursor, a step name) in the job's
-    /// `progress` column, where SQL and the dashboard can see it. Written on the worker's own
+    /// `progress` column, where SQL and monitoring can read it. Written on the worker's own
     /// progress connections (two per worker, which lease renewals do not share: a handler
     /// writing progress in a loop slows other progress writes, never a renewal), with the
     /// worker's [`db_timeout`](crate::WorkerBuilder::db_timeout) as deadline, and fenced like

@@ -26,7 +26,10 @@ pub const DEFAULT_MAX_ATTEMPTS: i32 = 25;
 /// compatibility contract: it must never be derived from the Rust type name, so renaming or
 /// moving the struct does not orphan the jobs already queued. Changing `KIND` (or the shape of
 /// the arguments in a way serde cannot read) while jobs of the old kind are queued does orphan
-/// them; such jobs fail with a clear error instead of looping.
+/// them: jobs of a kind no worker runs wait in `available` (listed by
+/// `skiplock.unrunnable_jobs()`, and each worker warns about those in its queues), and jobs whose
+/// arguments no longer deserialize fail on their first attempt with an `undecodable_args` error
+/// instead of looping.
 ///
 /// Enqueueing needs only this trait; running needs [`Handler`](crate::Handler) too.
 ///
@@ -59,8 +62,10 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     /// [`DEFAULT_MAX_ATTEMPTS`].
     const MAX_ATTEMPTS: i32 = DEFAULT_MAX_ATTEMPTS;
 
-    /// How long one attempt may run by default: stored with each job at enqueue time, so it
-    /// holds whichever worker runs the job. Defaults to `None`: the worker's
+    /// How long one attempt may run by default: stored with each job enqueued through this type
+    /// (and with each job its schedules fire), so it holds whichever worker runs the job. Jobs
+    /// enqueued without the type (SQL, the CLI, [`NewJob::untyped`](crate::NewJob::untyped))
+    /// carry a timeout only when given one. Defaults to `None`: the worker's
     /// [`job_timeout`](crate::WorkerBuilder::job_timeout), if any.
     const TIMEOUT: Option<std::time::Duration> = None;
 }
@@ -163,9 +168,11 @@ pub struct JobRow {
     pub finished_at: Option<DateTime<Utc>>,
     /// While running: when its worker's lease on it runs out.
     pub lease_expires_at: Option<DateTime<Utc>>,
-    /// The ids of the workers that ran it, one per attempt, oldest first.
+    /// The ids of the workers that claimed it, one per claim (snoozed and interrupted runs
+    /// included), oldest first; only the last 100 are kept.
     pub attempted_by: Vec<String>,
-    /// One entry per failed attempt: `{"attempt", "at", "kind", "message", "worker"}`.
+    /// One entry per attempt that did not succeed (failed, interrupted, cancelled, superseded,
+    /// ...; see `docs/schema.md`): `{"attempt", "at", "kind", "message", "worker"}`.
     pub errors: Value,
     /// The handler's output, once completed.
     pub result: Option<Value>,

@@ -276,7 +276,8 @@ pub struct ScheduleRow {
     pub misfire: Misfire,
     /// Whether it is paused.
     pub paused: bool,
-    /// Whether it is active: `false` once removed from the code that declared it.
+    /// Whether it is active: `false` once removed from the code that declared it, or once the
+    /// scheduler found its expression or zone invalid or no future fire time for it.
     pub active: bool,
     /// `"code"` (declared by a worker) or `"runtime"` (CLI, SQL, [`add`]).
     pub source: String,

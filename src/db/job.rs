@@ -682,7 +682,8 @@ pub(crate) async fn rescue_expired<'e>(
 /// - `pg_try_advisory_xact_lock` sits in an uncorrelated subquery, so it runs once per
 ///   statement, before the scan, as a one-time filter: when another pruner holds the lock, the
 ///   statement scans nothing and deletes nothing instead of waiting. SKIP LOCKED alone would
-///   keep concurrent pruners correct, but every worker runs one, and a fleet working through a
+///   keep concurrent pruners correct, but several may run (workers built with `listen(false)`
+///   each run one, and leadership can change hands mid-round), and a fleet working through a
 ///   large backlog at once would multiply the delete load (and WAL) for no benefit; with the
 ///   lock one statement of one pruner runs at a time, and the others come back next interval.
 ///   The lock is transaction-scoped: released at the end of this autocommit statement.

@@ -32,10 +32,11 @@
 //! expired because their worker died or hung, so they run again within
 //! `lease + rescue_interval`. Every write after a claim presents the lease token, so a worker
 //! that lost a job can no longer change it, and a worker that cannot renew a lease stops the
-//! job before the lease can expire. The worker claims and completes on a small pool of its own
-//! (plus the LISTEN connection) and renews leases on another, which handler work (progress
-//! writes included) cannot reach, so handlers cannot starve either; every database call of these
-//! roles has a deadline.
+//! job before the lease can expire. The worker claims, completes and listens on a small pool of
+//! its own (one of its connections is held for LISTEN), renews leases on a second and writes
+//! progress on a third; handler work cannot reach the first two, so handlers cannot starve
+//! either. Every database call of these roles has a deadline (`db_timeout`; for a renewal, at
+//! most the heartbeat interval).
 //!
 //! # Retention
 //! The *pruner* deletes finished jobs once they are older than the
@@ -47,7 +48,9 @@
 //! [`WorkerBuilder::shutdown_timeout`], renewing their leases meanwhile; then it fires every
 //! job's cancellation token and waits [`WorkerBuilder::cancel_timeout`] more; handlers still
 //! running after that are dropped. Stopped jobs go straight back to `available` without using
-//! up an attempt. Outcomes are flushed before the worker returns. Nothing is lost at any stage.
+//! up an attempt. The worker returns once their outcomes are written, or once it has given up
+//! on writing them (after retrying for 2 minutes while the database stays unreachable); such
+//! jobs stay `running` until their leases expire and the rescuer takes them back.
 
 mod completer;
 mod connections;
@@ -133,8 +136,9 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// How often the rescuer looks for jobs whose lease expired: 5 s.
 pub const DEFAULT_RESCUE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The deadline of each database call the worker's own roles make (claim, completion, renewal,
-/// promotion, rescue, pruning), also set as their connections' `statement_timeout`: 10 s.
+/// The deadline of each database call the worker's own roles make (claim, completion,
+/// promotion, rescue, pruning, scheduling, progress; a lease renewal gets at most the heartbeat
+/// interval), also set as their connections' `statement_timeout`: 10 s.
 pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most bytes of stored job arguments one claim takes: 16 MiB. A claim takes at least one
@@ -614,7 +618,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         &self.queues
     }
 
-    /// Runs until the process receives SIGINT (ctrl-c) or SIGTERM, then shuts down gracefully.
+    /// Runs until the process receives SIGINT (ctrl-c) or SIGTERM (on Unix; Ctrl-C elsewhere),
+    /// then shuts down gracefully.
     ///
     /// # Errors
     /// [`WorkerError::Signal`] when the signal handlers cannot be installed.

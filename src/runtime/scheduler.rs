@@ -28,7 +28,8 @@
 //! build on a 2-core machine shared with PostgreSQL and other busy processes: 2,000 every-second
 //! schedules kept up, 20,000 made it fire 2,900 per second while falling behind). That is tens
 //! of thousands of schedules firing every minute, or a thousand or two firing every second;
-//! more schedulers (every worker runs one) share the load. Past that it falls behind, fairly
+//! more schedulers (`skiplock scheduler` processes, workers that do not elect a maintenance
+//! leader) share the load. Past that it falls behind, fairly
 //! (the schedules due longest fire first), and fire times more than the misfire grace late
 //! follow each schedule's [`Misfire`] policy. It stops at once when asked whatever the load
 //! (50-70 ms for `skiplock scheduler` with 20,000 every-second schedules).

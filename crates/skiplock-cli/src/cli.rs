@@ -26,7 +26,8 @@ pub(crate) enum Command {
     /// List, add, remove, pause, resume or run periodic jobs.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
-    /// Run the scheduler (enqueues the jobs of due schedules) until SIGINT or SIGTERM.
+    /// Run the scheduler (enqueues the jobs of due schedules) until SIGINT or SIGTERM (Ctrl-C
+    /// off Unix), then stop at once.
     Scheduler(SchedulerArgs),
     /// Measure skiplock on this server, each scenario in a fresh database of its own (the role
     /// needs CREATEDB). Use an otherwise idle server.
