@@ -12,6 +12,7 @@
 //! port (default 3000). Ctrl-C stops the server and then the worker, gracefully.
 #![allow(clippy::print_stdout)]
 
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -166,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "skiplock=info,axum_app=info".into()),
         )
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
 
     let (url, _server) = match std::env::var("DATABASE_URL") {

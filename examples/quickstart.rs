@@ -10,6 +10,7 @@
 //! this machine and removes it at exit; with `DATABASE_URL` it uses that database.
 #![allow(clippy::print_stdout)]
 
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -100,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "skiplock=info".into()),
         )
         .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
         .compact()
         .init();
 
