@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Record, database, eventually, wait_for_state, worker};
+use common::{Record, database, eventually, start, wait_for_state, with_worker, worker};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -63,15 +63,14 @@ async fn an_undecodable_job_fails_alone_and_its_batch_runs_once() {
     .expect("insert");
 
     // All ten in one claim.
-    let running = worker(pool)
-        .register::<Record>()
-        .queue("default", 20)
-        .build()
-        .expect("worker")
-        .start();
-    wait_for_state(pool, "completed", 6, Duration::from_secs(10)).await;
-    wait_for_state(pool, "failed", 4, Duration::from_secs(10)).await;
-    running.shutdown().await.expect("shutdown");
+    with_worker(
+        worker(pool).register::<Record>().queue("default", 20),
+        async {
+            wait_for_state(pool, "completed", 6, Duration::from_secs(10)).await;
+            wait_for_state(pool, "failed", 4, Duration::from_secs(10)).await;
+        },
+    )
+    .await;
 
     for id in good.iter().copied().chain([null_tag]) {
         let (state, attempt, errors) = outcome(pool, id).await;
@@ -147,13 +146,11 @@ async fn decode_errors_keep_the_path_but_never_the_value() {
         &format!(r#"{{"n": [{{"password": "{SECRET}"}}]}}"#),
     )
     .await;
-    let running = worker(pool)
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
-    wait_for_state(pool, "failed", 2, Duration::from_secs(10)).await;
-    running.shutdown().await.expect("shutdown");
+    with_worker(
+        worker(pool).register::<Record>(),
+        wait_for_state(pool, "failed", 2, Duration::from_secs(10)),
+    )
+    .await;
 
     let (_, _, errors) = outcome(pool, wrong_type).await;
     let message = errors[0]["message"].as_str().expect("message");
@@ -192,14 +189,11 @@ async fn attempted_by_keeps_the_last_hundred_workers() {
     .fetch_one(pool)
     .await
     .expect("insert");
-    let running = worker(pool)
-        .register::<Record>()
-        .id("the-claimer")
-        .build()
-        .expect("worker")
-        .start();
-    wait_for_state(pool, "completed", 1, Duration::from_secs(10)).await;
-    running.shutdown().await.expect("shutdown");
+    with_worker(
+        worker(pool).register::<Record>().id("the-claimer"),
+        wait_for_state(pool, "completed", 1, Duration::from_secs(10)),
+    )
+    .await;
 
     let row = common::job(pool, id).await;
     assert_eq!(row.attempted_by.len(), 100);
@@ -234,11 +228,7 @@ async fn jobs_no_live_worker_runs_are_reported() {
     .await
     .expect("insert");
     // A worker of `default` registers its kinds with its first heartbeat.
-    let running = worker(pool)
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<Record>());
     let kinds: Vec<String> = eventually(Duration::from_secs(10), "a worker row", || async {
         sqlx::query_scalar("SELECT kinds FROM skiplock.workers")
             .fetch_optional(pool)

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Record, database, job, wait_for_state, worker};
+use common::{Record, database, job, start, wait_for_state, worker};
 use serde_json::json;
 use skiplock::{EnqueueError, EnqueueOptions, JobState, NewJob};
 use sqlx::Row;
@@ -26,11 +26,7 @@ async fn rolled_back_enqueue_leaves_no_job() {
 async fn job_in_open_transaction_is_invisible_until_commit_then_runs() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<Record>());
 
     let mut tx = pool.begin().await.expect("begin");
     sqlx::query("CREATE TABLE orders (id bigint PRIMARY KEY)")
@@ -209,12 +205,11 @@ async fn sql_enqueue_in_a_plain_transaction_wakes_an_idle_worker_at_once() {
     let db = database().await;
     let pool = db.pool();
     // Polling every 30 s: only a NOTIFY can explain a pickup within 100 ms.
-    let running = worker(pool)
-        .poll_interval(Duration::from_secs(30))
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(
+        worker(pool)
+            .poll_interval(Duration::from_secs(30))
+            .register::<Record>(),
+    );
     // Wait until the worker LISTENs, and a little more for its first (empty) claim.
     common::eventually(Duration::from_secs(10), "the worker to LISTEN", || async {
         let listening: i64 = sqlx::query_scalar(

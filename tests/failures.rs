@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fail, Record, database, job, wait_for_state, worker};
+use common::{Fail, Record, database, job, start, wait_for_state, with_worker, worker};
 use serde_json::{Value, json};
 use skiplock::{EnqueueOptions, JobState, NewJob};
 
@@ -21,11 +21,7 @@ fn error_kinds(errors: &Value) -> Vec<&str> {
 async fn retryable_errors_back_off_then_fail_after_max_attempts() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .register::<Fail>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<Fail>());
     let id = skiplock::enqueue(
         pool,
         &Fail {
@@ -67,11 +63,7 @@ async fn retryable_errors_back_off_then_fail_after_max_attempts() {
 async fn a_retry_that_succeeds_completes_the_job() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .register::<Fail>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<Fail>());
     let id = skiplock::enqueue(
         pool,
         &Fail {
@@ -93,11 +85,7 @@ async fn a_retry_that_succeeds_completes_the_job() {
 async fn permanent_error_fails_at_once() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .register::<Fail>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<Fail>());
     let id = skiplock::enqueue(
         pool,
         &Fail {
@@ -119,12 +107,7 @@ async fn permanent_error_fails_at_once() {
 async fn panics_are_recorded_and_the_worker_keeps_working() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .register::<Fail>()
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<Fail>().register::<Record>());
     let id = skiplock::enqueue_with(
         pool,
         &Fail {
@@ -157,11 +140,7 @@ async fn panics_are_recorded_and_the_worker_keeps_working() {
 async fn undecodable_args_fail_once_with_a_clear_error() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<Record>());
     let id = skiplock::enqueue_new(
         pool,
         &NewJob::untyped(
@@ -190,11 +169,7 @@ async fn kinds_a_worker_does_not_know_wait_for_one_that_does() {
     let db = database().await;
     let pool = db.pool();
     // This worker only knows `fail`: it must leave the `record` job alone, not fail it.
-    let other = worker(pool)
-        .register::<Fail>()
-        .build()
-        .expect("worker")
-        .start();
+    let other = start(worker(pool).register::<Fail>());
     let id = skiplock::enqueue(pool, &Record { n: 4 })
         .await
         .expect("enqueue");
@@ -202,11 +177,7 @@ async fn kinds_a_worker_does_not_know_wait_for_one_that_does() {
     let row = job(pool, id).await;
     assert_eq!((row.state, row.attempt), (JobState::Available, 0));
 
-    let knows = worker(pool)
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
+    let knows = start(worker(pool).register::<Record>());
     wait_for_state(pool, "completed", 1, Duration::from_secs(10)).await;
     other.shutdown().await.expect("shutdown");
     knows.shutdown().await.expect("shutdown");
@@ -240,16 +211,17 @@ async fn an_outcome_the_database_cannot_store_fails_alone_without_blocking_its_b
     let mut jobs = vec![NewJob::new(&NulOutput).expect("job")];
     jobs.extend((0..40).map(|n| NewJob::new(&Record { n }).expect("job")));
     let ids = skiplock::enqueue_many(pool, jobs).await.expect("enqueue");
-    let running = worker(pool)
-        .queue("default", 41)
-        .register::<NulOutput>()
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
-    wait_for_state(pool, "completed", 40, Duration::from_secs(10)).await;
-    wait_for_state(pool, "failed", 1, Duration::from_secs(10)).await;
-    running.shutdown().await.expect("shutdown");
+    with_worker(
+        worker(pool)
+            .queue("default", 41)
+            .register::<NulOutput>()
+            .register::<Record>(),
+        async {
+            wait_for_state(pool, "completed", 40, Duration::from_secs(10)).await;
+            wait_for_state(pool, "failed", 1, Duration::from_secs(10)).await;
+        },
+    )
+    .await;
     let row = job(pool, ids[0]).await;
     assert_eq!(error_kinds(&row.errors), ["unrecordable_outcome"]);
 }

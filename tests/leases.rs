@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{count_state, database, runs_per_job, wait_for_state, worker};
+use common::{count_state, database, runs_per_job, start, wait_for_state, worker};
 use serde::{Deserialize, Serialize};
 use skiplock::{Handler, Job, JobContext, JobError, NewJob};
 use sqlx::PgPool;
@@ -61,13 +61,12 @@ async fn handlers_writing_progress_in_a_loop_lose_no_lease() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .lease(LEASE)
-        .queue("default", 100)
-        .register::<Busy>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(
+        worker(pool)
+            .lease(LEASE)
+            .queue("default", 100)
+            .register::<Busy>(),
+    );
     warm_up().await;
     let jobs = (0..100).map(|_| NewJob::new(&Busy));
     let jobs: Vec<_> = jobs.collect::<Result<_, _>>().expect("jobs");
@@ -127,12 +126,7 @@ async fn a_transaction_held_open_after_complete_in_commits_exactly_once() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .lease(LEASE)
-        .register::<SlowCommit>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).lease(LEASE).register::<SlowCommit>());
     warm_up().await;
     let id = skiplock::enqueue(pool, &SlowCommit).await.expect("enqueue");
     wait_for_state(pool, "completed", 1, Duration::from_secs(10)).await;

@@ -346,14 +346,13 @@ async fn rows_from_before_the_limits_still_run_and_infinite_waits_are_pulled_bac
     assert_eq!(run_at, "9999-12-31 23:59:59+00");
     // The big job is claimed, run and completed (every one an UPDATE the limits would refuse),
     // and the far one can be cancelled.
-    let worker = common::worker(pool)
-        .queue("default", 2)
-        .register::<common::Record>()
-        .build()
-        .expect("worker")
-        .start();
-    common::wait_for_state(pool, "completed", 1, Duration::from_secs(30)).await;
-    worker.shutdown().await.expect("shutdown");
+    common::with_worker(
+        common::worker(pool)
+            .queue("default", 2)
+            .register::<common::Record>(),
+        common::wait_for_state(pool, "completed", 1, Duration::from_secs(30)),
+    )
+    .await;
     assert_eq!(
         common::job(pool, big).await.state,
         skiplock::JobState::Completed

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Sleep, database, eventually, worker};
+use common::{Sleep, database, eventually, start, worker};
 use skiplock::JobState;
 use sqlx::{Connection, PgConnection};
 
@@ -32,11 +32,7 @@ async fn a_spoofed_cancel_notification_does_not_cancel_a_running_job() {
         .await
         .expect("create role");
 
-    let running = worker(pool)
-        .register::<Sleep>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<Sleep>());
     let victim = Sleep {
         millis: 60_000,
         stubborn: false,

@@ -321,13 +321,12 @@ async fn a_worker_prunes_by_itself() {
     let young = job_in(pool, "completed", "10 minutes").await;
     let waiting = job_in(pool, "scheduled", "1 year").await;
 
-    let running = common::worker(pool)
-        .register::<Record>()
-        .retention(all_after(HOUR))
-        .prune_interval(Duration::from_millis(100))
-        .build()
-        .expect("worker")
-        .start();
+    let running = common::start(
+        common::worker(pool)
+            .register::<Record>()
+            .retention(all_after(HOUR))
+            .prune_interval(Duration::from_millis(100)),
+    );
     eventually(Duration::from_secs(10), "the old jobs to go", || async {
         (count(pool).await == 2).then_some(())
     })
@@ -351,13 +350,12 @@ async fn a_worker_that_keeps_everything_deletes_nothing() {
     let db = database().await;
     let pool = db.pool();
     let old = job_in(pool, "completed", "10 years").await;
-    let running = common::worker(pool)
-        .register::<Record>()
-        .retention(Retention::keep_forever())
-        .prune_interval(Duration::from_millis(50))
-        .build()
-        .expect("worker")
-        .start();
+    let running = common::start(
+        common::worker(pool)
+            .register::<Record>()
+            .retention(Retention::keep_forever())
+            .prune_interval(Duration::from_millis(50)),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     running.shutdown().await.expect("shutdown");
     assert_eq!(left(pool).await, [old]);

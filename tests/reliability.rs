@@ -7,7 +7,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Record, Sleep, database, eventually, job, wait_for_state, worker};
+use common::{
+    Record, Sleep, database, eventually, job, start, wait_for_state, with_worker, worker,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use skiplock::{
@@ -33,14 +35,13 @@ async fn started(pool: &PgPool, id: i64) {
 async fn timeout_stops_a_handler_that_ignores_cancellation_and_frees_its_slot() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .queue("default", 1) // one slot: the next job can only run once it is freed
-        .cancel_timeout(Duration::from_millis(200))
-        .register::<Sleep>()
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(
+        worker(pool)
+            .queue("default", 1) // one slot: the next job can only run once it is freed
+            .cancel_timeout(Duration::from_millis(200))
+            .register::<Sleep>()
+            .register::<Record>(),
+    );
     let stuck = skiplock::enqueue_with(
         pool,
         &Sleep {
@@ -72,12 +73,11 @@ async fn timeout_stops_a_handler_that_ignores_cancellation_and_frees_its_slot() 
 async fn worker_default_timeout_applies_to_jobs_without_their_own() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .job_timeout(Duration::from_millis(200))
-        .register::<Sleep>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(
+        worker(pool)
+            .job_timeout(Duration::from_millis(200))
+            .register::<Sleep>(),
+    );
     let id = skiplock::enqueue(
         pool,
         &Sleep {
@@ -99,12 +99,11 @@ async fn worker_default_timeout_applies_to_jobs_without_their_own() {
 async fn cancelling_a_running_job_stops_it_cooperative_or_not() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .cancel_timeout(Duration::from_millis(300))
-        .register::<Sleep>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(
+        worker(pool)
+            .cancel_timeout(Duration::from_millis(300))
+            .register::<Sleep>(),
+    );
     let polite = skiplock::enqueue(
         pool,
         &Sleep {
@@ -158,13 +157,12 @@ async fn cancelling_a_running_job_stops_it_cooperative_or_not() {
 async fn a_cancel_request_without_notify_is_picked_up_by_the_heartbeat() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .lease(Duration::from_secs(3))
-        .heartbeat_interval(Duration::from_millis(300))
-        .register::<Sleep>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(
+        worker(pool)
+            .lease(Duration::from_secs(3))
+            .heartbeat_interval(Duration::from_millis(300))
+            .register::<Sleep>(),
+    );
     let id = skiplock::enqueue(
         pool,
         &Sleep {
@@ -207,11 +205,7 @@ async fn cancelled_waiting_jobs_never_run_and_retry_puts_them_back() {
     }
     assert_eq!(skiplock::cancel(pool, 999_999).await.expect("cancel"), None);
 
-    let running = worker(pool)
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<Record>());
     // A sentinel enqueued after them: once it has run, the worker has passed them by.
     let sentinel = skiplock::enqueue(pool, &Record { n: 3 })
         .await
@@ -309,13 +303,11 @@ async fn unique_by_args_and_its_states() {
     assert!(key.starts_with("record:"), "{key}");
 
     // Once finished, the job no longer blocks a new one (the default states are unfinished).
-    let running = worker(pool)
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
-    wait_for_state(pool, "completed", 3, Duration::from_secs(5)).await;
-    running.shutdown().await.expect("shutdown");
+    with_worker(
+        worker(pool).register::<Record>(),
+        wait_for_state(pool, "completed", 3, Duration::from_secs(5)),
+    )
+    .await;
     let later = skiplock::enqueue_with(pool, &Record { n: 1 }, by_args())
         .await
         .expect("enqueue");
@@ -367,11 +359,7 @@ impl Handler<PgPool> for SnoozeOnce {
 async fn snooze_runs_again_later_without_using_an_attempt() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .register::<SnoozeOnce>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<SnoozeOnce>());
     let id = skiplock::enqueue(pool, &SnoozeOnce).await.expect("enqueue");
     wait_for_state(pool, "completed", 1, Duration::from_secs(5)).await;
     running.shutdown().await.expect("shutdown");
@@ -440,11 +428,7 @@ async fn transactional_completion_commits_effect_and_completion_together_and_is_
         .execute(pool)
         .await
         .expect("effects table");
-    let running = worker(pool)
-        .register::<Effect>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<Effect>());
     let good = skiplock::enqueue(pool, &Effect { stale: false })
         .await
         .expect("enqueue");
@@ -544,14 +528,13 @@ async fn handlers_exhausting_the_pool_do_not_cost_leases() {
 async fn workers_register_heartbeat_and_unregister() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .id("worker-under-test")
-        .queue("default", 2)
-        .queue("mail", 1)
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(
+        worker(pool)
+            .id("worker-under-test")
+            .queue("default", 2)
+            .queue("mail", 1)
+            .register::<Record>(),
+    );
     let row: (String, i32, Vec<String>) = eventually(Duration::from_secs(5), "a row", || async {
         sqlx::query_as(
             "SELECT host, pid, queues FROM skiplock.workers WHERE id = 'worker-under-test'",
@@ -597,12 +580,7 @@ async fn workers_register_heartbeat_and_unregister() {
 async fn a_unique_job_blocked_by_its_duplicate_does_not_stall_promotion_of_others() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .register::<common::Fail>()
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<common::Fail>().register::<Record>());
     // Unique only while waiting: a duplicate may be enqueued while this one is retrying.
     let unique = || {
         let states = [JobState::Scheduled, JobState::Available];
@@ -695,15 +673,14 @@ async fn a_worker_that_cannot_renew_a_lease_stops_the_job_before_it_expires() {
     .execute(pool)
     .await
     .expect("stops table");
-    let running = worker(pool)
-        .lease(Duration::from_secs(2))
-        .heartbeat_interval(Duration::from_millis(400))
-        .rescue_interval(Duration::from_millis(200))
-        .shutdown_timeout(Duration::from_millis(100))
-        .register::<AwaitStop>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(
+        worker(pool)
+            .lease(Duration::from_secs(2))
+            .heartbeat_interval(Duration::from_millis(400))
+            .rescue_interval(Duration::from_millis(200))
+            .shutdown_timeout(Duration::from_millis(100))
+            .register::<AwaitStop>(),
+    );
     let id = skiplock::enqueue(pool, &AwaitStop).await.expect("enqueue");
     started(pool, id).await;
 

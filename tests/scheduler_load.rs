@@ -80,12 +80,11 @@ async fn a_worker_with_a_busy_embedded_scheduler_shuts_down_in_time() {
     let db = database().await;
     let pool = db.pool();
     every_second_schedules(pool, 2_000, 30.0).await;
-    let worker = common::worker(pool)
-        .register::<common::Record>()
-        .schedule_owner("load-test")
-        .build()
-        .expect("worker")
-        .start();
+    let worker = common::start(
+        common::worker(pool)
+            .register::<common::Record>()
+            .schedule_owner("load-test"),
+    );
     common::eventually(Duration::from_secs(10), "the scheduler to fire", || async {
         (jobs(pool).await > 0).then_some(())
     })

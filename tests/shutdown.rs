@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Sleep, database, eventually, job, worker};
+use common::{Sleep, database, eventually, job, start, with_worker, worker};
 use skiplock::JobState;
 
 async fn started(pool: &sqlx::PgPool, n: i64) {
@@ -22,11 +22,7 @@ async fn started(pool: &sqlx::PgPool, n: i64) {
 async fn shutdown_waits_for_jobs_in_flight() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .register::<Sleep>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<Sleep>());
     let mut ids = Vec::new();
     for _ in 0..5 {
         let sleep = Sleep {
@@ -47,13 +43,12 @@ async fn shutdown_waits_for_jobs_in_flight() {
 async fn jobs_outliving_the_grace_period_are_cancelled_or_dropped_and_run_again() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .shutdown_timeout(Duration::from_millis(300))
-        .cancel_timeout(Duration::from_millis(300))
-        .register::<Sleep>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(
+        worker(pool)
+            .shutdown_timeout(Duration::from_millis(300))
+            .cancel_timeout(Duration::from_millis(300))
+            .register::<Sleep>(),
+    );
     // One handler stops when cancelled, one ignores cancellation and must be dropped.
     let polite = skiplock::enqueue(
         pool,
@@ -103,13 +98,11 @@ async fn jobs_outliving_the_grace_period_are_cancelled_or_dropped_and_run_again(
     .execute(pool)
     .await
     .expect("shorten jobs");
-    let second = worker(pool)
-        .register::<Sleep>()
-        .build()
-        .expect("worker")
-        .start();
-    common::wait_for_state(pool, "completed", 2, Duration::from_secs(10)).await;
-    second.shutdown().await.expect("shutdown");
+    with_worker(
+        worker(pool).register::<Sleep>(),
+        common::wait_for_state(pool, "completed", 2, Duration::from_secs(10)),
+    )
+    .await;
     assert_eq!(job(pool, polite).await.attempt, 1);
     assert_eq!(job(pool, stubborn).await.attempt, 1);
 }

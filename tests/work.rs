@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Record, database, job, runs_per_job, wait_for_state, worker};
+use common::{Record, database, job, runs_per_job, start, wait_for_state, with_worker, worker};
 use skiplock::{EnqueueOptions, JobState, NewJob};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,13 +19,12 @@ async fn four_workers_run_ten_thousand_jobs_exactly_once() {
 
     let workers: Vec<_> = (0..4)
         .map(|i| {
-            worker(pool)
-                .id(format!("worker-{i}"))
-                .queue("default", 8)
-                .register::<Record>()
-                .build()
-                .expect("worker")
-                .start()
+            start(
+                worker(pool)
+                    .id(format!("worker-{i}"))
+                    .queue("default", 8)
+                    .register::<Record>(),
+            )
         })
         .collect();
     wait_for_state(pool, "completed", 10_000, Duration::from_secs(120)).await;
@@ -64,11 +63,7 @@ async fn four_workers_run_ten_thousand_jobs_exactly_once() {
 async fn scheduled_job_does_not_run_before_run_at() {
     let db = database().await;
     let pool = db.pool();
-    let running = worker(pool)
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).register::<Record>());
 
     let delayed = skiplock::enqueue_with(
         pool,
@@ -125,14 +120,11 @@ async fn priorities_are_honoured_within_a_queue() {
         .await
         .expect("enqueue");
     }
-    let running = worker(pool)
-        .queue("default", 1)
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
-    wait_for_state(pool, "completed", 8, Duration::from_secs(10)).await;
-    running.shutdown().await.expect("shutdown");
+    with_worker(
+        worker(pool).queue("default", 1).register::<Record>(),
+        wait_for_state(pool, "completed", 8, Duration::from_secs(10)),
+    )
+    .await;
 
     let order: Vec<(i16, i64)> = sqlx::query_as(
         "SELECT j.priority, j.id FROM ledger l JOIN skiplock.jobs j ON j.id = l.job_id ORDER BY l.seq",
@@ -159,12 +151,7 @@ async fn a_worker_only_claims_from_its_own_queues() {
     )
     .await
     .expect("enqueue");
-    let running = worker(pool)
-        .queue("mine", 2)
-        .register::<Record>()
-        .build()
-        .expect("worker")
-        .start();
+    let running = start(worker(pool).queue("mine", 2).register::<Record>());
     wait_for_state(pool, "completed", 1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     running.shutdown().await.expect("shutdown");

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use skiplock::{Handler, Job, JobContext, JobError, JobRow, Worker, WorkerBuilder};
+use skiplock::{Handler, Job, JobContext, JobError, JobRow, Worker, WorkerBuilder, WorkerHandle};
 use skiplock_testing::TestDatabase;
 use sqlx::PgPool;
 
@@ -37,6 +37,20 @@ pub fn worker(pool: &PgPool) -> WorkerBuilder<PgPool> {
         .shutdown_timeout(Duration::from_secs(5))
         .cancel_timeout(Duration::from_secs(1))
         .rescue_interval(Duration::from_millis(500))
+}
+
+/// Builds and starts the worker `builder` describes.
+pub fn start(builder: WorkerBuilder<PgPool>) -> WorkerHandle {
+    builder.build().expect("worker").start()
+}
+
+/// Starts the worker `builder` describes, runs `body` (typically: enqueue, then wait for a
+/// state) while it works, shuts the worker down, and returns what `body` returned.
+pub async fn with_worker<T>(builder: WorkerBuilder<PgPool>, body: impl Future<Output = T>) -> T {
+    let running = start(builder);
+    let value = body.await;
+    running.shutdown().await.expect("shutdown");
+    value
 }
 
 async fn record(ctx: &JobContext<PgPool>) -> Result<(), JobError> {
