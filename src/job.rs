@@ -66,7 +66,11 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
 }
 
 /// The state of a job; see `docs/schema.md` for every transition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+///
+/// Mapped by sqlx to the PostgreSQL enum `skiplock.job_state` (and arrays of it), so it binds
+/// and decodes directly, with no text conversion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(type_name = "skiplock.job_state", rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum JobState {
     /// Waiting for its `run_at` time.
@@ -188,12 +192,10 @@ pub struct JobRow {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum JobQueryError {
-    /// The query failed.
+    /// The query failed, or the row could not be decoded (e.g. a state this version of skiplock
+    /// does not know, from a newer schema).
     #[error("job query failed")]
     Database(#[from] sqlx::Error),
-    /// The row holds a state this version of skiplock does not know (a newer schema).
-    #[error("job has a state this version does not know")]
-    UnknownState(#[from] ParseJobStateError),
 }
 
 /// Reads one job by id; `None` when there is no such job.
@@ -215,7 +217,7 @@ pub async fn get_job<'e>(
         queue: row.queue,
         kind: row.kind,
         args: row.args,
-        state: row.state.parse()?,
+        state: row.state,
         priority: row.priority,
         attempt: row.attempt,
         max_attempts: row.max_attempts,
@@ -258,10 +260,7 @@ pub async fn cancel<'e>(
     executor: impl PgExecutor<'e>,
     id: i64,
 ) -> Result<Option<JobState>, JobQueryError> {
-    Ok(db::job::cancel(executor, id)
-        .await?
-        .map(|state| state.parse())
-        .transpose()?)
+    Ok(db::job::cancel(executor, id).await?)
 }
 
 /// Puts a `failed` or `cancelled` job back in its queue to run now, like the SQL function

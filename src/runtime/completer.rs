@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 use super::running::RunningAttempts;
-use crate::db;
+use crate::{JobState, db};
 
 /// The most outcomes written by one statement.
 pub(crate) const DEFAULT_MAX_BATCH: usize = 2_000;
@@ -293,16 +293,22 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
     let mut columns = db::job::Outcomes::default();
     for completion in batch {
         let (state, result, error, after, give_back) = match completion.outcome {
-            Outcome::Completed(output) => ("completed", Some(output), None, Duration::ZERO, false),
+            Outcome::Completed(output) => (
+                JobState::Completed,
+                Some(output),
+                None,
+                Duration::ZERO,
+                false,
+            ),
             Outcome::Retry {
                 error_kind,
                 message,
                 after,
             } => {
                 let state = if after.is_zero() {
-                    "available"
+                    JobState::Available
                 } else {
-                    "retryable"
+                    JobState::Retryable
                 };
                 (state, None, Some((error_kind, message)), after, false)
             }
@@ -310,7 +316,7 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
                 error_kind,
                 message,
             } => (
-                "failed",
+                JobState::Failed,
                 None,
                 Some((error_kind, message)),
                 Duration::ZERO,
@@ -320,7 +326,7 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
                 error_kind,
                 message,
             } => (
-                "cancelled",
+                JobState::Cancelled,
                 None,
                 Some((error_kind, message)),
                 Duration::ZERO,
@@ -330,7 +336,7 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
                 error_kind,
                 message,
             } => (
-                "available",
+                JobState::Available,
                 None,
                 Some((error_kind, message)),
                 Duration::ZERO,
@@ -338,9 +344,9 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
             ),
             Outcome::Snoozed { after } => {
                 let state = if after.is_zero() {
-                    "available"
+                    JobState::Available
                 } else {
-                    "scheduled"
+                    JobState::Scheduled
                 };
                 (state, None, None, after, true)
             }
@@ -348,7 +354,7 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
         let (error_kind, message) = error.unzip();
         columns.ids.push(completion.id);
         columns.lease_tokens.push(completion.lease_token);
-        columns.states.push(state.to_owned());
+        columns.states.push(state);
         columns.results.push(result);
         columns.error_kinds.push(error_kind.map(str::to_owned));
         // PostgreSQL text cannot hold NUL characters.
@@ -368,7 +374,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{EnqueueOptions, JobState, NewJob};
+    use crate::{EnqueueOptions, NewJob};
     use skiplock_testing::TestDatabase;
 
     /// Claims `n` new jobs; returns their (id, lease token).
