@@ -137,6 +137,110 @@ impl FromStr for JobState {
     }
 }
 
+/// Why an attempt ended, as each `errors[].kind` of a job records it; `docs/schema.md` explains
+/// every kind.
+///
+/// Serialized as its snake_case name (`"worker_lost"`). A name this version does not know (written
+/// by another language's client or a newer skiplock) reads as [`ErrorKind::Other`], keeping it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// `error`: the handler returned a retryable error.
+    Error,
+    /// `permanent`: the handler returned a permanent error.
+    Permanent,
+    /// `panic`: the handler panicked.
+    Panic,
+    /// `timeout`: the attempt ran past its timeout.
+    Timeout,
+    /// `cancelled`: the job was cancelled while it ran.
+    Cancelled,
+    /// `undecodable_args`: the stored arguments did not deserialize into the job type.
+    UndecodableArgs,
+    /// `undecodable_row`: another column holds a value the worker cannot represent (a foreign
+    /// writer stored `created_at = 'infinity'`, say).
+    UndecodableRow,
+    /// `unserializable_output`: the handler succeeded but its output did not serialize to JSON.
+    UnserializableOutput,
+    /// `unknown_kind`: the worker that claimed the job has no handler for its kind.
+    UnknownKind,
+    /// `interrupted`: the worker shut down while the attempt ran; the attempt was given back.
+    Interrupted,
+    /// `worker_lost`: the worker stopped renewing its lease and a rescuer took the job back.
+    WorkerLost,
+    /// `superseded`: a unique job could not go back to a state it is unique in because a
+    /// duplicate holds its key; it was cancelled instead.
+    Superseded,
+    /// `unrecordable_outcome`: the database refused to store the attempt's outcome; the job
+    /// failed instead.
+    UnrecordableOutcome,
+    /// Any other name, kept as written.
+    Other(String),
+}
+
+impl ErrorKind {
+    /// The kind's name as stored in `errors[].kind`, e.g. `"worker_lost"`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Error => "error",
+            Self::Permanent => "permanent",
+            Self::Panic => "panic",
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
+            Self::UndecodableArgs => "undecodable_args",
+            Self::UndecodableRow => "undecodable_row",
+            Self::UnserializableOutput => "unserializable_output",
+            Self::UnknownKind => "unknown_kind",
+            Self::Interrupted => "interrupted",
+            Self::WorkerLost => "worker_lost",
+            Self::Superseded => "superseded",
+            Self::UnrecordableOutcome => "unrecordable_outcome",
+            Self::Other(name) => name,
+        }
+    }
+}
+
+impl From<&str> for ErrorKind {
+    /// The kind of that name; [`ErrorKind::Other`] for names this version does not know.
+    fn from(name: &str) -> Self {
+        match name {
+            "error" => Self::Error,
+            "permanent" => Self::Permanent,
+            "panic" => Self::Panic,
+            "timeout" => Self::Timeout,
+            "cancelled" => Self::Cancelled,
+            "undecodable_args" => Self::UndecodableArgs,
+            "undecodable_row" => Self::UndecodableRow,
+            "unserializable_output" => Self::UnserializableOutput,
+            "unknown_kind" => Self::UnknownKind,
+            "interrupted" => Self::Interrupted,
+            "worker_lost" => Self::WorkerLost,
+            "superseded" => Self::Superseded,
+            "unrecordable_outcome" => Self::UnrecordableOutcome,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for ErrorKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ErrorKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(Self::from(name.as_ref()))
+    }
+}
+
 /// One row of `skiplock.jobs`, as [`get_job`] returns it.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -274,4 +378,38 @@ pub async fn cancel<'e>(
 /// As [`cancel`].
 pub async fn retry<'e>(executor: impl PgExecutor<'e>, id: i64) -> Result<bool, JobQueryError> {
     Ok(db::job::retry(executor, id).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_keep_their_names_and_unknown_ones() {
+        for name in [
+            "error",
+            "permanent",
+            "panic",
+            "timeout",
+            "cancelled",
+            "undecodable_args",
+            "undecodable_row",
+            "unserializable_output",
+            "unknown_kind",
+            "interrupted",
+            "worker_lost",
+            "superseded",
+            "unrecordable_outcome",
+        ] {
+            let kind: ErrorKind = serde_json::from_value(Value::from(name)).expect("kind");
+            assert!(!matches!(kind, ErrorKind::Other(_)), "{name}");
+            assert_eq!(
+                serde_json::to_value(&kind).expect("json"),
+                Value::from(name)
+            );
+        }
+        let foreign: ErrorKind = serde_json::from_value(Value::from("oom_killed")).expect("kind");
+        assert_eq!(foreign, ErrorKind::Other("oom_killed".to_owned()));
+        assert_eq!(foreign.as_str(), "oom_killed");
+    }
 }

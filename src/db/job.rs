@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgExecutor;
 
-use crate::JobState;
+use crate::{ErrorKind, JobState};
 
 /// One row to insert. `run_at` wins over `delay_secs`; with neither the job is runnable now.
 pub(crate) struct InsertRow<'a> {
@@ -328,17 +328,17 @@ impl Outcomes {
     /// in because a duplicate holds their key, and that duplicate will do the work.
     pub(crate) fn superseded(&self) -> Self {
         let message = "a duplicate unique job holds the key".to_owned();
-        self.finished_instead(JobState::Cancelled, "superseded", message)
+        self.finished_instead(JobState::Cancelled, ErrorKind::Superseded, message)
     }
 
     /// The same attempts recorded as failed because their outcome could not be stored.
     pub(crate) fn unrecordable(&self, error: &sqlx::Error) -> Self {
         let message = format!("the outcome could not be stored: {error}").replace('\0', "");
-        self.finished_instead(JobState::Failed, "unrecordable_outcome", message)
+        self.finished_instead(JobState::Failed, ErrorKind::UnrecordableOutcome, message)
     }
 
     /// The same attempts, all ending in final `state` with one error entry instead.
-    fn finished_instead(&self, state: JobState, error_kind: &str, message: String) -> Self {
+    fn finished_instead(&self, state: JobState, error_kind: ErrorKind, message: String) -> Self {
         let n = self.len();
         Self {
             ids: self.ids.clone(),
@@ -346,7 +346,7 @@ impl Outcomes {
             states: vec![state; n],
             give_back: vec![false; n],
             results: vec![None; n],
-            error_kinds: vec![Some(error_kind.to_owned()); n],
+            error_kinds: vec![Some(error_kind.as_str().to_owned()); n],
             error_messages: vec![Some(message); n],
             retry_in_secs: vec![0.0; n],
         }

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 use super::running::RunningAttempts;
-use crate::{JobState, db};
+use crate::{ErrorKind, JobState, db};
 
 /// The most outcomes written by one statement.
 pub(crate) const DEFAULT_MAX_BATCH: usize = 2_000;
@@ -44,23 +44,23 @@ pub(crate) enum Outcome {
     Completed(Value),
     /// Run again after `after` (`Duration::ZERO`: straight back to `available`).
     Retry {
-        error_kind: &'static str,
+        error_kind: ErrorKind,
         message: String,
         after: Duration,
     },
     /// Finished for good.
     Failed {
-        error_kind: &'static str,
+        error_kind: ErrorKind,
         message: String,
     },
     /// Cancelled while running.
     Cancelled {
-        error_kind: &'static str,
+        error_kind: ErrorKind,
         message: String,
     },
     /// Stopped by a worker shutdown: straight back to `available`, attempt given back.
     Interrupted {
-        error_kind: &'static str,
+        error_kind: ErrorKind,
         message: String,
     },
     /// Run again after `after`, attempt given back, no error recorded.
@@ -356,7 +356,9 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
         columns.lease_tokens.push(completion.lease_token);
         columns.states.push(state);
         columns.results.push(result);
-        columns.error_kinds.push(error_kind.map(str::to_owned));
+        columns
+            .error_kinds
+            .push(error_kind.map(|kind| kind.as_str().to_owned()));
         // PostgreSQL text cannot hold NUL characters.
         columns
             .error_messages
@@ -416,16 +418,16 @@ mod tests {
         let outcomes = [
             Outcome::Completed(json!({"ok": true})),
             Outcome::Retry {
-                error_kind: "error",
+                error_kind: ErrorKind::Error,
                 message: "try later".into(),
                 after: Duration::from_secs(60),
             },
             Outcome::Failed {
-                error_kind: "permanent",
+                error_kind: ErrorKind::Permanent,
                 message: "no".into(),
             },
             Outcome::Interrupted {
-                error_kind: "interrupted",
+                error_kind: ErrorKind::Interrupted,
                 message: "shutdown".into(),
             },
             Outcome::Snoozed {
