@@ -241,6 +241,63 @@ impl<'de> serde::Deserialize<'de> for ErrorKind {
     }
 }
 
+/// One failed attempt of a job, as its `errors` column records it (oldest first).
+///
+/// Entries are read leniently, since other clients may write them: fields that are missing or of
+/// another type read as `None` (or an empty [`ErrorKind::Other`] kind, an empty message, attempt
+/// 0), so that a malformed entry never makes [`get_job`] fail; an entry that is not a JSON object
+/// at all reads as a kind of `Other("")` whose message is the entry's JSON text.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct AttemptError {
+    /// The attempt it records, counting from 1 (0 when the entry does not say).
+    pub attempt: i32,
+    /// When it was recorded (database time).
+    pub at: Option<DateTime<Utc>>,
+    /// Why the attempt ended.
+    pub kind: ErrorKind,
+    /// The error and its causes, `outer: inner: root`.
+    pub message: String,
+    /// The id of the worker that ran the attempt.
+    pub worker: Option<String>,
+}
+
+impl AttemptError {
+    /// Reads one `errors` entry; never fails (see the type's documentation).
+    fn from_entry(entry: &Value) -> Self {
+        let Some(fields) = entry.as_object() else {
+            return Self {
+                attempt: 0,
+                at: None,
+                kind: ErrorKind::Other(String::new()),
+                message: entry.to_string(),
+                worker: None,
+            };
+        };
+        let text = |key: &str| fields.get(key).and_then(Value::as_str);
+        Self {
+            attempt: fields
+                .get("attempt")
+                .and_then(Value::as_i64)
+                .and_then(|n| i32::try_from(n).ok())
+                .unwrap_or(0),
+            at: text("at")
+                .and_then(|at| DateTime::parse_from_rfc3339(at).ok().map(|at| at.to_utc())),
+            kind: ErrorKind::from(text("kind").unwrap_or_default()),
+            message: text("message").unwrap_or_default().to_owned(),
+            worker: text("worker").map(str::to_owned),
+        }
+    }
+
+    /// Reads a whole `errors` column: one entry per element of a JSON array, none otherwise.
+    fn from_column(errors: &Value) -> Vec<Self> {
+        errors
+            .as_array()
+            .map(|entries| entries.iter().map(Self::from_entry).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// One row of `skiplock.jobs`, as [`get_job`] returns it.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -273,8 +330,8 @@ pub struct JobRow {
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// The ids of the workers that ran it, one per attempt, oldest first.
     pub attempted_by: Vec<String>,
-    /// One entry per failed attempt: `{"attempt", "at", "kind", "message", "worker"}`.
-    pub errors: Value,
+    /// One entry per failed attempt, oldest first.
+    pub errors: Vec<AttemptError>,
     /// The handler's output, once completed.
     pub result: Option<Value>,
     /// Free-form labels given at enqueue time.
@@ -331,7 +388,7 @@ pub async fn get_job<'e>(
         finished_at: row.finished_at,
         lease_expires_at: row.lease_expires_at,
         attempted_by: row.attempted_by,
-        errors: row.errors,
+        errors: AttemptError::from_column(&row.errors),
         result: row.result,
         tags: row.tags,
         progress: row.progress,
@@ -411,5 +468,35 @@ mod tests {
         let foreign: ErrorKind = serde_json::from_value(Value::from("oom_killed")).expect("kind");
         assert_eq!(foreign, ErrorKind::Other("oom_killed".to_owned()));
         assert_eq!(foreign.as_str(), "oom_killed");
+    }
+
+    #[test]
+    fn attempt_errors_read_leniently() {
+        let errors = AttemptError::from_column(&serde_json::json!([
+            {"attempt": 2, "at": "2026-01-02T03:04:05.5+00:00", "kind": "timeout",
+             "message": "timed out", "worker": "w1"},
+            {"attempt": "x", "kind": 7, "worker": null},
+            "plain text",
+        ]));
+        assert_eq!(errors.len(), 3);
+        assert_eq!(errors[0].attempt, 2);
+        assert_eq!(errors[0].kind, ErrorKind::Timeout);
+        assert_eq!(errors[0].message, "timed out");
+        assert_eq!(errors[0].worker.as_deref(), Some("w1"));
+        assert_eq!(
+            errors[0].at.map(|at| at.timestamp_millis()),
+            Some(1_767_323_045_500)
+        );
+        assert_eq!(
+            (
+                errors[1].attempt,
+                &errors[1].kind,
+                errors[1].at,
+                &errors[1].worker
+            ),
+            (0, &ErrorKind::Other(String::new()), None, &None)
+        );
+        assert_eq!(errors[2].message, "\"plain text\"");
+        assert!(AttemptError::from_column(&serde_json::json!({})).is_empty());
     }
 }
