@@ -290,7 +290,7 @@ impl AttemptError {
     }
 
     /// Reads a whole `errors` column: one entry per element of a JSON array, none otherwise.
-    fn from_column(errors: &Value) -> Vec<Self> {
+    pub(crate) fn from_column(errors: &Value) -> Vec<Self> {
         errors
             .as_array()
             .map(|entries| entries.iter().map(Self::from_entry).collect())
@@ -370,35 +370,7 @@ pub async fn get_job<'e>(
     executor: impl PgExecutor<'e>,
     id: i64,
 ) -> Result<Option<JobRow>, JobQueryError> {
-    let Some(row) = db::job::get(executor, id).await? else {
-        return Ok(None);
-    };
-    Ok(Some(JobRow {
-        id: row.id,
-        queue: row.queue,
-        kind: row.kind,
-        args: row.args,
-        state: row.state,
-        priority: row.priority,
-        attempt: row.attempt,
-        max_attempts: row.max_attempts,
-        run_at: row.run_at,
-        created_at: row.created_at,
-        attempted_at: row.attempted_at,
-        finished_at: row.finished_at,
-        lease_expires_at: row.lease_expires_at,
-        attempted_by: row.attempted_by,
-        errors: AttemptError::from_column(&row.errors),
-        result: row.result,
-        tags: row.tags,
-        progress: row.progress,
-        timeout: row
-            .timeout_secs
-            .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok()),
-        cancel_requested_at: row.cancel_requested_at,
-        unique_key: row.unique_key,
-        schedule: row.schedule,
-    }))
+    Ok(db::job::get(executor, id).await?)
 }
 
 /// Cancels a job, like the SQL function `skiplock.cancel(id)`: a waiting job (scheduled,

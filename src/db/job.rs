@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgExecutor;
 
-use crate::{ErrorKind, JobState};
+use crate::{AttemptError, ErrorKind, JobRow, JobState};
 
 /// One row to insert. `run_at` wins over `delay_secs`; with neither the job is runnable now.
 pub(crate) struct InsertRow<'a> {
@@ -801,39 +801,12 @@ pub(crate) async fn seconds_until_next_due<'e>(
     .await
 }
 
-/// A full row of `skiplock.jobs`, as [`crate::JobRow`] exposes it.
-pub(crate) struct Row {
-    pub(crate) id: i64,
-    pub(crate) queue: String,
-    pub(crate) kind: String,
-    pub(crate) args: Value,
-    pub(crate) state: JobState,
-    pub(crate) priority: i16,
-    pub(crate) attempt: i32,
-    pub(crate) max_attempts: i32,
-    pub(crate) run_at: DateTime<Utc>,
-    pub(crate) created_at: DateTime<Utc>,
-    pub(crate) attempted_at: Option<DateTime<Utc>>,
-    pub(crate) finished_at: Option<DateTime<Utc>>,
-    pub(crate) lease_expires_at: Option<DateTime<Utc>>,
-    pub(crate) attempted_by: Vec<String>,
-    pub(crate) errors: Value,
-    pub(crate) result: Option<Value>,
-    pub(crate) tags: Vec<String>,
-    pub(crate) progress: Option<Value>,
-    pub(crate) timeout_secs: Option<f64>,
-    pub(crate) cancel_requested_at: Option<DateTime<Utc>>,
-    pub(crate) unique_key: Option<String>,
-    pub(crate) schedule: Option<String>,
-}
-
-/// Reads one job by id.
+/// Reads one job by id, straight into the one public row type.
 pub(crate) async fn get<'e>(
     executor: impl PgExecutor<'e>,
     id: i64,
-) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as!(
-        Row,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    let row = sqlx::query!(
         r#"
         SELECT id, queue, kind, args, state AS "state: JobState", priority, attempt, max_attempts,
                run_at, created_at, attempted_at, finished_at, lease_expires_at, attempted_by,
@@ -845,7 +818,33 @@ pub(crate) async fn get<'e>(
         id,
     )
     .fetch_optional(executor)
-    .await
+    .await?;
+    Ok(row.map(|row| JobRow {
+        id: row.id,
+        queue: row.queue,
+        kind: row.kind,
+        args: row.args,
+        state: row.state,
+        priority: row.priority,
+        attempt: row.attempt,
+        max_attempts: row.max_attempts,
+        run_at: row.run_at,
+        created_at: row.created_at,
+        attempted_at: row.attempted_at,
+        finished_at: row.finished_at,
+        lease_expires_at: row.lease_expires_at,
+        attempted_by: row.attempted_by,
+        errors: AttemptError::from_column(&row.errors),
+        result: row.result,
+        tags: row.tags,
+        progress: row.progress,
+        timeout: row
+            .timeout_secs
+            .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok()),
+        cancel_requested_at: row.cancel_requested_at,
+        unique_key: row.unique_key,
+        schedule: row.schedule,
+    }))
 }
 
 /// Of the given running attempts (job id and lease token, element by element), the ids of those
