@@ -563,12 +563,13 @@ pub async fn enqueue_new<'e>(
     let Some(unique) = &job.unique else {
         return Ok(db::job::insert(executor, job.as_row()).await?);
     };
-    let states: Vec<String> = unique
-        .states
-        .iter()
-        .map(|s| s.as_str().to_owned())
-        .collect();
-    let id = db::job::insert_unique(executor, job.as_row(), unique.key.as_deref(), &states).await?;
+    let id = db::job::insert_unique(
+        executor,
+        job.as_row(),
+        unique.key.as_deref(),
+        &unique.states,
+    )
+    .await?;
     Ok(id)
 }
 

@@ -71,7 +71,11 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
 }
 
 /// The state of a job; see `docs/schema.md` for every transition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+///
+/// Mapped by sqlx to the PostgreSQL enum `skiplock.job_state` (and arrays of it), so it binds
+/// and decodes directly, with no text conversion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(type_name = "skiplock.job_state", rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum JobState {
     /// Waiting for its `run_at` time.
@@ -138,6 +142,167 @@ impl FromStr for JobState {
     }
 }
 
+/// Why an attempt ended, as each `errors[].kind` of a job records it; `docs/schema.md` explains
+/// every kind.
+///
+/// Serialized as its snake_case name (`"worker_lost"`). A name this version does not know (written
+/// by another language's client or a newer skiplock) reads as [`ErrorKind::Other`], keeping it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// `error`: the handler returned a retryable error.
+    Error,
+    /// `permanent`: the handler returned a permanent error.
+    Permanent,
+    /// `panic`: the handler panicked.
+    Panic,
+    /// `timeout`: the attempt ran past its timeout.
+    Timeout,
+    /// `cancelled`: the job was cancelled while it ran.
+    Cancelled,
+    /// `undecodable_args`: the stored arguments did not deserialize into the job type.
+    UndecodableArgs,
+    /// `undecodable_row`: another column holds a value the worker cannot represent (a foreign
+    /// writer stored `created_at = 'infinity'`, say).
+    UndecodableRow,
+    /// `unserializable_output`: the handler succeeded but its output did not serialize to JSON.
+    UnserializableOutput,
+    /// `unknown_kind`: the worker that claimed the job has no handler for its kind.
+    UnknownKind,
+    /// `interrupted`: the worker shut down while the attempt ran; the attempt was given back.
+    Interrupted,
+    /// `worker_lost`: the worker stopped renewing its lease and a rescuer took the job back.
+    WorkerLost,
+    /// `superseded`: a unique job could not go back to a state it is unique in because a
+    /// duplicate holds its key; it was cancelled instead.
+    Superseded,
+    /// `unrecordable_outcome`: the database refused to store the attempt's outcome; the job
+    /// failed instead.
+    UnrecordableOutcome,
+    /// Any other name, kept as written.
+    Other(String),
+}
+
+impl ErrorKind {
+    /// The kind's name as stored in `errors[].kind`, e.g. `"worker_lost"`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Error => "error",
+            Self::Permanent => "permanent",
+            Self::Panic => "panic",
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
+            Self::UndecodableArgs => "undecodable_args",
+            Self::UndecodableRow => "undecodable_row",
+            Self::UnserializableOutput => "unserializable_output",
+            Self::UnknownKind => "unknown_kind",
+            Self::Interrupted => "interrupted",
+            Self::WorkerLost => "worker_lost",
+            Self::Superseded => "superseded",
+            Self::UnrecordableOutcome => "unrecordable_outcome",
+            Self::Other(name) => name,
+        }
+    }
+}
+
+impl From<&str> for ErrorKind {
+    /// The kind of that name; [`ErrorKind::Other`] for names this version does not know.
+    fn from(name: &str) -> Self {
+        match name {
+            "error" => Self::Error,
+            "permanent" => Self::Permanent,
+            "panic" => Self::Panic,
+            "timeout" => Self::Timeout,
+            "cancelled" => Self::Cancelled,
+            "undecodable_args" => Self::UndecodableArgs,
+            "undecodable_row" => Self::UndecodableRow,
+            "unserializable_output" => Self::UnserializableOutput,
+            "unknown_kind" => Self::UnknownKind,
+            "interrupted" => Self::Interrupted,
+            "worker_lost" => Self::WorkerLost,
+            "superseded" => Self::Superseded,
+            "unrecordable_outcome" => Self::UnrecordableOutcome,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for ErrorKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ErrorKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(Self::from(name.as_ref()))
+    }
+}
+
+/// One failed attempt of a job, as its `errors` column records it (oldest first).
+///
+/// Entries are read leniently, since other clients may write them: fields that are missing or of
+/// another type read as `None` (or an empty [`ErrorKind::Other`] kind, an empty message, attempt
+/// 0), so that a malformed entry never makes [`get_job`] fail; an entry that is not a JSON object
+/// at all reads as a kind of `Other("")` whose message is the entry's JSON text.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct AttemptError {
+    /// The attempt it records, counting from 1 (0 when the entry does not say).
+    pub attempt: i32,
+    /// When it was recorded (database time).
+    pub at: Option<DateTime<Utc>>,
+    /// Why the attempt ended.
+    pub kind: ErrorKind,
+    /// The error and its causes, `outer: inner: root`.
+    pub message: String,
+    /// The id of the worker that ran the attempt.
+    pub worker: Option<String>,
+}
+
+impl AttemptError {
+    /// Reads one `errors` entry; never fails (see the type's documentation).
+    fn from_entry(entry: &Value) -> Self {
+        let Some(fields) = entry.as_object() else {
+            return Self {
+                attempt: 0,
+                at: None,
+                kind: ErrorKind::Other(String::new()),
+                message: entry.to_string(),
+                worker: None,
+            };
+        };
+        let text = |key: &str| fields.get(key).and_then(Value::as_str);
+        Self {
+            attempt: fields
+                .get("attempt")
+                .and_then(Value::as_i64)
+                .and_then(|n| i32::try_from(n).ok())
+                .unwrap_or(0),
+            at: text("at")
+                .and_then(|at| DateTime::parse_from_rfc3339(at).ok().map(|at| at.to_utc())),
+            kind: ErrorKind::from(text("kind").unwrap_or_default()),
+            message: text("message").unwrap_or_default().to_owned(),
+            worker: text("worker").map(str::to_owned),
+        }
+    }
+
+    /// Reads a whole `errors` column: one entry per element of a JSON array, none otherwise.
+    pub(crate) fn from_column(errors: &Value) -> Vec<Self> {
+        errors
+            .as_array()
+            .map(|entries| entries.iter().map(Self::from_entry).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// One row of `skiplock.jobs`, as [`get_job`] returns it.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -172,8 +337,8 @@ pub struct JobRow {
     /// included), oldest first; only the last 100 are kept.
     pub attempted_by: Vec<String>,
     /// One entry per attempt that did not succeed (failed, interrupted, cancelled, superseded,
-    /// ...; see `docs/schema.md`): `{"attempt", "at", "kind", "message", "worker"}`.
-    pub errors: Value,
+    /// ...; see `docs/schema.md`), oldest first.
+    pub errors: Vec<AttemptError>,
     /// The handler's output, once completed.
     pub result: Option<Value>,
     /// Free-form labels given at enqueue time.
@@ -195,12 +360,10 @@ pub struct JobRow {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum JobQueryError {
-    /// The query failed.
+    /// The query failed, or the row could not be decoded (e.g. a state this version of skiplock
+    /// does not know, from a newer schema).
     #[error("job query failed")]
     Database(#[from] sqlx::Error),
-    /// The row holds a state this version of skiplock does not know (a newer schema).
-    #[error("job has a state this version does not know")]
-    UnknownState(#[from] ParseJobStateError),
 }
 
 /// Reads one job by id; `None` when there is no such job.
@@ -214,35 +377,7 @@ pub async fn get_job<'e>(
     executor: impl PgExecutor<'e>,
     id: i64,
 ) -> Result<Option<JobRow>, JobQueryError> {
-    let Some(row) = db::job::get(executor, id).await? else {
-        return Ok(None);
-    };
-    Ok(Some(JobRow {
-        id: row.id,
-        queue: row.queue,
-        kind: row.kind,
-        args: row.args,
-        state: row.state.parse()?,
-        priority: row.priority,
-        attempt: row.attempt,
-        max_attempts: row.max_attempts,
-        run_at: row.run_at,
-        created_at: row.created_at,
-        attempted_at: row.attempted_at,
-        finished_at: row.finished_at,
-        lease_expires_at: row.lease_expires_at,
-        attempted_by: row.attempted_by,
-        errors: row.errors,
-        result: row.result,
-        tags: row.tags,
-        progress: row.progress,
-        timeout: row
-            .timeout_secs
-            .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok()),
-        cancel_requested_at: row.cancel_requested_at,
-        unique_key: row.unique_key,
-        schedule: row.schedule,
-    }))
+    Ok(db::job::get(executor, id).await?)
 }
 
 /// Cancels a job, like the SQL function `skiplock.cancel(id)`: a waiting job (scheduled,
@@ -265,10 +400,7 @@ pub async fn cancel<'e>(
     executor: impl PgExecutor<'e>,
     id: i64,
 ) -> Result<Option<JobState>, JobQueryError> {
-    Ok(db::job::cancel(executor, id)
-        .await?
-        .map(|state| state.parse())
-        .transpose()?)
+    Ok(db::job::cancel(executor, id).await?)
 }
 
 /// Puts a `failed` or `cancelled` job back in its queue to run now, like the SQL function
@@ -282,4 +414,68 @@ pub async fn cancel<'e>(
 /// As [`cancel`].
 pub async fn retry<'e>(executor: impl PgExecutor<'e>, id: i64) -> Result<bool, JobQueryError> {
     Ok(db::job::retry(executor, id).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_keep_their_names_and_unknown_ones() {
+        for name in [
+            "error",
+            "permanent",
+            "panic",
+            "timeout",
+            "cancelled",
+            "undecodable_args",
+            "undecodable_row",
+            "unserializable_output",
+            "unknown_kind",
+            "interrupted",
+            "worker_lost",
+            "superseded",
+            "unrecordable_outcome",
+        ] {
+            let kind: ErrorKind = serde_json::from_value(Value::from(name)).expect("kind");
+            assert!(!matches!(kind, ErrorKind::Other(_)), "{name}");
+            assert_eq!(
+                serde_json::to_value(&kind).expect("json"),
+                Value::from(name)
+            );
+        }
+        let foreign: ErrorKind = serde_json::from_value(Value::from("oom_killed")).expect("kind");
+        assert_eq!(foreign, ErrorKind::Other("oom_killed".to_owned()));
+        assert_eq!(foreign.as_str(), "oom_killed");
+    }
+
+    #[test]
+    fn attempt_errors_read_leniently() {
+        let errors = AttemptError::from_column(&serde_json::json!([
+            {"attempt": 2, "at": "2026-01-02T03:04:05.5+00:00", "kind": "timeout",
+             "message": "timed out", "worker": "w1"},
+            {"attempt": "x", "kind": 7, "worker": null},
+            "plain text",
+        ]));
+        assert_eq!(errors.len(), 3);
+        assert_eq!(errors[0].attempt, 2);
+        assert_eq!(errors[0].kind, ErrorKind::Timeout);
+        assert_eq!(errors[0].message, "timed out");
+        assert_eq!(errors[0].worker.as_deref(), Some("w1"));
+        assert_eq!(
+            errors[0].at.map(|at| at.timestamp_millis()),
+            Some(1_767_323_045_500)
+        );
+        assert_eq!(
+            (
+                errors[1].attempt,
+                &errors[1].kind,
+                errors[1].at,
+                &errors[1].worker
+            ),
+            (0, &ErrorKind::Other(String::new()), None, &None)
+        );
+        assert_eq!(errors[2].message, "\"plain text\"");
+        assert!(AttemptError::from_column(&serde_json::json!({})).is_empty());
+    }
 }

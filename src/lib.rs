@@ -95,8 +95,8 @@ pub use crate::enqueue::{
 };
 pub use crate::handler::{BoxError, ContextError, Handler, JobContext, JobError, LeaseLost};
 pub use crate::job::{
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job, JobQueryError, JobRow, JobState, ParseJobStateError,
-    cancel, get_job, retry,
+    AttemptError, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, ErrorKind, Job, JobQueryError, JobRow,
+    JobState, ParseJobStateError, cancel, get_job, retry,
 };
 pub use crate::migrate::{
     LOCK_ATTEMPTS, LOCK_TIMEOUT, MIGRATIONS, MigrateError, MigrateReport, Migration, MigrationKind,

@@ -316,31 +316,7 @@ pub async fn add<'e>(
 /// # Errors
 /// [`ScheduleError::Database`] when the query fails.
 pub async fn list<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<ScheduleRow>, ScheduleError> {
-    let rows = db::schedule::list(executor).await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| ScheduleRow {
-            misfire: Misfire::from_columns(&row.misfire, row.backfill_limit),
-            name: row.name,
-            cron: row.cron,
-            timezone: row.timezone,
-            kind: row.kind,
-            args: row.args,
-            queue: row.queue,
-            priority: row.priority,
-            max_attempts: row.max_attempts,
-            paused: row.paused,
-            active: row.active,
-            source: row.source,
-            owner: row.owner,
-            tags: row.tags,
-            timeout: row
-                .timeout_secs
-                .and_then(|secs| Duration::try_from_secs_f64(secs).ok()),
-            next_fire_at: row.next_fire_at,
-            last_fire_at: row.last_fire_at,
-        })
-        .collect())
+    Ok(db::schedule::list(executor).await?)
 }
 
 /// Deletes a schedule (its jobs stay); returns whether it existed.

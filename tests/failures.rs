@@ -8,13 +8,8 @@ use common::{Fail, Record, database, job, start, wait_for_state, with_worker, wo
 use serde_json::{Value, json};
 use skiplock::{EnqueueOptions, JobState, NewJob};
 
-fn error_kinds(errors: &Value) -> Vec<&str> {
-    errors
-        .as_array()
-        .expect("errors is an array")
-        .iter()
-        .map(|entry| entry["kind"].as_str().expect("kind"))
-        .collect()
+fn error_kinds(errors: &[skiplock::AttemptError]) -> Vec<&str> {
+    errors.iter().map(|entry| entry.kind.as_str()).collect()
 }
 
 #[tokio::test]
@@ -41,9 +36,9 @@ async fn retryable_errors_back_off_then_fail_after_max_attempts() {
     assert_eq!(row.result, None);
     assert_eq!(error_kinds(&row.errors), ["error", "error", "error"]);
     let first = &row.errors[0];
-    assert_eq!(first["attempt"], json!(1));
-    assert_eq!(first["message"], json!("upstream timed out"));
-    assert!(first["at"].is_string() && first["worker"].is_string());
+    assert_eq!(first.attempt, 1);
+    assert_eq!(first.message, "upstream timed out");
+    assert!(first.at.is_some() && first.worker.is_some());
 
     // Each retry waited for its backoff (300 ms) after the failure.
     let starts: Vec<chrono::DateTime<chrono::Utc>> =
@@ -100,7 +95,7 @@ async fn permanent_error_fails_at_once() {
     let row = job(pool, id).await;
     assert_eq!(row.attempt, 1);
     assert_eq!(error_kinds(&row.errors), ["permanent"]);
-    assert_eq!(row.errors[0]["message"], json!("bad input"));
+    assert_eq!(row.errors[0].message, "bad input");
 }
 
 #[tokio::test]
@@ -129,10 +124,7 @@ async fn panics_are_recorded_and_the_worker_keeps_working() {
     let row = job(pool, id).await;
     assert_eq!(row.attempt, 2);
     assert_eq!(error_kinds(&row.errors), ["panic", "panic"]);
-    assert_eq!(
-        row.errors[0]["message"],
-        json!("handler panicked: handler blew up")
-    );
+    assert_eq!(row.errors[0].message, "handler panicked: handler blew up");
     assert_eq!(job(pool, after).await.state, JobState::Completed);
 }
 
@@ -157,7 +149,7 @@ async fn undecodable_args_fail_once_with_a_clear_error() {
     let row = job(pool, id).await;
     assert_eq!(row.attempt, 1, "no crash loop: one attempt only");
     assert_eq!(error_kinds(&row.errors), ["undecodable_args"]);
-    let message = row.errors[0]["message"].as_str().expect("message");
+    let message = &row.errors[0].message;
     assert!(
         message.contains("\"record\"") && message.contains("invalid type"),
         "{message}"

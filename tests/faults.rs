@@ -345,13 +345,7 @@ async fn a_frozen_worker_cannot_complete_a_job_another_worker_took_over() {
         Some(serde_json::json!("b")),
         "the stale completion landed"
     );
-    let kinds: Vec<&str> = row
-        .errors
-        .as_array()
-        .expect("errors")
-        .iter()
-        .map(|e| e["kind"].as_str().expect("kind"))
-        .collect();
+    let kinds: Vec<&str> = row.errors.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["worker_lost"]);
     assert!(
         a.is_running(),

@@ -250,11 +250,7 @@ async fn a_worker_drains_fires_schedules_and_renews_leases_behind_pgbouncer() {
 
     let row = common::job(direct, long).await;
     assert_eq!(row.attempt, 1);
-    assert_eq!(
-        row.errors,
-        serde_json::json!([]),
-        "the long job lost its lease"
-    );
+    assert!(row.errors.is_empty(), "the long job lost its lease");
     assert!(
         runs_per_job(direct)
             .await

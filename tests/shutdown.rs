@@ -87,7 +87,7 @@ async fn jobs_outliving_the_grace_period_are_cancelled_or_dropped_and_run_again(
             (JobState::Available, 0),
             "job {id}"
         );
-        assert_eq!(row.errors[0]["kind"], serde_json::json!("interrupted"));
+        assert_eq!(row.errors[0].kind.as_str(), "interrupted");
         assert_eq!(row.lease_expires_at, None);
     }
 

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgExecutor;
 
+use crate::{AttemptError, ErrorKind, JobRow, JobState};
+
 /// One row to insert. `run_at` wins over `delay_secs`; with neither the job is runnable now.
 pub(crate) struct InsertRow<'a> {
     pub(crate) kind: &'a str,
@@ -64,7 +66,7 @@ pub(crate) async fn insert_unique<'e>(
     executor: impl PgExecutor<'e>,
     row: InsertRow<'_>,
     unique_key: Option<&str>,
-    unique_states: &[String],
+    unique_states: &[JobState],
 ) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"
@@ -73,7 +75,7 @@ pub(crate) async fn insert_unique<'e>(
             run_at => coalesce($6, now() + make_interval(secs => coalesce($7::float8, 0))),
             tags => $8, timeout_secs => $9,
             unique_key => $10, unique_by_args => $10::text IS NULL,
-            unique_states => $11::text[]::skiplock.job_state[]
+            unique_states => $11::skiplock.job_state[]
         ) AS "id!"
         "#,
         row.kind,
@@ -86,7 +88,7 @@ pub(crate) async fn insert_unique<'e>(
         row.tags,
         row.timeout_secs,
         unique_key,
-        unique_states,
+        unique_states as &[JobState],
     )
     .fetch_one(executor)
     .await
@@ -292,7 +294,7 @@ pub(crate) struct Outcomes {
     pub(crate) lease_tokens: Vec<i64>,
     /// The new state's name: `completed`, `failed`, `cancelled`, `retryable`, `available`
     /// (interrupted) or `scheduled` (snoozed).
-    pub(crate) states: Vec<String>,
+    pub(crate) states: Vec<JobState>,
     /// Whether the attempt is given back (snoozed or interrupted jobs): `attempt` goes down by
     /// one, so the next claim runs the same attempt number again.
     pub(crate) give_back: Vec<bool>,
@@ -313,7 +315,7 @@ impl Outcomes {
         Self {
             ids: vec![self.ids[i]],
             lease_tokens: vec![self.lease_tokens[i]],
-            states: vec![self.states[i].clone()],
+            states: vec![self.states[i]],
             give_back: vec![self.give_back[i]],
             results: vec![self.results[i].clone()],
             error_kinds: vec![self.error_kinds[i].clone()],
@@ -326,25 +328,25 @@ impl Outcomes {
     /// in because a duplicate holds their key, and that duplicate will do the work.
     pub(crate) fn superseded(&self) -> Self {
         let message = "a duplicate unique job holds the key".to_owned();
-        self.finished_instead("cancelled", "superseded", message)
+        self.finished_instead(JobState::Cancelled, ErrorKind::Superseded, message)
     }
 
     /// The same attempts recorded as failed because their outcome could not be stored.
     pub(crate) fn unrecordable(&self, error: &sqlx::Error) -> Self {
         let message = format!("the outcome could not be stored: {error}").replace('\0', "");
-        self.finished_instead("failed", "unrecordable_outcome", message)
+        self.finished_instead(JobState::Failed, ErrorKind::UnrecordableOutcome, message)
     }
 
     /// The same attempts, all ending in final `state` with one error entry instead.
-    fn finished_instead(&self, state: &str, error_kind: &str, message: String) -> Self {
+    fn finished_instead(&self, state: JobState, error_kind: ErrorKind, message: String) -> Self {
         let n = self.len();
         Self {
             ids: self.ids.clone(),
             lease_tokens: self.lease_tokens.clone(),
-            states: vec![state.to_owned(); n],
+            states: vec![state; n],
             give_back: vec![false; n],
             results: vec![None; n],
-            error_kinds: vec![Some(error_kind.to_owned()); n],
+            error_kinds: vec![Some(error_kind.as_str().to_owned()); n],
             error_messages: vec![Some(message); n],
             retry_in_secs: vec![0.0; n],
         }
@@ -365,7 +367,7 @@ pub(crate) async fn complete_many<'e>(
         r#"
         WITH done AS (
         UPDATE skiplock.jobs AS j
-        SET state = o.state::skiplock.job_state,
+        SET state = o.state,
             result = o.result,
             attempt = CASE WHEN o.give_back THEN j.attempt - 1 ELSE j.attempt END,
             errors = CASE WHEN o.error_kind IS NULL THEN j.errors
@@ -384,7 +386,7 @@ pub(crate) async fn complete_many<'e>(
                           ELSE j.run_at END,
             lease_expires_at = NULL,
             lease_token = NULL
-        FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
+        FROM unnest($1::bigint[], $2::bigint[], $3::skiplock.job_state[], $4::jsonb[], $5::text[], $6::text[],
                     $7::float8[], $8::bool[])
              AS o(id, lease_token, state, result, error_kind, error_message, retry_in_secs, give_back)
         -- The fence is the lease token alone: a CHECK (0005) makes a non-null token mean
@@ -400,7 +402,7 @@ pub(crate) async fn complete_many<'e>(
         "#,
         &outcomes.ids,
         &outcomes.lease_tokens,
-        &outcomes.states,
+        &outcomes.states as &[JobState],
         &outcomes.results as &[Option<Value>],
         &outcomes.error_kinds as &[Option<String>],
         &outcomes.error_messages as &[Option<String>],
@@ -598,7 +600,7 @@ pub(crate) async fn delete_dead_workers<'e>(
 /// What [`rescue_expired`] did to one job.
 pub(crate) struct Rescued {
     pub(crate) id: i64,
-    pub(crate) state: String,
+    pub(crate) state: JobState,
 }
 
 /// Takes back up to `limit` running jobs whose lease has expired (their worker died, hung or
@@ -659,7 +661,7 @@ pub(crate) async fn rescue_expired<'e>(
         woken AS (
             SELECT skiplock.wake(array_agg(queue)) FROM rescued WHERE state = 'available'
         )
-        SELECT id AS "id!", state::text AS "state!" FROM rescued, woken
+        SELECT id AS "id!", state AS "state!: JobState" FROM rescued, woken
         "#,
         limit,
     )
@@ -695,7 +697,7 @@ pub(crate) async fn rescue_expired<'e>(
 /// - One statement, its own short transaction: a batch holds its row locks for milliseconds.
 pub(crate) async fn delete_finished<'e>(
     executor: impl PgExecutor<'e>,
-    state: &str,
+    state: JobState,
     older_than_secs: f64,
     limit: i64,
     lock_key: i64,
@@ -707,14 +709,14 @@ pub(crate) async fn delete_finished<'e>(
                   SELECT id
                   FROM skiplock.jobs
                   WHERE (SELECT pg_try_advisory_xact_lock($4))
-                    AND state = $1::text::skiplock.job_state
+                    AND state = $1
                     AND finished_at < now() - make_interval(secs => $2)
                   ORDER BY finished_at
                   LIMIT $3
                   FOR UPDATE SKIP LOCKED))
-          AND state = $1::text::skiplock.job_state
+          AND state = $1
         "#,
-        state,
+        state as JobState,
         older_than_secs,
         limit,
         lock_key,
@@ -729,8 +731,8 @@ pub(crate) async fn delete_finished<'e>(
 pub(crate) async fn cancel<'e>(
     executor: impl PgExecutor<'e>,
     id: i64,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar!(r#"SELECT skiplock.cancel($1)::text AS "state""#, id)
+) -> Result<Option<JobState>, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT skiplock.cancel($1) AS "state: JobState""#, id)
         .fetch_one(executor)
         .await
 }
@@ -800,41 +802,14 @@ pub(crate) async fn seconds_until_next_due<'e>(
     .await
 }
 
-/// A full row of `skiplock.jobs`, as [`crate::JobRow`] exposes it.
-pub(crate) struct Row {
-    pub(crate) id: i64,
-    pub(crate) queue: String,
-    pub(crate) kind: String,
-    pub(crate) args: Value,
-    pub(crate) state: String,
-    pub(crate) priority: i16,
-    pub(crate) attempt: i32,
-    pub(crate) max_attempts: i32,
-    pub(crate) run_at: DateTime<Utc>,
-    pub(crate) created_at: DateTime<Utc>,
-    pub(crate) attempted_at: Option<DateTime<Utc>>,
-    pub(crate) finished_at: Option<DateTime<Utc>>,
-    pub(crate) lease_expires_at: Option<DateTime<Utc>>,
-    pub(crate) attempted_by: Vec<String>,
-    pub(crate) errors: Value,
-    pub(crate) result: Option<Value>,
-    pub(crate) tags: Vec<String>,
-    pub(crate) progress: Option<Value>,
-    pub(crate) timeout_secs: Option<f64>,
-    pub(crate) cancel_requested_at: Option<DateTime<Utc>>,
-    pub(crate) unique_key: Option<String>,
-    pub(crate) schedule: Option<String>,
-}
-
-/// Reads one job by id.
+/// Reads one job by id, straight into the one public row type.
 pub(crate) async fn get<'e>(
     executor: impl PgExecutor<'e>,
     id: i64,
-) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as!(
-        Row,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    let row = sqlx::query!(
         r#"
-        SELECT id, queue, kind, args, state::text AS "state!", priority, attempt, max_attempts,
+        SELECT id, queue, kind, args, state AS "state: JobState", priority, attempt, max_attempts,
                run_at, created_at, attempted_at, finished_at, lease_expires_at, attempted_by,
                errors, result, tags, progress, timeout_secs, cancel_requested_at, unique_key,
                schedule
@@ -844,7 +819,33 @@ pub(crate) async fn get<'e>(
         id,
     )
     .fetch_optional(executor)
-    .await
+    .await?;
+    Ok(row.map(|row| JobRow {
+        id: row.id,
+        queue: row.queue,
+        kind: row.kind,
+        args: row.args,
+        state: row.state,
+        priority: row.priority,
+        attempt: row.attempt,
+        max_attempts: row.max_attempts,
+        run_at: row.run_at,
+        created_at: row.created_at,
+        attempted_at: row.attempted_at,
+        finished_at: row.finished_at,
+        lease_expires_at: row.lease_expires_at,
+        attempted_by: row.attempted_by,
+        errors: AttemptError::from_column(&row.errors),
+        result: row.result,
+        tags: row.tags,
+        progress: row.progress,
+        timeout: row
+            .timeout_secs
+            .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok()),
+        cancel_requested_at: row.cancel_requested_at,
+        unique_key: row.unique_key,
+        schedule: row.schedule,
+    }))
 }
 
 /// Of the given running attempts (job id and lease token, element by element), the ids of those

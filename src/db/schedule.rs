@@ -4,8 +4,12 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 
-/// A full row of `skiplock.schedules`.
-pub(crate) struct ScheduleRow {
+use crate::{Misfire, ScheduleRow};
+
+/// A full row of `skiplock.schedules` as its columns decode; only [`list`] and [`lock_due`]
+/// see it, and they return it as the one public [`ScheduleRow`] (the `From` below is the only
+/// conversion).
+struct Columns {
     pub(crate) name: String,
     pub(crate) cron: String,
     pub(crate) timezone: String,
@@ -24,6 +28,32 @@ pub(crate) struct ScheduleRow {
     pub(crate) timeout_secs: Option<f64>,
     pub(crate) next_fire_at: Option<DateTime<Utc>>,
     pub(crate) last_fire_at: Option<DateTime<Utc>>,
+}
+
+impl From<Columns> for ScheduleRow {
+    fn from(row: Columns) -> Self {
+        Self {
+            misfire: Misfire::from_columns(&row.misfire, row.backfill_limit),
+            name: row.name,
+            cron: row.cron,
+            timezone: row.timezone,
+            kind: row.kind,
+            args: row.args,
+            queue: row.queue,
+            priority: row.priority,
+            max_attempts: row.max_attempts,
+            paused: row.paused,
+            active: row.active,
+            source: row.source,
+            owner: row.owner,
+            tags: row.tags,
+            timeout: row
+                .timeout_secs
+                .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok()),
+            next_fire_at: row.next_fire_at,
+            last_fire_at: row.last_fire_at,
+        }
+    }
 }
 
 /// A schedule to create or update.
@@ -147,8 +177,8 @@ pub(crate) async fn deactivate_undeclared(
 pub(crate) async fn list<'e>(
     executor: impl PgExecutor<'e>,
 ) -> Result<Vec<ScheduleRow>, sqlx::Error> {
-    sqlx::query_as!(
-        ScheduleRow,
+    let rows = sqlx::query_as!(
+        Columns,
         r#"
         SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, misfire,
                backfill_limit, paused, active, source, owner, tags, timeout_secs, next_fire_at,
@@ -158,7 +188,8 @@ pub(crate) async fn list<'e>(
         "#
     )
     .fetch_all(executor)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(ScheduleRow::from).collect())
 }
 
 /// Deletes a schedule; returns whether it existed. Jobs it created are kept.
@@ -234,8 +265,8 @@ pub(crate) async fn lock_due(
     now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<ScheduleRow>, sqlx::Error> {
-    sqlx::query_as!(
-        ScheduleRow,
+    let rows = sqlx::query_as!(
+        Columns,
         r#"
         SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, misfire,
                backfill_limit, paused, active, source, owner, tags, timeout_secs, next_fire_at,
@@ -250,7 +281,8 @@ pub(crate) async fn lock_due(
         limit,
     )
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(ScheduleRow::from).collect())
 }
 
 /// Inserts one job per fire time of schedule `name`, with `run_at` the fire time. A fire time

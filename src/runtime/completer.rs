@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 use super::running::RunningAttempts;
-use crate::db;
+use crate::{ErrorKind, JobState, db};
 
 /// The most outcomes written by one statement.
 pub(crate) const DEFAULT_MAX_BATCH: usize = 2_000;
@@ -44,23 +44,23 @@ pub(crate) enum Outcome {
     Completed(Value),
     /// Run again after `after` (`Duration::ZERO`: straight back to `available`).
     Retry {
-        error_kind: &'static str,
+        error_kind: ErrorKind,
         message: String,
         after: Duration,
     },
     /// Finished for good.
     Failed {
-        error_kind: &'static str,
+        error_kind: ErrorKind,
         message: String,
     },
     /// Cancelled while running.
     Cancelled {
-        error_kind: &'static str,
+        error_kind: ErrorKind,
         message: String,
     },
     /// Stopped by a worker shutdown: straight back to `available`, attempt given back.
     Interrupted {
-        error_kind: &'static str,
+        error_kind: ErrorKind,
         message: String,
     },
     /// Run again after `after`, attempt given back, no error recorded.
@@ -293,16 +293,22 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
     let mut columns = db::job::Outcomes::default();
     for completion in batch {
         let (state, result, error, after, give_back) = match completion.outcome {
-            Outcome::Completed(output) => ("completed", Some(output), None, Duration::ZERO, false),
+            Outcome::Completed(output) => (
+                JobState::Completed,
+                Some(output),
+                None,
+                Duration::ZERO,
+                false,
+            ),
             Outcome::Retry {
                 error_kind,
                 message,
                 after,
             } => {
                 let state = if after.is_zero() {
-                    "available"
+                    JobState::Available
                 } else {
-                    "retryable"
+                    JobState::Retryable
                 };
                 (state, None, Some((error_kind, message)), after, false)
             }
@@ -310,7 +316,7 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
                 error_kind,
                 message,
             } => (
-                "failed",
+                JobState::Failed,
                 None,
                 Some((error_kind, message)),
                 Duration::ZERO,
@@ -320,7 +326,7 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
                 error_kind,
                 message,
             } => (
-                "cancelled",
+                JobState::Cancelled,
                 None,
                 Some((error_kind, message)),
                 Duration::ZERO,
@@ -330,7 +336,7 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
                 error_kind,
                 message,
             } => (
-                "available",
+                JobState::Available,
                 None,
                 Some((error_kind, message)),
                 Duration::ZERO,
@@ -338,9 +344,9 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
             ),
             Outcome::Snoozed { after } => {
                 let state = if after.is_zero() {
-                    "available"
+                    JobState::Available
                 } else {
-                    "scheduled"
+                    JobState::Scheduled
                 };
                 (state, None, None, after, true)
             }
@@ -348,9 +354,11 @@ fn to_columns(batch: impl Iterator<Item = Completion>) -> db::job::Outcomes {
         let (error_kind, message) = error.unzip();
         columns.ids.push(completion.id);
         columns.lease_tokens.push(completion.lease_token);
-        columns.states.push(state.to_owned());
+        columns.states.push(state);
         columns.results.push(result);
-        columns.error_kinds.push(error_kind.map(str::to_owned));
+        columns
+            .error_kinds
+            .push(error_kind.map(|kind| kind.as_str().to_owned()));
         // PostgreSQL text cannot hold NUL characters.
         columns
             .error_messages
@@ -368,7 +376,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{EnqueueOptions, JobState, NewJob};
+    use crate::{EnqueueOptions, NewJob};
     use skiplock_testing::TestDatabase;
 
     /// Claims `n` new jobs; returns their (id, lease token).
@@ -410,16 +418,16 @@ mod tests {
         let outcomes = [
             Outcome::Completed(json!({"ok": true})),
             Outcome::Retry {
-                error_kind: "error",
+                error_kind: ErrorKind::Error,
                 message: "try later".into(),
                 after: Duration::from_secs(60),
             },
             Outcome::Failed {
-                error_kind: "permanent",
+                error_kind: ErrorKind::Permanent,
                 message: "no".into(),
             },
             Outcome::Interrupted {
-                error_kind: "interrupted",
+                error_kind: ErrorKind::Interrupted,
                 message: "shutdown".into(),
             },
             Outcome::Snoozed {
@@ -449,7 +457,7 @@ mod tests {
         let retryable = row(&db, jobs[1].0).await;
         assert_eq!(retryable.state, JobState::Retryable);
         assert!(retryable.run_at > retryable.attempted_at.expect("attempted"));
-        assert_eq!(retryable.errors[0]["message"], json!("try later"));
+        assert_eq!(retryable.errors[0].message, "try later");
         assert_eq!(retryable.attempt, 1);
         assert_eq!(row(&db, jobs[2].0).await.state, JobState::Failed);
         // Interrupted and snoozed attempts give their attempt back.
@@ -458,10 +466,10 @@ mod tests {
             (interrupted.state, interrupted.attempt),
             (JobState::Available, 0)
         );
-        assert_eq!(interrupted.errors[0]["kind"], json!("interrupted"));
+        assert_eq!(interrupted.errors[0].kind.as_str(), "interrupted");
         let snoozed = row(&db, jobs[4].0).await;
         assert_eq!((snoozed.state, snoozed.attempt), (JobState::Scheduled, 0));
-        assert_eq!(snoozed.errors, json!([]));
+        assert!(snoozed.errors.is_empty());
         for (id, _) in jobs {
             assert_eq!(row(&db, id).await.lease_expires_at, None);
         }

@@ -19,33 +19,9 @@ use tracing::Instrument;
 use super::completer::{Completion, Outcome};
 use super::registry::{Registry, RunResult};
 use super::running::{Attempt, RunningAttempts, StopReason};
+use crate::ErrorKind;
 use crate::db::job::Claimed;
 use crate::handler::{JobContext, JobMeta};
-
-/// What `errors[].kind` says about a failed attempt; documented in `docs/schema.md`.
-pub(crate) mod error_kind {
-    /// The handler returned a retryable error.
-    pub(crate) const ERROR: &str = "error";
-    /// The handler returned a permanent error.
-    pub(crate) const PERMANENT: &str = "permanent";
-    /// The handler panicked.
-    pub(crate) const PANIC: &str = "panic";
-    /// The attempt ran past its timeout.
-    pub(crate) const TIMEOUT: &str = "timeout";
-    /// The job was cancelled while it ran.
-    pub(crate) const CANCELLED: &str = "cancelled";
-    /// The stored arguments did not deserialize into the registered type.
-    pub(crate) const UNDECODABLE_ARGS: &str = "undecodable_args";
-    /// Another column of the row holds a value the worker cannot represent (a foreign writer
-    /// stored `created_at = 'infinity'`, say).
-    pub(crate) const UNDECODABLE_ROW: &str = "undecodable_row";
-    /// The handler succeeded but its output did not serialize to JSON.
-    pub(crate) const UNSERIALIZABLE_OUTPUT: &str = "unserializable_output";
-    /// No handler for the job's kind is registered in the worker that claimed it.
-    pub(crate) const UNKNOWN_KIND: &str = "unknown_kind";
-    /// The worker shut down while the attempt was running.
-    pub(crate) const INTERRUPTED: &str = "interrupted";
-}
 
 /// Runs attempts for one worker; shared by all its producers.
 pub(crate) struct Executor<S> {
@@ -130,7 +106,7 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
                 "created_at is outside the range of timestamps skiplock can represent".to_owned();
             tracing::error!(error = %message, "job failed permanently");
             return Some(Outcome::Failed {
-                error_kind: error_kind::UNDECODABLE_ROW,
+                error_kind: ErrorKind::UndecodableRow,
                 message,
             });
         };
@@ -139,7 +115,7 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
             let message = format!("no handler for kind {kind:?} is registered in this worker");
             let backoff = || crate::Backoff::DEFAULT.delay(number);
             return Some(retry_or_fail(
-                error_kind::UNKNOWN_KIND,
+                ErrorKind::UnknownKind,
                 message,
                 number,
                 max_attempts,
@@ -202,7 +178,7 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
             (Some(StopReason::Cancelled), _) => {
                 tracing::info!(elapsed_ms, "job cancelled");
                 Some(Outcome::Cancelled {
-                    error_kind: error_kind::CANCELLED,
+                    error_kind: ErrorKind::Cancelled,
                     message: "cancelled while running".to_owned(),
                 })
             }
@@ -212,7 +188,7 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
                     "job interrupted by worker shutdown; it will run again"
                 );
                 Some(Outcome::Interrupted {
-                    error_kind: error_kind::INTERRUPTED,
+                    error_kind: ErrorKind::Interrupted,
                     message: "the worker shut down while the job was running".to_owned(),
                 })
             }
@@ -220,7 +196,7 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
                 let limit = timeout.unwrap_or_default();
                 let message = format!("timed out after {limit:?}");
                 Some(retry_or_fail(
-                    error_kind::TIMEOUT,
+                    ErrorKind::Timeout,
                     message,
                     number,
                     max_attempts,
@@ -307,18 +283,18 @@ fn classify(
             if error.is_permanent() {
                 tracing::error!(elapsed_ms, error = %message, "job failed permanently");
                 return Outcome::Failed {
-                    error_kind: error_kind::PERMANENT,
+                    error_kind: ErrorKind::Permanent,
                     message,
                 };
             }
-            retry_or_fail(error_kind::ERROR, message, attempt, max_attempts, backoff)
+            retry_or_fail(ErrorKind::Error, message, attempt, max_attempts, backoff)
         }
         Ok(RunResult::Undecodable(error)) => {
             // Redacted: the path and what was expected there, never the value.
             let message = format!("arguments do not decode as a {kind:?} job {error}");
             tracing::error!(error = %message, "job failed permanently");
             Outcome::Failed {
-                error_kind: error_kind::UNDECODABLE_ARGS,
+                error_kind: ErrorKind::UndecodableArgs,
                 message,
             }
         }
@@ -326,13 +302,13 @@ fn classify(
             let message = format!("the handler succeeded but its output is not JSON: {error}");
             tracing::error!(error = %message, "job failed permanently");
             Outcome::Failed {
-                error_kind: error_kind::UNSERIALIZABLE_OUTPUT,
+                error_kind: ErrorKind::UnserializableOutput,
                 message,
             }
         }
         Err(panic) => {
             let message = format!("handler panicked: {}", panic_message(&*panic));
-            retry_or_fail(error_kind::PANIC, message, attempt, max_attempts, backoff)
+            retry_or_fail(ErrorKind::Panic, message, attempt, max_attempts, backoff)
         }
     }
 }
@@ -340,14 +316,14 @@ fn classify(
 /// A failed attempt that may be retried: `retryable` after backoff, or `failed` when it was the
 /// last attempt.
 fn retry_or_fail(
-    error_kind: &'static str,
+    error_kind: ErrorKind,
     message: String,
     attempt: i32,
     max_attempts: i32,
     backoff: impl FnOnce() -> Duration,
 ) -> Outcome {
     if attempt >= max_attempts {
-        tracing::error!(error = %message, error_kind, "job failed on its last attempt");
+        tracing::error!(error = %message, %error_kind, "job failed on its last attempt");
         return Outcome::Failed {
             error_kind,
             message,
@@ -356,7 +332,7 @@ fn retry_or_fail(
     let after = backoff();
     tracing::warn!(
         error = %message,
-        error_kind,
+        %error_kind,
         retry_in_ms = after.as_millis() as u64,
         "job failed; will retry"
     );

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::DEFAULT_DB_TIMEOUT;
 use super::deadline::DbCallError;
 use super::service::{self, Monitor, RoleMonitor, Service, Step};
-use crate::db;
+use crate::{JobState, db};
 
 /// How often the pruner looks for finished jobs past their retention: 30 s.
 pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(30);
@@ -243,9 +243,17 @@ impl Service for Pruner {
         let batch = i64::try_from(self.config.batch_size.max(1)).unwrap_or(i64::MAX);
         let report = &mut round.report;
         for ((state, age, deleted), drained) in [
-            ("completed", retention.completed, &mut report.completed),
-            ("failed", retention.failed, &mut report.failed),
-            ("cancelled", retention.cancelled, &mut report.cancelled),
+            (
+                JobState::Completed,
+                retention.completed,
+                &mut report.completed,
+            ),
+            (JobState::Failed, retention.failed, &mut report.failed),
+            (
+                JobState::Cancelled,
+                retention.cancelled,
+                &mut report.cancelled,
+            ),
         ]
         .into_iter()
         .zip(&mut round.drained)

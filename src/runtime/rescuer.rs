@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::deadline::DbCallError;
 use super::service::{self, RoleMonitor, Service, Step};
-use crate::db;
+use crate::{JobState, db};
 
 /// How many jobs one statement rescues; more take several.
 const BATCH: i64 = 1_000;
@@ -40,7 +40,7 @@ pub(crate) struct RescuerConfig {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct RescuerReport {
     /// Jobs taken back, with the state they got.
-    pub(crate) rescued: Vec<(i64, String)>,
+    pub(crate) rescued: Vec<(i64, JobState)>,
     /// Workers forgotten.
     pub(crate) reaped_workers: Vec<String>,
 }
@@ -96,7 +96,7 @@ impl Service for Rescuer {
     /// One line per round, however many jobs it rescued.
     fn log(report: &RescuerReport) {
         if !report.rescued.is_empty() {
-            let count = |state: &str| report.rescued.iter().filter(|(_, s)| s == state).count();
+            let count = |state| report.rescued.iter().filter(|(_, s)| *s == state).count();
             let ids: Vec<i64> = report
                 .rescued
                 .iter()
@@ -105,10 +105,10 @@ impl Service for Rescuer {
                 .collect();
             tracing::warn!(
                 rescued = report.rescued.len(),
-                available = count("available"),
-                retryable = count("retryable"),
-                failed = count("failed"),
-                cancelled = count("cancelled"),
+                available = count(JobState::Available),
+                retryable = count(JobState::Retryable),
+                failed = count(JobState::Failed),
+                cancelled = count(JobState::Cancelled),
                 job.ids = ?ids,
                 "rescued jobs whose worker was lost"
             );

@@ -253,7 +253,7 @@ impl Scheduler {
                 }
                 continue;
             };
-            let policy = Misfire::from_columns(&row.misfire, row.backfill_limit);
+            let policy = row.misfire;
             let (fire, skipped) = self.fire_times(&cron, next, now, policy);
             report.skipped += skipped;
             if skipped > 0 {
