@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{count_state, database, runs_per_job, start, wait_for_state, worker};
+use common::{count_state, database, record, runs_per_job, start, wait_for_state, worker};
 use serde::{Deserialize, Serialize};
 use skiplock::{Handler, Job, JobContext, JobError, NewJob};
 use sqlx::PgPool;
@@ -20,17 +20,6 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// open one eats into the (short) lease it takes.
 async fn warm_up() {
     tokio::time::sleep(LEASE).await;
-}
-
-async fn record(ctx: &JobContext<PgPool>) -> Result<(), JobError> {
-    sqlx::query("INSERT INTO ledger (job_id, kind, attempt, worker) VALUES ($1, $2, $3, $4)")
-        .bind(ctx.id())
-        .bind(ctx.kind())
-        .bind(ctx.attempt())
-        .bind(ctx.worker_id())
-        .execute(ctx.state())
-        .await?;
-    Ok(())
 }
 
 /// Writes progress in a tight loop for three leases, then records its run.

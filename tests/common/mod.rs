@@ -53,7 +53,8 @@ pub async fn with_worker<T>(builder: WorkerBuilder<PgPool>, body: impl Future<Ou
     value
 }
 
-async fn record(ctx: &JobContext<PgPool>) -> Result<(), JobError> {
+/// Records the attempt in the ledger table.
+pub async fn record(ctx: &JobContext<PgPool>) -> Result<(), JobError> {
     sqlx::query("INSERT INTO ledger (job_id, kind, attempt, worker) VALUES ($1, $2, $3, $4)")
         .bind(ctx.id())
         .bind(ctx.kind())
