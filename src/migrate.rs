@@ -120,6 +120,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0010_claim_by_kind.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 11,
+        name: "initial_state",
+        sql: include_str!("../migrations/0011_initial_state.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].

@@ -226,7 +226,10 @@ async fn nobody_else_may_execute_the_functions_and_definers_pin_their_search_pat
     .expect("public functions");
     assert_eq!(
         public,
-        ["skiplock.tags_fit(text[],integer)"],
+        [
+            "skiplock.initial_state(timestamp with time zone)",
+            "skiplock.tags_fit(text[],integer)"
+        ],
         "executable by PUBLIC"
     );
     let unpinned: Vec<String> = sqlx::query_scalar(

@@ -35,7 +35,7 @@ pub(crate) async fn insert<'e>(
             INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, run_at, tags,
                                        state, timeout_secs)
             SELECT $1, $2, $3, $4, $5, t.run_at, $8,
-                   CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END::skiplock.job_state,
+                   skiplock.initial_state(t.run_at),
                    $9
             FROM (SELECT coalesce($6, now() + make_interval(secs => coalesce($7::float8, 0))) AS run_at) AS t
             RETURNING id, queue, state
@@ -127,7 +127,7 @@ pub(crate) async fn insert_many<'e>(
         SELECT t.kind, t.args, t.queue, t.priority, t.max_attempts, r.run_at,
                ARRAY(SELECT tag FROM jsonb_array_elements_text(t.tags) WITH ORDINALITY AS e(tag, n)
                      ORDER BY n),
-               CASE WHEN r.run_at > now() THEN 'scheduled' ELSE 'available' END::skiplock.job_state,
+               skiplock.initial_state(r.run_at),
                t.timeout_secs
         FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::smallint[], $5::int[],
                     $6::timestamptz[], $7::float8[], $8::jsonb[], $9::float8[])

@@ -299,7 +299,7 @@ pub(crate) async fn insert_fires(
         INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, tags, timeout_secs,
                                    run_at, state, schedule)
         SELECT s.kind, s.args, s.queue, s.priority, s.max_attempts, s.tags, s.timeout_secs, f.at,
-               CASE WHEN f.at > now() THEN 'scheduled' ELSE 'available' END::skiplock.job_state,
+               skiplock.initial_state(f.at),
                s.name
         FROM skiplock.schedules AS s, unnest($2::timestamptz[]) AS f(at)
         WHERE s.name = $1
