@@ -254,9 +254,15 @@ pub async fn migrate_to(pool: &PgPool, version: i32) -> Result<MigrateReport, Mi
 }
 
 async fn run(conn: &mut PgConnection, target: i32) -> Result<MigrateReport, MigrateError> {
-    db::migration::lock(conn)
+    // Another migrator holds the lock: wait outside any transaction (see `try_lock`).
+    let mut pause = Duration::from_millis(50);
+    while !db::migration::try_lock(conn)
         .await
-        .map_err(MigrateError::Prepare)?;
+        .map_err(MigrateError::Prepare)?
+    {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
     let owners = db::migration::owners(conn)
         .await
         .map_err(MigrateError::Prepare)?;

@@ -4,15 +4,19 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
-/// Serialises concurrent migrators until this session ends or unlocks. Session-level rather
-/// than transaction-level: a run applies each migration in a transaction of its own (and builds
-/// indexes outside any). The key is the ASCII bytes of "skiplock" read as a big-endian integer,
-/// shared by every skiplock version.
-pub(crate) async fn lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query!("SELECT pg_advisory_lock(8316857068446245739)")
-        .execute(conn)
-        .await?;
-    Ok(())
+/// Tries to take the lock that serialises concurrent migrators until this session ends or
+/// unlocks; `false` when another session holds it. Session-level rather than transaction-level:
+/// a run applies each migration in a transaction of its own (and builds indexes outside any).
+/// The key is the ASCII bytes of "skiplock" read as a big-endian integer, shared by every
+/// skiplock version.
+///
+/// A try, never a wait: a session waiting in `pg_advisory_lock` sits in a transaction, and
+/// `CREATE INDEX CONCURRENTLY` in the session holding the lock waits for every transaction to
+/// end, so the two would deadlock.
+pub(crate) async fn try_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock(8316857068446245739) AS "locked!""#)
+        .fetch_one(conn)
+        .await
 }
 
 /// Sets `lock_timeout` for the rest of the current transaction.
