@@ -1,13 +1,15 @@
 //! Client-side deadlines: when the database stops answering in the middle of a call (here a proxy
 //! that holds the progress write, as a half-open connection would), a handler's `set_progress`
-//! gives up after the worker's `db_timeout` instead of hanging with it.
+//! gives up after the worker's `db_timeout` instead of hanging with it, and so does the
+//! completer's write of an outcome (it then retries).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use skiplock::{ContextError, Handler, Job, JobContext, JobError, Worker};
+use skiplock::{ContextError, Handler, Job, JobContext, JobError, JobState, Worker};
 use skiplock_testing::TestDatabase;
 use sqlx::PgPool;
 use sqlx::postgres::{PgPoolOptions, PgSslMode};
@@ -169,5 +171,110 @@ async fn set_progress_gives_up_at_db_timeout_when_the_database_stops_answering()
         "{written:?}"
     );
     assert!(took < DB_TIMEOUT * 4, "gave up after {took:?}");
+    worker.shutdown().await.expect("shutdown");
+}
+
+/// Warnings of the completer, counted by a global subscriber (the worker's tasks run on every
+/// thread of the runtime).
+static COMPLETER_WARNINGS: AtomicUsize = AtomicUsize::new(0);
+
+struct CountCompleterWarnings;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountCompleterWarnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() == tracing::Level::WARN && meta.target().ends_with("completer") {
+            COMPLETER_WARNINGS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn count_completer_warnings() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let subscriber = tracing_subscriber::registry().with(CountCompleterWarnings);
+        tracing::subscriber::set_global_default(subscriber).expect("global subscriber");
+    });
+}
+
+/// Returns the held marker as its output once told to.
+#[derive(Serialize, Deserialize)]
+struct Finish;
+
+impl Job for Finish {
+    const KIND: &'static str = "finish";
+}
+
+impl Handler<Arc<Notify>> for Finish {
+    type Output = String;
+
+    async fn handle(self, ctx: JobContext<Arc<Notify>>) -> Result<String, JobError> {
+        ctx.state().notified().await;
+        Ok(HELD.to_owned())
+    }
+}
+
+async fn job_state(pool: &PgPool, id: i64) -> JobState {
+    sqlx::query_scalar("SELECT state FROM skiplock.jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("state")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_write_gives_up_at_db_timeout_and_is_retried() {
+    const DB_TIMEOUT: Duration = Duration::from_millis(500);
+    count_completer_warnings();
+    let db = TestDatabase::new().await.expect("database");
+    let direct = db.connect_options();
+    let proxy = Proxy::start(direct.get_host(), direct.get_port()).await;
+    let through_proxy = direct
+        .clone()
+        .host("127.0.0.1")
+        .port(proxy.port)
+        .ssl_mode(PgSslMode::Disable);
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_lazy_with(through_proxy);
+    let go = Arc::new(Notify::new());
+    let id = skiplock::enqueue(db.pool(), &Finish)
+        .await
+        .expect("enqueue");
+    let worker = Worker::builder(pool, go.clone())
+        .register::<Finish>()
+        .db_timeout(DB_TIMEOUT)
+        .poll_interval(Duration::from_millis(100))
+        .build()
+        .expect("worker")
+        .start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job_state(db.pool(), id).await != JobState::Running {
+        assert!(Instant::now() < deadline, "the job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    proxy.freeze(true);
+    let before = COMPLETER_WARNINGS.load(Ordering::SeqCst);
+    go.notify_one();
+    // The write carrying the output is held: the completer must give up on it at db_timeout
+    // and say it retries (with a hard-coded 30 s deadline it would still be waiting).
+    let frozen_at = Instant::now();
+    while COMPLETER_WARNINGS.load(Ordering::SeqCst) == before {
+        assert!(
+            frozen_at.elapsed() < DB_TIMEOUT * 8,
+            "no retry of the held outcome within {:?}",
+            DB_TIMEOUT * 8
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(job_state(db.pool(), id).await, JobState::Running);
+    proxy.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job_state(db.pool(), id).await != JobState::Completed {
+        assert!(Instant::now() < deadline, "the outcome was never recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     worker.shutdown().await.expect("shutdown");
 }
