@@ -49,6 +49,22 @@ impl Proxy {
         }
     }
 
+    /// A proxy to `db` and an application pool that connects through it.
+    async fn pool(db: &TestDatabase) -> (Self, PgPool) {
+        let direct = db.connect_options();
+        let proxy = Self::start(direct.get_host(), direct.get_port()).await;
+        // In plain text, so that the proxy can see which message it holds.
+        let through_proxy = direct
+            .clone()
+            .host("127.0.0.1")
+            .port(proxy.port)
+            .ssl_mode(PgSslMode::Disable);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_lazy_with(through_proxy);
+        (proxy, pool)
+    }
+
     fn freeze(&self, frozen: bool) {
         self.frozen.store(frozen, Ordering::SeqCst);
     }
@@ -125,17 +141,7 @@ async fn progress(pool: &PgPool, id: i64) -> Option<serde_json::Value> {
 async fn set_progress_gives_up_at_db_timeout_when_the_database_stops_answering() {
     const DB_TIMEOUT: Duration = Duration::from_millis(500);
     let db = TestDatabase::new().await.expect("database");
-    let direct = db.connect_options();
-    let proxy = Proxy::start(direct.get_host(), direct.get_port()).await;
-    // In plain text, so that the proxy can see which message it holds.
-    let through_proxy = direct
-        .clone()
-        .host("127.0.0.1")
-        .port(proxy.port)
-        .ssl_mode(PgSslMode::Disable);
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_lazy_with(through_proxy);
+    let (proxy, pool) = Proxy::pool(&db).await;
 
     let (report, mut reports) = mpsc::channel(1);
     let probe = Probe {
@@ -228,16 +234,7 @@ async fn an_outcome_write_gives_up_at_db_timeout_and_is_retried() {
     const DB_TIMEOUT: Duration = Duration::from_millis(500);
     count_completer_warnings();
     let db = TestDatabase::new().await.expect("database");
-    let direct = db.connect_options();
-    let proxy = Proxy::start(direct.get_host(), direct.get_port()).await;
-    let through_proxy = direct
-        .clone()
-        .host("127.0.0.1")
-        .port(proxy.port)
-        .ssl_mode(PgSslMode::Disable);
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_lazy_with(through_proxy);
+    let (proxy, pool) = Proxy::pool(&db).await;
     let go = Arc::new(Notify::new());
     let id = skiplock::enqueue(db.pool(), &Finish)
         .await
