@@ -303,26 +303,7 @@ async fn rows_from_before_the_limits_still_run_and_infinite_waits_are_pulled_bac
     let db = common::database().await;
     let pool = db.pool();
     // The schema as the previous release left it, with rows 0008 would refuse.
-    sqlx::raw_sql("DROP SCHEMA skiplock CASCADE")
-        .execute(pool)
-        .await
-        .expect("drop");
-    sqlx::raw_sql(include_str!("../migrations/bootstrap.sql"))
-        .execute(pool)
-        .await
-        .expect("bootstrap");
-    for migration in skiplock::MIGRATIONS.iter().filter(|m| m.version <= 6) {
-        sqlx::raw_sql(migration.sql)
-            .execute(pool)
-            .await
-            .expect("old migration");
-        sqlx::query("INSERT INTO skiplock.migrations (version, name) VALUES ($1, $2)")
-            .bind(migration.version)
-            .bind(migration.name)
-            .execute(pool)
-            .await
-            .expect("record");
-    }
+    common::schema_at(pool, 6).await;
     let big: i64 = sqlx::query_scalar(
         "SELECT skiplock.enqueue('record', jsonb_build_object('n', 1, 'pad', repeat('x', 2000000)),
                                  tags => array_fill('t'::text, ARRAY[150]))",

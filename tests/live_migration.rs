@@ -2,6 +2,8 @@
 //! `migrate` brings the schema up to date, and never stalls for more than 2 s.
 #![allow(clippy::print_stderr)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -54,14 +56,7 @@ async fn old_worker_round(pool: &PgPool) -> Result<usize, sqlx::Error> {
 async fn migrating_a_big_busy_table_never_stalls_its_workers() {
     let db = TestDatabase::new().await.expect("database");
     let pool = db.pool();
-    sqlx::raw_sql("DROP SCHEMA skiplock CASCADE")
-        .execute(pool)
-        .await
-        .expect("reset");
-    let report = skiplock::migrate_to(pool, PREVIOUS_RELEASE)
-        .await
-        .expect("migrate to the previous release");
-    assert_eq!(report.applied.last(), Some(&PREVIOUS_RELEASE));
+    common::schema_at(pool, PREVIOUS_RELEASE).await;
     sqlx::query(
         "INSERT INTO skiplock.jobs (kind, args, state, finished_at, attempt)
          SELECT 'noop', jsonb_build_object('n', n), 'completed', now(), 1

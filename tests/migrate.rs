@@ -38,10 +38,7 @@ async fn migrate_is_idempotent_and_keeps_to_its_schema() {
 #[tokio::test]
 async fn concurrent_migrations_on_a_fresh_database_apply_once() {
     let db = TestDatabase::new().await.expect("database");
-    sqlx::raw_sql("DROP SCHEMA skiplock CASCADE")
-        .execute(db.pool())
-        .await
-        .expect("reset");
+    common::schema_at(db.pool(), 0).await;
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .connect_with(db.connect_options().clone())
@@ -69,10 +66,7 @@ async fn concurrent_migrations_on_a_fresh_database_apply_once() {
 async fn printed_sql_builds_the_same_schema_and_records_itself() {
     let db = TestDatabase::new().await.expect("database");
     let pool = db.pool();
-    sqlx::raw_sql("DROP SCHEMA skiplock CASCADE")
-        .execute(pool)
-        .await
-        .expect("reset");
+    common::schema_at(pool, 0).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(skiplock::script(0)))
         .execute(pool)
         .await
@@ -161,13 +155,7 @@ async fn an_interrupted_index_build_is_dropped_and_built_again() {
     let db = TestDatabase::new().await.expect("database");
     let pool = db.pool();
     let (version, name) = first_concurrent_index();
-    sqlx::raw_sql("DROP SCHEMA skiplock CASCADE")
-        .execute(pool)
-        .await
-        .expect("reset");
-    skiplock::migrate_to(pool, version - 1)
-        .await
-        .expect("migrate to the version before");
+    common::schema_at(pool, version - 1).await;
     // What a CREATE INDEX CONCURRENTLY interrupted midway leaves: an invalid index of that name
     // (here from a unique build that fails on duplicates).
     sqlx::raw_sql("INSERT INTO skiplock.jobs (kind) VALUES ('k'), ('k')")
@@ -205,11 +193,7 @@ async fn a_migration_waiting_for_a_lock_does_not_hold_up_writes() {
     const LOCKING: i32 = 10;
     let db = TestDatabase::new().await.expect("database");
     let pool = db.pool().clone();
-    sqlx::raw_sql("DROP SCHEMA skiplock CASCADE")
-        .execute(&pool)
-        .await
-        .expect("reset");
-    skiplock::migrate_to(&pool, BEFORE).await.expect("migrate");
+    common::schema_at(&pool, BEFORE).await;
 
     // A long transaction (a report, say) holds a lock the migration's ALTER must wait for.
     let mut holder = pool.begin().await.expect("begin");

@@ -53,6 +53,19 @@ pub async fn with_worker<T>(builder: WorkerBuilder<PgPool>, body: impl Future<Ou
     value
 }
 
+/// Replaces the skiplock schema with the one migrations up to `version` build (0: none at all):
+/// a database as an earlier release left it.
+pub async fn schema_at(pool: &PgPool, version: i32) {
+    sqlx::raw_sql("DROP SCHEMA skiplock CASCADE")
+        .execute(pool)
+        .await
+        .expect("drop the schema");
+    if version > 0 {
+        let report = skiplock::migrate_to(pool, version).await.expect("migrate");
+        assert_eq!(report.applied.last(), Some(&version));
+    }
+}
+
 /// Records the attempt in the ledger table.
 pub async fn record(ctx: &JobContext<PgPool>) -> Result<(), JobError> {
     sqlx::query("INSERT INTO ledger (job_id, kind, attempt, worker) VALUES ($1, $2, $3, $4)")
