@@ -74,8 +74,11 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
 ///
 /// Mapped by sqlx to the PostgreSQL enum `skiplock.job_state` (and arrays of it), so it binds
 /// and decodes directly, with no text conversion.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, sqlx::Type)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, sqlx::Type, serde::Serialize, serde::Deserialize,
+)]
 #[sqlx(type_name = "skiplock.job_state", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum JobState {
     /// Waiting for its `run_at` time.
@@ -95,6 +98,17 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in the order a job usually passes through them.
+    pub const ALL: [Self; 7] = [
+        Self::Scheduled,
+        Self::Available,
+        Self::Running,
+        Self::Retryable,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
     /// The state's name as stored in the database, e.g. `"available"`.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -304,7 +318,7 @@ impl AttemptError {
 }
 
 /// One row of `skiplock.jobs`, as [`get_job`] returns it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct JobRow {
     /// The job's id.

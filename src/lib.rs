@@ -81,6 +81,7 @@ mod cron;
 mod db;
 mod enqueue;
 mod handler;
+pub mod inspect;
 mod job;
 mod migrate;
 pub mod runtime;

@@ -126,6 +126,20 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0011_initial_state.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 12,
+        name: "inspection",
+        sql: include_str!("../migrations/0012_inspection.sql"),
+        kind: MigrationKind::Transaction,
+    },
+    Migration {
+        version: 14,
+        name: "inspection_index",
+        sql: include_str!("../migrations/0014_inspection_index.sql"),
+        kind: MigrationKind::ConcurrentIndex {
+            name: "jobs_state_queue_kind_idx",
+        },
+    },
 ];
 
 /// The error of [`migrate`].

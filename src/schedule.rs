@@ -41,7 +41,8 @@ use crate::{EnqueueError, Job};
 
 /// What to do about fire times that passed while no scheduler was running (more than the
 /// scheduler's misfire grace ago). Fire times within the grace always fire.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Misfire {
     /// Skip them; the schedule goes on from its next fire time. The default.
     #[default]
@@ -253,7 +254,7 @@ impl Schedule {
 }
 
 /// A schedule as stored in `skiplock.schedules`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ScheduleRow {
     /// Its name.

@@ -362,8 +362,9 @@ impl Outcomes {
 pub(crate) async fn complete_many<'e>(
     executor: impl PgExecutor<'e>,
     outcomes: &Outcomes,
-) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar!(
+) -> Result<Vec<Recorded>, sqlx::Error> {
+    sqlx::query_as!(
+        Recorded,
         r#"
         WITH done AS (
         UPDATE skiplock.jobs AS j
@@ -393,12 +394,21 @@ pub(crate) async fn complete_many<'e>(
         -- `running`. A `state = 'running'` term here would let stale statistics (no running
         -- rows at the last ANALYZE) turn this join into batch × running comparisons.
         WHERE j.id = o.id AND j.lease_token = o.lease_token
-        RETURNING j.id, j.queue, j.state
+        RETURNING j.id, j.queue, j.kind, j.state, o.error_kind
         ),
         woken AS (
             SELECT skiplock.wake(array_agg(queue)) FROM done WHERE state = 'available'
         )
-        SELECT id AS "id!" FROM done, woken
+        -- Grouped for skiplock.job_stats: a few rows per batch, whatever its size.
+        SELECT array_agg(id) AS "ids!", queue AS "queue!", kind AS "kind!",
+               CASE WHEN state = 'retryable' THEN 'retried'
+                    WHEN state = 'scheduled' THEN 'snoozed'
+                    WHEN state = 'available' AND error_kind IS NULL THEN 'snoozed'
+                    WHEN state = 'available' AND error_kind = 'interrupted' THEN 'interrupted'
+                    WHEN state = 'available' THEN 'retried'
+                    ELSE state::text END AS "outcome!"
+        FROM done, woken
+        GROUP BY 2, 3, 4
         "#,
         &outcomes.ids,
         &outcomes.lease_tokens,
@@ -411,6 +421,56 @@ pub(crate) async fn complete_many<'e>(
     )
     .fetch_all(executor)
     .await
+}
+
+/// The jobs of one queue and kind whose outcome [`complete_many`] recorded, by outcome as
+/// `skiplock.job_stats` names it.
+pub(crate) struct Recorded {
+    pub(crate) ids: Vec<i64>,
+    pub(crate) queue: String,
+    pub(crate) kind: String,
+    pub(crate) outcome: String,
+}
+
+/// Adds outcome counts to `skiplock.job_stats`, in the current minute.
+pub(crate) async fn add_job_stats<'e>(
+    executor: impl PgExecutor<'e>,
+    queues: &[String],
+    kinds: &[String],
+    outcomes: &[String],
+    jobs: &[i64],
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"
+        INSERT INTO skiplock.job_stats AS s (minute, queue, kind, outcome, jobs)
+        SELECT date_trunc('minute', now()), queue, kind, outcome, jobs
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(queue, kind, outcome, jobs)
+        -- Sorted, so two workers adding the same rows lock them in the same order.
+        ORDER BY queue, kind, outcome
+        ON CONFLICT (minute, queue, kind, outcome) DO UPDATE SET jobs = s.jobs + excluded.jobs
+        "#,
+        queues,
+        kinds,
+        outcomes,
+        jobs,
+    )
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the `skiplock.job_stats` minutes older than `older_than_secs`.
+pub(crate) async fn delete_old_job_stats<'e>(
+    executor: impl PgExecutor<'e>,
+    older_than_secs: f64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query!(
+        "DELETE FROM skiplock.job_stats WHERE minute < now() - make_interval(secs => $1)",
+        older_than_secs,
+    )
+    .execute(executor)
+    .await?;
+    Ok(deleted.rows_affected())
 }
 
 /// Completes one running job inside the caller's transaction (transactional completion);
@@ -487,9 +547,13 @@ pub(crate) async fn heartbeat<'e>(
         Renewed,
         r#"
         WITH alive AS (
-            INSERT INTO skiplock.workers (id, host, pid, queues, kinds)
-            VALUES ($4, $5, $6, $7, $8)
-            ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), kinds = excluded.kinds
+            INSERT INTO skiplock.workers
+                (id, host, pid, queues, kinds, concurrency, version, alive_until)
+            VALUES ($4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => 2 * $3::float8))
+            -- A worker the rescuer took for lost that renews again is alive after all.
+            ON CONFLICT (id) DO UPDATE
+            SET heartbeat_at = now(), kinds = excluded.kinds, alive_until = excluded.alive_until,
+                stopped_at = NULL, stop_reason = NULL
         ),
         held AS (
             SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS l(id, lease_token)
@@ -526,6 +590,8 @@ pub(crate) async fn heartbeat<'e>(
         worker.pid,
         worker.queues,
         worker.kinds,
+        worker.concurrency,
+        worker.version,
     )
     .fetch_all(executor)
     .await
@@ -539,6 +605,10 @@ pub(crate) struct WorkerRow<'a> {
     pub(crate) queues: &'a [String],
     /// The kinds it has handlers for.
     pub(crate) kinds: &'a [String],
+    /// How many jobs it runs at once in each queue, in the order of `queues`.
+    pub(crate) concurrency: &'a [i32],
+    /// The skiplock version it runs.
+    pub(crate) version: &'a str,
 }
 
 /// Jobs of one queue and kind that no worker runs, as `skiplock.unrunnable_jobs` reports them.
@@ -568,30 +638,47 @@ pub(crate) async fn unrunnable<'e>(
     .await
 }
 
-/// Removes a worker's row when it stops cleanly.
-pub(crate) async fn delete_worker<'e>(
+/// Marks a worker's row as stopped when it stops cleanly (the rescuer deletes it an hour
+/// later, [`WORKER_ROWS_KEPT_SECS`]).
+pub(crate) async fn stop_worker<'e>(
     executor: impl PgExecutor<'e>,
     id: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query!("DELETE FROM skiplock.workers WHERE id = $1", id)
-        .execute(executor)
-        .await?;
+    sqlx::query!(
+        r#"
+        UPDATE skiplock.workers SET stopped_at = now(), stop_reason = 'shutdown'
+        WHERE id = $1 AND stopped_at IS NULL
+        "#,
+        id
+    )
+    .execute(executor)
+    .await?;
     Ok(())
 }
 
-/// Removes the rows of workers whose last heartbeat is older than `max_age_secs`; returns
-/// their ids.
-pub(crate) async fn delete_dead_workers<'e>(
+/// How long the row of a stopped or lost worker stays in `skiplock.workers`, in seconds: an
+/// hour, so that inspection shows what just went away.
+pub(crate) const WORKER_ROWS_KEPT_SECS: f64 = 3600.0;
+
+/// Marks as lost the workers whose last heartbeat is older than `max_age_secs` and returns
+/// their ids; deletes the rows of workers stopped or lost more than
+/// [`WORKER_ROWS_KEPT_SECS`] ago.
+pub(crate) async fn reap_dead_workers<'e>(
     executor: impl PgExecutor<'e>,
     max_age_secs: f64,
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"
-        DELETE FROM skiplock.workers
-        WHERE heartbeat_at < now() - make_interval(secs => $1)
+        WITH forgotten AS (
+            DELETE FROM skiplock.workers
+            WHERE stopped_at < now() - make_interval(secs => $2)
+        )
+        UPDATE skiplock.workers SET stopped_at = now(), stop_reason = 'lost'
+        WHERE stopped_at IS NULL AND heartbeat_at < now() - make_interval(secs => $1)
         RETURNING id
         "#,
         max_age_secs,
+        WORKER_ROWS_KEPT_SECS,
     )
     .fetch_all(executor)
     .await
@@ -656,10 +743,17 @@ pub(crate) async fn rescue_expired<'e>(
                     'worker', j.attempted_by[cardinality(j.attempted_by)]))
             FROM expired AS e
             WHERE j.id = e.id
-            RETURNING j.id, j.state, j.queue
+            RETURNING j.id, j.state, j.queue, j.kind
         ),
         woken AS (
             SELECT skiplock.wake(array_agg(queue)) FROM rescued WHERE state = 'available'
+        ),
+        -- Rescues are rare, and one rescuer runs at a time: counted here, in its statement.
+        counted AS (
+            INSERT INTO skiplock.job_stats AS s (minute, queue, kind, outcome, jobs)
+            SELECT date_trunc('minute', now()), queue, kind, 'lost', count(*)
+            FROM rescued GROUP BY queue, kind ORDER BY queue, kind
+            ON CONFLICT (minute, queue, kind, outcome) DO UPDATE SET jobs = s.jobs + excluded.jobs
         )
         SELECT id AS "id!", state AS "state!: JobState" FROM rescued, woken
         "#,

@@ -12,7 +12,9 @@
 pub(crate) mod bench;
 #[cfg(feature = "bench")]
 pub(crate) mod database;
+pub(crate) mod inspect;
 pub(crate) mod job;
+pub(crate) mod job_list;
 pub(crate) mod leader;
 pub(crate) mod migration;
 pub(crate) mod schedule;

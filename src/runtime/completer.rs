@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 use super::running::RunningAttempts;
+use super::stats::OutcomeStats;
 use crate::{ErrorKind, JobState, db};
 
 /// The most outcomes written by one statement.
@@ -101,6 +102,8 @@ pub(crate) struct Completer {
     receiver: mpsc::Receiver<Completion>,
     /// Attempts are unregistered (their leases no longer renewed) once their outcome is written.
     running: Arc<RunningAttempts>,
+    /// Where recorded outcomes are counted, for `skiplock.job_stats`.
+    stats: Arc<OutcomeStats>,
 }
 
 impl Completer {
@@ -109,12 +112,14 @@ impl Completer {
         config: CompleterConfig,
         receiver: mpsc::Receiver<Completion>,
         running: Arc<RunningAttempts>,
+        stats: Arc<OutcomeStats>,
     ) -> Self {
         Self {
             pool,
             config,
             receiver,
             running,
+            stats,
         }
     }
 
@@ -226,7 +231,12 @@ impl Completer {
                     Err(sqlx::Error::Io(timeout))
                 });
             match written {
-                Ok(changed) => {
+                Ok(recorded) => {
+                    self.stats.add(&recorded);
+                    let changed: std::collections::HashSet<i64> = recorded
+                        .iter()
+                        .flat_map(|group| group.ids.iter().copied())
+                        .collect();
                     let stale = outcomes.len() - changed.len();
                     if stale > 0 {
                         let refused: Vec<i64> = outcomes
@@ -399,7 +409,7 @@ mod tests {
         let running = Arc::default();
         (
             sender,
-            Completer::new(db.pool().clone(), config, receiver, running),
+            Completer::new(db.pool().clone(), config, receiver, running, Arc::default()),
         )
     }
 

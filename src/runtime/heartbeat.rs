@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::deadline::deadline;
 use super::running::{RunningAttempts, StopReason};
+use super::stats::OutcomeStats;
 use crate::db;
 
 /// The share of the lease after which an attempt without a renewal is stopped.
@@ -52,6 +53,8 @@ pub(crate) struct WorkerIdentity {
     pub(crate) host: String,
     pub(crate) pid: i32,
     pub(crate) queues: Vec<String>,
+    /// How many jobs it runs at once in each of `queues`.
+    pub(crate) concurrency: Vec<i32>,
     /// The kinds it has handlers for.
     pub(crate) kinds: Vec<String>,
 }
@@ -73,6 +76,8 @@ pub(crate) struct Heartbeat {
     config: HeartbeatConfig,
     running: Arc<RunningAttempts>,
     identity: WorkerIdentity,
+    /// Outcome counts, written to `skiplock.job_stats` after each renewal.
+    stats: Arc<OutcomeStats>,
 }
 
 impl Heartbeat {
@@ -81,12 +86,14 @@ impl Heartbeat {
         config: HeartbeatConfig,
         running: Arc<RunningAttempts>,
         identity: WorkerIdentity,
+        stats: Arc<OutcomeStats>,
     ) -> Self {
         Self {
             pool,
             config,
             running,
             identity,
+            stats,
         }
     }
 
@@ -105,6 +112,7 @@ impl Heartbeat {
                 if let Err(error) = self.run_once().await {
                     tracing::warn!(%error, "could not renew leases; retrying");
                 }
+                self.flush_stats().await;
             }
         };
         tokio::join!(fence, renewals);
@@ -142,6 +150,8 @@ impl Heartbeat {
             pid: self.identity.pid,
             queues: &self.identity.queues,
             kinds: &self.identity.kinds,
+            concurrency: &self.identity.concurrency,
+            version: env!("CARGO_PKG_VERSION"),
         };
         let mut report = HeartbeatReport::default();
         for pass in 1..=BUSY_PASSES {
@@ -202,11 +212,22 @@ impl Heartbeat {
         Ok(report)
     }
 
-    /// Removes the worker's row when it stops cleanly.
+    /// Writes the outcome counts gathered since the last flush (kept for the next one when
+    /// the write fails).
+    pub(crate) async fn flush_stats(&self) {
+        let write = self.stats.flush(&self.pool);
+        if let Err(error) = deadline(self.config.timeout, write).await {
+            tracing::debug!(%error, "could not write outcome counts; trying again next interval");
+        }
+    }
+
+    /// Writes the last outcome counts and marks the worker's row as stopped when it stops
+    /// cleanly.
     pub(crate) async fn unregister(&self) {
-        let call = db::job::delete_worker(&self.pool, &self.identity.id);
+        self.flush_stats().await;
+        let call = db::job::stop_worker(&self.pool, &self.identity.id);
         if let Err(error) = deadline(self.config.timeout, call).await {
-            tracing::warn!(%error, "could not remove this worker from skiplock.workers");
+            tracing::warn!(%error, "could not mark this worker stopped in skiplock.workers");
         }
     }
 }
@@ -218,12 +239,20 @@ pub(crate) fn host_name() -> String {
 }
 
 /// The worker's identity for this process.
-pub(crate) fn identity(id: Arc<str>, queues: Vec<String>, kinds: Vec<String>) -> WorkerIdentity {
+pub(crate) fn identity(
+    id: Arc<str>,
+    queues: &[(String, usize)],
+    kinds: Vec<String>,
+) -> WorkerIdentity {
     WorkerIdentity {
         id,
         host: host_name(),
         pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
-        queues,
+        queues: queues.iter().map(|(queue, _)| queue.clone()).collect(),
+        concurrency: queues
+            .iter()
+            .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
+            .collect(),
         kinds,
     }
 }

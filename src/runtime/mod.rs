@@ -70,6 +70,7 @@ pub(crate) mod running;
 mod scheduler;
 mod service;
 mod shutdown;
+mod stats;
 mod unrunnable;
 mod worker;
 

@@ -40,6 +40,10 @@ pub const DEFAULT_PRUNE_BATCH: usize = 1_000;
 /// of "sl-prune" read as a big-endian integer (the migration lock uses "skiplock").
 const LOCK_KEY: i64 = 0x736c_2d70_7275_6e65;
 
+/// How long `skiplock.job_stats` keeps its per-minute outcome counts: 8 days, so that a week
+/// can be compared with the one before (whatever the retention of finished jobs).
+pub(crate) const JOB_STATS_KEPT: Duration = Duration::from_secs(8 * 24 * 3600);
+
 /// Ages are capped at 1,000 years, which keeps them within PostgreSQL's `interval` and
 /// `timestamptz` ranges and is forever for any job.
 const MAX_AGE: Duration = Duration::from_secs(1_000 * 366 * 24 * 60 * 60);
@@ -268,11 +272,11 @@ impl Service for Pruner {
             *deleted += n;
             *drained = n < batch as u64;
         }
-        Ok(if round.drained.iter().all(|done| *done) {
-            Step::Done
-        } else {
-            Step::More
-        })
+        if !round.drained.iter().all(|done| *done) {
+            return Ok(Step::More);
+        }
+        db::job::delete_old_job_stats(&self.pool, JOB_STATS_KEPT.as_secs_f64()).await?;
+        Ok(Step::Done)
     }
 
     fn log(round: &PruneRound) {

@@ -89,7 +89,7 @@ impl Service for Rescuer {
             return Ok(Step::More);
         }
         let ttl = self.config.worker_ttl.as_secs_f64();
-        report.reaped_workers = db::job::delete_dead_workers(&self.pool, ttl).await?;
+        report.reaped_workers = db::job::reap_dead_workers(&self.pool, ttl).await?;
         Ok(Step::Done)
     }
 

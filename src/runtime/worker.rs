@@ -25,6 +25,7 @@ use super::running::RunningAttempts;
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::service::{self, Health, Monitor};
 use super::shutdown::{Running, shutdown_signal};
+use super::stats::OutcomeStats;
 use super::unrunnable::{Unrunnable, UnrunnableConfig};
 use super::{declare, heartbeat, leader};
 use crate::Schedule;
@@ -145,6 +146,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let capacity: usize = self.queues.iter().map(|(_, concurrency)| concurrency).sum();
         let (completions, receiver) = mpsc::channel(capacity.max(64) * 2);
         let running = Arc::new(RunningAttempts::default());
+        let stats = Arc::new(OutcomeStats::default());
         let completer = Completer::new(
             pool.clone(),
             CompleterConfig {
@@ -153,6 +155,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             },
             receiver,
             running.clone(),
+            stats.clone(),
         );
         // Supervised batch by batch inside (it owns the channel's receiving end).
         let completer = tokio::spawn(completer.run(monitor.role("completer")));
@@ -319,13 +322,13 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             timeout: config.db_timeout.min(config.heartbeat_interval()),
             connect_timeout: config.db_timeout,
         };
-        let queues = self.queues.iter().map(|(queue, _)| queue.clone()).collect();
-        let identity = heartbeat::identity(self.id.clone(), queues, kinds);
+        let identity = heartbeat::identity(self.id.clone(), &self.queues, kinds);
         let heartbeat = Arc::new(Heartbeat::new(
             self.pools.keeper.clone(),
             heartbeat,
             running.clone(),
             identity,
+            stats,
         ));
         keepers.spawn({
             let health = monitor.role("heartbeat");

@@ -1,0 +1,328 @@
+//! The dynamic statements of `skiplock::inspect`: lists, counts and bulk actions over a
+//! [`JobFilter`], built with `QueryBuilder` (every value bound, never formatted into the SQL).
+//!
+//! How a list stays fast on a table of millions (migration 0014): the distinct
+//! `(state, queue, kind)` triples of the states asked for are walked with a loose index scan of
+//! `jobs_state_queue_kind_idx` (one descent per triple), the triples the filter wants are kept,
+//! the head of each (in id order, after the cursor) is read from the same index, and the heads
+//! are merged. Conditions no index holds (tags, arguments, schedule, times) are tested on the
+//! rows so read, within a window of ids per page (`SCAN_WINDOW`).
+
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{PgExecutor, Postgres, QueryBuilder};
+
+use crate::JobState;
+use crate::inspect::{JobFilter, JobOrder};
+
+/// A timestamp column as an `Option`: `NULL` when it is infinite or past what chrono holds
+/// (a row written by something other than skiplock must not make a whole page unreadable).
+fn safe_ts(column: &str) -> String {
+    format!(
+        "CASE WHEN isfinite(j.{column}) AND j.{column} < '262000-01-01' THEN j.{column} END AS {column}"
+    )
+}
+
+/// The columns of a job summary; see `inspect::JobSummary`.
+fn summary_columns() -> String {
+    [
+        "j.id".to_owned(),
+        "j.queue".to_owned(),
+        "j.kind".to_owned(),
+        "j.state".to_owned(),
+        "j.priority".to_owned(),
+        "j.attempt".to_owned(),
+        "j.max_attempts".to_owned(),
+        safe_ts("run_at"),
+        safe_ts("created_at"),
+        safe_ts("attempted_at"),
+        safe_ts("finished_at"),
+        safe_ts("lease_expires_at"),
+        safe_ts("cancel_requested_at"),
+        "ARRAY(SELECT t FROM unnest(j.tags) AS t WHERE t IS NOT NULL) AS tags".to_owned(),
+        "j.schedule".to_owned(),
+        "j.attempted_by[cardinality(j.attempted_by)] AS worker".to_owned(),
+        "CASE WHEN jsonb_typeof(j.errors) = 'array' THEN j.errors -> -1 END AS last_error"
+            .to_owned(),
+        "left(j.args::text, 256) AS args_preview".to_owned(),
+        "octet_length(j.args::text) AS args_bytes".to_owned(),
+    ]
+    .join(", ")
+}
+
+/// `WITH RECURSIVE triples AS (...)`: the distinct (state, queue, kind) of `states`.
+fn push_triples(query: &mut QueryBuilder<Postgres>, states: Vec<JobState>) {
+    query.push(
+        "WITH RECURSIVE triples AS ( \
+           SELECT f.state, f.queue, f.kind FROM unnest(",
+    );
+    query.push_bind(states);
+    query.push(
+        "::skiplock.job_state[]) AS s(state) \
+           CROSS JOIN LATERAL (SELECT j.state, j.queue, j.kind FROM skiplock.jobs AS j \
+                               WHERE j.state = s.state ORDER BY j.queue, j.kind LIMIT 1) AS f \
+           UNION ALL \
+           SELECT n.state, n.queue, n.kind FROM triples AS t \
+           CROSS JOIN LATERAL (SELECT j.state, j.queue, j.kind FROM skiplock.jobs AS j \
+                               WHERE j.state = t.state AND (j.queue, j.kind) > (t.queue, t.kind) \
+                               ORDER BY j.queue, j.kind LIMIT 1) AS n \
+         ) ",
+    );
+}
+
+/// ` AND ...` for the triple-level conditions (queues, kinds), on `t`.
+fn push_triple_filter(query: &mut QueryBuilder<Postgres>, filter: &JobFilter) {
+    query.push(" WHERE true");
+    if !filter.queues.is_empty() {
+        query.push(" AND t.queue = ANY(");
+        query.push_bind(filter.queues.clone());
+        query.push(")");
+    }
+    if !filter.kinds.is_empty() {
+        query.push(" AND t.kind = ANY(");
+        query.push_bind(filter.kinds.clone());
+        query.push(")");
+    }
+}
+
+/// ` AND ...` for the row-level conditions, on `j`.
+fn push_row_filter(query: &mut QueryBuilder<Postgres>, filter: &JobFilter) {
+    if let Some(min) = filter.min_id {
+        query.push(" AND j.id >= ");
+        query.push_bind(min);
+    }
+    if let Some(max) = filter.max_id {
+        query.push(" AND j.id <= ");
+        query.push_bind(max);
+    }
+    if !filter.tags.is_empty() {
+        query.push(" AND j.tags @> ");
+        query.push_bind(filter.tags.clone());
+    }
+    if let Some(schedule) = &filter.schedule {
+        query.push(" AND j.schedule = ");
+        query.push_bind(schedule.clone());
+    }
+    if let Some(args) = &filter.args {
+        query.push(" AND j.args @> ");
+        query.push_bind(args.clone());
+    }
+    for (column, op, value) in [
+        ("created_at", ">=", filter.created_after),
+        ("created_at", "<", filter.created_before),
+        ("run_at", ">=", filter.run_after),
+        ("run_at", "<", filter.run_before),
+        ("finished_at", ">=", filter.finished_after),
+        ("finished_at", "<", filter.finished_before),
+    ] {
+        if let Some(value) = value {
+            query.push(format_args!(" AND j.{column} {op} "));
+            query.push_bind(value);
+        }
+    }
+}
+
+/// The bounds of one page's scan: ids after `after` (exclusive) in `order`, and, when the
+/// filter tests rows, no further than `window_end` (inclusive).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Scan {
+    pub(crate) order: JobOrder,
+    pub(crate) after: Option<i64>,
+    pub(crate) window_end: Option<i64>,
+    pub(crate) limit: i64,
+}
+
+fn push_scan(query: &mut QueryBuilder<Postgres>, scan: Scan) {
+    let (before, beyond) = match scan.order {
+        JobOrder::NewestFirst => ("<", ">="),
+        JobOrder::OldestFirst => (">", "<="),
+    };
+    if let Some(after) = scan.after {
+        query.push(format_args!(" AND j.id {before} "));
+        query.push_bind(after);
+    }
+    if let Some(end) = scan.window_end {
+        query.push(format_args!(" AND j.id {beyond} "));
+        query.push_bind(end);
+    }
+}
+
+fn direction(order: JobOrder) -> &'static str {
+    match order {
+        JobOrder::NewestFirst => "DESC",
+        JobOrder::OldestFirst => "ASC",
+    }
+}
+
+/// One page of job summaries (rows as `inspect::JobSummary` decodes them).
+pub(crate) async fn list<'e>(
+    executor: impl PgExecutor<'e>,
+    filter: &JobFilter,
+    scan: Scan,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    let mut query = QueryBuilder::new("");
+    push_triples(&mut query, filter.effective_states());
+    let dir = direction(scan.order);
+    query.push(format_args!(
+        "SELECT {columns} FROM triples AS t CROSS JOIN LATERAL ( \
+           SELECT * FROM skiplock.jobs AS j \
+           WHERE j.state = t.state AND j.queue = t.queue AND j.kind = t.kind",
+        columns = summary_columns(),
+    ));
+    push_scan(&mut query, scan);
+    push_row_filter(&mut query, filter);
+    query.push(format_args!(" ORDER BY j.id {dir} LIMIT "));
+    query.push_bind(scan.limit);
+    query.push(") AS j");
+    push_triple_filter(&mut query, filter);
+    query.push(format_args!(" ORDER BY j.id {dir} LIMIT "));
+    query.push_bind(scan.limit);
+    query.build().fetch_all(executor).await
+}
+
+/// Counts the jobs `filter` matches, reading at most `cap + 1` of them: `cap + 1` means more.
+/// With `index_only`, the row-level conditions are left out (what the index alone answers).
+pub(crate) async fn count_capped<'e>(
+    executor: impl PgExecutor<'e>,
+    filter: &JobFilter,
+    index_only: bool,
+    cap: i64,
+) -> Result<i64, sqlx::Error> {
+    let mut query = QueryBuilder::new("");
+    push_triples(&mut query, filter.effective_states());
+    query.push(
+        "SELECT count(*) FROM (SELECT 1 FROM triples AS t CROSS JOIN LATERAL ( \
+           SELECT 1 FROM skiplock.jobs AS j \
+           WHERE j.state = t.state AND j.queue = t.queue AND j.kind = t.kind",
+    );
+    if index_only {
+        let ids = JobFilter {
+            min_id: filter.min_id,
+            max_id: filter.max_id,
+            ..JobFilter::default()
+        };
+        push_row_filter(&mut query, &ids);
+    } else {
+        push_row_filter(&mut query, filter);
+    }
+    query.push(" LIMIT ");
+    query.push_bind(cap + 1);
+    query.push(") AS j");
+    push_triple_filter(&mut query, filter);
+    query.push(" LIMIT ");
+    query.push_bind(cap + 1);
+    query.push(") AS c");
+    query.build_query_scalar::<i64>().fetch_one(executor).await
+}
+
+/// The planner's estimate of how many jobs `filter` matches (`EXPLAIN`, nothing read).
+pub(crate) async fn count_estimate<'e>(
+    executor: impl PgExecutor<'e>,
+    filter: &JobFilter,
+) -> Result<i64, sqlx::Error> {
+    let mut query = QueryBuilder::new(
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM skiplock.jobs AS j WHERE j.state = ANY(",
+    );
+    query.push_bind(filter.effective_states());
+    query.push("::skiplock.job_state[])");
+    if !filter.queues.is_empty() {
+        query.push(" AND j.queue = ANY(");
+        query.push_bind(filter.queues.clone());
+        query.push(")");
+    }
+    if !filter.kinds.is_empty() {
+        query.push(" AND j.kind = ANY(");
+        query.push_bind(filter.kinds.clone());
+        query.push(")");
+    }
+    push_row_filter(&mut query, filter);
+    let plan: Value = query.build_query_scalar().fetch_one(executor).await?;
+    let rows = plan
+        .pointer("/0/Plan/Plan Rows")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    Ok(rows.max(0.0).round() as i64)
+}
+
+/// The lowest and highest job ids (`None` for an empty table).
+pub(crate) async fn id_bounds<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<(Option<i64>, Option<i64>), sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT (SELECT min(id) FROM skiplock.jobs) AS lowest,
+                  (SELECT max(id) FROM skiplock.jobs) AS highest"#
+    )
+    .fetch_one(executor)
+    .await?;
+    Ok((row.lowest, row.highest))
+}
+
+/// What a bulk action does to each job it picks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BulkAction {
+    /// `skiplock.cancel(id)`.
+    Cancel,
+    /// `skiplock.retry(id)`.
+    Retry,
+    /// Delete it, when it is finished.
+    Delete,
+}
+
+/// One batch of a bulk action: picks up to `limit` jobs `filter` matches after `after` (ids
+/// descending), skipping rows another transaction holds locked, and acts on them. Returns the
+/// lowest id it looked at (the next batch's `after`; `None` when none was left) and how many
+/// jobs it changed.
+pub(crate) async fn bulk_batch<'e>(
+    executor: impl PgExecutor<'e>,
+    action: BulkAction,
+    filter: &JobFilter,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<(Option<i64>, i64), sqlx::Error> {
+    let mut query = QueryBuilder::new("");
+    push_triples(&mut query, filter.effective_states());
+    query.push(
+        ", picked AS MATERIALIZED (SELECT j.id FROM triples AS t CROSS JOIN LATERAL ( \
+           SELECT j.id FROM skiplock.jobs AS j \
+           WHERE j.state = t.state AND j.queue = t.queue AND j.kind = t.kind",
+    );
+    let scan = Scan {
+        order: JobOrder::NewestFirst,
+        after,
+        window_end: None,
+        limit,
+    };
+    push_scan(&mut query, scan);
+    push_row_filter(&mut query, filter);
+    query.push(" ORDER BY j.id DESC LIMIT ");
+    query.push_bind(limit);
+    query.push(") AS j");
+    push_triple_filter(&mut query, filter);
+    query.push(" ORDER BY j.id DESC LIMIT ");
+    query.push_bind(limit);
+    query.push("), ");
+    // The rows themselves are locked by the action (the functions lock what they change);
+    // `picked` only bounds the batch.
+    match action {
+        // The caller keeps the filter to waiting and running states: cancelled, or asked to
+        // stop.
+        BulkAction::Cancel => query.push(
+            "acted AS (SELECT p.id FROM picked AS p \
+               WHERE skiplock.cancel(p.id) IN ('cancelled', 'running')) ",
+        ),
+        BulkAction::Retry => {
+            query.push("acted AS (SELECT p.id FROM picked AS p WHERE skiplock.retry(p.id)) ")
+        }
+        BulkAction::Delete => query.push(
+            "locked AS (SELECT j.id FROM skiplock.jobs AS j JOIN picked AS p ON p.id = j.id \
+               WHERE j.finished_at IS NOT NULL ORDER BY j.id FOR UPDATE OF j SKIP LOCKED), \
+             acted AS (DELETE FROM skiplock.jobs AS j USING locked AS l WHERE j.id = l.id \
+               AND j.finished_at IS NOT NULL RETURNING j.id) ",
+        ),
+    };
+    query.push(
+        "SELECT (SELECT min(id) FROM picked) AS lowest, (SELECT count(*) FROM acted) AS changed",
+    );
+    let (lowest, changed): (Option<i64>, i64) = query.build_query_as().fetch_one(executor).await?;
+    Ok((lowest, changed))
+}

@@ -1,0 +1,271 @@
+//! "Why isn't my job running?"
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Acquire, Postgres};
+
+use super::{Count, InspectError, JobDetail, WorkerStatus, begin};
+use crate::{AttemptError, JobState, db};
+
+/// Counts in explanations (jobs running, jobs ahead) stop at this many: 10,000.
+const CAP: i64 = 10_000;
+
+/// Why a job is where it is, reasons in the order they apply.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Explanation {
+    /// The job.
+    pub job: JobDetail,
+    /// The reasons it is not running (or, running, whose it is), most decisive first. Empty
+    /// only for an available job nothing holds back: a worker takes it at its next claim.
+    pub reasons: Vec<Reason>,
+}
+
+/// One reason a job is not running (yet).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reason {
+    /// It finished: it runs again only if retried.
+    Finished {
+        /// `completed`, `failed` or `cancelled`.
+        state: JobState,
+        /// When.
+        at: Option<DateTime<Utc>>,
+        /// Its last error, for failed and cancelled jobs.
+        last_error: Option<AttemptError>,
+    },
+    /// It is running, under a worker's lease.
+    HeldByWorker {
+        /// The worker.
+        worker: String,
+        /// Whether that worker is alive (`None`: its row is gone).
+        status: Option<WorkerStatus>,
+        /// When the lease runs out; a dead worker's job is rescued after that.
+        lease_expires_at: Option<DateTime<Utc>>,
+        /// Whether somebody asked to cancel it.
+        cancel_requested: bool,
+    },
+    /// Its `run_at` is in the future.
+    NotYetDue {
+        /// When it becomes runnable.
+        run_at: Option<DateTime<Utc>>,
+    },
+    /// It is waiting out its backoff after a failed attempt.
+    BackingOff {
+        /// The attempt that failed.
+        attempt: i32,
+        /// When it runs again.
+        until: Option<DateTime<Utc>>,
+        /// That attempt's error.
+        last_error: Option<AttemptError>,
+    },
+    /// It is due but still waiting to be made available: no live worker runs the maintenance
+    /// that promotes due jobs.
+    NotPromoted {
+        /// When it became due.
+        due_since: Option<DateTime<Utc>>,
+    },
+    /// A unique job: another job holds its unique key, so it cannot become runnable again.
+    UniqueKeyHeld {
+        /// Its unique key.
+        key: String,
+        /// The job holding it.
+        holder: i64,
+    },
+    /// No live worker works its queue.
+    NoWorkerForQueue {
+        /// The queue.
+        queue: String,
+    },
+    /// Live workers work its queue, but none has a handler for its kind.
+    NoWorkerForKind {
+        /// The queue.
+        queue: String,
+        /// The kind.
+        kind: String,
+    },
+    /// Every slot of its queue is busy.
+    SlotsBusy {
+        /// Jobs of the queue running now.
+        running: Count,
+        /// The slots live workers have for the queue.
+        slots: u64,
+    },
+    /// Jobs of its queue and kind that will be claimed before it (lower priority value, or
+    /// the same priority and an earlier `run_at`).
+    JobsAhead {
+        /// How many.
+        jobs: Count,
+    },
+}
+
+fn at(time: Option<DateTime<Utc>>) -> String {
+    time.map_or_else(|| "an unreadable time".to_owned(), |t| t.to_rfc3339())
+}
+
+impl fmt::Display for Reason {
+    /// One line for a person.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Finished {
+                state,
+                at: when,
+                last_error,
+            } => {
+                write!(f, "finished: {state} at {}", at(*when))?;
+                if let Some(error) = last_error {
+                    write!(f, " ({}: {})", error.kind, error.message)?;
+                }
+                Ok(())
+            }
+            Self::HeldByWorker {
+                worker,
+                status,
+                lease_expires_at,
+                cancel_requested,
+            } => {
+                let status = status.map_or("gone", WorkerStatus::as_str);
+                write!(
+                    f,
+                    "running on worker {worker} ({status}); its lease expires at {}",
+                    at(*lease_expires_at)
+                )?;
+                if *cancel_requested {
+                    write!(f, "; cancel requested")?;
+                }
+                Ok(())
+            }
+            Self::NotYetDue { run_at } => write!(f, "not due until {}", at(*run_at)),
+            Self::BackingOff {
+                attempt,
+                until,
+                last_error,
+            } => {
+                write!(
+                    f,
+                    "backing off after attempt {attempt} until {}",
+                    at(*until)
+                )?;
+                if let Some(error) = last_error {
+                    write!(f, " ({}: {})", error.kind, error.message)?;
+                }
+                Ok(())
+            }
+            Self::NotPromoted { due_since } => write!(
+                f,
+                "due since {} but not yet made available: no live worker runs maintenance",
+                at(*due_since)
+            ),
+            Self::UniqueKeyHeld { key, holder } => {
+                write!(f, "unique key {key:?} is held by job {holder}")
+            }
+            Self::NoWorkerForQueue { queue } => {
+                write!(f, "no live worker works queue {queue:?}")
+            }
+            Self::NoWorkerForKind { queue, kind } => write!(
+                f,
+                "no live worker of queue {queue:?} has a handler for kind {kind:?}"
+            ),
+            Self::SlotsBusy { running, slots } => {
+                write!(f, "every slot is busy: {running} running in {slots} slots")
+            }
+            Self::JobsAhead { jobs } => write!(f, "{jobs} jobs ahead of it in its queue"),
+        }
+    }
+}
+
+/// Explains why job `id` is not running; `None` when there is no such job.
+///
+/// # Errors
+/// [`InspectError::Database`] when a statement fails.
+///
+/// # Cancel safety
+/// Cancel safe: it only reads.
+pub async fn explain<'c, A>(conn: A, id: i64) -> Result<Option<Explanation>, InspectError>
+where
+    A: Acquire<'c, Database = Postgres>,
+{
+    let mut tx = begin(conn, true).await?;
+    let Some(row) = db::inspect::job_detail(&mut *tx, id).await? else {
+        return Ok(None);
+    };
+    let facts = db::inspect::explain_facts(&mut *tx, id, CAP).await?;
+    tx.commit().await?;
+    let job = JobDetail::from_row(row);
+    let reasons = facts.map(|facts| reasons(&job, &facts)).unwrap_or_default();
+    Ok(Some(Explanation { job, reasons }))
+}
+
+fn reasons(job: &JobDetail, facts: &db::inspect::ExplainFacts) -> Vec<Reason> {
+    let last_error = || job.errors.last().cloned();
+    let mut reasons = Vec::new();
+    let due = job.run_at.is_some_and(|run_at| run_at <= facts.now);
+    match job.state {
+        JobState::Completed | JobState::Failed | JobState::Cancelled => {
+            reasons.push(Reason::Finished {
+                state: job.state,
+                at: job.finished_at,
+                last_error: (job.state != JobState::Completed)
+                    .then(last_error)
+                    .flatten(),
+            });
+            return reasons;
+        }
+        JobState::Running => {
+            let worker = job.attempted_by.last().cloned().unwrap_or_default();
+            reasons.push(Reason::HeldByWorker {
+                status: job.worker.as_ref().map(|w| w.status),
+                worker,
+                lease_expires_at: job.lease_expires_at,
+                cancel_requested: job.cancel_requested_at.is_some(),
+            });
+            return reasons;
+        }
+        JobState::Scheduled if !due => reasons.push(Reason::NotYetDue { run_at: job.run_at }),
+        JobState::Retryable if !due => reasons.push(Reason::BackingOff {
+            attempt: job.attempt,
+            until: job.run_at,
+            last_error: last_error(),
+        }),
+        JobState::Scheduled | JobState::Retryable => {
+            if let (Some(key), Some(holder)) = (&job.unique_key, facts.unique_holder) {
+                reasons.push(Reason::UniqueKeyHeld {
+                    key: key.clone(),
+                    holder,
+                });
+            } else if !facts.any_live_worker {
+                reasons.push(Reason::NotPromoted {
+                    due_since: job.run_at,
+                });
+            }
+        }
+        JobState::Available => {}
+    }
+    // Who could run it once it is available.
+    if facts.queue_workers == 0 {
+        reasons.push(Reason::NoWorkerForQueue {
+            queue: job.queue.clone(),
+        });
+    } else if facts.kind_workers == 0 {
+        reasons.push(Reason::NoWorkerForKind {
+            queue: job.queue.clone(),
+            kind: job.kind.clone(),
+        });
+    } else if job.state == JobState::Available {
+        if facts.slots > 0 && facts.running >= facts.slots {
+            reasons.push(Reason::SlotsBusy {
+                running: Count::capped(facts.running, CAP),
+                slots: u64::try_from(facts.slots).unwrap_or(0),
+            });
+        }
+        if facts.ahead > 0 {
+            reasons.push(Reason::JobsAhead {
+                jobs: Count::capped(facts.ahead, CAP),
+            });
+        }
+    }
+    reasons
+}

@@ -1,0 +1,583 @@
+//! The doctor: PostgreSQL's health as a queue needs it, and the queue's own.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::{Acquire, Postgres};
+
+use super::{InspectError, begin, queues};
+use crate::{MIGRATIONS, db};
+
+/// How bad a check's finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Nothing to do.
+    Ok,
+    /// Worth knowing; nothing is wrong yet.
+    Info,
+    /// Will hurt if left alone.
+    Warning,
+    /// Hurting now: jobs are stuck, lost to sight, or the queue is slowing down.
+    Critical,
+}
+
+impl Severity {
+    /// `ok`, `info`, `warning` or `critical`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// One health check's verdict.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Check {
+    /// The check's stable name, e.g. `xmin_horizon` (docs/operations.md lists them).
+    pub name: &'static str,
+    /// How bad.
+    pub severity: Severity,
+    /// What was found, in one line.
+    pub summary: String,
+    /// What to do about it, in one line (`None` when nothing is to be done).
+    pub remedy: Option<String>,
+    /// The figures behind the verdict.
+    pub details: Value,
+}
+
+impl Check {
+    fn new(name: &'static str, severity: Severity, summary: String) -> Self {
+        Self {
+            name,
+            severity,
+            summary,
+            remedy: None,
+            details: Value::Null,
+        }
+    }
+
+    fn remedy(mut self, remedy: impl Into<String>) -> Self {
+        self.remedy = Some(remedy.into());
+        self
+    }
+
+    fn details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// Every check's verdict.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// The checks, in a fixed order.
+    pub checks: Vec<Check>,
+}
+
+impl HealthReport {
+    /// The worst severity found ([`Severity::Ok`] when there are no checks).
+    pub fn worst(&self) -> Severity {
+        self.checks
+            .iter()
+            .map(|check| check.severity)
+            .max()
+            .unwrap_or(Severity::Ok)
+    }
+
+    /// The check of that name.
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|check| check.name == name)
+    }
+}
+
+/// The thresholds of [`health`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct HealthOptions {
+    /// A transaction (or prepared transaction) holding back the xmin horizon this long is a
+    /// warning. Default: 5 minutes: by then a busy queue's dead rows pile up where no vacuum
+    /// can remove them.
+    pub horizon_warning: Duration,
+    /// ... and this long critical. Default: 30 minutes.
+    pub horizon_critical: Duration,
+    /// An available job waiting this long is a warning (pickup lag). Default: 5 minutes.
+    pub pickup_lag_warning: Duration,
+    /// A running job past its lease for this long means nobody rescues it. Default: 1
+    /// minute (rescuers look every 5 s).
+    pub stuck_grace: Duration,
+    /// A table with more dead rows than this, and more than a fifth of its live ones, is a
+    /// warning. Default: 100,000.
+    pub dead_rows_warning: i64,
+    /// A table over this size whose estimated bloat is over half is a warning. Default: 100
+    /// MiB.
+    pub bloat_min_bytes: i64,
+}
+
+impl Default for HealthOptions {
+    fn default() -> Self {
+        Self {
+            horizon_warning: Duration::from_secs(5 * 60),
+            horizon_critical: Duration::from_secs(30 * 60),
+            pickup_lag_warning: Duration::from_secs(5 * 60),
+            stuck_grace: Duration::from_secs(60),
+            dead_rows_warning: 100_000,
+            bloat_min_bytes: 100 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counts in checks stop at this many: 100,000.
+const CAP: i64 = 100_000;
+
+/// Runs every health check. The checks, in order: `xmin_horizon`, `autovacuum`,
+/// `dead_rows`, `bloat`, `table_sizes`, `stuck_jobs`, `unrunnable_jobs`,
+/// `overdue_schedules`, `pickup_lag`, `migrations`.
+///
+/// # Errors
+/// [`InspectError::Database`] when a statement fails.
+///
+/// # Cancel safety
+/// Cancel safe: it only reads.
+pub async fn health<'c, A>(conn: A, options: &HealthOptions) -> Result<HealthReport, InspectError>
+where
+    A: Acquire<'c, Database = Postgres>,
+{
+    let mut tx = begin(conn, true).await?;
+    let settings = db::inspect::server_settings(&mut *tx).await?;
+    let holder = db::inspect::horizon_holder(&mut *tx).await?;
+    let tables = db::inspect::tables(&mut *tx).await?;
+    let stuck =
+        db::inspect::stuck_running(&mut *tx, options.stuck_grace.as_secs_f64(), CAP).await?;
+    let orphaned = db::inspect::orphaned(&mut *tx, CAP).await?;
+    let overdue = db::inspect::overdue_schedules(&mut *tx).await?;
+    let applied = db::migration::applied_versions(&mut tx).await?;
+    let queues = queues(&mut *tx).await?;
+    tx.commit().await?;
+
+    let checks = vec![
+        horizon_check(holder, &settings, options),
+        autovacuum_check(&settings, &tables),
+        dead_rows_check(&tables, options),
+        bloat_check(&tables, options),
+        sizes_check(&tables),
+        stuck_check(&stuck),
+        orphaned_check(&orphaned),
+        overdue_check(&overdue),
+        lag_check(&queues, options),
+        migrations_check(&applied),
+    ];
+    Ok(HealthReport { checks })
+}
+
+fn horizon_check(
+    holder: Option<db::inspect::HorizonHolder>,
+    settings: &db::inspect::ServerSettings,
+    options: &HealthOptions,
+) -> Check {
+    let unseen = (!settings.sees_all_sessions).then_some(
+        " (this role sees only its own sessions: grant it pg_read_all_stats to see every one)",
+    );
+    let Some(holder) = holder else {
+        return Check::new(
+            "xmin_horizon",
+            Severity::Ok,
+            format!(
+                "nothing holds back the xmin horizon{}",
+                unseen.unwrap_or_default()
+            ),
+        );
+    };
+    let age = holder.age_secs.map(Duration::from_secs_f64);
+    let severity = match age {
+        Some(age) if age >= options.horizon_critical => Severity::Critical,
+        Some(age) if age >= options.horizon_warning => Severity::Warning,
+        // Slots have no age in time; their transaction-id age speaks for them.
+        None if holder.xid_age.unwrap_or(0) > 10_000_000 => Severity::Critical,
+        None if holder.xid_age.unwrap_or(0) > 1_000_000 => Severity::Warning,
+        _ => Severity::Ok,
+    };
+    let who = match (holder.holder.as_str(), holder.pid) {
+        ("transaction", Some(pid)) => format!(
+            "pid {pid} ({}, {}, {})",
+            holder
+                .name
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("no application name"),
+            holder.client.as_deref().unwrap_or("local socket"),
+            holder.state.as_deref().unwrap_or("state unknown"),
+        ),
+        (kind, _) => format!("{kind} {:?}", holder.name.as_deref().unwrap_or_default()),
+    };
+    let age_text = age.map_or_else(
+        || format!("{} transactions", holder.xid_age.unwrap_or(0)),
+        humanize,
+    );
+    let remedy = match holder.holder.as_str() {
+        "transaction" => holder.pid.map_or_else(String::new, |pid| {
+            format!(
+                "end that transaction (SELECT pg_terminate_backend({pid})), and set idle_in_transaction_session_timeout"
+            )
+        }),
+        "prepared transaction" => format!(
+            "COMMIT PREPARED or ROLLBACK PREPARED '{}'",
+            holder.name.as_deref().unwrap_or_default()
+        ),
+        _ => format!(
+            "drop the replication slot if its consumer is gone (SELECT pg_drop_replication_slot('{}'))",
+            holder.name.as_deref().unwrap_or_default()
+        ),
+    };
+    let check = Check::new(
+        "xmin_horizon",
+        severity,
+        format!(
+            "oldest xmin holder: {who}, for {age_text}{}",
+            unseen.unwrap_or_default()
+        ),
+    )
+    .details(json!({
+        "holder": holder.holder,
+        "pid": holder.pid,
+        "name": holder.name,
+        "client": holder.client,
+        "age_secs": holder.age_secs,
+        "xid_age": holder.xid_age,
+        "state": holder.state,
+        "query": holder.query,
+    }));
+    if severity > Severity::Ok {
+        check.remedy(remedy)
+    } else {
+        check
+    }
+}
+
+fn autovacuum_check(
+    settings: &db::inspect::ServerSettings,
+    tables: &[db::inspect::TableRow],
+) -> Check {
+    let disabled: Vec<&str> = tables
+        .iter()
+        .filter(|t| t.autovacuum_disabled)
+        .map(|t| t.name.as_str())
+        .collect();
+    if !settings.autovacuum || !settings.track_counts {
+        let setting = if settings.autovacuum {
+            "track_counts"
+        } else {
+            "autovacuum"
+        };
+        return Check::new(
+            "autovacuum",
+            Severity::Warning,
+            format!("{setting} is off for the server: nothing vacuums skiplock's tables"),
+        )
+        .remedy(format!(
+            "set {setting} = on in postgresql.conf, or vacuum skiplock.jobs from cron"
+        ));
+    }
+    if !disabled.is_empty() {
+        return Check::new(
+            "autovacuum",
+            Severity::Warning,
+            format!(
+                "autovacuum is off for skiplock.{}",
+                disabled.join(", skiplock.")
+            ),
+        )
+        .remedy("ALTER TABLE ... RESET (autovacuum_enabled)");
+    }
+    Check::new("autovacuum", Severity::Ok, "autovacuum is on".to_owned())
+}
+
+fn dead_rows_check(tables: &[db::inspect::TableRow], options: &HealthOptions) -> Check {
+    let details: Vec<Value> = tables
+        .iter()
+        .map(|t| {
+            json!({
+                "table": t.name, "live_rows": t.live_rows, "dead_rows": t.dead_rows,
+                "last_vacuum": t.last_vacuum, "last_autovacuum": t.last_autovacuum,
+                "autovacuum_count": t.autovacuum_count,
+            })
+        })
+        .collect();
+    let worst = tables
+        .iter()
+        .filter(|t| t.dead_rows > options.dead_rows_warning && t.dead_rows * 5 > t.live_rows)
+        .max_by_key(|t| t.dead_rows);
+    match worst {
+        Some(t) => Check::new(
+            "dead_rows",
+            Severity::Warning,
+            format!(
+                "skiplock.{} has {} dead rows to {} live (last autovacuum: {})",
+                t.name,
+                t.dead_rows,
+                t.live_rows,
+                t.last_autovacuum
+                    .map_or_else(|| "never".to_owned(), |at| at.to_rfc3339())
+            ),
+        )
+        .remedy(
+            "check the xmin_horizon check first (nothing can remove rows it holds), then VACUUM the table",
+        )
+        .details(Value::Array(details)),
+        None => Check::new(
+            "dead_rows",
+            Severity::Ok,
+            "dead rows are being vacuumed away".to_owned(),
+        )
+        .details(Value::Array(details)),
+    }
+}
+
+/// The share of a table that is not live rows, from its statistics (heap pages of 8 KiB with
+/// a 24-byte header per row and a 4-byte pointer; `None` before ANALYZE).
+fn bloat(table: &db::inspect::TableRow) -> Option<f64> {
+    let width = table.row_width?;
+    if table.table_bytes == 0 {
+        return None;
+    }
+    let expected =
+        table.live_rows as f64 * (width + 28) as f64 * 100.0 / f64::from(table.fillfactor.max(10));
+    Some((1.0 - expected / table.table_bytes as f64).clamp(0.0, 1.0))
+}
+
+fn bloat_check(tables: &[db::inspect::TableRow], options: &HealthOptions) -> Check {
+    let bloated = tables.iter().find(|t| {
+        t.table_bytes > options.bloat_min_bytes && bloat(t).is_some_and(|share| share > 0.5)
+    });
+    match bloated {
+        Some(t) => Check::new(
+            "bloat",
+            Severity::Warning,
+            format!(
+                "skiplock.{} is about {:.0}% empty space ({} on disk)",
+                t.name,
+                bloat(t).unwrap_or_default() * 100.0,
+                bytes(t.table_bytes)
+            ),
+        )
+        .remedy(
+            "once the backlog is gone, reclaim it with VACUUM FULL (locks the table) or pg_repack",
+        ),
+        None => Check::new(
+            "bloat",
+            Severity::Ok,
+            "no table is mostly empty space".to_owned(),
+        ),
+    }
+}
+
+fn sizes_check(tables: &[db::inspect::TableRow]) -> Check {
+    let total: i64 = tables.iter().map(|t| t.table_bytes + t.index_bytes).sum();
+    let details: Vec<Value> = tables
+        .iter()
+        .map(|t| {
+            json!({
+                "table": t.name, "table_bytes": t.table_bytes, "index_bytes": t.index_bytes,
+                "estimated_bloat": bloat(t),
+            })
+        })
+        .collect();
+    Check::new(
+        "table_sizes",
+        Severity::Info,
+        format!("skiplock's tables and indexes take {}", bytes(total)),
+    )
+    .details(Value::Array(details))
+}
+
+fn stuck_check(stuck: &db::inspect::Stuck) -> Check {
+    if stuck.jobs == 0 {
+        return Check::new(
+            "stuck_jobs",
+            Severity::Ok,
+            "no running job is past its lease".to_owned(),
+        );
+    }
+    Check::new(
+        "stuck_jobs",
+        Severity::Critical,
+        format!(
+            "{} running jobs are past their lease (the oldest since {}) and nobody rescues them",
+            super::Count::capped(stuck.jobs, CAP),
+            stuck
+                .oldest_lease
+                .map_or_else(String::new, |at| at.to_rfc3339())
+        ),
+    )
+    .remedy("start a worker: every worker's maintenance leader runs the rescuer")
+    .details(json!({ "jobs": stuck.jobs, "oldest_lease_expired_at": stuck.oldest_lease }))
+}
+
+fn orphaned_check(orphaned: &[db::inspect::Orphaned]) -> Check {
+    if orphaned.is_empty() {
+        return Check::new(
+            "unrunnable_jobs",
+            Severity::Ok,
+            "every available job has a live worker for its queue and kind".to_owned(),
+        );
+    }
+    let pairs: Vec<String> = orphaned
+        .iter()
+        .take(5)
+        .map(|o| {
+            format!(
+                "{} {}/{}",
+                super::Count::capped(o.jobs, CAP),
+                o.queue,
+                o.kind
+            )
+        })
+        .collect();
+    Check::new(
+        "unrunnable_jobs",
+        Severity::Warning,
+        format!(
+            "available jobs no live worker runs (queue/kind): {}",
+            pairs.join(", ")
+        ),
+    )
+    .remedy("start a worker that works the queue with a handler for the kind, or cancel the jobs")
+    .details(json!(
+        orphaned
+            .iter()
+            .map(|o| json!({"queue": o.queue, "kind": o.kind, "jobs": o.jobs}))
+            .collect::<Vec<_>>()
+    ))
+}
+
+fn overdue_check(overdue: &[db::inspect::Overdue]) -> Check {
+    match overdue.first() {
+        None => Check::new(
+            "overdue_schedules",
+            Severity::Ok,
+            "no schedule is overdue".to_owned(),
+        ),
+        Some(first) => Check::new(
+            "overdue_schedules",
+            Severity::Warning,
+            format!(
+                "{} schedules are overdue; {:?} was due at {}",
+                overdue.len(),
+                first.name,
+                first.next_fire_at.to_rfc3339()
+            ),
+        )
+        .remedy("run a worker (its maintenance leader runs the scheduler) or `skiplock scheduler`")
+        .details(json!(
+            overdue
+                .iter()
+                .map(|o| json!({"schedule": o.name, "next_fire_at": o.next_fire_at}))
+                .collect::<Vec<_>>()
+        )),
+    }
+}
+
+fn lag_check(queues: &[super::QueueInfo], options: &HealthOptions) -> Check {
+    let lagging: Vec<&super::QueueInfo> = queues
+        .iter()
+        .filter(|q| {
+            q.oldest_available_age
+                .is_some_and(|age| age >= options.pickup_lag_warning)
+        })
+        .collect();
+    if lagging.is_empty() {
+        return Check::new(
+            "pickup_lag",
+            Severity::Ok,
+            format!(
+                "every queue picks up its jobs within {}",
+                humanize(options.pickup_lag_warning)
+            ),
+        );
+    }
+    let text: Vec<String> = lagging
+        .iter()
+        .map(|q| {
+            format!(
+                "{} ({})",
+                q.name,
+                humanize(q.oldest_available_age.unwrap_or_default())
+            )
+        })
+        .collect();
+    Check::new(
+        "pickup_lag",
+        Severity::Warning,
+        format!("jobs wait long to start in: {}", text.join(", ")),
+    )
+    .remedy("add workers or concurrency to these queues (or see `skiplock jobs explain` for one job)")
+    .details(json!(
+        lagging
+            .iter()
+            .map(|q| json!({"queue": q.name, "oldest_available_secs": q.oldest_available_age.map(|a| a.as_secs_f64())}))
+            .collect::<Vec<_>>()
+    ))
+}
+
+fn migrations_check(applied: &[i32]) -> Check {
+    let pending: Vec<i32> = MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect();
+    let known_max = MIGRATIONS.last().map_or(0, |m| m.version);
+    let newer: Vec<i32> = applied.iter().copied().filter(|v| *v > known_max).collect();
+    if !pending.is_empty() {
+        return Check::new(
+            "migrations",
+            Severity::Critical,
+            format!("migrations not applied: {pending:?}"),
+        )
+        .remedy("run `skiplock migrate` (or skiplock::migrate) as the schema's owner");
+    }
+    if !newer.is_empty() {
+        return Check::new(
+            "migrations",
+            Severity::Info,
+            format!("the schema is newer than this skiplock ({newer:?} applied)"),
+        );
+    }
+    Check::new(
+        "migrations",
+        Severity::Ok,
+        format!("the schema is current (version {known_max})"),
+    )
+}
+
+/// `3h 5m`, `42s`.
+pub(crate) fn humanize(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..86_400 => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d {}h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}
+
+fn bytes(n: i64) -> String {
+    let n = n.max(0) as f64;
+    match n {
+        n if n >= 1024.0 * 1024.0 * 1024.0 => format!("{:.1} GiB", n / 1024.0 / 1024.0 / 1024.0),
+        n if n >= 1024.0 * 1024.0 => format!("{:.1} MiB", n / 1024.0 / 1024.0),
+        n => format!("{:.0} KiB", n / 1024.0),
+    }
+}

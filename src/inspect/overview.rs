@@ -1,0 +1,290 @@
+//! The fleet at a glance: queues, workers and schedules.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Acquire, Postgres};
+
+use super::{Count, InspectError, begin};
+use crate::{JobState, ScheduleRow, db};
+
+/// Per queue and state, counts stop at this many jobs: 100,000 (then [`Count::AtLeast`]).
+pub(crate) const QUEUE_COUNT_CAP: i64 = 100_000;
+
+/// One queue's figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct QueueInfo {
+    /// The queue's name.
+    pub name: String,
+    /// Jobs waiting for their `run_at`.
+    pub scheduled: Count,
+    /// Jobs runnable now, waiting for a worker.
+    pub available: Count,
+    /// Jobs running.
+    pub running: Count,
+    /// Jobs waiting out a backoff before running again.
+    pub retryable: Count,
+    /// Completed jobs still kept (see retention).
+    pub completed: Count,
+    /// Failed jobs still kept.
+    pub failed: Count,
+    /// Cancelled jobs still kept.
+    pub cancelled: Count,
+    /// How long the oldest available job (by id) has been runnable: the queue's pickup lag.
+    /// `None` when nothing is available.
+    pub oldest_available_age: Option<Duration>,
+    /// Attempts completed in the last full minute, by every worker (`skiplock.job_stats`).
+    pub completed_last_minute: u64,
+    /// Attempts that failed for good in the last full minute.
+    pub failed_last_minute: u64,
+    /// Attempts completed in the last hour.
+    pub completed_last_hour: u64,
+    /// Attempts that failed for good in the last hour.
+    pub failed_last_hour: u64,
+    /// Attempts that failed and will be retried, in the last hour.
+    pub retried_last_hour: u64,
+    /// Live workers that work the queue.
+    pub workers: u64,
+    /// Their slots in the queue: how many of its jobs can run at once.
+    pub concurrency: u64,
+}
+
+impl QueueInfo {
+    /// The count of jobs in `state`.
+    pub fn count(&self, state: JobState) -> Count {
+        match state {
+            JobState::Scheduled => self.scheduled,
+            JobState::Available => self.available,
+            JobState::Running => self.running,
+            JobState::Retryable => self.retryable,
+            JobState::Completed => self.completed,
+            JobState::Failed => self.failed,
+            JobState::Cancelled => self.cancelled,
+        }
+    }
+}
+
+fn non_negative(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// Every queue that has jobs, live workers or active schedules, with its figures, by name;
+/// one statement.
+///
+/// # Errors
+/// [`InspectError::Database`] when the statement fails.
+///
+/// # Cancel safety
+/// Cancel safe: it only reads.
+pub async fn queues<'c, A>(conn: A) -> Result<Vec<QueueInfo>, InspectError>
+where
+    A: Acquire<'c, Database = Postgres>,
+{
+    let mut tx = begin(conn, true).await?;
+    let rows = db::inspect::queues(&mut *tx, QUEUE_COUNT_CAP).await?;
+    tx.commit().await?;
+    let cap = QUEUE_COUNT_CAP;
+    Ok(rows
+        .into_iter()
+        .map(|row| QueueInfo {
+            name: row.queue,
+            scheduled: Count::capped(row.scheduled, cap),
+            available: Count::capped(row.available, cap),
+            running: Count::capped(row.running, cap),
+            retryable: Count::capped(row.retryable, cap),
+            completed: Count::capped(row.completed, cap),
+            failed: Count::capped(row.failed, cap),
+            cancelled: Count::capped(row.cancelled, cap),
+            oldest_available_age: row
+                .oldest_available_at
+                .map(|at| (row.now - at).to_std().unwrap_or_default()),
+            completed_last_minute: non_negative(row.completed_last_minute),
+            failed_last_minute: non_negative(row.failed_last_minute),
+            completed_last_hour: non_negative(row.completed_last_hour),
+            failed_last_hour: non_negative(row.failed_last_hour),
+            retried_last_hour: non_negative(row.retried_last_hour),
+            workers: non_negative(row.workers),
+            concurrency: non_negative(row.concurrency),
+        })
+        .collect())
+}
+
+/// Whether a worker is alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum WorkerStatus {
+    /// Its heartbeat is current.
+    Alive,
+    /// Its heartbeat is late (past twice its lease) and no rescuer has declared it lost yet.
+    Unresponsive,
+    /// It stopped cleanly.
+    Stopped,
+    /// The rescuer found its heartbeat too old: it died, hung or lost the database.
+    Lost,
+}
+
+impl WorkerStatus {
+    pub(crate) fn from_db(status: &str) -> Self {
+        match status {
+            "alive" => Self::Alive,
+            "shutdown" => Self::Stopped,
+            "lost" => Self::Lost,
+            _ => Self::Unresponsive,
+        }
+    }
+
+    /// `alive`, `unresponsive`, `stopped` or `lost`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Unresponsive => "unresponsive",
+            Self::Stopped => "stopped",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// One worker process.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Its id (`host:pid:random` by default), as in `attempted_by`.
+    pub id: String,
+    /// Whether it is alive.
+    pub status: WorkerStatus,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: i32,
+    /// Its queues, each with how many of its jobs it runs at once (`None` for workers older
+    /// than this version, which do not say).
+    pub queues: Vec<(String, Option<u32>)>,
+    /// The kinds it has handlers for (`None` for workers of old versions).
+    pub kinds: Option<Vec<String>>,
+    /// The skiplock version it runs (`None` for old versions).
+    pub version: Option<String>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its latest heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
+    /// When it stopped or was found lost.
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// Jobs running under its leases now.
+    pub running: u64,
+}
+
+/// Every worker: live ones first (oldest first), then those stopped or lost in the last hour
+/// (most recent first).
+///
+/// # Errors
+/// [`InspectError::Database`] when the statement fails.
+///
+/// # Cancel safety
+/// Cancel safe: it only reads.
+pub async fn workers<'c, A>(conn: A) -> Result<Vec<WorkerInfo>, InspectError>
+where
+    A: Acquire<'c, Database = Postgres>,
+{
+    let mut tx = begin(conn, true).await?;
+    let rows = db::inspect::workers(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let concurrency = row.concurrency.unwrap_or_default();
+            WorkerInfo {
+                status: WorkerStatus::from_db(&row.status),
+                queues: row
+                    .queues
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, queue)| {
+                        let n = concurrency.get(i).and_then(|n| u32::try_from(*n).ok());
+                        (queue, n)
+                    })
+                    .collect(),
+                id: row.id,
+                host: row.host,
+                pid: row.pid,
+                kinds: row.kinds,
+                version: row.version,
+                started_at: row.started_at,
+                heartbeat_at: row.heartbeat_at,
+                stopped_at: row.stopped_at,
+                running: non_negative(row.running),
+            }
+        })
+        .collect())
+}
+
+/// One schedule with its latest job.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ScheduleInfo {
+    /// The schedule.
+    pub schedule: ScheduleRow,
+    /// Whether it is overdue: active, not paused, and due over a minute ago (no scheduler is
+    /// running).
+    pub overdue: bool,
+    /// Its latest job (by fire time), while the job is kept.
+    pub last_job: Option<LastJob>,
+}
+
+/// The latest job of a schedule.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct LastJob {
+    /// Its id.
+    pub id: i64,
+    /// Its state.
+    pub state: JobState,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Every schedule, by name, with its next and last fire times and its latest job.
+///
+/// # Errors
+/// [`InspectError::Database`] when a statement fails.
+///
+/// # Cancel safety
+/// Cancel safe: it only reads.
+pub async fn schedules<'c, A>(conn: A) -> Result<Vec<ScheduleInfo>, InspectError>
+where
+    A: Acquire<'c, Database = Postgres>,
+{
+    let mut tx = begin(conn, true).await?;
+    let rows = db::schedule::list(&mut *tx).await?;
+    let mut last = db::inspect::schedule_last_jobs(&mut *tx).await?;
+    tx.commit().await?;
+    last.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(rows
+        .into_iter()
+        .map(|schedule| {
+            let found = last
+                .binary_search_by(|row| row.name.as_str().cmp(&schedule.name))
+                .ok()
+                .map(|i| &last[i]);
+            ScheduleInfo {
+                overdue: found.is_some_and(|row| row.overdue),
+                last_job: found.and_then(|row| {
+                    Some(LastJob {
+                        id: row.job_id?,
+                        state: row.job_state?,
+                        finished_at: row.job_finished_at,
+                    })
+                }),
+                schedule,
+            }
+        })
+        .collect())
+}
