@@ -79,3 +79,10 @@ CREATE TABLE IF NOT EXISTS skiplock.job_stats (
 
 COMMENT ON TABLE skiplock.job_stats IS
     'Attempt outcomes per minute, queue and kind, written by workers: see docs/schema.md.';
+
+-- Joint statistics of state and queue: `skiplock::inspect` reads the planner's estimate for a
+-- queue's count in a state past what it counts exactly (10,000 waiting jobs, 1,000 finished
+-- ones), and the product of the two columns' frequencies is far off when one queue holds most
+-- of the failures. Costs nothing but a little more work for ANALYZE.
+CREATE STATISTICS IF NOT EXISTS skiplock.jobs_state_queue_stats (mcv) ON state, queue
+    FROM skiplock.jobs;

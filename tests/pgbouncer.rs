@@ -319,13 +319,19 @@ async fn worker_connections_follow_the_application_pools_connect_options() {
         .await
         .expect("enqueue");
     wait_for_state(pool, "completed", 3, Duration::from_secs(10)).await;
-    let users: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT usename::text FROM pg_stat_activity
-         WHERE application_name = 'skiplock-worker' AND datname = current_database()",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("worker connections");
+    // pg_terminate_backend only signals: a terminated backend can show for a moment longer.
+    let users: Vec<String> = eventually(Duration::from_secs(5), "new credentials", || async {
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT usename::text FROM pg_stat_activity
+             WHERE application_name = 'skiplock-worker' AND datname = current_database()
+               AND backend_type = 'client backend'",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("worker connections");
+        (users == [role.clone()]).then_some(users)
+    })
+    .await;
     running.shutdown().await.expect("shutdown");
     app.close().await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE \"{role}\"")))

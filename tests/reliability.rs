@@ -546,34 +546,48 @@ async fn workers_register_heartbeat_and_unregister() {
     .await;
     assert_eq!(row.1, i32::try_from(std::process::id()).expect("pid"));
     assert_eq!(row.2, vec!["default".to_owned(), "mail".to_owned()]);
-    // A row left by a worker that died long ago is removed by a live worker's rescuer.
-    sqlx::query(
+    // A worker whose heartbeat stopped is marked lost by a live worker's rescuer; the row of
+    // one stopped or lost over an hour ago is deleted.
+    sqlx::raw_sql(
         "INSERT INTO skiplock.workers (id, host, pid, queues, heartbeat_at)
-         VALUES ('dead', 'h', 1, '{}', now() - interval '1 hour')",
+         VALUES ('dead', 'h', 1, '{}', now() - interval '5 minutes');
+         INSERT INTO skiplock.workers (id, host, pid, queues, heartbeat_at, stopped_at, stop_reason)
+         VALUES ('long-gone', 'h', 2, '{}', now() - interval '2 hours',
+                 now() - interval '61 minutes', 'lost')",
     )
     .execute(pool)
     .await
-    .expect("dead worker");
+    .expect("dead workers");
     eventually(
         Duration::from_secs(10),
-        "the dead worker to be forgotten",
+        "the dead worker to be marked lost and the old one forgotten",
         || async {
-            let n: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM skiplock.workers WHERE id = 'dead'")
-                    .fetch_one(pool)
-                    .await
-                    .expect("count");
-            (n == 0).then_some(())
+            let (lost, gone): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE id = 'dead' AND stop_reason = 'lost'),
+                        count(*) FILTER (WHERE id = 'long-gone')
+                 FROM skiplock.workers",
+            )
+            .fetch_one(pool)
+            .await
+            .expect("count");
+            (lost == 1 && gone == 0).then_some(())
         },
     )
     .await;
 
     running.shutdown().await.expect("shutdown");
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM skiplock.workers")
-        .fetch_one(pool)
-        .await
-        .expect("count");
-    assert_eq!(left, 0, "a clean shutdown removes the worker's row");
+    let (reason, stopped): (Option<String>, bool) = sqlx::query_as(
+        "SELECT stop_reason, stopped_at IS NOT NULL FROM skiplock.workers
+         WHERE id = 'worker-under-test'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("row");
+    assert_eq!(
+        (reason.as_deref(), stopped),
+        (Some("shutdown"), true),
+        "a clean shutdown marks the worker's row stopped"
+    );
 }
 
 #[tokio::test]

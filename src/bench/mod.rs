@@ -19,6 +19,7 @@
 mod cost;
 mod drain;
 mod insert;
+mod inspect;
 mod latency;
 mod probe;
 mod steady;
@@ -32,6 +33,7 @@ use sqlx::{ConnectOptions as _, Connection as _, PgConnection, PgPool};
 
 pub use self::drain::Drain;
 pub use self::insert::{Insert, InsertMode};
+pub use self::inspect::Inspect;
 pub use self::latency::Latency;
 pub use self::steady::{HoldSnapshot, Steady};
 
@@ -95,6 +97,8 @@ pub enum Scenario {
     Steady(Steady),
     /// Pickup latency on an idle system.
     Latency(Latency),
+    /// How fast `skiplock::inspect` answers on a big table.
+    Inspect(Inspect),
 }
 
 /// Where and how benchmarks run.
@@ -228,6 +232,7 @@ pub async fn run(
         Scenario::Drain(drain) => drain.run(config, &database, progress).await,
         Scenario::Steady(steady) => steady.run(config, &database, progress).await,
         Scenario::Latency(latency) => latency.run(config, &database).await,
+        Scenario::Inspect(inspect) => inspect.run(&database, progress).await,
     };
     database.drop().await;
     report.map(|report| Report {

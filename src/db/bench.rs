@@ -191,3 +191,58 @@ pub(crate) async fn take_snapshot<'e>(executor: impl PgExecutor<'e>) -> Result<i
         .fetch_one(executor)
         .await
 }
+
+/// Inserts `count` finished jobs spread over five queues (three fifths in `default`), ten kinds
+/// and fifty tags, one in a hundred `failed` and one in 333 `cancelled`: the history of
+/// `skiplock bench inspect`.
+pub(crate) async fn fill_history<'e>(
+    executor: impl PgExecutor<'e>,
+    count: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        INSERT INTO skiplock.jobs (queue, kind, args, tags, state, attempt, attempted_at,
+                                   finished_at, attempted_by, result, run_at, created_at)
+        SELECT (ARRAY['default', 'default', 'default', 'emails', 'reports'])[1 + g % 5],
+               'kind_' || (g % 10),
+               jsonb_build_object('user_id', g, 'customer', 'c' || (g % 1000)),
+               ARRAY['t' || (g % 50)],
+               (CASE WHEN g % 100 = 0 THEN 'failed' WHEN g % 333 = 0 THEN 'cancelled'
+                     ELSE 'completed' END)::skiplock.job_state,
+               1, now() - interval '1 day', now() - interval '1 day', '{bench-filler}', 'null'::jsonb,
+               now() - interval '1 day', now() - interval '1 day'
+        FROM generate_series(1, $1::bigint) AS g
+        "#,
+        count,
+    )
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Inserts `count` waiting jobs spread like [`fill_history`]'s: six in ten `available`, three
+/// `scheduled` a day ahead, one `retryable` an hour ahead.
+pub(crate) async fn fill_backlog<'e>(
+    executor: impl PgExecutor<'e>,
+    count: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        INSERT INTO skiplock.jobs (queue, kind, args, tags, state, run_at)
+        SELECT (ARRAY['default', 'default', 'default', 'emails', 'reports'])[1 + g % 5],
+               'kind_' || (g % 10),
+               jsonb_build_object('user_id', g, 'customer', 'c' || (g % 1000)),
+               ARRAY['t' || (g % 50)],
+               (CASE WHEN g % 10 < 6 THEN 'available' WHEN g % 10 < 9 THEN 'scheduled'
+                     ELSE 'retryable' END)::skiplock.job_state,
+               CASE WHEN g % 10 < 6 THEN now() - interval '1 minute'
+                    WHEN g % 10 < 9 THEN now() + interval '1 day'
+                    ELSE now() + interval '1 hour' END
+        FROM generate_series(1, $1::bigint) AS g
+        "#,
+        count,
+    )
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -28,3 +28,10 @@ pub(crate) async fn configure(
         .await?;
     Ok(())
 }
+
+/// The role this session logged in as (`session_user`, which `SET ROLE` does not change).
+pub(crate) async fn session_user(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT session_user::text AS "user!""#)
+        .fetch_one(conn)
+        .await
+}

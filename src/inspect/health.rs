@@ -140,8 +140,8 @@ impl Default for HealthOptions {
     }
 }
 
-/// Counts in checks stop at this many: 100,000.
-const CAP: i64 = 100_000;
+/// Counts in checks stop at this many: 10,000.
+const CAP: i64 = 10_000;
 
 /// Runs every health check. The checks, in order: `xmin_horizon`, `autovacuum`,
 /// `dead_rows`, `bloat`, `table_sizes`, `stuck_jobs`, `unrunnable_jobs`,

@@ -63,7 +63,8 @@ pub use self::health::{Check, HealthOptions, HealthReport, Severity, health};
 pub use self::job::{JobDetail, JobWorker, job};
 pub use self::list::{JobPage, JobSummary, jobs};
 pub use self::overview::{
-    LastJob, QueueInfo, ScheduleInfo, WorkerInfo, WorkerStatus, queues, schedules, workers,
+    LastJob, QUEUE_FINISHED_EXACT_UP_TO, QUEUE_WAITING_EXACT_UP_TO, QueueInfo, ScheduleInfo,
+    WorkerInfo, WorkerStatus, queues, schedules, workers,
 };
 
 /// The longest one inspection statement may run: 10 seconds. A dashboard refreshing a slow

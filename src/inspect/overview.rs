@@ -6,11 +6,17 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Acquire, Postgres};
 
-use super::{Count, InspectError, begin};
+use super::{Count, InspectError, JobFilter, begin};
 use crate::{JobState, ScheduleRow, db};
 
-/// Per queue and state, counts stop at this many jobs: 100,000 (then [`Count::AtLeast`]).
-pub(crate) const QUEUE_COUNT_CAP: i64 = 100_000;
+/// Per queue, waiting states (scheduled, available, running, retryable) are counted exactly up
+/// to this many jobs: 10,000; past it, a count is the planner's [`Count::Estimate`] (never
+/// less than this).
+pub const QUEUE_WAITING_EXACT_UP_TO: i64 = 10_000;
+
+/// Per queue, finished states are counted exactly up to this many jobs: 1,000; past it, as
+/// for [`QUEUE_WAITING_EXACT_UP_TO`].
+pub const QUEUE_FINISHED_EXACT_UP_TO: i64 = 1_000;
 
 /// One queue's figures.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -83,20 +89,52 @@ where
     A: Acquire<'c, Database = Postgres>,
 {
     let mut tx = begin(conn, true).await?;
-    let rows = db::inspect::queues(&mut *tx, QUEUE_COUNT_CAP).await?;
+    let rows = db::inspect::queues(
+        &mut *tx,
+        QUEUE_WAITING_EXACT_UP_TO,
+        QUEUE_FINISHED_EXACT_UP_TO,
+    )
+    .await?;
+    let mut infos = Vec::with_capacity(rows.len());
+    for row in rows {
+        // Past its cap, each count is the planner's estimate (one EXPLAIN, nothing read).
+        let mut counts = Vec::with_capacity(JobState::ALL.len());
+        for (state, n) in JobState::ALL.into_iter().zip([
+            row.scheduled,
+            row.available,
+            row.running,
+            row.retryable,
+            row.completed,
+            row.failed,
+            row.cancelled,
+        ]) {
+            let cap = if state.is_finished() {
+                QUEUE_FINISHED_EXACT_UP_TO
+            } else {
+                QUEUE_WAITING_EXACT_UP_TO
+            };
+            counts.push(if n > cap {
+                let filter = JobFilter::new().state(state).queue(row.queue.clone());
+                let estimate = crate::db::job_list::count_estimate(&mut *tx, &filter).await?;
+                Count::Estimate(non_negative(estimate.max(cap)))
+            } else {
+                Count::Exact(non_negative(n))
+            });
+        }
+        infos.push((row, counts));
+    }
     tx.commit().await?;
-    let cap = QUEUE_COUNT_CAP;
-    Ok(rows
+    Ok(infos
         .into_iter()
-        .map(|row| QueueInfo {
+        .map(|(row, counts)| QueueInfo {
             name: row.queue,
-            scheduled: Count::capped(row.scheduled, cap),
-            available: Count::capped(row.available, cap),
-            running: Count::capped(row.running, cap),
-            retryable: Count::capped(row.retryable, cap),
-            completed: Count::capped(row.completed, cap),
-            failed: Count::capped(row.failed, cap),
-            cancelled: Count::capped(row.cancelled, cap),
+            scheduled: counts[0],
+            available: counts[1],
+            running: counts[2],
+            retryable: counts[3],
+            completed: counts[4],
+            failed: counts[5],
+            cancelled: counts[6],
             oldest_available_age: row
                 .oldest_available_at
                 .map(|at| (row.now - at).to_std().unwrap_or_default()),

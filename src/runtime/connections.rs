@@ -63,6 +63,7 @@ impl WorkerPools {
             seen: Mutex::new(app.connect_options()),
             app: app.clone(),
             pools: Mutex::new(Vec::new()),
+            replaced_users: Mutex::new(Vec::new()),
         });
         let internal_size = u32::try_from(queues + 5).unwrap_or(u32::MAX);
         let internal = pool(&follow, settings, internal_size);
@@ -103,11 +104,24 @@ fn pool(follow: &Arc<Follow>, settings: &SessionSettings, size: u32) -> PgPool {
             // Opened with options the application has replaced since: the pool closes it and
             // connects again with the new ones.
             let stale = on_connect.sync();
+            let replaced_users = on_connect.replaced_users();
             Box::pin(async move {
                 if stale {
                     return Err(sqlx::Error::Configuration(
                         "the application's connect options changed; connecting again".into(),
                     ));
+                }
+                // A connect that began before the options were replaced and ended after
+                // another connection copied them is not caught above; its login role tells.
+                // (Only a role that was replaced counts: behind a pooler that maps users, the
+                // role may legitimately differ from the one asked for.)
+                if !replaced_users.is_empty() {
+                    let user = db::session::session_user(&mut *conn).await?;
+                    if replaced_users.contains(&user) {
+                        return Err(sqlx::Error::Configuration(
+                            "connected with replaced credentials; connecting again".into(),
+                        ));
+                    }
                 }
                 db::session::configure(conn, statement_timeout, synchronous_commit_off).await
             })
@@ -135,11 +149,17 @@ struct Follow {
     /// always stores a new `Arc`).
     seen: Mutex<Arc<PgConnectOptions>>,
     pools: Mutex<Vec<PgPool>>,
+    /// User names of replaced options that differ from the current one.
+    replaced_users: Mutex<Vec<String>>,
 }
 
 impl Follow {
     fn seen_options(&self) -> Arc<PgConnectOptions> {
         lock(&self.seen).clone()
+    }
+
+    fn replaced_users(&self) -> Vec<String> {
+        lock(&self.replaced_users).clone()
     }
 
     /// Copies the application's options if they changed since the last call; returns whether
@@ -155,6 +175,14 @@ impl Follow {
             pool.set_connect_options(options.clone());
         }
         tracing::debug!("the application's connect options changed; worker connections follow");
+        let mut replaced = lock(&self.replaced_users);
+        let user = current.get_username().to_owned();
+        replaced.retain(|old| *old != user);
+        let old = seen.get_username();
+        if old != user && !replaced.iter().any(|known| known == old) {
+            replaced.push(old.to_owned());
+        }
+        drop(replaced);
         *seen = current;
         true
     }

@@ -76,8 +76,10 @@ pub(crate) struct Heartbeat {
     config: HeartbeatConfig,
     running: Arc<RunningAttempts>,
     identity: WorkerIdentity,
-    /// Outcome counts, written to `skiplock.job_stats` after each renewal.
+    /// Outcome counts, written to `skiplock.job_stats` after each renewal, on the worker's
+    /// internal pool (the keeper pool is for renewals alone).
     stats: Arc<OutcomeStats>,
+    stats_pool: PgPool,
 }
 
 impl Heartbeat {
@@ -87,6 +89,7 @@ impl Heartbeat {
         running: Arc<RunningAttempts>,
         identity: WorkerIdentity,
         stats: Arc<OutcomeStats>,
+        stats_pool: PgPool,
     ) -> Self {
         Self {
             pool,
@@ -94,6 +97,7 @@ impl Heartbeat {
             running,
             identity,
             stats,
+            stats_pool,
         }
     }
 
@@ -215,7 +219,7 @@ impl Heartbeat {
     /// Writes the outcome counts gathered since the last flush (kept for the next one when
     /// the write fails).
     pub(crate) async fn flush_stats(&self) {
-        let write = self.stats.flush(&self.pool);
+        let write = self.stats.flush(&self.stats_pool);
         if let Err(error) = deadline(self.config.timeout, write).await {
             tracing::debug!(%error, "could not write outcome counts; trying again next interval");
         }

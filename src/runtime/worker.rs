@@ -329,6 +329,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             running.clone(),
             identity,
             stats,
+            self.pools.internal.clone(),
         ));
         keepers.spawn({
             let health = monitor.role("heartbeat");

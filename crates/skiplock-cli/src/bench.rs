@@ -6,7 +6,7 @@ use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::Context as _;
 use skiplock::bench::{
-    self, BenchConfig, Drain, HoldSnapshot, Insert, InsertMode, Latency, Progress, Report,
+    self, BenchConfig, Drain, HoldSnapshot, Insert, InsertMode, Inspect, Latency, Progress, Report,
     Scenario, Steady,
 };
 use sqlx::postgres::PgConnectOptions;
@@ -75,6 +75,11 @@ fn scenario(args: BenchScenario) -> Scenario {
             poll_interval: args.poll_interval,
             ..Latency::default()
         }),
+        BenchScenario::Inspect(args) => Scenario::Inspect(Inspect {
+            finished: args.finished,
+            waiting: args.waiting,
+            samples: args.samples,
+        }),
     }
 }
 
@@ -93,8 +98,29 @@ fn show_progress(progress: &Progress) {
     let _ = std::io::stderr().flush();
 }
 
-/// The report as one line for people.
+/// The report as one line for people (one line per call for `inspect`).
 fn sentence(report: &Report) -> String {
+    if let Some(calls) = report.details.get("calls").and_then(|c| c.as_array()) {
+        let mut lines = format!(
+            "inspect: {} jobs ({} finished, {} waiting); median and slowest of {} calls each:",
+            report.jobs,
+            report.details.get("finished").cloned().unwrap_or_default(),
+            report.details.get("waiting").cloned().unwrap_or_default(),
+            report.details.get("samples").cloned().unwrap_or_default(),
+        );
+        for call in calls {
+            let ms = |key| call.get(key).and_then(|v| v.as_f64()).unwrap_or_default();
+            lines.push_str(&format!(
+                "\n  {:<36} {:>8.2} ms {:>8.2} ms",
+                call.get("call")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default(),
+                ms("median_ms"),
+                ms("max_ms"),
+            ));
+        }
+        return lines;
+    }
     let mut line = format!(
         "{}: {} jobs in {:.2} s = {:.0} jobs/s",
         report.scenario, report.jobs, report.seconds, report.jobs_per_s

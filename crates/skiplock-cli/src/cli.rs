@@ -63,6 +63,8 @@ pub(crate) enum BenchScenario {
     Steady(BenchSteadyArgs),
     /// Idle system, one job at a time: from the insert's commit to the handler's start.
     Latency(BenchLatencyArgs),
+    /// Time every inspection call (lists, counts, queues, health, ...) on a big table.
+    Inspect(BenchInspectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +157,21 @@ pub(crate) struct BenchLatencyArgs {
     /// The worker's poll interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub(crate) poll_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchInspectArgs {
+    /// Finished jobs in the table.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub(crate) finished: u64,
+
+    /// Waiting jobs in the table.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) waiting: u64,
+
+    /// Times each call is timed.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) samples: u32,
 }
 
 #[derive(Debug, Subcommand)]
