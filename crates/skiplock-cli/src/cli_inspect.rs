@@ -14,9 +14,9 @@ pub(crate) enum JobsCommand {
     /// The `when` column: `runs in 2h` (scheduled), `due 3m ago` (available), `started 3m ago`
     /// (running), `retries in 30s` (retryable), `ended 3m ago` (finished). The footer gives the
     /// total (exact up to 10000, then `10000+` or an estimate `~N`) and the --after of the next
-    /// page. A filter on tags, arguments or schedule searches 100,000 ids per page: the command
-    /// goes on from page to page until it has --limit jobs, for at most 10 seconds, then says
-    /// where to continue.
+    /// page. A filter on tags, arguments or schedule searches one window of ids per page: the
+    /// command goes on from window to window until it has --limit jobs, for at most 10
+    /// seconds, then says where to continue.
     List(ListArgs),
     /// Everything about one job: its fields, every attempt's error, its arguments, progress and
     /// result.

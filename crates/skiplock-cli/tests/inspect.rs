@@ -233,9 +233,9 @@ async fn jobs_list_searches_on_past_the_end_of_a_scan_window() {
     let pool = db.pool();
     let tagged = || EnqueueOptions::new().tag("needle");
     let early = enqueue(pool, "k", serde_json::json!({}), tagged()).await;
-    // A gap of more than one scan window (100,000 ids) between the two tagged jobs.
+    // A gap of two scan windows between the two tagged jobs.
     sqlx::query("SELECT setval(pg_get_serial_sequence('skiplock.jobs', 'id'), $1)")
-        .bind(early + 250_000)
+        .bind(early + 2 * skiplock::inspect::SCAN_WINDOW)
         .execute(pool)
         .await
         .expect("setval");
