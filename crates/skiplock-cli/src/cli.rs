@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// skiplock: background jobs in PostgreSQL.
 #[derive(Debug, Parser)]
-#[command(name = "skiplock", version, about)]
+#[command(name = "skiplock", version, about, after_help = crate::exit::HELP)]
 pub(crate) struct Cli {
     /// The database to use.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
@@ -23,6 +23,23 @@ pub(crate) enum Command {
     Migrate(MigrateArgs),
     /// Enqueue one job and print its id.
     Enqueue(EnqueueArgs),
+    /// List, show, explain, cancel, retry or delete jobs.
+    #[command(subcommand)]
+    Jobs(crate::cli_inspect::JobsCommand),
+    /// The queues: jobs by state, lag, throughput, workers.
+    #[command(subcommand)]
+    Queues(crate::cli_inspect::QueuesCommand),
+    /// The worker processes: status, heartbeat, jobs running, queues.
+    #[command(subcommand)]
+    Workers(crate::cli_inspect::WorkersCommand),
+    /// One screen: the queues, the workers, the health checks that are not ok.
+    Stats(crate::cli_inspect::JsonArgs),
+    /// `stats` redrawn in place every --interval until q or Ctrl-C (on a terminal; otherwise
+    /// one frame after another, like `top -b`).
+    Top(crate::cli_inspect::TopArgs),
+    /// Run every health check (PostgreSQL's and the queue's), each with its verdict and
+    /// remedy; exit code 5 when one is critical (4 with --strict when one warns).
+    Doctor(crate::cli_inspect::DoctorArgs),
     /// List, add, remove, pause, resume or run periodic jobs.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
@@ -176,8 +193,8 @@ pub(crate) struct BenchInspectArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SchedulesCommand {
-    /// Print every schedule.
-    List,
+    /// Print every schedule, with its latest job; `overdue` when no scheduler fires it.
+    List(crate::cli_inspect::JsonArgs),
     /// Create or update a schedule.
     Add(AddScheduleArgs),
     /// Delete a schedule (its jobs stay).

@@ -2,9 +2,15 @@
 
 mod bench;
 mod cli;
+mod cli_inspect;
+mod doctor;
 mod enqueue;
+mod exit;
+mod fleet;
+mod jobs;
 mod migrate;
 mod schedules;
+mod text;
 
 use std::error::Error as StdError;
 use std::io::IsTerminal as _;
@@ -32,11 +38,15 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("error: {}", one_line(&error));
+            // A command that has said what there was to say ends with its own code, silently.
+            let status = error.downcast_ref::<exit::Exit>();
+            if status.is_none_or(|status| status.message.is_some()) {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("error: {}", one_line(&error));
+                }
             }
-            ExitCode::FAILURE
+            ExitCode::from(status.map_or(exit::ERROR, |status| status.code))
         }
     }
 }
@@ -49,6 +59,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let job = enqueue::prepare(args)?;
             enqueue::run(&connect(cli.database_url).await?, job).await
         }
+        Command::Jobs(command) => jobs::run(command, connect(cli.database_url)).await,
+        Command::Queues(cli_inspect::QueuesCommand::List(args)) => {
+            fleet::queues(&connect(cli.database_url).await?, args).await
+        }
+        Command::Workers(cli_inspect::WorkersCommand::List(args)) => {
+            fleet::workers(&connect(cli.database_url).await?, args).await
+        }
+        Command::Stats(args) => fleet::stats(&connect(cli.database_url).await?, args).await,
+        Command::Top(args) => fleet::top(&connect(cli.database_url).await?, args).await,
+        Command::Doctor(args) => doctor::run(&connect(cli.database_url).await?, args).await,
         Command::Schedules(command) => {
             let prepared = schedules::prepare(command)?;
             schedules::run(&connect(cli.database_url).await?, prepared).await

@@ -11,7 +11,7 @@ use crate::cli::{AddScheduleArgs, SchedulerArgs, SchedulesCommand};
 /// A schedules command with its input checked, before any connection is made: an invalid
 /// expression or zone is refused here.
 pub(crate) enum Prepared {
-    List,
+    List { json: bool },
     Add(Box<Schedule>),
     Remove(String),
     Pause(String),
@@ -21,7 +21,7 @@ pub(crate) enum Prepared {
 
 pub(crate) fn prepare(command: SchedulesCommand) -> anyhow::Result<Prepared> {
     Ok(match command {
-        SchedulesCommand::List => Prepared::List,
+        SchedulesCommand::List(args) => Prepared::List { json: args.json },
         SchedulesCommand::Add(args) => Prepared::Add(Box::new(schedule_of(args)?)),
         SchedulesCommand::Remove(name) => Prepared::Remove(name.name),
         SchedulesCommand::Pause(name) => Prepared::Pause(name.name),
@@ -54,25 +54,38 @@ fn schedule_of(args: AddScheduleArgs) -> anyhow::Result<Schedule> {
 
 pub(crate) async fn run(pool: &PgPool, command: Prepared) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let found = |found: bool, name: &str| {
+    let found = |found: bool, name: &str| -> anyhow::Result<()> {
         if found {
             Ok(())
         } else {
-            Err(anyhow::anyhow!("no schedule named {name:?}"))
+            Err(crate::exit::Exit::not_found(format!("no schedule named {name:?}")).into())
         }
     };
     match command {
-        Prepared::List => {
-            writeln!(
-                out,
-                "{:<20} {:<18} {:<16} {:<18} {:<16} {:<7} {:<25} last fire",
-                "name", "cron", "timezone", "kind", "owner", "state", "next fire"
-            )?;
-            for s in schedule::list(pool).await? {
+        Prepared::List { json } => {
+            let schedules = skiplock::inspect::schedules(pool).await?;
+            if json {
+                return crate::text::print_json(&schedules);
+            }
+            let mut table = crate::text::Table::new(&[
+                "name",
+                "cron",
+                "timezone",
+                "kind",
+                "owner",
+                "state",
+                "next fire",
+                "last fire",
+                "last job",
+            ]);
+            for info in schedules {
+                let s = &info.schedule;
                 let state = if !s.active {
                     "inactive"
                 } else if s.paused {
                     "paused"
+                } else if info.overdue {
+                    "overdue"
                 } else {
                     "active"
                 };
@@ -84,19 +97,23 @@ pub(crate) async fn run(pool: &PgPool, command: Prepared) -> anyhow::Result<()> 
                 let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
                     t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".to_owned())
                 };
-                writeln!(
-                    out,
-                    "{:<20} {:<18} {:<16} {:<18} {:<16} {:<7} {:<25} {}",
-                    s.name,
-                    s.cron,
-                    s.timezone,
-                    s.kind,
-                    owner,
-                    state,
+                let last_job = info
+                    .last_job
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |job| format!("{} {}", job.id, job.state));
+                table.row(vec![
+                    s.name.clone(),
+                    s.cron.clone(),
+                    s.timezone.clone(),
+                    s.kind.clone(),
+                    owner.to_owned(),
+                    state.to_owned(),
                     time(s.next_fire_at),
-                    time(s.last_fire_at)
-                )?;
+                    time(s.last_fire_at),
+                    last_job,
+                ]);
             }
+            write!(out, "{}", table.render())?;
         }
         Prepared::Add(schedule) => {
             schedule::add(pool, &schedule).await?;
@@ -134,7 +151,7 @@ pub(crate) async fn scheduler(pool: PgPool, args: SchedulerArgs) -> anyhow::Resu
 
 /// SIGINT or SIGTERM.
 #[cfg(unix)]
-fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+pub(crate) fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use anyhow::Context as _;
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt()).context("could not listen for SIGINT")?;
@@ -149,7 +166,7 @@ fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
 
 /// Ctrl-C.
 #[cfg(not(unix))]
-fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+pub(crate) fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
     Ok(async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
