@@ -295,8 +295,10 @@ pub(crate) async fn schedule_last_jobs<'e>(
         SELECT s.name,
                l.id AS "job_id?", l.state AS "job_state?: JobState",
                l.finished_at AS "job_finished_at?",
-               coalesce(s.active AND NOT s.paused AND s.next_fire_at < now() - interval '1 minute',
-                        false) AS "overdue!"
+               -- Overdue: due over a minute ago, or never given a fire time in the minute since
+               -- it was created or changed (no scheduler has run since).
+               (s.active AND NOT s.paused
+                AND coalesce(s.next_fire_at, s.updated_at) < now() - interval '1 minute') AS "overdue!"
         FROM skiplock.schedules AS s
         LEFT JOIN LATERAL (SELECT j.id, j.state, j.finished_at FROM skiplock.jobs AS j
                            WHERE j.schedule = s.name ORDER BY j.run_at DESC LIMIT 1) AS l ON true
@@ -577,10 +579,11 @@ pub(crate) async fn overdue_schedules<'e>(
     sqlx::query_as!(
         Overdue,
         r#"
-        SELECT s.name, s.next_fire_at AS "next_fire_at!"
+        SELECT s.name, coalesce(s.next_fire_at, s.updated_at) AS "next_fire_at!"
         FROM skiplock.schedules AS s
-        WHERE s.active AND NOT s.paused AND s.next_fire_at < now() - interval '1 minute'
-        ORDER BY s.next_fire_at
+        WHERE s.active AND NOT s.paused
+          AND coalesce(s.next_fire_at, s.updated_at) < now() - interval '1 minute'
+        ORDER BY 2
         LIMIT 100
         "#,
     )

@@ -269,16 +269,15 @@ pub(crate) enum BulkAction {
 }
 
 /// One batch of a bulk action: picks up to `limit` jobs `filter` matches after `after` (ids
-/// descending), skipping rows another transaction holds locked, and acts on them. Returns the
-/// lowest id it looked at (the next batch's `after`; `None` when none was left) and how many
-/// jobs it changed.
+/// descending), and acts on them. Returns the lowest id it looked at (the next batch's
+/// `after`; `None` when none was left), how many it looked at, and how many jobs it changed.
 pub(crate) async fn bulk_batch<'e>(
     executor: impl PgExecutor<'e>,
     action: BulkAction,
     filter: &JobFilter,
     after: Option<i64>,
     limit: i64,
-) -> Result<(Option<i64>, i64), sqlx::Error> {
+) -> Result<(Option<i64>, i64, i64), sqlx::Error> {
     let mut query = QueryBuilder::new("");
     push_triples(&mut query, filter.effective_states());
     query.push(
@@ -321,8 +320,8 @@ pub(crate) async fn bulk_batch<'e>(
         ),
     };
     query.push(
-        "SELECT (SELECT min(id) FROM picked) AS lowest, (SELECT count(*) FROM acted) AS changed",
+        "SELECT (SELECT min(id) FROM picked) AS lowest, (SELECT count(*) FROM picked) AS picked, \
+                (SELECT count(*) FROM acted) AS changed",
     );
-    let (lowest, changed): (Option<i64>, i64) = query.build_query_as().fetch_one(executor).await?;
-    Ok((lowest, changed))
+    query.build_query_as().fetch_one(executor).await
 }

@@ -51,14 +51,17 @@ async fn bulk(
     let mut after = None;
     loop {
         let mut tx = begin::<&PgPool>(pool, false).await?;
-        let (lowest, changed) =
+        let (lowest, picked, changed) =
             job_list::bulk_batch(&mut *tx, action, &filter, after, BATCH_SIZE).await?;
         tx.commit().await?;
-        report.batches += 1;
+        if picked > 0 {
+            report.batches += 1;
+        }
         report.changed += u64::try_from(changed).unwrap_or(0);
         match lowest {
-            Some(lowest) => after = Some(lowest),
-            None => return Ok(report),
+            // A short batch was the last.
+            Some(lowest) if picked == BATCH_SIZE => after = Some(lowest),
+            _ => return Ok(report),
         }
     }
 }

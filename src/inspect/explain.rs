@@ -45,6 +45,8 @@ pub enum Reason {
         status: Option<WorkerStatus>,
         /// When the lease runs out; a dead worker's job is rescued after that.
         lease_expires_at: Option<DateTime<Utc>>,
+        /// Whether the lease has already run out (and no rescuer has taken the job back yet).
+        lease_expired: bool,
         /// Whether somebody asked to cancel it.
         cancel_requested: bool,
     },
@@ -103,7 +105,10 @@ pub enum Reason {
 }
 
 fn at(time: Option<DateTime<Utc>>) -> String {
-    time.map_or_else(|| "an unreadable time".to_owned(), |t| t.to_rfc3339())
+    time.map_or_else(
+        || "an unreadable time".to_owned(),
+        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
 }
 
 impl fmt::Display for Reason {
@@ -125,14 +130,20 @@ impl fmt::Display for Reason {
                 worker,
                 status,
                 lease_expires_at,
+                lease_expired,
                 cancel_requested,
             } => {
                 let status = status.map_or("gone", WorkerStatus::as_str);
-                write!(
-                    f,
-                    "running on worker {worker} ({status}); its lease expires at {}",
-                    at(*lease_expires_at)
-                )?;
+                write!(f, "running on worker {worker} ({status}); ")?;
+                if *lease_expired {
+                    write!(
+                        f,
+                        "its lease expired at {} and no rescuer has taken it back (is any worker running?)",
+                        at(*lease_expires_at)
+                    )?;
+                } else {
+                    write!(f, "its lease expires at {}", at(*lease_expires_at))?;
+                }
                 if *cancel_requested {
                     write!(f, "; cancel requested")?;
                 }
@@ -220,6 +231,7 @@ fn reasons(job: &JobDetail, facts: &db::inspect::ExplainFacts) -> Vec<Reason> {
                 status: job.worker.as_ref().map(|w| w.status),
                 worker,
                 lease_expires_at: job.lease_expires_at,
+                lease_expired: job.lease_expires_at.is_some_and(|at| at < facts.now),
                 cancel_requested: job.cancel_requested_at.is_some(),
             });
             return reasons;

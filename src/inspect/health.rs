@@ -415,11 +415,11 @@ fn stuck_check(stuck: &db::inspect::Stuck) -> Check {
         "stuck_jobs",
         Severity::Critical,
         format!(
-            "{} running jobs are past their lease (the oldest since {}) and nobody rescues them",
+            "running jobs past their lease that nobody rescues: {} (the oldest expired {})",
             super::Count::capped(stuck.jobs, CAP),
-            stuck
-                .oldest_lease
-                .map_or_else(String::new, |at| at.to_rfc3339())
+            stuck.oldest_lease.map_or_else(String::new, |at| at
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string())
         ),
     )
     .remedy("start a worker: every worker's maintenance leader runs the rescuer")
@@ -477,7 +477,7 @@ fn overdue_check(overdue: &[db::inspect::Overdue]) -> Check {
                 "{} schedules are overdue; {:?} was due at {}",
                 overdue.len(),
                 first.name,
-                first.next_fire_at.to_rfc3339()
+                first.next_fire_at.format("%Y-%m-%d %H:%M:%S UTC")
             ),
         )
         .remedy("run a worker (its maintenance leader runs the scheduler) or `skiplock scheduler`")
@@ -567,8 +567,11 @@ pub(crate) fn humanize(duration: Duration) -> String {
     let secs = duration.as_secs();
     match secs {
         0..60 => format!("{secs}s"),
+        60..3600 if secs % 60 == 0 => format!("{}m", secs / 60),
         60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..86_400 if secs % 3600 / 60 == 0 => format!("{}h", secs / 3600),
         3600..86_400 => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+        _ if secs % 86_400 / 3600 == 0 => format!("{}d", secs / 86_400),
         _ => format!("{}d {}h", secs / 86_400, secs % 86_400 / 3600),
     }
 }

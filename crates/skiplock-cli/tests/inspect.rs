@@ -502,7 +502,9 @@ async fn doctor_exits_critical_on_a_job_stuck_past_its_lease() {
     let line = text
         .lines()
         .position(|line| {
-            line.starts_with("[critical] stuck_jobs: 1 running jobs are past their lease")
+            line.starts_with(
+                "[critical] stuck_jobs: running jobs past their lease that nobody rescues: 1",
+            )
         })
         .unwrap_or_else(|| panic!("no stuck_jobs line in {text}"));
     assert!(
