@@ -140,6 +140,12 @@ pub const MIGRATIONS: &[Migration] = &[
             name: "jobs_state_queue_kind_idx",
         },
     },
+    Migration {
+        version: 15,
+        name: "drop_finished_index",
+        sql: include_str!("../migrations/0015_drop_finished_index.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].

@@ -146,14 +146,28 @@ pub(crate) async fn queues<'e>(
         QueueRow,
         r#"
         WITH RECURSIVE triples AS (
+            -- Scheduled, retrying and finished jobs: jobs_state_queue_kind_idx (partial; its
+            -- predicate is spelled out so the planner can use it).
             SELECT f.state, f.queue, f.kind
-            FROM unnest(enum_range(NULL::skiplock.job_state)) AS s(state)
+            FROM unnest('{scheduled,retryable,completed,failed,cancelled}'::skiplock.job_state[]) AS s(state)
             CROSS JOIN LATERAL (SELECT j.state, j.queue, j.kind FROM skiplock.jobs AS j
-                                WHERE j.state = s.state ORDER BY j.queue, j.kind LIMIT 1) AS f
+                                WHERE j.state = s.state AND j.state NOT IN ('available', 'running')
+                                ORDER BY j.queue, j.kind LIMIT 1) AS f
             UNION ALL
             SELECT n.state, n.queue, n.kind FROM triples AS t
             CROSS JOIN LATERAL (SELECT j.state, j.queue, j.kind FROM skiplock.jobs AS j
-                                WHERE j.state = t.state AND (j.queue, j.kind) > (t.queue, t.kind)
+                                WHERE j.state = t.state AND j.state NOT IN ('available', 'running')
+                                  AND (j.queue, j.kind) > (t.queue, t.kind)
+                                ORDER BY j.queue, j.kind LIMIT 1) AS n
+        ),
+        -- Available jobs: the claim index, (queue, kind, priority, run_at, id).
+        available_pairs AS (
+            (SELECT j.queue, j.kind FROM skiplock.jobs AS j
+             WHERE j.state = 'available' ORDER BY j.queue, j.kind LIMIT 1)
+            UNION ALL
+            SELECT n.queue, n.kind FROM available_pairs AS p
+            CROSS JOIN LATERAL (SELECT j.queue, j.kind FROM skiplock.jobs AS j
+                                WHERE j.state = 'available' AND (j.queue, j.kind) > (p.queue, p.kind)
                                 ORDER BY j.queue, j.kind LIMIT 1) AS n
         ),
         counts AS (
@@ -162,20 +176,35 @@ pub(crate) async fn queues<'e>(
             CROSS JOIN LATERAL (
                 SELECT count(*) AS n FROM (
                     SELECT 1 FROM skiplock.jobs AS j
-                    WHERE j.state = p.state AND j.queue = p.queue
+                    WHERE j.state = p.state AND j.state NOT IN ('available', 'running')
+                      AND j.queue = p.queue
                     LIMIT CASE WHEN p.state IN ('completed', 'failed', 'cancelled') THEN $2::bigint
                                ELSE $1::bigint END + 1) AS x
             ) AS c
+            UNION ALL
+            SELECT q.queue, 'available', c.n
+            FROM (SELECT DISTINCT queue FROM available_pairs) AS q
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS n FROM (
+                    SELECT 1 FROM skiplock.jobs AS j
+                    WHERE j.state = 'available' AND j.queue = q.queue LIMIT $1::bigint + 1) AS x
+            ) AS c
+            UNION ALL
+            -- Running jobs: the lease index (only running rows have a lease); few by nature.
+            SELECT j.queue, 'running', count(*)
+            FROM skiplock.jobs AS j
+            WHERE j.state = 'running' AND j.lease_expires_at IS NOT NULL
+            GROUP BY j.queue
         ),
-        -- The oldest available job of each queue by id (the first of each kind's entries).
+        -- The pickup lag of each queue: how long the job each kind would run next has been
+        -- runnable, the longest of them.
         oldest AS (
-            SELECT t.queue, min(h.run_at) AS run_at
-            FROM triples AS t
+            SELECT p.queue, min(h.run_at) AS run_at
+            FROM available_pairs AS p
             CROSS JOIN LATERAL (SELECT j.run_at FROM skiplock.jobs AS j
-                                WHERE j.state = 'available' AND j.queue = t.queue AND j.kind = t.kind
-                                ORDER BY j.id LIMIT 1) AS h
-            WHERE t.state = 'available'
-            GROUP BY t.queue
+                                WHERE j.state = 'available' AND j.queue = p.queue AND j.kind = p.kind
+                                ORDER BY j.priority, j.run_at, j.id LIMIT 1) AS h
+            GROUP BY p.queue
         ),
         recent AS (
             SELECT s.queue,
@@ -197,7 +226,7 @@ pub(crate) async fn queues<'e>(
             GROUP BY q.queue
         ),
         names AS (
-            SELECT queue FROM triples
+            SELECT queue FROM counts
             UNION SELECT queue FROM fleet
             UNION SELECT queue FROM skiplock.schedules WHERE active
         )
@@ -257,7 +286,7 @@ pub(crate) async fn workers<'e>(
         WITH running AS (
             SELECT j.attempted_by[cardinality(j.attempted_by)] AS worker, count(*) AS n
             FROM skiplock.jobs AS j
-            WHERE j.state = 'running'
+            WHERE j.state = 'running' AND j.lease_expires_at IS NOT NULL
             GROUP BY 1
         )
         SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.kinds, w.version,
@@ -354,7 +383,8 @@ pub(crate) async fn explain_facts<'e>(
                 CROSS JOIN LATERAL unnest(w.queues, w.concurrency) AS q(queue, n)
                 WHERE q.queue = j.queue)::bigint AS "slots!",
                (SELECT count(*) FROM (SELECT 1 FROM skiplock.jobs AS r
-                                      WHERE r.state = 'running' AND r.queue = j.queue
+                                      WHERE r.state = 'running' AND r.lease_expires_at IS NOT NULL
+                                        AND r.queue = j.queue
                                       LIMIT $2::bigint + 1) AS x) AS "running!",
                (SELECT count(*) FROM (SELECT 1 FROM skiplock.jobs AS a
                                       WHERE a.state = 'available' AND a.queue = j.queue AND a.kind = j.kind

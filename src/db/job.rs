@@ -764,17 +764,25 @@ pub(crate) async fn rescue_expired<'e>(
 }
 
 /// Deletes up to `limit` jobs in final `state` (`completed`, `failed` or `cancelled`) whose
-/// `finished_at` is more than `older_than_secs` before the database's `now()`, oldest first;
-/// returns how many it deleted. Deletes nothing while another statement holding advisory lock
-/// `lock_key` runs (another worker's pruner).
+/// `finished_at` is more than `older_than_secs` before the database's `now()`, lowest ids
+/// first; returns how many it deleted. Deletes nothing while another statement holding
+/// advisory lock `lock_key` runs (another worker's pruner).
 ///
 /// Why the statement looks like this:
-/// - The inner SELECT is one range of `jobs_finished_idx` (`state, finished_at`) read in order:
-///   other states' rows and young rows are never visited, and the cutoff is database time.
-/// - `FOR UPDATE SKIP LOCKED` passes over rows another transaction holds (a `skiplock.retry`
-///   of a failed job, say): the pruner never waits for anyone. Others wait for it only on the
-///   rows of its batch, for the milliseconds of one statement (a `skiplock.retry` of a job
-///   being deleted then finds no job).
+/// - Candidates come from `jobs_state_queue_kind_idx` (migration 0014): the distinct (queue,
+///   kind) of `state` by a loose index scan (one descent each), then the first `limit` rows of
+///   each in id order, of which those past the cutoff are kept. Reading a bounded head instead
+///   of "every row past the cutoff" is what keeps a table of millions of young finished rows
+///   (nothing to delete) from being scanned every interval: ids follow enqueue order, so old
+///   rows are at the head. A row that finished long after it was enqueued (retried for days)
+///   can sit at a head while young; the rows behind it in the same window are still deleted,
+///   and it goes once it is old enough itself.
+/// - The literal `state NOT IN ('available', 'running')` lets the planner use the partial index
+///   (a parameter alone cannot prove its predicate).
+/// - The candidates are then locked through the primary key with `FOR UPDATE SKIP LOCKED`,
+///   re-testing state and age: rows another transaction holds (a `skiplock.retry` of a failed
+///   job, say) are passed over, so the pruner never waits for anyone. Others wait for it only
+///   on the rows of its batch, for the milliseconds of one statement.
 /// - `pg_try_advisory_xact_lock` sits in an uncorrelated subquery, so it runs once per
 ///   statement, before the scan, as a one-time filter: when another pruner holds the lock, the
 ///   statement scans nothing and deletes nothing instead of waiting. SKIP LOCKED alone would
@@ -783,9 +791,8 @@ pub(crate) async fn rescue_expired<'e>(
 ///   large backlog at once would multiply the delete load (and WAL) for no benefit; with the
 ///   lock one statement of one pruner runs at a time, and the others come back next interval.
 ///   The lock is transaction-scoped: released at the end of this autocommit statement.
-/// - The victims travel as `id = ANY (ARRAY(...))` rather than a join against a CTE: with an
-///   unknown LIMIT, the generic plan of a prepared join may hash the whole table; an id array
-///   is always a primary-key index scan of exactly `limit` rows.
+/// - The victims travel as `id = ANY (ARRAY(...))` rather than a join against a CTE: an id
+///   array is always a primary-key index scan of exactly the rows chosen.
 /// - The DELETE repeats the state test. The rows are locked, so it cannot fail today; it keeps
 ///   the statement from ever deleting a row in another state whatever the subquery becomes.
 /// - One statement, its own short transaction: a batch holds its row locks for milliseconds.
@@ -800,13 +807,34 @@ pub(crate) async fn delete_finished<'e>(
         r#"
         DELETE FROM skiplock.jobs
         WHERE id = ANY (ARRAY(
-                  SELECT id
-                  FROM skiplock.jobs
-                  WHERE (SELECT pg_try_advisory_xact_lock($4))
-                    AND state = $1
-                    AND finished_at < now() - make_interval(secs => $2)
-                  ORDER BY finished_at
-                  LIMIT $3
+                  SELECT v.id
+                  FROM skiplock.jobs AS v
+                  WHERE v.id = ANY (ARRAY(
+                            WITH RECURSIVE pairs AS (
+                                (SELECT j.queue, j.kind FROM skiplock.jobs AS j
+                                 WHERE (SELECT pg_try_advisory_xact_lock($4))
+                                   AND j.state = $1 AND j.state NOT IN ('available', 'running')
+                                 ORDER BY j.queue, j.kind LIMIT 1)
+                                UNION ALL
+                                SELECT n.queue, n.kind FROM pairs AS p
+                                CROSS JOIN LATERAL (
+                                    SELECT j.queue, j.kind FROM skiplock.jobs AS j
+                                    WHERE j.state = $1 AND j.state NOT IN ('available', 'running')
+                                      AND (j.queue, j.kind) > (p.queue, p.kind)
+                                    ORDER BY j.queue, j.kind LIMIT 1) AS n
+                            )
+                            SELECT h.id
+                            FROM pairs AS p
+                            CROSS JOIN LATERAL (
+                                SELECT j.id, j.finished_at FROM skiplock.jobs AS j
+                                WHERE j.state = $1 AND j.state NOT IN ('available', 'running')
+                                  AND j.queue = p.queue AND j.kind = p.kind
+                                ORDER BY j.id LIMIT $3) AS h
+                            WHERE h.finished_at < now() - make_interval(secs => $2)
+                            ORDER BY h.id
+                            LIMIT $3))
+                    AND v.state = $1
+                    AND v.finished_at < now() - make_interval(secs => $2)
                   FOR UPDATE SKIP LOCKED))
           AND state = $1
         "#,

@@ -1,12 +1,16 @@
 //! The dynamic statements of `skiplock::inspect`: lists, counts and bulk actions over a
 //! [`JobFilter`], built with `QueryBuilder` (every value bound, never formatted into the SQL).
 //!
-//! How a list stays fast on a table of millions (migration 0014): the distinct
-//! `(state, queue, kind)` triples of the states asked for are walked with a loose index scan of
-//! `jobs_state_queue_kind_idx` (one descent per triple), the triples the filter wants are kept,
-//! the head of each (in id order, after the cursor) is read from the same index, and the heads
-//! are merged. Conditions no index holds (tags, arguments, schedule, times) are tested on the
-//! rows so read, within a window of ids per page (`SCAN_WINDOW`).
+//! How a list stays fast on a table of millions (migration 0014): for scheduled, retrying and
+//! finished jobs, the distinct `(state, queue, kind)` triples of the states asked for are walked
+//! with a loose index scan of `jobs_state_queue_kind_idx` (one descent per triple), the triples
+//! the filter wants are kept, the head of each (in id order, after the cursor) is read from the
+//! same index, and the heads are merged. That index leaves out `available` and `running` rows
+//! (they would cost the hot path an entry each): a list that includes those states reads the
+//! primary key newest (or oldest) first, a window of ids per page. Conditions no index holds
+//! (tags, arguments, schedule, times) are tested on the rows so read, within a window of ids per
+//! page as well (`SCAN_WINDOW`). Counts of available jobs read the claim index, of running ones
+//! the lease index.
 
 use serde_json::Value;
 use sqlx::postgres::PgRow;
@@ -50,24 +54,75 @@ fn summary_columns() -> String {
     .join(", ")
 }
 
-/// `WITH RECURSIVE triples AS (...)`: the distinct (state, queue, kind) of `states`.
+/// The states `jobs_state_queue_kind_idx` holds.
+const INDEXED: [JobState; 5] = [
+    JobState::Scheduled,
+    JobState::Retryable,
+    JobState::Completed,
+    JobState::Failed,
+    JobState::Cancelled,
+];
+
+/// The partial index's predicate, spelled out so the planner can use the index (a state bound
+/// as a parameter cannot prove it).
+const IN_INDEX: &str = " AND j.state NOT IN ('available', 'running')";
+
+/// The states of `filter` that the inspection index holds.
+fn indexed_states(filter: &JobFilter) -> Vec<JobState> {
+    filter
+        .effective_states()
+        .into_iter()
+        .filter(|state| INDEXED.contains(state))
+        .collect()
+}
+
+/// Whether `filter` asks for `available` or `running` jobs, which the inspection index leaves
+/// out: such lists read the primary key, a window at a time.
+pub(crate) fn reads_primary_key(filter: &JobFilter) -> bool {
+    filter
+        .effective_states()
+        .iter()
+        .any(|state| !INDEXED.contains(state))
+}
+
+/// `WITH RECURSIVE triples AS (...)`: the distinct (state, queue, kind) of `states` (indexed
+/// states only).
 fn push_triples(query: &mut QueryBuilder<Postgres>, states: Vec<JobState>) {
-    query.push(
-        "WITH RECURSIVE triples AS ( \
-           SELECT f.state, f.queue, f.kind FROM unnest(",
-    );
+    query.push("WITH RECURSIVE triples AS (SELECT f.state, f.queue, f.kind FROM unnest(");
     query.push_bind(states);
-    query.push(
+    query.push(format_args!(
         "::skiplock.job_state[]) AS s(state) \
            CROSS JOIN LATERAL (SELECT j.state, j.queue, j.kind FROM skiplock.jobs AS j \
-                               WHERE j.state = s.state ORDER BY j.queue, j.kind LIMIT 1) AS f \
+                               WHERE j.state = s.state{IN_INDEX} \
+                               ORDER BY j.queue, j.kind LIMIT 1) AS f \
            UNION ALL \
            SELECT n.state, n.queue, n.kind FROM triples AS t \
            CROSS JOIN LATERAL (SELECT j.state, j.queue, j.kind FROM skiplock.jobs AS j \
-                               WHERE j.state = t.state AND (j.queue, j.kind) > (t.queue, t.kind) \
-                               ORDER BY j.queue, j.kind LIMIT 1) AS n \
-         ) ",
-    );
+                               WHERE j.state = t.state{IN_INDEX} \
+                                 AND (j.queue, j.kind) > (t.queue, t.kind) \
+                               ORDER BY j.queue, j.kind LIMIT 1) AS n) "
+    ));
+}
+
+/// ` AND ...` for states, queues and kinds tested on `j` itself (primary-key reads).
+fn push_plain_filter(
+    query: &mut QueryBuilder<Postgres>,
+    filter: &JobFilter,
+    states: Vec<JobState>,
+) {
+    query.push(" AND j.state = ANY(");
+    query.push_bind(states);
+    query.push("::skiplock.job_state[])");
+    if !filter.queues.is_empty() {
+        query.push(" AND j.queue = ANY(");
+        query.push_bind(filter.queues.clone());
+        query.push(")");
+    }
+    if !filter.kinds.is_empty() {
+        query.push(" AND j.kind = ANY(");
+        query.push_bind(filter.kinds.clone());
+        query.push(")");
+    }
 }
 
 /// ` AND ...` for the triple-level conditions (queues, kinds), on `t`.
@@ -160,21 +215,31 @@ pub(crate) async fn list<'e>(
     filter: &JobFilter,
     scan: Scan,
 ) -> Result<Vec<PgRow>, sqlx::Error> {
-    let mut query = QueryBuilder::new("");
-    push_triples(&mut query, filter.effective_states());
     let dir = direction(scan.order);
-    query.push(format_args!(
-        "SELECT {columns} FROM triples AS t CROSS JOIN LATERAL ( \
-           SELECT * FROM skiplock.jobs AS j \
-           WHERE j.state = t.state AND j.queue = t.queue AND j.kind = t.kind",
-        columns = summary_columns(),
-    ));
-    push_scan(&mut query, scan);
-    push_row_filter(&mut query, filter);
-    query.push(format_args!(" ORDER BY j.id {dir} LIMIT "));
-    query.push_bind(scan.limit);
-    query.push(") AS j");
-    push_triple_filter(&mut query, filter);
+    let mut query = QueryBuilder::new("");
+    if reads_primary_key(filter) {
+        query.push(format_args!(
+            "SELECT {columns} FROM skiplock.jobs AS j WHERE true",
+            columns = summary_columns(),
+        ));
+        push_plain_filter(&mut query, filter, filter.effective_states());
+        push_scan(&mut query, scan);
+        push_row_filter(&mut query, filter);
+    } else {
+        push_triples(&mut query, indexed_states(filter));
+        query.push(format_args!(
+            "SELECT {columns} FROM triples AS t CROSS JOIN LATERAL ( \
+               SELECT * FROM skiplock.jobs AS j \
+               WHERE j.state = t.state AND j.queue = t.queue AND j.kind = t.kind{IN_INDEX}",
+            columns = summary_columns(),
+        ));
+        push_scan(&mut query, scan);
+        push_row_filter(&mut query, filter);
+        query.push(format_args!(" ORDER BY j.id {dir} LIMIT "));
+        query.push_bind(scan.limit);
+        query.push(") AS j");
+        push_triple_filter(&mut query, filter);
+    }
     query.push(format_args!(" ORDER BY j.id {dir} LIMIT "));
     query.push_bind(scan.limit);
     query.build().fetch_all(executor).await
@@ -188,30 +253,50 @@ pub(crate) async fn count_capped<'e>(
     index_only: bool,
     cap: i64,
 ) -> Result<i64, sqlx::Error> {
+    let ids_only = JobFilter {
+        min_id: filter.min_id,
+        max_id: filter.max_id,
+        ..JobFilter::default()
+    };
+    let rows = if index_only { &ids_only } else { filter };
+    let states = filter.effective_states();
+    let indexed = indexed_states(filter);
+    let has_indexed = !indexed.is_empty();
     let mut query = QueryBuilder::new("");
-    push_triples(&mut query, filter.effective_states());
-    query.push(
-        "SELECT count(*) FROM (SELECT 1 FROM triples AS t CROSS JOIN LATERAL ( \
-           SELECT 1 FROM skiplock.jobs AS j \
-           WHERE j.state = t.state AND j.queue = t.queue AND j.kind = t.kind",
-    );
-    if index_only {
-        let ids = JobFilter {
-            min_id: filter.min_id,
-            max_id: filter.max_id,
-            ..JobFilter::default()
-        };
-        push_row_filter(&mut query, &ids);
-    } else {
-        push_row_filter(&mut query, filter);
+    push_triples(&mut query, indexed);
+    query.push("SELECT 0::bigint");
+    if has_indexed {
+        query.push(format_args!(
+            " + (SELECT count(*) FROM (SELECT 1 FROM triples AS t CROSS JOIN LATERAL ( \
+               SELECT 1 FROM skiplock.jobs AS j \
+               WHERE j.state = t.state AND j.queue = t.queue AND j.kind = t.kind{IN_INDEX}"
+        ));
+        push_row_filter(&mut query, rows);
+        query.push(" LIMIT ");
+        query.push_bind(cap + 1);
+        query.push(") AS j");
+        push_triple_filter(&mut query, filter);
+        query.push(" LIMIT ");
+        query.push_bind(cap + 1);
+        query.push(") AS c)");
     }
-    query.push(" LIMIT ");
-    query.push_bind(cap + 1);
-    query.push(") AS j");
-    push_triple_filter(&mut query, filter);
-    query.push(" LIMIT ");
-    query.push_bind(cap + 1);
-    query.push(") AS c");
+    // Available jobs through the claim index, running ones through the lease index (whose
+    // predicate is `lease_expires_at IS NOT NULL`: only running rows have a lease).
+    for (state, index_term) in [
+        (JobState::Available, ""),
+        (JobState::Running, " AND j.lease_expires_at IS NOT NULL"),
+    ] {
+        if !states.contains(&state) {
+            continue;
+        }
+        query.push(" + (SELECT count(*) FROM (SELECT 1 FROM skiplock.jobs AS j WHERE true");
+        push_plain_filter(&mut query, filter, vec![state]);
+        query.push(index_term);
+        push_row_filter(&mut query, rows);
+        query.push(" LIMIT ");
+        query.push_bind(cap + 1);
+        query.push(") AS c)");
+    }
     query.build_query_scalar::<i64>().fetch_one(executor).await
 }
 
@@ -278,25 +363,32 @@ pub(crate) async fn bulk_batch<'e>(
     after: Option<i64>,
     limit: i64,
 ) -> Result<(Option<i64>, i64, i64), sqlx::Error> {
-    let mut query = QueryBuilder::new("");
-    push_triples(&mut query, filter.effective_states());
-    query.push(
-        ", picked AS MATERIALIZED (SELECT j.id FROM triples AS t CROSS JOIN LATERAL ( \
-           SELECT j.id FROM skiplock.jobs AS j \
-           WHERE j.state = t.state AND j.queue = t.queue AND j.kind = t.kind",
-    );
     let scan = Scan {
         order: JobOrder::NewestFirst,
         after,
         window_end: None,
         limit,
     };
-    push_scan(&mut query, scan);
-    push_row_filter(&mut query, filter);
-    query.push(" ORDER BY j.id DESC LIMIT ");
-    query.push_bind(limit);
-    query.push(") AS j");
-    push_triple_filter(&mut query, filter);
+    let mut query = QueryBuilder::new("");
+    if reads_primary_key(filter) {
+        query.push("WITH picked AS MATERIALIZED (SELECT j.id FROM skiplock.jobs AS j WHERE true");
+        push_plain_filter(&mut query, filter, filter.effective_states());
+        push_scan(&mut query, scan);
+        push_row_filter(&mut query, filter);
+    } else {
+        push_triples(&mut query, indexed_states(filter));
+        query.push(format_args!(
+            ", picked AS MATERIALIZED (SELECT j.id FROM triples AS t CROSS JOIN LATERAL ( \
+               SELECT j.id FROM skiplock.jobs AS j \
+               WHERE j.state = t.state AND j.queue = t.queue AND j.kind = t.kind{IN_INDEX}"
+        ));
+        push_scan(&mut query, scan);
+        push_row_filter(&mut query, filter);
+        query.push(" ORDER BY j.id DESC LIMIT ");
+        query.push_bind(limit);
+        query.push(") AS j");
+        push_triple_filter(&mut query, filter);
+    }
     query.push(" ORDER BY j.id DESC LIMIT ");
     query.push_bind(limit);
     query.push("), ");

@@ -38,8 +38,9 @@ pub struct QueueInfo {
     pub failed: Count,
     /// Cancelled jobs still kept.
     pub cancelled: Count,
-    /// How long the oldest available job (by id) has been runnable: the queue's pickup lag.
-    /// `None` when nothing is available.
+    /// The queue's pickup lag: how long the job that runs next (of each kind, in claim order:
+    /// priority, then `run_at`) has been runnable, the longest of them. `None` when nothing is
+    /// available.
     pub oldest_available_age: Option<Duration>,
     /// Attempts completed in the last full minute, by every worker (`skiplock.job_stats`).
     pub completed_last_minute: u64,
