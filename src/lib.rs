@@ -67,6 +67,9 @@
 //! - [`Worker`]: queues, concurrency, polling and graceful shutdown.
 //! - [`Retention`]: how long finished jobs are kept before workers delete them.
 //! - [`get_job`] and the SQL schema (`docs/schema.md`): what happened to a job.
+//! - [`inspect`]: lists, counts, queues, workers, schedules, "why isn't my job running?"
+//!   ([`inspect::explain`]), PostgreSQL health checks ([`inspect::health()`]) and bulk actions:
+//!   what the `skiplock` CLI shows.
 //! - The `skiplock-testing` crate (a dev-dependency): a fresh, migrated database per test, on a
 //!   throwaway PostgreSQL server when `DATABASE_URL` is unset.
 //!
