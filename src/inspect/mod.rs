@@ -64,7 +64,7 @@ pub use self::job::{JobDetail, JobWorker, job};
 pub use self::list::{JobPage, JobSummary, jobs};
 pub use self::overview::{
     LastJob, QUEUE_FINISHED_EXACT_UP_TO, QUEUE_WAITING_EXACT_UP_TO, QueueInfo, ScheduleInfo,
-    WorkerInfo, WorkerStatus, queues, schedules, workers,
+    WorkerInfo, WorkerQueue, WorkerStatus, queues, schedules, workers,
 };
 
 /// The longest one inspection statement may run: 10 seconds. A dashboard refreshing a slow

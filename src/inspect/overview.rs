@@ -204,9 +204,8 @@ pub struct WorkerInfo {
     pub host: String,
     /// Its process id.
     pub pid: i32,
-    /// Its queues, each with how many of its jobs it runs at once (`None` for workers older
-    /// than this version, which do not say).
-    pub queues: Vec<(String, Option<u32>)>,
+    /// Its queues, each with how many of its jobs it runs at once.
+    pub queues: Vec<WorkerQueue>,
     /// The kinds it has handlers for (`None` for workers of old versions).
     pub kinds: Option<Vec<String>>,
     /// The skiplock version it runs (`None` for old versions).
@@ -219,6 +218,17 @@ pub struct WorkerInfo {
     pub stopped_at: Option<DateTime<Utc>>,
     /// Jobs running under its leases now.
     pub running: u64,
+}
+
+/// One queue a worker works.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct WorkerQueue {
+    /// The queue's name.
+    pub name: String,
+    /// How many of its jobs the worker runs at once (`None` for workers older than this
+    /// version, which do not say).
+    pub concurrency: Option<u32>,
 }
 
 /// Every worker: live ones first (oldest first), then those stopped or lost in the last hour
@@ -246,9 +256,9 @@ where
                     .queues
                     .into_iter()
                     .enumerate()
-                    .map(|(i, queue)| {
-                        let n = concurrency.get(i).and_then(|n| u32::try_from(*n).ok());
-                        (queue, n)
+                    .map(|(i, name)| WorkerQueue {
+                        name,
+                        concurrency: concurrency.get(i).and_then(|n| u32::try_from(*n).ok()),
                     })
                     .collect(),
                 id: row.id,

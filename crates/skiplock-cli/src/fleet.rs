@@ -96,9 +96,9 @@ fn workers_table(workers: &[WorkerInfo], now: DateTime<Utc>) -> String {
         let queues: Vec<String> = worker
             .queues
             .iter()
-            .map(|(queue, concurrency)| match concurrency {
-                Some(n) => format!("{queue}={n}"),
-                None => queue.clone(),
+            .map(|queue| match queue.concurrency {
+                Some(n) => format!("{}={n}", queue.name),
+                None => queue.name.clone(),
             })
             .collect();
         table.row(vec![
@@ -201,7 +201,7 @@ fn workers_line(workers: &[WorkerInfo]) -> String {
     let alive = workers.iter().filter(|w| w.status == WorkerStatus::Alive);
     let slots: u64 = alive
         .clone()
-        .flat_map(|w| w.queues.iter().filter_map(|(_, n)| *n))
+        .flat_map(|w| w.queues.iter().filter_map(|q| q.concurrency))
         .map(u64::from)
         .sum();
     let running: u64 = workers.iter().map(|w| w.running).sum();

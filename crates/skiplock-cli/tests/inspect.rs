@@ -619,7 +619,10 @@ async fn queues_workers_stats_and_top_show_a_running_worker() {
     assert!(row.contains(" ago  "), "{workers}");
     let listed = json(&db, &["workers", "list", "--json"]).await;
     assert_eq!(listed[0]["running"], 1);
-    assert_eq!(listed[0]["queues"], serde_json::json!([["payments", 3]]));
+    assert_eq!(
+        listed[0]["queues"],
+        serde_json::json!([{"name": "payments", "concurrency": 3}])
+    );
 
     let queues = ok(&db, &["queues", "list"]).await;
     let payments = queues
