@@ -85,6 +85,7 @@ mod job;
 mod migrate;
 pub mod runtime;
 pub mod schedule;
+mod trace;
 
 pub use crate::backoff::Backoff;
 pub use crate::cron::{CronError, CronSchedule, MAX_CRON_LENGTH};
@@ -107,3 +108,4 @@ pub use crate::runtime::{
     SchedulerError, Worker, WorkerBuilder, WorkerError, WorkerHandle,
 };
 pub use crate::schedule::{Misfire, Schedule, ScheduleError, ScheduleRow};
+pub use crate::trace::{TRACEPARENT_LEN, TraceParent, TraceParentError};

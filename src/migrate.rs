@@ -126,6 +126,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0011_initial_state.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 13,
+        name: "job_metadata",
+        sql: include_str!("../migrations/0013_job_metadata.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].

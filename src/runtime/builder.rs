@@ -9,7 +9,10 @@ use super::connections::{SessionSettings, WorkerPools};
 use super::heartbeat::FENCE_AFTER;
 use super::registry::Registry;
 use super::{DEFAULT_PRUNE_INTERVAL, Retention, SchedulerConfig, Worker, declare, heartbeat};
-use crate::{Handler, Schedule};
+use crate::{Handler, Schedule, TraceParent};
+
+/// What [`WorkerBuilder::trace_context`] is given.
+pub(crate) type TraceContextHook = Arc<dyn Fn(&tracing::Span, &TraceParent) + Send + Sync>;
 
 /// Jobs one queue runs at once unless [`WorkerBuilder::queue`] says otherwise: 10.
 pub const DEFAULT_CONCURRENCY: usize = 10;
@@ -107,6 +110,7 @@ pub struct WorkerBuilder<S = ()> {
     schedules: Vec<Schedule>,
     schedule_owner: Option<String>,
     schedule_generation: i64,
+    trace_context: Option<TraceContextHook>,
 }
 
 /// Timings shared by the builder and the worker.
@@ -180,6 +184,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             schedules: Vec::new(),
             schedule_owner: None,
             schedule_generation: 0,
+            trace_context: None,
         }
     }
 }
@@ -375,6 +380,21 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
         self
     }
 
+    /// Called for each attempt of a job that carries trace context
+    /// ([`EnqueueOptions::traceparent`](crate::EnqueueOptions::traceparent)), with the
+    /// attempt's `skiplock.job` span before it is entered and the job's [`TraceParent`]: the
+    /// place to make that span a child of the enqueuer's, for instance with
+    /// `tracing-opentelemetry`'s `span.set_parent(...)` (see `examples/opentelemetry`). The span
+    /// records the value as its field `traceparent` either way. A panic in `link` is caught and
+    /// logged; the attempt runs. Default: none.
+    pub fn trace_context(
+        mut self,
+        link: impl Fn(&tracing::Span, &TraceParent) + Send + Sync + 'static,
+    ) -> Self {
+        self.trace_context = Some(Arc::new(link));
+        self
+    }
+
     /// The worker's id, recorded in `attempted_by` of every job it claims. Default:
     /// `<hostname>:<pid>:<random>`, unique per process and worker.
     pub fn id(mut self, id: impl Into<String>) -> Self {
@@ -463,6 +483,7 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
             id: id.into(),
             schedules: Arc::new(self.schedules),
             owner,
+            trace_context: self.trace_context,
         })
     }
 }

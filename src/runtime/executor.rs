@@ -16,12 +16,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::builder::TraceContextHook;
 use super::completer::{Completion, Outcome};
 use super::registry::{Registry, RunResult};
 use super::running::{Attempt, RunningAttempts, StopReason};
-use crate::ErrorKind;
 use crate::db::job::Claimed;
 use crate::handler::{JobContext, JobMeta};
+use crate::{ErrorKind, TraceParent};
 
 /// Runs attempts for one worker; shared by all its producers.
 pub(crate) struct Executor<S> {
@@ -38,6 +39,8 @@ pub(crate) struct Executor<S> {
     pub(crate) lease: Duration,
     /// The timeout of jobs that have none of their own.
     pub(crate) default_timeout: Option<Duration>,
+    /// Links each attempt's span to the trace its job carries.
+    pub(crate) trace_context: Option<TraceContextHook>,
 }
 
 /// How the handler's future ended.
@@ -54,16 +57,32 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
     /// Not cancel safe: dropped midway, the attempt's outcome is never recorded (the job stays
     /// `running` until its lease runs out). The worker never drops it.
     pub(crate) async fn execute(&self, job: Claimed, leased_at: Instant) {
+        let traceparent = job.traceparent.as_deref().and_then(|value| {
+            TraceParent::parse(value)
+                .inspect_err(|error| {
+                    tracing::debug!(job.id = job.id, %error, "ignoring the job's malformed traceparent");
+                })
+                .ok()
+        });
         let span = tracing::info_span!(
             "skiplock.job",
             job.id = job.id,
             job.kind = %job.kind,
             job.queue = %job.queue,
             job.attempt = job.attempt,
+            worker.id = %self.worker_id,
+            traceparent = traceparent.as_ref().map(TraceParent::as_str),
         );
+        if let (Some(link), Some(parent)) = (&self.trace_context, &traceparent) {
+            // User code: a panic must not lose the attempt (it is not registered yet).
+            let linked = std::panic::catch_unwind(AssertUnwindSafe(|| link(&span, parent)));
+            if linked.is_err() {
+                tracing::error!(job.id = job.id, "the trace_context hook panicked; ignored");
+            }
+        }
         let attempt = Arc::new(Attempt::new(job.id, job.lease_token, leased_at));
         self.running.insert(attempt.clone());
-        let outcome = self.run(job, &attempt).instrument(span).await;
+        let outcome = self.run(job, &attempt, traceparent).instrument(span).await;
         let Some(outcome) = outcome else {
             self.running.remove(attempt.id, attempt.lease_token);
             return;
@@ -87,7 +106,12 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
     }
 
     /// Runs the handler; `None` when there is nothing to record.
-    async fn run(&self, job: Claimed, attempt: &Arc<Attempt>) -> Option<Outcome> {
+    async fn run(
+        &self,
+        job: Claimed,
+        attempt: &Arc<Attempt>,
+        traceparent: Option<TraceParent>,
+    ) -> Option<Outcome> {
         let Claimed {
             id,
             kind,
@@ -136,6 +160,7 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
                 created_at,
                 tags,
                 worker_id: self.worker_id.clone(),
+                traceparent,
             }),
             state: self.state.clone(),
             attempt: attempt.clone(),

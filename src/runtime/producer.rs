@@ -246,6 +246,7 @@ mod tests {
             cancel_timeout: Duration::from_secs(1),
             lease: Duration::from_secs(60),
             default_timeout: None,
+            trace_context: None,
         });
         let config = ProducerConfig {
             queue: "default".into(),

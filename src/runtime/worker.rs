@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::builder::Config;
+use super::builder::{Config, TraceContextHook};
 use super::completer::{Completer, CompleterConfig};
 use super::connections::WorkerPools;
 use super::executor::Executor;
@@ -73,6 +73,7 @@ pub struct Worker<S = ()> {
     pub(super) id: Arc<str>,
     pub(super) schedules: Arc<Vec<Schedule>>,
     pub(super) owner: declare::Owner,
+    pub(super) trace_context: Option<TraceContextHook>,
 }
 
 impl<S: Clone + Send + Sync + 'static> Worker<S> {
@@ -169,6 +170,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             cancel_timeout: config.cancel_timeout,
             lease: config.lease,
             default_timeout: config.job_timeout,
+            trace_context: self.trace_context.clone(),
         });
         let kinds = self.registry.kinds();
 
