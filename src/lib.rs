@@ -67,11 +67,15 @@
 //! - [`Worker`]: queues, concurrency, polling and graceful shutdown.
 //! - [`Retention`]: how long finished jobs are kept before workers delete them.
 //! - [`get_job`] and the SQL schema (`docs/schema.md`): what happened to a job.
+//! - `skiplock::metrics` (feature `metrics`) and [`TraceParent`]: watching skiplock in
+//!   production (`docs/operations.md`).
 //! - The `skiplock-testing` crate (a dev-dependency): a fresh, migrated database per test, on a
 //!   throwaway PostgreSQL server when `DATABASE_URL` is unset.
 //!
 //! # Features
-//! None is on by default. `bench`: the benchmarks `skiplock bench` runs (`skiplock::bench`).
+//! None is on by default. `metrics`: Prometheus metrics of workers and of the database, and an
+//! axum handler serving them (`skiplock::metrics`; brings `prometheus-client` and axum's routing, no
+//! HTTP server). `bench`: the benchmarks `skiplock bench` runs (`skiplock::bench`).
 //! `tls-rustls`, `tls-native-tls`: TLS for connections to remote databases (sqlx's).
 
 mod backoff;
@@ -82,6 +86,10 @@ mod db;
 mod enqueue;
 mod handler;
 mod job;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod migrate;
 pub mod runtime;
 pub mod schedule;

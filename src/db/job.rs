@@ -199,6 +199,8 @@ pub(crate) struct Claimed {
     /// `metadata->>'traceparent'`, unvalidated: the worker parses it (a row written before
     /// `jobs_metadata_valid`, or by hand, must not reach spans unchecked).
     pub(crate) traceparent: Option<String>,
+    /// Seconds from `run_at` to this claim (database time): how long the job waited while due.
+    pub(crate) pickup_lag_secs: f64,
     /// The byte bound left out jobs this claim could otherwise have taken (the same in every
     /// row of one claim): more are waiting.
     pub(crate) cut_by_bytes: bool,
@@ -288,6 +290,7 @@ pub(crate) async fn claim<'e>(
                         WHERE tag IS NOT NULL ORDER BY n) AS "tags!",
                   j.lease_token AS "lease_token!", j.timeout_secs,
                   j.metadata ->> 'traceparent' AS traceparent,
+                  extract(epoch FROM now() - j.run_at)::float8 AS "pickup_lag_secs!",
                   (SELECT count(*) FROM heads) > (SELECT count(*) FROM picked) AS "cut_by_bytes!"
         "#,
         queue,

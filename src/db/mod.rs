@@ -14,6 +14,8 @@ pub(crate) mod bench;
 pub(crate) mod database;
 pub(crate) mod job;
 pub(crate) mod leader;
+#[cfg(feature = "metrics")]
+pub(crate) mod metrics;
 pub(crate) mod migration;
 pub(crate) mod schedule;
 pub(crate) mod session;

@@ -110,6 +110,8 @@ pub struct WorkerBuilder<S = ()> {
     schedules: Vec<Schedule>,
     schedule_owner: Option<String>,
     schedule_generation: i64,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
     trace_context: Option<TraceContextHook>,
 }
 
@@ -184,6 +186,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             schedules: Vec::new(),
             schedule_owner: None,
             schedule_generation: 0,
+            #[cfg(feature = "metrics")]
+            metrics: None,
             trace_context: None,
         }
     }
@@ -380,6 +384,18 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
         self
     }
 
+    /// Counts what this worker does in `metrics` (the `skiplock_jobs_...`, `skiplock_claim_...`
+    /// and other worker metrics of [`skiplock::metrics`](crate::metrics)). Several workers may
+    /// share one [`Metrics`](crate::metrics::Metrics): their counts add up. Handles for every
+    /// queue are made by [`build`](Self::build), those of a kind at its first attempt in a
+    /// queue, so the worker never builds label sets while it works. Default: no metrics, and
+    /// the worker's roles do no metrics work at all.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
     /// Called for each attempt of a job that carries trace context
     /// ([`EnqueueOptions::traceparent`](crate::EnqueueOptions::traceparent)), with the
     /// attempt's `skiplock.job` span before it is entered and the job's [`TraceParent`]: the
@@ -474,6 +490,12 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
         }
         let id = self.id.unwrap_or_else(default_worker_id);
         let pools = internal_pool(&self.pool, &self.config, queues.len());
+        #[cfg(feature = "metrics")]
+        let metrics = self
+            .metrics
+            .map(|metrics| Arc::new(metrics.worker(&queues, &self.registry.kinds())));
+        #[cfg(not(feature = "metrics"))]
+        let metrics = None;
         Ok(Worker {
             pools,
             state: self.state,
@@ -483,6 +505,7 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
             id: id.into(),
             schedules: Arc::new(self.schedules),
             owner,
+            metrics,
             trace_context: self.trace_context,
         })
     }

@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 use super::running::RunningAttempts;
+use crate::metrics::WorkerMetrics;
 use crate::{ErrorKind, JobState, db};
 
 /// The most outcomes written by one statement.
@@ -101,6 +102,7 @@ pub(crate) struct Completer {
     receiver: mpsc::Receiver<Completion>,
     /// Attempts are unregistered (their leases no longer renewed) once their outcome is written.
     running: Arc<RunningAttempts>,
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl Completer {
@@ -115,7 +117,14 @@ impl Completer {
             config,
             receiver,
             running,
+            metrics: None,
         }
+    }
+
+    /// Counts batch sizes and write times in `metrics` (`skiplock_completion_...`).
+    pub(crate) fn with_metrics(mut self, metrics: Option<Arc<WorkerMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Records outcomes until every sender is gone and the channel is drained. A batch whose
@@ -164,7 +173,11 @@ impl Completer {
     /// cannot be stored is recorded as failed with kind `unrecordable_outcome`.
     async fn flush(&self, batch: &mut Vec<Completion>) -> CompleterReport {
         let outcomes = to_columns(batch.drain(..));
+        let started = self.metrics.as_ref().map(|_| tokio::time::Instant::now());
         let report = self.write_all(&outcomes).await;
+        if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+            metrics.completed_batch(outcomes.len(), started.elapsed());
+        }
         for (id, lease_token) in outcomes.ids.iter().zip(&outcomes.lease_tokens) {
             self.running.remove(*id, *lease_token);
         }

@@ -22,6 +22,7 @@ use super::registry::{Registry, RunResult};
 use super::running::{Attempt, RunningAttempts, StopReason};
 use crate::db::job::Claimed;
 use crate::handler::{JobContext, JobMeta};
+use crate::metrics::{AttemptOutcome, WorkerMetrics};
 use crate::{ErrorKind, TraceParent};
 
 /// Runs attempts for one worker; shared by all its producers.
@@ -39,6 +40,8 @@ pub(crate) struct Executor<S> {
     pub(crate) lease: Duration,
     /// The timeout of jobs that have none of their own.
     pub(crate) default_timeout: Option<Duration>,
+    /// What attempts count, when the worker has metrics; the producers' claims count there too.
+    pub(crate) metrics: Option<Arc<WorkerMetrics>>,
     /// Links each attempt's span to the trace its job carries.
     pub(crate) trace_context: Option<TraceContextHook>,
 }
@@ -80,9 +83,21 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
                 tracing::error!(job.id = job.id, "the trace_context hook panicked; ignored");
             }
         }
+        // Looked up in handles made before the worker started: no allocation, no lock.
+        let metrics = self
+            .metrics
+            .as_deref()
+            .and_then(|metrics| metrics.job(&job.queue, &job.kind));
+        let started = metrics.map(|metrics| {
+            metrics.started(job.pickup_lag_secs);
+            Instant::now()
+        });
         let attempt = Arc::new(Attempt::new(job.id, job.lease_token, leased_at));
         self.running.insert(attempt.clone());
         let outcome = self.run(job, &attempt, traceparent).instrument(span).await;
+        if let (Some(metrics), Some(started)) = (metrics, started) {
+            metrics.ended(label(outcome.as_ref(), &attempt), started.elapsed());
+        }
         let Some(outcome) = outcome else {
             self.running.remove(attempt.id, attempt.lease_token);
             return;
@@ -281,6 +296,21 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
                 }
             }
         }
+    }
+}
+
+/// The `outcome` label of an attempt that ended with `outcome` (`None`: nothing to record).
+fn label(outcome: Option<&Outcome>, attempt: &Attempt) -> AttemptOutcome {
+    match outcome {
+        Some(Outcome::Completed(_)) => AttemptOutcome::Completed,
+        Some(Outcome::Retry { .. }) => AttemptOutcome::Retried,
+        Some(Outcome::Failed { .. }) => AttemptOutcome::Failed,
+        Some(Outcome::Cancelled { .. }) => AttemptOutcome::Cancelled,
+        Some(Outcome::Interrupted { .. }) => AttemptOutcome::Interrupted,
+        Some(Outcome::Snoozed { .. }) => AttemptOutcome::Snoozed,
+        // Completed in the handler's own transaction, or given up because the lease was lost.
+        None if attempt.completed_in_tx() && !attempt.is_lease_lost() => AttemptOutcome::Completed,
+        None => AttemptOutcome::Lost,
     }
 }
 

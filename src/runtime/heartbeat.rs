@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::deadline::deadline;
 use super::running::{RunningAttempts, StopReason};
 use crate::db;
+use crate::metrics::WorkerMetrics;
 
 /// The share of the lease after which an attempt without a renewal is stopped.
 pub(crate) const FENCE_AFTER: f64 = 0.5;
@@ -73,6 +74,7 @@ pub(crate) struct Heartbeat {
     config: HeartbeatConfig,
     running: Arc<RunningAttempts>,
     identity: WorkerIdentity,
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl Heartbeat {
@@ -87,7 +89,14 @@ impl Heartbeat {
             config,
             running,
             identity,
+            metrics: None,
         }
+    }
+
+    /// Counts failed renewals in `metrics` (`skiplock_lease_renewals_failed_total`).
+    pub(crate) fn with_metrics(mut self, metrics: Option<Arc<WorkerMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Renews leases every interval until `stop` fires, fencing attempts whose lease is in
@@ -103,6 +112,9 @@ impl Heartbeat {
                     _ = renew.tick() => {}
                 }
                 if let Err(error) = self.run_once().await {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.renewal_failed();
+                    }
                     tracing::warn!(%error, "could not renew leases; retrying");
                 }
             }

@@ -28,6 +28,7 @@ use super::shutdown::{Running, shutdown_signal};
 use super::unrunnable::{Unrunnable, UnrunnableConfig};
 use super::{declare, heartbeat, leader};
 use crate::Schedule;
+use crate::metrics::WorkerMetrics;
 
 /// The error of running a [`Worker`].
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,8 @@ pub struct Worker<S = ()> {
     pub(super) id: Arc<str>,
     pub(super) schedules: Arc<Vec<Schedule>>,
     pub(super) owner: declare::Owner,
+    /// What the roles count, when the builder was given metrics.
+    pub(super) metrics: Option<Arc<WorkerMetrics>>,
     pub(super) trace_context: Option<TraceContextHook>,
 }
 
@@ -109,17 +112,24 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     /// # Cancel safety
     /// Not cancel safe, as [`run`](Self::run).
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
-        self.run_monitored(shutdown, Monitor::default()).await;
+        let monitor = Monitor::new(self.metrics.clone());
+        self.run_monitored(shutdown, monitor).await;
     }
 
     async fn run_monitored(self, shutdown: impl Future<Output = ()>, monitor: Monitor) {
         let stop = CancellationToken::new();
+        if let Some(metrics) = &self.metrics {
+            metrics.worker_started();
+        }
         let running = self.spawn_roles(stop.clone(), &monitor);
         shutdown.await;
         tracing::info!(worker.id = %self.id, "worker stopping");
         stop.cancel();
         running.finish(&self.config).await;
         self.pools.close().await;
+        if let Some(metrics) = &self.metrics {
+            metrics.worker_stopped();
+        }
         tracing::info!(worker.id = %self.id, "worker stopped");
     }
 
@@ -128,7 +138,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let stop = CancellationToken::new();
         let id = self.id.clone();
         let signal = stop.clone();
-        let monitor = Monitor::default();
+        let monitor = Monitor::new(self.metrics.clone());
         let roles = monitor.clone();
         let task =
             tokio::spawn(async move { self.run_monitored(signal.cancelled_owned(), roles).await });
@@ -154,7 +164,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             },
             receiver,
             running.clone(),
-        );
+        )
+        .with_metrics(self.metrics.clone());
         // Supervised batch by batch inside (it owns the channel's receiving end).
         let completer = tokio::spawn(completer.run(monitor.role("completer")));
         let executor = Arc::new(Executor {
@@ -170,6 +181,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             cancel_timeout: config.cancel_timeout,
             lease: config.lease,
             default_timeout: config.job_timeout,
+            metrics: self.metrics.clone(),
             trace_context: self.trace_context.clone(),
         });
         let kinds = self.registry.kinds();
@@ -323,12 +335,15 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         };
         let queues = self.queues.iter().map(|(queue, _)| queue.clone()).collect();
         let identity = heartbeat::identity(self.id.clone(), queues, kinds);
-        let heartbeat = Arc::new(Heartbeat::new(
-            self.pools.keeper.clone(),
-            heartbeat,
-            running.clone(),
-            identity,
-        ));
+        let heartbeat = Arc::new(
+            Heartbeat::new(
+                self.pools.keeper.clone(),
+                heartbeat,
+                running.clone(),
+                identity,
+            )
+            .with_metrics(self.metrics.clone()),
+        );
         keepers.spawn({
             let health = monitor.role("heartbeat");
             let heartbeat = heartbeat.clone();
