@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod enqueue;
+mod metrics;
 mod migrate;
 mod schedules;
 
@@ -62,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler(args) => {
             schedules::scheduler(connect(cli.database_url).await?, args).await
         }
+        Command::Metrics(args) => metrics::run(cli.database_url, args).await,
     }
 }
 

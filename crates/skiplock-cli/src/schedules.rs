@@ -134,7 +134,7 @@ pub(crate) async fn scheduler(pool: PgPool, args: SchedulerArgs) -> anyhow::Resu
 
 /// SIGINT or SIGTERM.
 #[cfg(unix)]
-fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+pub(crate) fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use anyhow::Context as _;
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt()).context("could not listen for SIGINT")?;
@@ -149,7 +149,7 @@ fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
 
 /// Ctrl-C.
 #[cfg(not(unix))]
-fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+pub(crate) fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
     Ok(async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
