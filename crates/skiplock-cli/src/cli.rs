@@ -73,6 +73,19 @@ pub(crate) struct BenchArgs {
     /// Run the scenario this many times, each in a fresh database.
     #[arg(long, global = true, default_value_t = 1)]
     pub(crate) repeat: u32,
+
+    /// Workers count metrics (drain and steady; a drain also encodes them once a second, as a
+    /// scrape would): `on`, `off`, or `compare`, which runs each repeat twice, without and with
+    /// metrics, alternating which goes first, and ends with the medians and spreads of both.
+    #[arg(long, global = true, value_enum, default_value = "off")]
+    pub(crate) metrics: BenchMetrics,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BenchMetrics {
+    Off,
+    On,
+    Compare,
 }
 
 #[derive(Debug, Subcommand)]
