@@ -1,11 +1,12 @@
 //! Metrics (`skiplock::metrics`, the `metrics` feature): a real worker counts what its jobs did,
 //! the database gauges describe the queue, both are scraped over real HTTP from the axum
-//! router, and `promtool` (Debian's `prometheus` package) accepts the output.
+//! router, and `promtool` (Debian's `prometheus` package) accepts the output, the alert rules
+//! and their unit tests; the Grafana dashboard and the alerts use only metrics skiplock exports.
 //!
-//! The promtool checks say why they skip when `promtool` is not installed, unless
+//! The promtool tests say why they skip when `promtool` is not installed, unless
 //! `SKIPLOCK_REQUIRE_PROMTOOL=1` or `CI=true`: then its absence fails them.
 
-// The promtool checks say on stderr why they skipped.
+// The promtool tests say on stderr why they skipped.
 #![allow(clippy::print_stderr)]
 
 mod common;
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use skiplock::metrics::Metrics;
+use skiplock::metrics::{METRIC_NAMES, Metrics};
 use skiplock::{EnqueueOptions, Handler, Job, JobContext, JobError, NewJob, Worker};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -385,4 +386,96 @@ async fn a_database_that_does_not_answer_is_reported_down_not_an_error() {
             .any(|series| series.starts_with("skiplock_db_jobs"))
     );
     drop(held);
+}
+
+/// Every `skiplock_...` name in `text`, with sample suffixes of exported metrics removed.
+fn metric_names(text: &str) -> HashSet<String> {
+    let mut names = HashSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("skiplock_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let base = ["_bucket", "_sum", "_count", "_total"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| METRIC_NAMES.contains(base))
+            })
+            .unwrap_or(&name)
+            .to_owned();
+        names.insert(base);
+    }
+    names
+}
+
+fn read(path: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every `expr` of a Grafana dashboard, wherever it is nested.
+fn exprs(value: &serde_json::Value, found: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr" | "query", serde_json::Value::String(expr)) => found.push(expr.clone()),
+                    _ => exprs(value, found),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|item| exprs(item, found)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_dashboard_and_the_alerts_use_only_metrics_skiplock_exports() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/skiplock.json")).expect("dashboard JSON");
+    let mut found = Vec::new();
+    exprs(&dashboard, &mut found);
+    assert!(found.len() >= 10, "{found:?}");
+    let exported: HashSet<&str> = METRIC_NAMES.iter().copied().collect();
+    let used = metric_names(&found.join("\n"));
+    for name in &used {
+        assert!(
+            exported.contains(name.as_str()),
+            "the dashboard uses {name}"
+        );
+    }
+    assert!(
+        used.len() >= 12,
+        "the dashboard shows most metrics: {used:?}"
+    );
+    let rules: String = read("deploy/prometheus/alerts.yml")
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let alerts = metric_names(&rules);
+    assert!(alerts.len() >= 8, "{alerts:?}");
+    for name in &alerts {
+        assert!(exported.contains(name.as_str()), "an alert uses {name}");
+    }
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules_and_their_tests() {
+    let Some(promtool) = promtool() else {
+        return;
+    };
+    run_promtool(
+        &promtool,
+        &["check", "rules", "deploy/prometheus/alerts.yml"],
+        "",
+    );
+    run_promtool(
+        &promtool,
+        &["test", "rules", "deploy/prometheus/alerts.test.yml"],
+        "",
+    );
 }

@@ -49,8 +49,8 @@ pub(crate) async fn limit_transaction(
 /// - the xmin horizon: how many transactions the oldest snapshot or transaction id still held
 ///   by a session of this database (or a WAL sender), a prepared transaction of this database
 ///   or a replication slot lags behind, and how long the oldest such session or prepared
-///   transaction has been open (`pg_stat_activity` shows other roles' sessions only to members
-///   of `pg_read_all_stats`, such as `pg_monitor`);
+///   transaction has been open (`pg_stat_activity` shows when other roles' transactions
+///   started only to members of `pg_read_all_stats`, such as `pg_monitor`);
 /// - dead and live tuples (the statistics collector's estimates) and total size on disk of
 ///   each skiplock table.
 ///

@@ -134,8 +134,10 @@ impl Metrics {
     /// connections while it runs: give it a pool that workers do not claim from (a worker
     /// never uses the pool it is built with for its own work, so the application's pool is
     /// fine). The role needs `SELECT` on `skiplock.jobs` (the `observer` access of
-    /// docs/security.md); the xmin horizon counts other roles' sessions only when it is a
-    /// member of `pg_read_all_stats` (or `pg_monitor`). Calling it again replaces the pool.
+    /// docs/security.md); unless it is a member of `pg_read_all_stats` (or `pg_monitor`),
+    /// PostgreSQL hides when other roles' transactions started, so
+    /// `skiplock_db_oldest_transaction_age_seconds` counts only its own sessions (the horizon's
+    /// age in transactions counts all). Calling it again replaces the pool.
     pub fn with_database(self, pool: PgPool) -> Self {
         self.inner.database.set_pool(pool);
         self.inner.database_registered.get_or_init(|| {
