@@ -644,5 +644,9 @@ pub async fn enqueue_many<'e>(
     if columns.kinds.is_empty() {
         return Ok(Vec::new());
     }
+    if columns.traceparents.iter().all(Option::is_none) {
+        // unnest pads a shorter array with NULLs: a batch without trace context sends none.
+        columns.traceparents.clear();
+    }
     Ok(db::job::insert_many(executor, &columns).await?)
 }

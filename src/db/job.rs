@@ -114,7 +114,8 @@ pub(crate) struct InsertColumns {
     /// Each job's tags as a JSON array of strings: PostgreSQL arrays must be rectangular, so a
     /// `text[][]` parameter cannot carry tag lists of different lengths.
     pub(crate) tags: Vec<Value>,
-    /// Validated `traceparent`s, stored in `metadata`.
+    /// Validated `traceparent`s, stored in `metadata`; may be empty when no job has one
+    /// (`unnest` pads the shorter arrays with NULLs).
     pub(crate) traceparents: Vec<Option<String>>,
 }
 
