@@ -290,6 +290,7 @@ async fn nobody_else_may_execute_the_functions_and_definers_pin_their_search_pat
         public,
         [
             "skiplock.initial_state(timestamp with time zone)",
+            "skiplock.metadata_valid(jsonb)",
             "skiplock.tags_fit(text[],integer)"
         ],
         "executable by PUBLIC"
