@@ -470,8 +470,15 @@ impl NewJob {
             delay_secs: self.delay_secs,
             tags: &self.tags,
             timeout_secs: self.timeout_secs,
+            metadata: self.metadata(),
             traceparent: self.traceparent.as_ref().map(TraceParent::as_str),
         }
+    }
+
+    /// The job's `metadata` column: `{"traceparent": ...}`, or none.
+    fn metadata(&self) -> Option<Value> {
+        self.traceparent
+            .map(|parent| serde_json::json!({ "traceparent": parent.as_str() }))
     }
 }
 
@@ -628,6 +635,7 @@ pub async fn enqueue_many<'e>(
                 job.kind
             )));
         }
+        columns.metadata.push(job.metadata());
         columns.timeout_secs.push(job.timeout_secs);
         columns.kinds.push(job.kind);
         columns.args.push(job.args);
@@ -637,16 +645,13 @@ pub async fn enqueue_many<'e>(
         columns.run_ats.push(job.run_at);
         columns.delay_secs.push(job.delay_secs);
         columns.tags.push(Value::from(job.tags));
-        columns
-            .traceparents
-            .push(job.traceparent.map(|parent| parent.as_str().to_owned()));
     }
     if columns.kinds.is_empty() {
         return Ok(Vec::new());
     }
-    if columns.traceparents.iter().all(Option::is_none) {
+    if columns.metadata.iter().all(Option::is_none) {
         // unnest pads a shorter array with NULLs: a batch without trace context sends none.
-        columns.traceparents.clear();
+        columns.metadata.clear();
     }
     Ok(db::job::insert_many(executor, &columns).await?)
 }

@@ -17,8 +17,10 @@ pub(crate) struct InsertRow<'a> {
     pub(crate) delay_secs: Option<f64>,
     pub(crate) tags: &'a [String],
     pub(crate) timeout_secs: Option<f64>,
-    /// Stored as `metadata = {"traceparent": ...}`; validated by the caller and by the table's
+    /// `metadata`, as `{"traceparent": ...}`; validated by the caller and by the table's
     /// `jobs_metadata_valid`.
+    pub(crate) metadata: Option<Value>,
+    /// The traceparent in it, for `skiplock.enqueue`.
     pub(crate) traceparent: Option<&'a str>,
 }
 
@@ -39,8 +41,7 @@ pub(crate) async fn insert<'e>(
                                        state, timeout_secs, metadata)
             SELECT $1, $2, $3, $4, $5, t.run_at, $8,
                    skiplock.initial_state(t.run_at),
-                   $9,
-                   CASE WHEN $10::text IS NOT NULL THEN jsonb_build_object('traceparent', $10::text) END
+                   $9, $10
             FROM (SELECT coalesce($6, now() + make_interval(secs => coalesce($7::float8, 0))) AS run_at) AS t
             RETURNING id, queue, state
         )
@@ -58,7 +59,7 @@ pub(crate) async fn insert<'e>(
         row.delay_secs,
         row.tags,
         row.timeout_secs,
-        row.traceparent,
+        row.metadata,
     )
     .fetch_one(executor)
     .await
@@ -114,9 +115,9 @@ pub(crate) struct InsertColumns {
     /// Each job's tags as a JSON array of strings: PostgreSQL arrays must be rectangular, so a
     /// `text[][]` parameter cannot carry tag lists of different lengths.
     pub(crate) tags: Vec<Value>,
-    /// Validated `traceparent`s, stored in `metadata`; may be empty when no job has one
+    /// Each job's `metadata` (`{"traceparent": ...}`, validated); empty when no job has any
     /// (`unnest` pads the shorter arrays with NULLs).
-    pub(crate) traceparents: Vec<Option<String>>,
+    pub(crate) metadata: Vec<Option<Value>>,
 }
 
 /// Inserts many jobs in one statement (one round trip, no parameter-count limit: every column
@@ -137,13 +138,11 @@ pub(crate) async fn insert_many<'e>(
                ARRAY(SELECT tag FROM jsonb_array_elements_text(t.tags) WITH ORDINALITY AS e(tag, n)
                      ORDER BY n),
                skiplock.initial_state(r.run_at),
-               t.timeout_secs,
-               CASE WHEN t.traceparent IS NOT NULL
-                    THEN jsonb_build_object('traceparent', t.traceparent) END
+               t.timeout_secs, t.metadata
         FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::smallint[], $5::int[],
-                    $6::timestamptz[], $7::float8[], $8::jsonb[], $9::float8[], $10::text[])
+                    $6::timestamptz[], $7::float8[], $8::jsonb[], $9::float8[], $10::jsonb[])
              WITH ORDINALITY AS t(kind, args, queue, priority, max_attempts, run_at, delay_secs, tags,
-                                  timeout_secs, traceparent, ord)
+                                  timeout_secs, metadata, ord)
         CROSS JOIN LATERAL
              (SELECT coalesce(t.run_at, now() + make_interval(secs => coalesce(t.delay_secs, 0))) AS run_at) AS r
         ORDER BY t.ord
@@ -163,7 +162,7 @@ pub(crate) async fn insert_many<'e>(
         &columns.delay_secs as &[Option<f64>],
         &columns.tags,
         &columns.timeout_secs as &[Option<f64>],
-        &columns.traceparents as &[Option<String>],
+        &columns.metadata as &[Option<Value>],
     )
     .fetch_all(executor)
     .await?;
