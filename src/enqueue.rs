@@ -12,7 +12,7 @@ use serde_json::Value;
 use sqlx::PgExecutor;
 
 use crate::db;
-use crate::{Job, JobState};
+use crate::{Job, JobState, TraceParent};
 
 /// The error of enqueueing.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +150,7 @@ pub struct EnqueueOptions {
     timeout: Option<Duration>,
     unique: Option<Unique>,
     limits: Option<Limits>,
+    traceparent: Option<TraceParent>,
 }
 
 impl EnqueueOptions {
@@ -215,6 +216,15 @@ impl EnqueueOptions {
     /// (`skiplock.set_limits`).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = Some(limits);
+        self
+    }
+
+    /// The trace context of the code enqueueing the job, stored in its `metadata` column: each
+    /// attempt's span records it, [`JobContext::traceparent`](crate::JobContext::traceparent)
+    /// returns it, and [`WorkerBuilder::trace_context`](crate::WorkerBuilder::trace_context)
+    /// can make the attempt's span a child of the enqueuing span. Default: none.
+    pub fn traceparent(mut self, traceparent: TraceParent) -> Self {
+        self.traceparent = Some(traceparent);
         self
     }
 }
@@ -289,6 +299,7 @@ pub struct NewJob {
     timeout_secs: Option<f64>,
     unique: Option<Unique>,
     limits: Limits,
+    traceparent: Option<TraceParent>,
 }
 
 impl NewJob {
@@ -350,6 +361,7 @@ impl NewJob {
                 .map(|timeout| timeout.as_secs_f64()),
             unique: options.unique,
             limits: options.limits.unwrap_or_default(),
+            traceparent: options.traceparent,
         }
     }
 
@@ -458,7 +470,15 @@ impl NewJob {
             delay_secs: self.delay_secs,
             tags: &self.tags,
             timeout_secs: self.timeout_secs,
+            metadata: self.metadata(),
+            traceparent: self.traceparent.as_ref().map(TraceParent::as_str),
         }
+    }
+
+    /// The job's `metadata` column: `{"traceparent": ...}`, or none.
+    fn metadata(&self) -> Option<Value> {
+        self.traceparent
+            .map(|parent| serde_json::json!({ "traceparent": parent.as_str() }))
     }
 }
 
@@ -615,6 +635,7 @@ pub async fn enqueue_many<'e>(
                 job.kind
             )));
         }
+        columns.metadata.push(job.metadata());
         columns.timeout_secs.push(job.timeout_secs);
         columns.kinds.push(job.kind);
         columns.args.push(job.args);
@@ -627,6 +648,10 @@ pub async fn enqueue_many<'e>(
     }
     if columns.kinds.is_empty() {
         return Ok(Vec::new());
+    }
+    if columns.metadata.iter().all(Option::is_none) {
+        // unnest pads a shorter array with NULLs: a batch without trace context sends none.
+        columns.metadata.clear();
     }
     Ok(db::job::insert_many(executor, &columns).await?)
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db;
 use crate::runtime::running::{Attempt, StopReason};
-use crate::{Backoff, Job};
+use crate::{Backoff, Job, TraceParent};
 
 /// A boxed error, as handlers may return any error type.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -126,6 +126,7 @@ pub(crate) struct JobMeta {
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) tags: Vec<String>,
     pub(crate) worker_id: Arc<str>,
+    pub(crate) traceparent: Option<TraceParent>,
 }
 
 impl<S> JobContext<S> {
@@ -173,6 +174,14 @@ impl<S> JobContext<S> {
     /// The id of the worker running this attempt.
     pub fn worker_id(&self) -> &str {
         &self.meta.worker_id
+    }
+
+    /// The trace context the job was enqueued with
+    /// ([`EnqueueOptions::traceparent`](crate::EnqueueOptions::traceparent)), if any. A value
+    /// in the table that is not a valid [`TraceParent`] (written before the database checked
+    /// it) is `None`.
+    pub fn traceparent(&self) -> Option<&TraceParent> {
+        self.meta.traceparent.as_ref()
     }
 
     /// The application's state, as given to [`Worker::builder`](crate::Worker::builder).

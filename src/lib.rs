@@ -70,11 +70,15 @@
 //! - [`inspect`]: lists, counts, queues, workers, schedules, "why isn't my job running?"
 //!   ([`inspect::explain`]), PostgreSQL health checks ([`inspect::health()`]) and bulk actions:
 //!   what the `skiplock` CLI shows.
+//! - `skiplock::metrics` (feature `metrics`) and [`TraceParent`]: watching skiplock in
+//!   production (`docs/operations.md`).
 //! - The `skiplock-testing` crate (a dev-dependency): a fresh, migrated database per test, on a
 //!   throwaway PostgreSQL server when `DATABASE_URL` is unset.
 //!
 //! # Features
-//! None is on by default. `bench`: the benchmarks `skiplock bench` runs (`skiplock::bench`).
+//! None is on by default. `metrics`: Prometheus metrics of workers and of the database, and an
+//! axum handler serving them (`skiplock::metrics`; brings `prometheus-client` and axum's routing, no
+//! HTTP server). `bench`: the benchmarks `skiplock bench` runs (`skiplock::bench`).
 //! `tls-rustls`, `tls-native-tls`: TLS for connections to remote databases (sqlx's).
 
 mod backoff;
@@ -86,9 +90,14 @@ mod enqueue;
 mod handler;
 pub mod inspect;
 mod job;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod migrate;
 pub mod runtime;
 pub mod schedule;
+mod trace;
 
 pub use crate::backoff::Backoff;
 pub use crate::cron::{CronError, CronSchedule, MAX_CRON_LENGTH};
@@ -111,3 +120,4 @@ pub use crate::runtime::{
     SchedulerError, Worker, WorkerBuilder, WorkerError, WorkerHandle,
 };
 pub use crate::schedule::{Misfire, Schedule, ScheduleError, ScheduleRow};
+pub use crate::trace::{TRACEPARENT_LEN, TraceParent, TraceParentError};

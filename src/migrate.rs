@@ -133,6 +133,12 @@ pub const MIGRATIONS: &[Migration] = &[
         kind: MigrationKind::Transaction,
     },
     Migration {
+        version: 13,
+        name: "job_metadata",
+        sql: include_str!("../migrations/0013_job_metadata.sql"),
+        kind: MigrationKind::Transaction,
+    },
+    Migration {
         version: 14,
         name: "inspection_index",
         sql: include_str!("../migrations/0014_inspection_index.sql"),

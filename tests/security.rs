@@ -14,7 +14,9 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 const ENQUEUE_SIGNATURE: &str = "skiplock.enqueue(text, jsonb, text, timestamptz, integer, \
-    integer, text[], text, boolean, skiplock.job_state[], double precision)";
+    integer, text[], text, boolean, skiplock.job_state[], double precision, text)";
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// A LOGIN role of this test, and a pool connected as it.
 struct Role {
@@ -105,6 +107,16 @@ async fn an_enqueuer_enqueues_cancels_and_retries_but_cannot_write_the_table() {
         .await
         .expect("unique enqueue again");
     assert_eq!(unique, again);
+    // With trace context, from Rust and from SQL.
+    let traced = EnqueueOptions::new().traceparent(TRACEPARENT.parse().expect("traceparent"));
+    skiplock::enqueue_new(pool, &NewJob::untyped("k", json!({}), traced))
+        .await
+        .expect("enqueue with a traceparent");
+    exec(
+        pool,
+        &format!("SELECT skiplock.enqueue('k', '{{}}', traceparent => '{TRACEPARENT}')"),
+    )
+    .await;
     // Cancel and retry, from Rust and from SQL.
     assert_eq!(
         skiplock::cancel(pool, id).await.expect("cancel"),
@@ -154,6 +166,56 @@ async fn an_enqueuer_enqueues_cancels_and_retries_but_cannot_write_the_table() {
         assert_eq!(refused(pool, sql).await, DENIED, "{sql}");
     }
     enqueuer.remove(&db).await;
+}
+
+/// 0013 replaced `skiplock.enqueue` (a new argument makes a new function) and added the
+/// `metadata` column: roles granted access before it keep what they had, and may use both.
+#[tokio::test]
+async fn roles_granted_before_0013_keep_their_access_to_enqueue() {
+    let db = common::database().await;
+    common::schema_at(db.pool(), 11).await;
+    let enqueuer = Role::new(&db, "early_enqueuer", Some("enqueuer")).await;
+    let app = Role::new(&db, "early_app", None).await;
+    exec(
+        db.pool(),
+        &format!(
+            "GRANT USAGE ON SCHEMA skiplock TO {0};
+             GRANT EXECUTE ON FUNCTION skiplock.enqueue(text, jsonb, text, timestamptz, integer,
+                 integer, text[], text, boolean, skiplock.job_state[], double precision)
+                 TO {0} WITH GRANT OPTION",
+            app.name
+        ),
+    )
+    .await;
+    let report = skiplock::migrate(db.pool()).await.expect("migrate");
+    assert!(report.applied.contains(&13), "{report:?}");
+
+    let traced = || EnqueueOptions::new().traceparent(TRACEPARENT.parse().expect("traceparent"));
+    skiplock::enqueue_new(&enqueuer.pool, &NewJob::untyped("k", json!({}), traced()))
+        .await
+        .expect("the enqueuer's Rust enqueue, metadata included");
+    let sql = format!("SELECT skiplock.enqueue('k', '{{}}', traceparent => '{TRACEPARENT}')");
+    exec(&enqueuer.pool, &sql).await;
+    exec(&app.pool, &sql).await;
+    let grantable: bool = sqlx::query_scalar(
+        "SELECT has_function_privilege($1, $2::regprocedure, 'EXECUTE WITH GRANT OPTION')",
+    )
+    .bind(&app.name)
+    .bind(ENQUEUE_SIGNATURE)
+    .fetch_one(db.pool())
+    .await
+    .expect("privilege");
+    assert!(grantable, "the grant option is kept");
+    let old: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_proc WHERE proname = 'enqueue'
+           AND pronamespace = 'skiplock'::regnamespace",
+    )
+    .fetch_one(db.pool())
+    .await
+    .expect("functions");
+    assert_eq!(old, 1, "one skiplock.enqueue, the new one");
+    enqueuer.remove(&db).await;
+    app.remove(&db).await;
 }
 
 #[tokio::test]
@@ -228,6 +290,7 @@ async fn nobody_else_may_execute_the_functions_and_definers_pin_their_search_pat
         public,
         [
             "skiplock.initial_state(timestamp with time zone)",
+            "skiplock.metadata_valid(jsonb)",
             "skiplock.tags_fit(text[],integer)"
         ],
         "executable by PUBLIC"

@@ -8,7 +8,12 @@ use sqlx::PgConnection;
 use super::probe::{KIND, Noop, Probe};
 use super::{BenchConfig, BenchDatabase, BenchError, Progress, QUEUE, Report, cost, reporting};
 use crate::db;
+use crate::metrics::{Format, Metrics};
 use crate::{Worker, WorkerHandle};
+
+/// How often a drain with metrics encodes them, as a scrape would (Prometheus scrapes every
+/// 15 s by default: this is the pessimistic end).
+const SCRAPE_EVERY: Duration = Duration::from_secs(1);
 
 /// The kind of filler rows, which no benchmark worker runs.
 const FILLER_KIND: &str = "bench_filler";
@@ -70,11 +75,31 @@ impl Drain {
 
         let probe = Probe::counting();
         let pool = database.pool(2).await?;
-        let workers = start_workers(config, &pool, &probe, self.concurrency, self.workers)?;
+        let metrics = config.metrics.then(Metrics::new);
+        let workers = start_workers(
+            config,
+            &pool,
+            &probe,
+            self.concurrency,
+            self.workers,
+            metrics.as_ref(),
+        )?;
         let total = self.jobs;
+        let mut scrapes = 0_u64;
         let all_started = async {
             let (mut seen, mut since) = (0, tokio::time::Instant::now());
+            let mut scraped = tokio::time::Instant::now();
             while probe.started() < total {
+                if let Some(metrics) = &metrics
+                    && scraped.elapsed() >= SCRAPE_EVERY
+                {
+                    scraped = tokio::time::Instant::now();
+                    scrapes += 1;
+                    metrics
+                        .render(Format::Prometheus)
+                        .await
+                        .map_err(|error| BenchError::Incomplete(error.to_string()))?;
+                }
                 if probe.started() != seen {
                     (seen, since) = (probe.started(), tokio::time::Instant::now());
                 } else if since.elapsed() > SETTLE_TIMEOUT {
@@ -113,7 +138,8 @@ impl Drain {
             .detail("concurrency", self.concurrency)
             .detail("scheduled", self.scheduled)
             .detail("finished", self.finished)
-            .detail("foreign", self.foreign);
+            .detail("foreign", self.foreign)
+            .detail("scrapes", scrapes);
         before.finish(&mut conn, report).await
     }
 
@@ -157,25 +183,30 @@ impl Drain {
     }
 }
 
-/// Builds `count` benchmark workers on queue [`QUEUE`], then starts them all (so that none is
-/// left running when building another fails).
+/// Builds `count` benchmark workers on queue [`QUEUE`] (counting in `metrics`, if given), then
+/// starts them all (so that none is left running when building another fails).
 pub(super) fn start_workers(
     config: &BenchConfig,
     pool: &sqlx::PgPool,
     probe: &Arc<Probe>,
     concurrency: usize,
     count: u32,
+    metrics: Option<&Metrics>,
 ) -> Result<Vec<WorkerHandle>, BenchError> {
     let workers = (0..count)
         .map(|index| {
-            Worker::builder(pool.clone(), probe.clone())
+            let builder = Worker::builder(pool.clone(), probe.clone())
                 .register::<Noop>()
                 .queue(QUEUE, concurrency)
                 .id(format!("bench-{}-{index}", std::process::id()))
                 .synchronous_commit(!config.async_commit)
-                .run_scheduler(false)
-                .build()
-                .map_err(BenchError::Worker)
+                .run_scheduler(false);
+            match metrics {
+                Some(metrics) => builder.metrics(metrics),
+                None => builder,
+            }
+            .build()
+            .map_err(BenchError::Worker)
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(workers.into_iter().map(Worker::start).collect())

@@ -111,6 +111,10 @@ pub struct BenchConfig {
     /// ([`WorkerBuilder::synchronous_commit`](crate::WorkerBuilder::synchronous_commit)).
     /// Default `false`: durable commits.
     pub async_commit: bool,
+    /// Workers count their metrics ([`WorkerBuilder::metrics`](crate::WorkerBuilder::metrics),
+    /// one fresh [`Metrics`](crate::metrics::Metrics) per run), and a drain encodes them once a
+    /// second as a scrape would: what metrics cost. Default `false`.
+    pub metrics: bool,
 }
 
 impl BenchConfig {
@@ -119,6 +123,7 @@ impl BenchConfig {
         Self {
             server,
             async_commit: false,
+            metrics: false,
         }
     }
 }
@@ -169,6 +174,8 @@ pub struct Report {
     pub dead_tuples: i64,
     /// Whether claims and completions committed with `synchronous_commit = off`.
     pub async_commit: bool,
+    /// Whether the workers counted metrics ([`BenchConfig::metrics`]).
+    pub metrics: bool,
     /// The scenario's settings and its own figures (backlog, per-window rates, ...).
     pub details: serde_json::Map<String, serde_json::Value>,
 }
@@ -237,6 +244,7 @@ pub async fn run(
     database.drop().await;
     report.map(|report| Report {
         async_commit: config.async_commit,
+        metrics: config.metrics,
         ..report
     })
 }

@@ -91,7 +91,15 @@ impl Steady {
             None => None,
         };
         // Last, so that no fallible step comes after the workers are running.
-        let workers = start_workers(config, &worker_pool, &probe, self.concurrency, self.workers)?;
+        let metrics = config.metrics.then(crate::metrics::Metrics::new);
+        let workers = start_workers(
+            config,
+            &worker_pool,
+            &probe,
+            self.concurrency,
+            self.workers,
+            metrics.as_ref(),
+        )?;
 
         let enqueued = Arc::new(AtomicU64::new(0));
         let started = Instant::now();

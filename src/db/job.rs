@@ -17,6 +17,11 @@ pub(crate) struct InsertRow<'a> {
     pub(crate) delay_secs: Option<f64>,
     pub(crate) tags: &'a [String],
     pub(crate) timeout_secs: Option<f64>,
+    /// `metadata`, as `{"traceparent": ...}`; validated by the caller and by the table's
+    /// `jobs_metadata_valid`.
+    pub(crate) metadata: Option<Value>,
+    /// The traceparent in it, for `skiplock.enqueue`.
+    pub(crate) traceparent: Option<&'a str>,
 }
 
 /// Inserts one job and, when it is runnable now, wakes its queue (the notification is
@@ -33,10 +38,10 @@ pub(crate) async fn insert<'e>(
         r#"
         WITH inserted AS (
             INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, run_at, tags,
-                                       state, timeout_secs)
+                                       state, timeout_secs, metadata)
             SELECT $1, $2, $3, $4, $5, t.run_at, $8,
                    skiplock.initial_state(t.run_at),
-                   $9
+                   $9, $10
             FROM (SELECT coalesce($6, now() + make_interval(secs => coalesce($7::float8, 0))) AS run_at) AS t
             RETURNING id, queue, state
         )
@@ -54,6 +59,7 @@ pub(crate) async fn insert<'e>(
         row.delay_secs,
         row.tags,
         row.timeout_secs,
+        row.metadata,
     )
     .fetch_one(executor)
     .await
@@ -75,7 +81,7 @@ pub(crate) async fn insert_unique<'e>(
             run_at => coalesce($6, now() + make_interval(secs => coalesce($7::float8, 0))),
             tags => $8, timeout_secs => $9,
             unique_key => $10, unique_by_args => $10::text IS NULL,
-            unique_states => $11::skiplock.job_state[]
+            unique_states => $11::skiplock.job_state[], traceparent => $12
         ) AS "id!"
         "#,
         row.kind,
@@ -89,6 +95,7 @@ pub(crate) async fn insert_unique<'e>(
         row.timeout_secs,
         unique_key,
         unique_states as &[JobState],
+        row.traceparent,
     )
     .fetch_one(executor)
     .await
@@ -108,6 +115,9 @@ pub(crate) struct InsertColumns {
     /// Each job's tags as a JSON array of strings: PostgreSQL arrays must be rectangular, so a
     /// `text[][]` parameter cannot carry tag lists of different lengths.
     pub(crate) tags: Vec<Value>,
+    /// Each job's `metadata` (`{"traceparent": ...}`, validated); empty when no job has any
+    /// (`unnest` pads the shorter arrays with NULLs).
+    pub(crate) metadata: Vec<Option<Value>>,
 }
 
 /// Inserts many jobs in one statement (one round trip, no parameter-count limit: every column
@@ -123,16 +133,16 @@ pub(crate) async fn insert_many<'e>(
         r#"
         WITH inserted AS (
         INSERT INTO skiplock.jobs (kind, args, queue, priority, max_attempts, run_at, tags, state,
-                                   timeout_secs)
+                                   timeout_secs, metadata)
         SELECT t.kind, t.args, t.queue, t.priority, t.max_attempts, r.run_at,
                ARRAY(SELECT tag FROM jsonb_array_elements_text(t.tags) WITH ORDINALITY AS e(tag, n)
                      ORDER BY n),
                skiplock.initial_state(r.run_at),
-               t.timeout_secs
+               t.timeout_secs, t.metadata
         FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::smallint[], $5::int[],
-                    $6::timestamptz[], $7::float8[], $8::jsonb[], $9::float8[])
+                    $6::timestamptz[], $7::float8[], $8::jsonb[], $9::float8[], $10::jsonb[])
              WITH ORDINALITY AS t(kind, args, queue, priority, max_attempts, run_at, delay_secs, tags,
-                                  timeout_secs, ord)
+                                  timeout_secs, metadata, ord)
         CROSS JOIN LATERAL
              (SELECT coalesce(t.run_at, now() + make_interval(secs => coalesce(t.delay_secs, 0))) AS run_at) AS r
         ORDER BY t.ord
@@ -152,6 +162,7 @@ pub(crate) async fn insert_many<'e>(
         &columns.delay_secs as &[Option<f64>],
         &columns.tags,
         &columns.timeout_secs as &[Option<f64>],
+        &columns.metadata as &[Option<Value>],
     )
     .fetch_all(executor)
     .await?;
@@ -185,6 +196,11 @@ pub(crate) struct Claimed {
     pub(crate) tags: Vec<String>,
     pub(crate) lease_token: i64,
     pub(crate) timeout_secs: Option<f64>,
+    /// `metadata->>'traceparent'`, unvalidated: the worker parses it (a row written before
+    /// `jobs_metadata_valid`, or by hand, must not reach spans unchecked).
+    pub(crate) traceparent: Option<String>,
+    /// Seconds from `run_at` to this claim (database time): how long the job waited while due.
+    pub(crate) pickup_lag_secs: f64,
     /// The byte bound left out jobs this claim could otherwise have taken (the same in every
     /// row of one claim): more are waiting.
     pub(crate) cut_by_bytes: bool,
@@ -273,6 +289,8 @@ pub(crate) async fn claim<'e>(
                   ARRAY(SELECT tag FROM unnest(j.tags) WITH ORDINALITY AS t(tag, n)
                         WHERE tag IS NOT NULL ORDER BY n) AS "tags!",
                   j.lease_token AS "lease_token!", j.timeout_secs,
+                  j.metadata ->> 'traceparent' AS traceparent,
+                  extract(epoch FROM now() - j.run_at)::float8 AS "pickup_lag_secs!",
                   (SELECT count(*) FROM heads) > (SELECT count(*) FROM picked) AS "cut_by_bytes!"
         "#,
         queue,

@@ -16,6 +16,8 @@ pub(crate) mod inspect;
 pub(crate) mod job;
 pub(crate) mod job_list;
 pub(crate) mod leader;
+#[cfg(feature = "metrics")]
+pub(crate) mod metrics;
 pub(crate) mod migration;
 pub(crate) mod schedule;
 pub(crate) mod session;

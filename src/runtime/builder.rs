@@ -9,7 +9,10 @@ use super::connections::{SessionSettings, WorkerPools};
 use super::heartbeat::FENCE_AFTER;
 use super::registry::Registry;
 use super::{DEFAULT_PRUNE_INTERVAL, Retention, SchedulerConfig, Worker, declare, heartbeat};
-use crate::{Handler, Schedule};
+use crate::{Handler, Schedule, TraceParent};
+
+/// What [`WorkerBuilder::trace_context`] is given.
+pub(crate) type TraceContextHook = Arc<dyn Fn(&tracing::Span, &TraceParent) + Send + Sync>;
 
 /// Jobs one queue runs at once unless [`WorkerBuilder::queue`] says otherwise: 10.
 pub const DEFAULT_CONCURRENCY: usize = 10;
@@ -107,6 +110,9 @@ pub struct WorkerBuilder<S = ()> {
     schedules: Vec<Schedule>,
     schedule_owner: Option<String>,
     schedule_generation: i64,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
+    trace_context: Option<TraceContextHook>,
 }
 
 /// Timings shared by the builder and the worker.
@@ -180,6 +186,9 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             schedules: Vec::new(),
             schedule_owner: None,
             schedule_generation: 0,
+            #[cfg(feature = "metrics")]
+            metrics: None,
+            trace_context: None,
         }
     }
 }
@@ -375,6 +384,33 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
         self
     }
 
+    /// Counts what this worker does in `metrics` (the `skiplock_jobs_...`, `skiplock_claim_...`
+    /// and other worker metrics of [`skiplock::metrics`](crate::metrics)). Several workers may
+    /// share one [`Metrics`](crate::metrics::Metrics): their counts add up. Handles for every
+    /// queue are made by [`build`](Self::build), those of a kind at its first attempt in a
+    /// queue, so the worker never builds label sets while it works. Default: no metrics, and
+    /// the worker's roles do no metrics work at all.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
+    /// Called for each attempt of a job that carries trace context
+    /// ([`EnqueueOptions::traceparent`](crate::EnqueueOptions::traceparent)), with the
+    /// attempt's `skiplock.job` span before it is entered and the job's [`TraceParent`]: the
+    /// place to make that span a child of the enqueuer's, for instance with
+    /// `tracing-opentelemetry`'s `span.set_parent(...)` (see `examples/opentelemetry`). The span
+    /// records the value as its field `traceparent` either way. A panic in `link` is caught and
+    /// logged; the attempt runs. Default: none.
+    pub fn trace_context(
+        mut self,
+        link: impl Fn(&tracing::Span, &TraceParent) + Send + Sync + 'static,
+    ) -> Self {
+        self.trace_context = Some(Arc::new(link));
+        self
+    }
+
     /// The worker's id, recorded in `attempted_by` of every job it claims. Default:
     /// `<hostname>:<pid>:<random>`, unique per process and worker.
     pub fn id(mut self, id: impl Into<String>) -> Self {
@@ -454,6 +490,12 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
         }
         let id = self.id.unwrap_or_else(default_worker_id);
         let pools = internal_pool(&self.pool, &self.config, queues.len());
+        #[cfg(feature = "metrics")]
+        let metrics = self
+            .metrics
+            .map(|metrics| Arc::new(metrics.worker(&queues, &self.registry.kinds())));
+        #[cfg(not(feature = "metrics"))]
+        let metrics = None;
         Ok(Worker {
             pools,
             state: self.state,
@@ -463,6 +505,8 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
             id: id.into(),
             schedules: Arc::new(self.schedules),
             owner,
+            metrics,
+            trace_context: self.trace_context,
         })
     }
 }

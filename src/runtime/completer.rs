@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::running::RunningAttempts;
 use super::stats::OutcomeStats;
+use crate::metrics::WorkerMetrics;
 use crate::{ErrorKind, JobState, db};
 
 /// The most outcomes written by one statement.
@@ -104,6 +105,7 @@ pub(crate) struct Completer {
     running: Arc<RunningAttempts>,
     /// Where recorded outcomes are counted, for `skiplock.job_stats`.
     stats: Arc<OutcomeStats>,
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl Completer {
@@ -120,7 +122,14 @@ impl Completer {
             receiver,
             running,
             stats,
+            metrics: None,
         }
+    }
+
+    /// Counts batch sizes and write times in `metrics` (`skiplock_completion_...`).
+    pub(crate) fn with_metrics(mut self, metrics: Option<Arc<WorkerMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Records outcomes until every sender is gone and the channel is drained. A batch whose
@@ -169,7 +178,11 @@ impl Completer {
     /// cannot be stored is recorded as failed with kind `unrecordable_outcome`.
     async fn flush(&self, batch: &mut Vec<Completion>) -> CompleterReport {
         let outcomes = to_columns(batch.drain(..));
+        let started = self.metrics.as_ref().map(|_| tokio::time::Instant::now());
         let report = self.write_all(&outcomes).await;
+        if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+            metrics.completed_batch(outcomes.len(), started.elapsed());
+        }
         for (id, lease_token) in outcomes.ids.iter().zip(&outcomes.lease_tokens) {
             self.running.remove(*id, *lease_token);
         }

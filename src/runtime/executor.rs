@@ -16,12 +16,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::builder::TraceContextHook;
 use super::completer::{Completion, Outcome};
 use super::registry::{Registry, RunResult};
 use super::running::{Attempt, RunningAttempts, StopReason};
-use crate::ErrorKind;
 use crate::db::job::Claimed;
 use crate::handler::{JobContext, JobMeta};
+use crate::metrics::{AttemptOutcome, WorkerMetrics};
+use crate::{ErrorKind, TraceParent};
 
 /// Runs attempts for one worker; shared by all its producers.
 pub(crate) struct Executor<S> {
@@ -38,6 +40,10 @@ pub(crate) struct Executor<S> {
     pub(crate) lease: Duration,
     /// The timeout of jobs that have none of their own.
     pub(crate) default_timeout: Option<Duration>,
+    /// What attempts count, when the worker has metrics; the producers' claims count there too.
+    pub(crate) metrics: Option<Arc<WorkerMetrics>>,
+    /// Links each attempt's span to the trace its job carries.
+    pub(crate) trace_context: Option<TraceContextHook>,
 }
 
 /// How the handler's future ended.
@@ -54,16 +60,44 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
     /// Not cancel safe: dropped midway, the attempt's outcome is never recorded (the job stays
     /// `running` until its lease runs out). The worker never drops it.
     pub(crate) async fn execute(&self, job: Claimed, leased_at: Instant) {
+        let traceparent = job.traceparent.as_deref().and_then(|value| {
+            TraceParent::parse(value)
+                .inspect_err(|error| {
+                    tracing::debug!(job.id = job.id, %error, "ignoring the job's malformed traceparent");
+                })
+                .ok()
+        });
         let span = tracing::info_span!(
             "skiplock.job",
             job.id = job.id,
             job.kind = %job.kind,
             job.queue = %job.queue,
             job.attempt = job.attempt,
+            worker.id = %self.worker_id,
+            traceparent = traceparent.as_ref().map(TraceParent::as_str),
         );
+        if let (Some(link), Some(parent)) = (&self.trace_context, &traceparent) {
+            // User code: a panic must not lose the attempt (it is not registered yet).
+            let linked = std::panic::catch_unwind(AssertUnwindSafe(|| link(&span, parent)));
+            if linked.is_err() {
+                tracing::error!(job.id = job.id, "the trace_context hook panicked; ignored");
+            }
+        }
+        // Looked up in handles made before the worker started: no allocation, no lock.
+        let metrics = self
+            .metrics
+            .as_deref()
+            .and_then(|metrics| metrics.job(&job.queue, &job.kind));
+        let started = metrics.map(|metrics| {
+            metrics.started(job.pickup_lag_secs);
+            Instant::now()
+        });
         let attempt = Arc::new(Attempt::new(job.id, job.lease_token, leased_at));
         self.running.insert(attempt.clone());
-        let outcome = self.run(job, &attempt).instrument(span).await;
+        let outcome = self.run(job, &attempt, traceparent).instrument(span).await;
+        if let (Some(metrics), Some(started)) = (metrics, started) {
+            metrics.ended(label(outcome.as_ref(), &attempt), started.elapsed());
+        }
         let Some(outcome) = outcome else {
             self.running.remove(attempt.id, attempt.lease_token);
             return;
@@ -87,7 +121,12 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
     }
 
     /// Runs the handler; `None` when there is nothing to record.
-    async fn run(&self, job: Claimed, attempt: &Arc<Attempt>) -> Option<Outcome> {
+    async fn run(
+        &self,
+        job: Claimed,
+        attempt: &Arc<Attempt>,
+        traceparent: Option<TraceParent>,
+    ) -> Option<Outcome> {
         let Claimed {
             id,
             kind,
@@ -136,6 +175,7 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
                 created_at,
                 tags,
                 worker_id: self.worker_id.clone(),
+                traceparent,
             }),
             state: self.state.clone(),
             attempt: attempt.clone(),
@@ -256,6 +296,21 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
                 }
             }
         }
+    }
+}
+
+/// The `outcome` label of an attempt that ended with `outcome` (`None`: nothing to record).
+fn label(outcome: Option<&Outcome>, attempt: &Attempt) -> AttemptOutcome {
+    match outcome {
+        Some(Outcome::Completed(_)) => AttemptOutcome::Completed,
+        Some(Outcome::Retry { .. }) => AttemptOutcome::Retried,
+        Some(Outcome::Failed { .. }) => AttemptOutcome::Failed,
+        Some(Outcome::Cancelled { .. }) => AttemptOutcome::Cancelled,
+        Some(Outcome::Interrupted { .. }) => AttemptOutcome::Interrupted,
+        Some(Outcome::Snoozed { .. }) => AttemptOutcome::Snoozed,
+        // Completed in the handler's own transaction, or given up because the lease was lost.
+        None if attempt.completed_in_tx() && !attempt.is_lease_lost() => AttemptOutcome::Completed,
+        None => AttemptOutcome::Lost,
     }
 }
 

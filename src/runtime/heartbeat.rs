@@ -20,6 +20,7 @@ use super::deadline::deadline;
 use super::running::{RunningAttempts, StopReason};
 use super::stats::OutcomeStats;
 use crate::db;
+use crate::metrics::WorkerMetrics;
 
 /// The share of the lease after which an attempt without a renewal is stopped.
 pub(crate) const FENCE_AFTER: f64 = 0.5;
@@ -80,6 +81,7 @@ pub(crate) struct Heartbeat {
     /// internal pool (the keeper pool is for renewals alone).
     stats: Arc<OutcomeStats>,
     stats_pool: PgPool,
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl Heartbeat {
@@ -98,7 +100,14 @@ impl Heartbeat {
             identity,
             stats,
             stats_pool,
+            metrics: None,
         }
+    }
+
+    /// Counts failed renewals in `metrics` (`skiplock_lease_renewals_failed_total`).
+    pub(crate) fn with_metrics(mut self, metrics: Option<Arc<WorkerMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Renews leases every interval until `stop` fires, fencing attempts whose lease is in
@@ -114,6 +123,9 @@ impl Heartbeat {
                     _ = renew.tick() => {}
                 }
                 if let Err(error) = self.run_once().await {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.renewal_failed();
+                    }
                     tracing::warn!(%error, "could not renew leases; retrying");
                 }
                 self.flush_stats().await;

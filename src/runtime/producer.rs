@@ -156,7 +156,12 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
         );
         // A claim that times out may still commit; its jobs then wait for their lease to expire
         // and are rescued. Better than a producer hung on a dead connection.
-        let jobs = deadline(self.config.timeout, claim).await?;
+        let jobs = deadline(self.config.timeout, claim).await;
+        if let Some(metrics) = &self.executor.metrics {
+            let claimed = jobs.as_ref().map_or(0, Vec::len);
+            metrics.claimed(&self.config.queue, claimed, leased_at.elapsed());
+        }
+        let jobs = jobs?;
         let claimed = jobs.len();
         let cut_by_bytes = jobs.first().is_some_and(|job| job.cut_by_bytes);
         for job in jobs {
@@ -246,6 +251,8 @@ mod tests {
             cancel_timeout: Duration::from_secs(1),
             lease: Duration::from_secs(60),
             default_timeout: None,
+            metrics: None,
+            trace_context: None,
         });
         let config = ProducerConfig {
             queue: "default".into(),

@@ -30,6 +30,7 @@ use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::deadline::DbCallError;
+use crate::metrics::WorkerMetrics;
 
 /// Consecutive failures after which a role counts as unhealthy: 3.
 pub const UNHEALTHY_AFTER: u32 = 3;
@@ -277,9 +278,19 @@ impl RoleHealth {
 pub(crate) struct Monitor {
     roles: Arc<Mutex<Vec<RoleMonitor>>>,
     maintenance: Arc<AtomicBool>,
+    /// Where failures are counted too (`skiplock_role_restarts_total`), with metrics.
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl Monitor {
+    /// A monitor whose roles also count their failures in `metrics`.
+    pub(crate) fn new(metrics: Option<Arc<WorkerMetrics>>) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
     /// Records whether this worker runs the maintenance roles now.
     pub(crate) fn set_maintenance(&self, runs: bool) {
         self.maintenance.store(runs, Ordering::Relaxed);
@@ -293,14 +304,20 @@ impl Monitor {
         if let Some(role) = roles.iter().find(|role| role.name() == name) {
             return role.clone();
         }
-        let role = RoleMonitor(Arc::new(Mutex::new(RoleHealth {
-            name,
-            consecutive_failures: 0,
-            failures: 0,
-            panics: 0,
-            last_error: None,
-            last_success: None,
-        })));
+        if let Some(metrics) = &self.metrics {
+            metrics.role_started(&name);
+        }
+        let role = RoleMonitor {
+            health: Arc::new(Mutex::new(RoleHealth {
+                name,
+                consecutive_failures: 0,
+                failures: 0,
+                panics: 0,
+                last_error: None,
+                last_success: None,
+            })),
+            metrics: self.metrics.clone(),
+        };
         roles.push(role.clone());
         role
     }
@@ -316,11 +333,14 @@ impl Monitor {
 
 /// One role's entry in its worker's [`Monitor`].
 #[derive(Clone, Debug)]
-pub(crate) struct RoleMonitor(Arc<Mutex<RoleHealth>>);
+pub(crate) struct RoleMonitor {
+    health: Arc<Mutex<RoleHealth>>,
+    metrics: Option<Arc<WorkerMetrics>>,
+}
 
 impl RoleMonitor {
     fn lock(&self) -> std::sync::MutexGuard<'_, RoleHealth> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn name(&self) -> String {
@@ -337,13 +357,17 @@ impl RoleMonitor {
         health.last_success = Some(SystemTime::now());
     }
 
-    /// Records a failure; returns the consecutive failures so far.
+    /// Records a failure (after which the role is restarted or retried); returns the
+    /// consecutive failures so far.
     pub(crate) fn failed(&self, message: String, panicked: bool) -> u32 {
         let mut health = self.lock();
         health.consecutive_failures = health.consecutive_failures.saturating_add(1);
         health.failures += 1;
         health.panics += u64::from(panicked);
         health.last_error = Some(message);
+        if let Some(metrics) = &self.metrics {
+            metrics.role_restarted(&health.name);
+        }
         health.consecutive_failures
     }
 }

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::builder::Config;
+use super::builder::{Config, TraceContextHook};
 use super::completer::{Completer, CompleterConfig};
 use super::connections::WorkerPools;
 use super::executor::Executor;
@@ -29,6 +29,7 @@ use super::stats::OutcomeStats;
 use super::unrunnable::{Unrunnable, UnrunnableConfig};
 use super::{declare, heartbeat, leader};
 use crate::Schedule;
+use crate::metrics::WorkerMetrics;
 
 /// The error of running a [`Worker`].
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,9 @@ pub struct Worker<S = ()> {
     pub(super) id: Arc<str>,
     pub(super) schedules: Arc<Vec<Schedule>>,
     pub(super) owner: declare::Owner,
+    /// What the roles count, when the builder was given metrics.
+    pub(super) metrics: Option<Arc<WorkerMetrics>>,
+    pub(super) trace_context: Option<TraceContextHook>,
 }
 
 impl<S: Clone + Send + Sync + 'static> Worker<S> {
@@ -109,17 +113,24 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     /// # Cancel safety
     /// Not cancel safe, as [`run`](Self::run).
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
-        self.run_monitored(shutdown, Monitor::default()).await;
+        let monitor = Monitor::new(self.metrics.clone());
+        self.run_monitored(shutdown, monitor).await;
     }
 
     async fn run_monitored(self, shutdown: impl Future<Output = ()>, monitor: Monitor) {
         let stop = CancellationToken::new();
+        if let Some(metrics) = &self.metrics {
+            metrics.worker_started();
+        }
         let running = self.spawn_roles(stop.clone(), &monitor);
         shutdown.await;
         tracing::info!(worker.id = %self.id, "worker stopping");
         stop.cancel();
         running.finish(&self.config).await;
         self.pools.close().await;
+        if let Some(metrics) = &self.metrics {
+            metrics.worker_stopped();
+        }
         tracing::info!(worker.id = %self.id, "worker stopped");
     }
 
@@ -128,7 +139,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let stop = CancellationToken::new();
         let id = self.id.clone();
         let signal = stop.clone();
-        let monitor = Monitor::default();
+        let monitor = Monitor::new(self.metrics.clone());
         let roles = monitor.clone();
         let task =
             tokio::spawn(async move { self.run_monitored(signal.cancelled_owned(), roles).await });
@@ -156,7 +167,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             receiver,
             running.clone(),
             stats.clone(),
-        );
+        )
+        .with_metrics(self.metrics.clone());
         // Supervised batch by batch inside (it owns the channel's receiving end).
         let completer = tokio::spawn(completer.run(monitor.role("completer")));
         let executor = Arc::new(Executor {
@@ -172,6 +184,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             cancel_timeout: config.cancel_timeout,
             lease: config.lease,
             default_timeout: config.job_timeout,
+            metrics: self.metrics.clone(),
+            trace_context: self.trace_context.clone(),
         });
         let kinds = self.registry.kinds();
 
@@ -323,14 +337,17 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             connect_timeout: config.db_timeout,
         };
         let identity = heartbeat::identity(self.id.clone(), &self.queues, kinds);
-        let heartbeat = Arc::new(Heartbeat::new(
-            self.pools.keeper.clone(),
-            heartbeat,
-            running.clone(),
-            identity,
-            stats,
-            self.pools.internal.clone(),
-        ));
+        let heartbeat = Arc::new(
+            Heartbeat::new(
+                self.pools.keeper.clone(),
+                heartbeat,
+                running.clone(),
+                identity,
+                stats,
+                self.pools.internal.clone(),
+            )
+            .with_metrics(self.metrics.clone()),
+        );
         keepers.spawn({
             let health = monitor.role("heartbeat");
             let heartbeat = heartbeat.clone();

@@ -53,6 +53,18 @@ pub async fn with_worker<T>(builder: WorkerBuilder<PgPool>, body: impl Future<Ou
     value
 }
 
+/// Starts `worker`, runs `body` while it works, shuts the worker down, and returns what `body`
+/// returned: [`with_worker`] for workers of any state.
+pub async fn with_worker_of<S, T>(worker: Worker<S>, body: impl Future<Output = T>) -> T
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let running = worker.start();
+    let value = body.await;
+    running.shutdown().await.expect("shutdown");
+    value
+}
+
 /// Replaces the skiplock schema with the one migrations up to `version` build (0: none at all):
 /// a database as an earlier release left it.
 pub async fn schema_at(pool: &PgPool, version: i32) {

@@ -11,33 +11,102 @@ use skiplock::bench::{
 };
 use sqlx::postgres::PgConnectOptions;
 
-use crate::cli::{BenchArgs, BenchScenario};
+use crate::cli::{BenchArgs, BenchMetrics, BenchScenario};
 
 pub(crate) async fn run(server: PgConnectOptions, args: BenchArgs) -> anyhow::Result<()> {
     let scenario = scenario(args.scenario);
     let mut config = BenchConfig::new(server);
     config.async_commit = args.async_commit;
     let terminal = std::io::stderr().is_terminal();
-    for _ in 0..args.repeat.max(1) {
-        let report = bench::run(&config, &scenario, &|progress| {
-            if terminal {
-                show_progress(progress);
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..args.repeat.max(1) {
+        // Compared runs alternate which goes first (off-on, on-off, ...), so a drift of the
+        // machine over the session weighs on both alike.
+        let settings = match args.metrics {
+            BenchMetrics::Off => vec![false],
+            BenchMetrics::On => vec![true],
+            BenchMetrics::Compare if round % 2 == 0 => vec![false, true],
+            BenchMetrics::Compare => vec![true, false],
+        };
+        for metrics in settings {
+            config.metrics = metrics;
+            let report = once(&config, &scenario, terminal).await?;
+            rates[usize::from(metrics)].push(report.jobs_per_s);
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", sentence(&report));
             }
-        })
-        .await;
-        if terminal {
-            // Clear the progress line.
-            eprint!("\r\x1b[2K");
+            std::io::stdout().flush()?;
         }
-        let report = report.context("benchmark failed")?;
+    }
+    if args.metrics == BenchMetrics::Compare {
+        let [off, on] = rates.map(|mut rates| {
+            rates.sort_by(f64::total_cmp);
+            rates
+        });
+        let summary = compare(&off, &on);
         if args.json {
-            println!("{}", serde_json::to_string(&report)?);
+            println!("{summary}");
         } else {
-            println!("{}", sentence(&report));
+            println!(
+                "metrics off: median {:.0} jobs/s (min {:.0}, max {:.0}); on: median {:.0} jobs/s \
+                 (min {:.0}, max {:.0}); on/off {:+.1}% over {} runs each",
+                summary["off"]["median"].as_f64().unwrap_or_default(),
+                summary["off"]["min"].as_f64().unwrap_or_default(),
+                summary["off"]["max"].as_f64().unwrap_or_default(),
+                summary["on"]["median"].as_f64().unwrap_or_default(),
+                summary["on"]["min"].as_f64().unwrap_or_default(),
+                summary["on"]["max"].as_f64().unwrap_or_default(),
+                summary["change_percent"].as_f64().unwrap_or_default(),
+                off.len(),
+            );
         }
-        std::io::stdout().flush()?;
     }
     Ok(())
+}
+
+/// Medians and spreads of jobs/s without (`off`) and with (`on`) metrics, both sorted.
+fn compare(off: &[f64], on: &[f64]) -> serde_json::Value {
+    let median = |rates: &[f64]| match rates.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => rates[n / 2],
+        n => (rates[n / 2 - 1] + rates[n / 2]) / 2.0,
+    };
+    let stats = |rates: &[f64]| {
+        serde_json::json!({
+            "median": median(rates),
+            "min": rates.first().copied().unwrap_or_default(),
+            "max": rates.last().copied().unwrap_or_default(),
+            "runs": rates,
+        })
+    };
+    let change = if median(off) > 0.0 {
+        (median(on) / median(off) - 1.0) * 100.0
+    } else {
+        0.0
+    };
+    serde_json::json!({
+        "scenario": "metrics_compare",
+        "off": stats(off),
+        "on": stats(on),
+        "change_percent": change,
+    })
+}
+
+/// One run of `scenario`, with a progress line on a terminal.
+async fn once(config: &BenchConfig, scenario: &Scenario, terminal: bool) -> anyhow::Result<Report> {
+    let report = bench::run(config, scenario, &|progress| {
+        if terminal {
+            show_progress(progress);
+        }
+    })
+    .await;
+    if terminal {
+        // Clear the progress line.
+        eprint!("\r\x1b[2K");
+    }
+    report.context("benchmark failed")
 }
 
 fn scenario(args: BenchScenario) -> Scenario {
@@ -141,5 +210,8 @@ fn sentence(report: &Report) -> String {
             ""
         }
     ));
+    if report.metrics {
+        line.push_str(" (metrics on)");
+    }
     line
 }

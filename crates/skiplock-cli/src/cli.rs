@@ -49,6 +49,28 @@ pub(crate) enum Command {
     /// Measure skiplock on this server, each scenario in a fresh database of its own (the role
     /// needs CREATEDB). Use an otherwise idle server.
     Bench(BenchArgs),
+    /// Serve the queue's database metrics (jobs waiting per queue and state, the oldest waiting
+    /// job, recent outcomes, the xmin horizon, dead tuples) for Prometheus at /metrics, until
+    /// SIGINT or SIGTERM. Workers export their own metrics from their process.
+    Metrics(MetricsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MetricsArgs {
+    /// The address to serve on. Only loopback addresses unless --allow-public is given.
+    #[arg(long, default_value = "127.0.0.1:9187")]
+    pub(crate) listen: std::net::SocketAddr,
+
+    /// Allow an address reachable from other machines (0.0.0.0, a LAN address). The metrics
+    /// name your queues, and every scrape runs a query on the database: expose them only to
+    /// your monitoring (a firewall, a private network), since /metrics has no authentication.
+    #[arg(long)]
+    pub(crate) allow_public: bool,
+
+    /// How long one scrape's database query may take before it is abandoned and
+    /// skiplock_db_up reports 0 (e.g. 5s, 500ms). Keep it under Prometheus's scrape_timeout.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +90,19 @@ pub(crate) struct BenchArgs {
     /// Run the scenario this many times, each in a fresh database.
     #[arg(long, global = true, default_value_t = 1)]
     pub(crate) repeat: u32,
+
+    /// Workers count metrics (drain and steady; a drain also encodes them once a second, as a
+    /// scrape would): `on`, `off`, or `compare`, which runs each repeat twice, without and with
+    /// metrics, alternating which goes first, and ends with the medians and spreads of both.
+    #[arg(long, global = true, value_enum, default_value = "off")]
+    pub(crate) metrics: BenchMetrics,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BenchMetrics {
+    Off,
+    On,
+    Compare,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@ mod enqueue;
 mod exit;
 mod fleet;
 mod jobs;
+mod metrics;
 mod migrate;
 mod schedules;
 mod text;
@@ -82,6 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler(args) => {
             schedules::scheduler(connect(cli.database_url).await?, args).await
         }
+        Command::Metrics(args) => metrics::run(cli.database_url, args).await,
     }
 }
 

@@ -324,3 +324,70 @@ async fn bench_output_is_not_interleaved_with_statement_logs() {
     let log = stderr(&output);
     assert!(!log.contains("sqlx::query"), "statement logs: {log}");
 }
+
+#[test]
+fn metrics_refuses_an_address_other_machines_reach_without_allow_public() {
+    let output = skiplock(None, &["metrics", "--listen", "0.0.0.0:9187"]);
+    fails_with(
+        &output,
+        "error: refusing to serve metrics on 0.0.0.0:9187, which other machines can reach: pass \
+         --allow-public to mean it (/metrics has no authentication)",
+    );
+}
+
+#[tokio::test]
+async fn metrics_serves_the_database_gauges_until_sigterm() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+
+    let db = TestDatabase::new().await.expect("database");
+    skiplock::enqueue_new(
+        db.pool(),
+        &skiplock::NewJob::untyped("k", serde_json::json!({}), skiplock::EnqueueOptions::new()),
+    )
+    .await
+    .expect("enqueue");
+    let mut child = command(Some(&db.url()), &["metrics", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the exporter");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the address");
+    let address = line
+        .trim()
+        .strip_prefix("serving metrics on http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    for sample in [
+        "skiplock_db_up 1",
+        "skiplock_db_jobs{queue=\"default\",state=\"available\"} 1",
+    ] {
+        assert!(
+            response.contains(sample),
+            "{sample} missing from {response}"
+        );
+    }
+    assert!(
+        !response.contains("skiplock_jobs_started"),
+        "no worker metrics without a worker"
+    );
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    assert!(
+        child.wait().expect("wait").success(),
+        "stops cleanly on SIGTERM"
+    );
+}
