@@ -377,10 +377,11 @@ async fn queues_workers_and_their_figures() {
     kinds.sort();
     assert_eq!(kinds, vec!["fail".to_owned(), "record".to_owned()]);
 
-    // A worker whose heartbeat stopped is unresponsive, then lost once a rescuer sees it.
+    // A worker whose heartbeat is late is unresponsive (the rescuer, at twice the 3 s lease,
+    // has not declared it lost yet), then lost once a rescuer sees it.
     sqlx::query(
         "INSERT INTO skiplock.workers (id, host, pid, queues, heartbeat_at, alive_until)
-         VALUES ('silent', 'h', 2, '{default}', now() - interval '20 seconds', now() - interval '1 second')",
+         VALUES ('silent', 'h', 2, '{default}', now() - interval '2 seconds', now() - interval '1 second')",
     )
     .execute(pool)
     .await

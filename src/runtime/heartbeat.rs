@@ -128,10 +128,22 @@ impl Heartbeat {
                     }
                     tracing::warn!(%error, "could not renew leases; retrying");
                 }
+            }
+        };
+        // Outcome counts go out on their own schedule and connections: a slow write of them
+        // must never delay a renewal (leases would lapse and jobs run twice).
+        let stats = async {
+            let mut flush = tokio::time::interval(self.config.interval);
+            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = flush.tick() => {}
+                }
                 self.flush_stats().await;
             }
         };
-        tokio::join!(fence, renewals);
+        tokio::join!(fence, renewals, stats);
     }
 
     /// Stops every attempt whose lease was last renewed more than [`FENCE_AFTER`] of a lease
