@@ -34,7 +34,7 @@
 //!     .build()?
 //!     .start();
 //! // The application's router, with GET /metrics:
-//! let app = axum::Router::new().merge(skiplock::metrics::router(metrics));
+//! let app: axum::Router = axum::Router::new().merge(skiplock::metrics::router(metrics));
 //! # let _ = (app, worker);
 //! # Ok(()) }
 //! ```
