@@ -325,10 +325,25 @@ async fn a_worker_counts_what_its_jobs_did_and_promtool_accepts_the_scrape() {
             r#"skiplock_db_oldest_available_age_seconds{queue="elsewhere"}"#
         ) >= 0.0
     );
-    for (state, n) in [("completed", 6.0), ("failed", 2.0), ("cancelled", 1.0)] {
-        let series = format!(r#"skiplock_db_jobs_finished_last_minute{{state="{state}"}}"#);
-        assert_eq!(sample(&got, &series), n, "{series}");
-    }
+    // Finished attempts come from skiplock.job_stats, which each worker writes every heartbeat
+    // interval (10 s with the default lease).
+    common::eventually(
+        Duration::from_secs(30),
+        "the outcome counts written",
+        || async {
+            let (_, text) = scrape(address, "text/plain").await;
+            let got = samples(&text);
+            [("completed", 6.0), ("failed", 2.0), ("cancelled", 1.0)]
+                .iter()
+                .all(|(state, n)| {
+                    let series =
+                        format!(r#"skiplock_db_jobs_finished_last_minute{{state="{state}"}}"#);
+                    got.get(&series) == Some(n)
+                })
+                .then_some(())
+        },
+    )
+    .await;
     assert!(sample(&got, "skiplock_db_last_completed_age_seconds") < 60.0);
     for holder in ["session", "prepared_transaction", "replication_slot"] {
         let series = format!(r#"skiplock_db_xmin_horizon_age_transactions{{holder="{holder}"}}"#);

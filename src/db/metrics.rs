@@ -14,7 +14,7 @@ pub(crate) struct GaugeRow {
 }
 
 /// Limits this transaction's statements: `statement_timeout` and `lock_timeout`, in
-/// milliseconds. `SET LOCAL`: they end with the transaction.
+/// milliseconds, and turns JIT compilation off. `SET LOCAL`: they end with the transaction.
 pub(crate) async fn limit_transaction(
     conn: &mut PgConnection,
     statement_timeout_ms: i64,
@@ -23,7 +23,10 @@ pub(crate) async fn limit_transaction(
     sqlx::query!(
         r#"
         SELECT set_config('statement_timeout', $1::bigint::text, true) AS "statement_timeout!",
-               set_config('lock_timeout', $2::bigint::text, true) AS "lock_timeout!"
+               set_config('lock_timeout', $2::bigint::text, true) AS "lock_timeout!",
+               -- As for inspection (src/db/inspect.rs): the planner overprices the loose index
+               -- scans below, and compiling them would cost more than running them.
+               set_config('jit', 'off', true) AS "jit!"
         "#,
         statement_timeout_ms,
         lock_timeout_ms,
@@ -38,14 +41,16 @@ pub(crate) async fn limit_transaction(
 ///
 /// - waiting jobs by queue and state: `available` from the claim index
 ///   (`jobs_claim_kind_idx`, partial on `available`: an index-only scan of the waiting rows,
-///   grouped by its leading column), `scheduled` and `retryable` through the promoter's
-///   `jobs_due_idx` (partial on those states), `running` through the rescuer's
+///   grouped by its leading column), `scheduled` and `retryable` through
+///   `jobs_state_queue_kind_idx` (index only: it holds the queue), `running` through the rescuer's
 ///   `jobs_lease_expiry_idx` (partial on a lease being held), which also gives the leases that
 ///   expired and wait for the rescuer. Finished rows are in none of these indexes.
 /// - the age of the oldest `available` job per queue (now minus its `run_at`);
-/// - jobs that reached `completed`, `failed` or `cancelled` in the last minute, per state: one
-///   range of the pruner's `jobs_finished_idx` (`state, finished_at`) each, index-only; and the
-///   age of the newest completion (one descent of the same index);
+/// - attempts that ended `completed`, `failed` or `cancelled` in this minute and the one
+///   before, per state, as workers recorded them in `skiplock.job_stats` (every heartbeat
+///   interval); and the age of the newest
+///   completion (the newest completed job of each queue and kind, by id, through
+///   `jobs_state_queue_kind_idx`);
 /// - the xmin horizon: how many transactions the oldest snapshot or transaction id still held
 ///   by a session of this database (or a WAL sender), a prepared transaction of this database
 ///   or a replication slot lags behind, and how long the oldest such session or prepared
@@ -62,16 +67,18 @@ pub(crate) async fn gauges<'e>(
     sqlx::query_as!(
         GaugeRow,
         r#"
-        WITH available AS (
+        WITH RECURSIVE available AS (
             SELECT queue, count(*) AS jobs, min(run_at) AS oldest
             FROM skiplock.jobs
             WHERE state = 'available'
             GROUP BY queue
         ),
         due AS (
+            -- The literal NOT IN lets the planner read jobs_state_queue_kind_idx (0014) index
+            -- only, which holds the queue; jobs_due_idx would mean a heap read per row.
             SELECT queue, state, count(*) AS jobs
             FROM skiplock.jobs
-            WHERE state IN ('scheduled', 'retryable')
+            WHERE state IN ('scheduled', 'retryable') AND state NOT IN ('available', 'running')
             GROUP BY queue, state
         ),
         leased AS (
@@ -81,12 +88,37 @@ pub(crate) async fn gauges<'e>(
             WHERE lease_expires_at IS NOT NULL
             GROUP BY queue
         ),
+        -- Outcomes the workers recorded in this minute and the one before (skiplock.job_stats,
+        -- 0012; they write every heartbeat interval): finished rows have no index by finish
+        -- time since 0015.
         finished AS (
             SELECT f.state,
-                   (SELECT count(*) FROM skiplock.jobs AS j
-                    WHERE j.state = f.state AND j.finished_at > now() - interval '1 minute')
-                       AS jobs
-            FROM unnest('{completed,failed,cancelled}'::skiplock.job_state[]) AS f(state)
+                   (SELECT coalesce(sum(s.jobs), 0) FROM skiplock.job_stats AS s
+                    WHERE s.outcome = f.state
+                      AND s.minute >= date_trunc('minute', now()) - interval '1 minute') AS jobs
+            FROM unnest('{completed,failed,cancelled}'::text[]) AS f(state)
+        ),
+        -- The newest completed job of each queue and kind (by id, through 0014's index). The
+        -- state travels as a column: with the literal 'completed' (most rows) the planner
+        -- would walk the primary key backwards past every newer row of other states instead.
+        completed_kinds AS (
+            (SELECT j.state, j.queue, j.kind FROM skiplock.jobs AS j
+             WHERE j.state = 'completed' AND j.state NOT IN ('available', 'running')
+             ORDER BY j.queue, j.kind LIMIT 1)
+            UNION ALL
+            SELECT n.state, n.queue, n.kind FROM completed_kinds AS p
+            CROSS JOIN LATERAL (SELECT j.state, j.queue, j.kind FROM skiplock.jobs AS j
+                                WHERE j.state = p.state AND j.state NOT IN ('available', 'running')
+                                  AND (j.queue, j.kind) > (p.queue, p.kind)
+                                ORDER BY j.queue, j.kind LIMIT 1) AS n
+        ),
+        last_completed AS (
+            SELECT max(h.finished_at) AS at
+            FROM completed_kinds AS p
+            CROSS JOIN LATERAL (SELECT j.finished_at FROM skiplock.jobs AS j
+                                WHERE j.state = p.state AND j.state NOT IN ('available', 'running')
+                                  AND j.queue = p.queue AND j.kind = p.kind
+                                ORDER BY j.id DESC LIMIT 1) AS h
         ),
         sessions AS (
             SELECT max(greatest(age(a.backend_xmin), age(a.backend_xid))) AS xids,
@@ -129,10 +161,9 @@ pub(crate) async fn gauges<'e>(
             SELECT 'jobs_finished_last_minute', state::text, '', jobs::float8 FROM finished
             UNION ALL
             SELECT 'last_completed_age_seconds', '', '',
-                   greatest(extract(epoch FROM now() - max(j.finished_at)), 0)::float8
-            FROM skiplock.jobs AS j
-            WHERE j.state = 'completed' AND j.finished_at IS NOT NULL
-            HAVING max(j.finished_at) IS NOT NULL
+                   greatest(extract(epoch FROM now() - at), 0)::float8
+            FROM last_completed
+            WHERE at IS NOT NULL
             UNION ALL
             SELECT 'xmin_horizon_age_transactions', 'session', '', coalesce(xids, 0)::float8
             FROM sessions

@@ -77,7 +77,7 @@
 //! | `skiplock_db_jobs` | queue, state | jobs waiting or running: state `scheduled`, `available`, `running`, `retryable` |
 //! | `skiplock_db_oldest_available_age_seconds` | queue | now minus the `run_at` of the queue's oldest `available` job |
 //! | `skiplock_db_expired_leases` | queue | `running` jobs whose lease expired: their worker is gone, the rescuer will take them back |
-//! | `skiplock_db_jobs_finished_last_minute` | state | jobs that became `completed`, `failed` or `cancelled` in the last 60 s |
+//! | `skiplock_db_jobs_finished_last_minute` | state | attempts that ended `completed`, `failed` or `cancelled` in this minute and the one before (`skiplock.job_stats`) |
 //! | `skiplock_db_last_completed_age_seconds` | | since the newest completion (absent when no completed job is kept) |
 //! | `skiplock_db_xmin_horizon_age_transactions` | holder | how many transactions the oldest snapshot held by a `session`, a `prepared_transaction` or a `replication_slot` lags behind: vacuum cannot remove rows younger than it |
 //! | `skiplock_db_oldest_transaction_age_seconds` | holder | how long the oldest `session` or `prepared_transaction` holding one has been open |
