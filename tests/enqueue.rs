@@ -204,7 +204,10 @@ async fn enqueue_many_inserts_ten_thousand_jobs_in_one_call_in_order() {
 async fn sql_enqueue_in_a_plain_transaction_wakes_an_idle_worker_at_once() {
     let db = database().await;
     let pool = db.pool();
-    // Polling every 30 s: only a NOTIFY can explain a pickup within 100 ms.
+    // Polling every 30 s (the first, empty claim happens at start): only a NOTIFY can explain
+    // a pickup within 2 s. (The start is stamped by the handler's ledger insert, which may wait
+    // for a new connection of the test's pool on a loaded machine: a 100 ms bound failed 3 runs
+    // in 8 there while proving nothing more.)
     let running = start(
         worker(pool)
             .poll_interval(Duration::from_secs(30))
@@ -256,7 +259,7 @@ async fn sql_enqueue_in_a_plain_transaction_wakes_an_idle_worker_at_once() {
             .expect("ledger");
     let pickup = (started_at - committed_at).to_std().unwrap_or_default();
     assert!(
-        pickup < Duration::from_millis(100),
+        pickup < Duration::from_secs(2),
         "picked up after {pickup:?}"
     );
 
