@@ -350,6 +350,11 @@ async fn a_worker_counts_what_its_jobs_did_and_promtool_accepts_the_scrape() {
         assert!(sample(&got, &series) >= 0.0);
     }
     assert!(sample(&got, r#"skiplock_db_table_size_bytes{table="jobs"}"#) > 0.0);
+    assert_eq!(sample(&got, r#"skiplock_db_workers{status="alive"}"#), 1.0);
+    assert_eq!(
+        sample(&got, r#"skiplock_db_workers{status="unresponsive"}"#),
+        0.0
+    );
     assert!(got.contains_key(r#"skiplock_db_dead_tuples{table="jobs"}"#));
 
     // OpenMetrics when asked for, as Prometheus does.

@@ -51,6 +51,7 @@ pub(crate) async fn limit_transaction(
 ///   interval); and the age of the newest
 ///   completion (the newest completed job of each queue and kind, by id, through
 ///   `jobs_state_queue_kind_idx`);
+/// - worker processes alive and late (`skiplock.workers`, stopped ones left out);
 /// - the xmin horizon: how many transactions the oldest snapshot or transaction id still held
 ///   by a session of this database (or a WAL sender), a prepared transaction of this database
 ///   or a replication slot lags behind, and how long the oldest such session or prepared
@@ -120,6 +121,13 @@ pub(crate) async fn gauges<'e>(
                                   AND j.queue = p.queue AND j.kind = p.kind
                                 ORDER BY j.id DESC LIMIT 1) AS h
         ),
+        -- Workers that have not stopped, alive or late (0012's columns).
+        fleet AS (
+            SELECT count(*) FILTER (WHERE coalesce(w.alive_until, w.heartbeat_at + interval '60 seconds') > now()) AS alive,
+                   count(*) FILTER (WHERE coalesce(w.alive_until, w.heartbeat_at + interval '60 seconds') <= now()) AS late
+            FROM skiplock.workers AS w
+            WHERE w.stopped_at IS NULL
+        ),
         sessions AS (
             SELECT max(greatest(age(a.backend_xmin), age(a.backend_xid))) AS xids,
                    extract(epoch FROM max(now() - a.xact_start)) AS seconds
@@ -164,6 +172,10 @@ pub(crate) async fn gauges<'e>(
                    greatest(extract(epoch FROM now() - at), 0)::float8
             FROM last_completed
             WHERE at IS NOT NULL
+            UNION ALL
+            SELECT 'workers', 'alive', '', alive::float8 FROM fleet
+            UNION ALL
+            SELECT 'workers', 'unresponsive', '', late::float8 FROM fleet
             UNION ALL
             SELECT 'xmin_horizon_age_transactions', 'session', '', coalesce(xids, 0)::float8
             FROM sessions

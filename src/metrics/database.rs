@@ -50,7 +50,7 @@ struct Gauge {
 }
 
 /// Every gauge the query produces, in the order they are encoded.
-fn gauges() -> [Gauge; 10] {
+fn gauges() -> [Gauge; 11] {
     let gauge = |name, help, unit, labels, fold_max| Gauge {
         name,
         help,
@@ -82,9 +82,18 @@ fn gauges() -> [Gauge; 10] {
         ),
         gauge(
             "jobs_finished_last_minute",
-            "Jobs that became completed, failed or cancelled in the last 60 seconds, by state.",
+            "Attempts that ended completed, failed or cancelled in this minute and the one \
+             before, as workers recorded them (skiplock.job_stats), by state.",
             None,
             &["state"],
+            false,
+        ),
+        gauge(
+            "workers",
+            "Worker processes by status: alive (heartbeat current) or unresponsive (heartbeat \
+             late, not yet declared lost by a rescuer).",
+            None,
+            &["status"],
             false,
         ),
         gauge(

@@ -84,6 +84,7 @@
 //! | `skiplock_db_dead_tuples` | table | dead tuples (an estimate) in each `skiplock` table |
 //! | `skiplock_db_live_tuples` | table | live tuples (an estimate) |
 //! | `skiplock_db_table_size_bytes` | table | size on disk, indexes and TOAST included |
+//! | `skiplock_db_workers` | status | worker processes `alive` or `unresponsive` (heartbeat late, not yet declared lost) |
 //!
 //! Queue labels of database gauges come from the table: at most [`MAX_DATABASE_QUEUES`] queues
 //! are reported one by one, the rest together as `queue="_other"`.
@@ -144,4 +145,5 @@ pub const METRIC_NAMES: &[&str] = &[
     "skiplock_db_dead_tuples",
     "skiplock_db_live_tuples",
     "skiplock_db_table_size_bytes",
+    "skiplock_db_workers",
 ];
