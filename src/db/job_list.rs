@@ -104,6 +104,20 @@ fn push_triples(query: &mut QueryBuilder<Postgres>, states: Vec<JobState>) {
     ));
 }
 
+/// ` AND ...` for the queues and kinds of `filter`, on the rows (or triples) named `alias`.
+fn push_queue_kind(query: &mut QueryBuilder<Postgres>, filter: &JobFilter, alias: &str) {
+    if !filter.queues.is_empty() {
+        query.push(format_args!(" AND {alias}.queue = ANY("));
+        query.push_bind(filter.queues.clone());
+        query.push(")");
+    }
+    if !filter.kinds.is_empty() {
+        query.push(format_args!(" AND {alias}.kind = ANY("));
+        query.push_bind(filter.kinds.clone());
+        query.push(")");
+    }
+}
+
 /// ` AND ...` for states, queues and kinds tested on `j` itself (primary-key reads).
 fn push_plain_filter(
     query: &mut QueryBuilder<Postgres>,
@@ -113,31 +127,13 @@ fn push_plain_filter(
     query.push(" AND j.state = ANY(");
     query.push_bind(states);
     query.push("::skiplock.job_state[])");
-    if !filter.queues.is_empty() {
-        query.push(" AND j.queue = ANY(");
-        query.push_bind(filter.queues.clone());
-        query.push(")");
-    }
-    if !filter.kinds.is_empty() {
-        query.push(" AND j.kind = ANY(");
-        query.push_bind(filter.kinds.clone());
-        query.push(")");
-    }
+    push_queue_kind(query, filter, "j");
 }
 
-/// ` AND ...` for the triple-level conditions (queues, kinds), on `t`.
+/// ` WHERE ...` for the triple-level conditions (queues, kinds), on `t`.
 fn push_triple_filter(query: &mut QueryBuilder<Postgres>, filter: &JobFilter) {
     query.push(" WHERE true");
-    if !filter.queues.is_empty() {
-        query.push(" AND t.queue = ANY(");
-        query.push_bind(filter.queues.clone());
-        query.push(")");
-    }
-    if !filter.kinds.is_empty() {
-        query.push(" AND t.kind = ANY(");
-        query.push_bind(filter.kinds.clone());
-        query.push(")");
-    }
+    push_queue_kind(query, filter, "t");
 }
 
 /// ` AND ...` for the row-level conditions, on `j`.
@@ -305,21 +301,9 @@ pub(crate) async fn count_estimate<'e>(
     executor: impl PgExecutor<'e>,
     filter: &JobFilter,
 ) -> Result<i64, sqlx::Error> {
-    let mut query = QueryBuilder::new(
-        "EXPLAIN (FORMAT JSON) SELECT 1 FROM skiplock.jobs AS j WHERE j.state = ANY(",
-    );
-    query.push_bind(filter.effective_states());
-    query.push("::skiplock.job_state[])");
-    if !filter.queues.is_empty() {
-        query.push(" AND j.queue = ANY(");
-        query.push_bind(filter.queues.clone());
-        query.push(")");
-    }
-    if !filter.kinds.is_empty() {
-        query.push(" AND j.kind = ANY(");
-        query.push_bind(filter.kinds.clone());
-        query.push(")");
-    }
+    let mut query =
+        QueryBuilder::new("EXPLAIN (FORMAT JSON) SELECT 1 FROM skiplock.jobs AS j WHERE true");
+    push_plain_filter(&mut query, filter, filter.effective_states());
     push_row_filter(&mut query, filter);
     let plan: Value = query.build_query_scalar().fetch_one(executor).await?;
     let rows = plan
