@@ -246,12 +246,14 @@ impl Completer {
             match written {
                 Ok(recorded) => {
                     self.stats.add(&recorded);
-                    let changed: std::collections::HashSet<i64> = recorded
-                        .iter()
-                        .flat_map(|group| group.ids.iter().copied())
-                        .collect();
-                    let stale = outcomes.len() - changed.len();
+                    let written: usize = recorded.iter().map(|group| group.ids.len()).sum();
+                    let stale = outcomes.len().saturating_sub(written);
+                    // Which ones, only when some were refused: not on every batch.
                     if stale > 0 {
+                        let changed: std::collections::HashSet<i64> = recorded
+                            .iter()
+                            .flat_map(|group| group.ids.iter().copied())
+                            .collect();
                         let refused: Vec<i64> = outcomes
                             .ids
                             .iter()
@@ -264,7 +266,7 @@ impl Completer {
                         );
                     }
                     return Ok(CompleterReport {
-                        recorded: changed.len(),
+                        recorded: written,
                         stale,
                     });
                 }
