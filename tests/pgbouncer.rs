@@ -114,6 +114,9 @@ fn start_bouncer(server: &PgConnectOptions, database: &str) -> Option<Bouncer> {
         || server.get_host().to_owned(),
         |dir| dir.display().to_string(),
     );
+    // In session pooling every client connection holds a server connection for its lifetime:
+    // the pool must fit the test's pool (20) and all of the worker's own (about 10), or a
+    // connection waits for a server that never frees up.
     let pool_mode = if transaction_pooling {
         "pool_mode = transaction\nmax_prepared_statements = 200\n"
     } else {
@@ -129,7 +132,7 @@ fn start_bouncer(server: &PgConnectOptions, database: &str) -> Option<Bouncer> {
          auth_type = trust\n\
          auth_file = {dir}/userlist.txt\n\
          {pool_mode}\
-         default_pool_size = 20\n\
+         default_pool_size = 50\n\
          max_client_conn = 200\n\
          ignore_startup_parameters = extra_float_digits\n\
          logfile = {dir}/pgbouncer.log\n\
@@ -180,6 +183,38 @@ async fn bounced_pool(bouncer: &Bouncer, server: &PgConnectOptions) -> PgPool {
     .await
 }
 
+/// What a stalled test needs to be explained from CI's output alone: the worker's roles and
+/// their last errors, the jobs by state, the server's sessions and PgBouncer's log.
+async fn stall_report(
+    direct: &PgPool,
+    running: &skiplock::WorkerHandle,
+    bouncer: &Bouncer,
+) -> String {
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state::text, count(*) FROM skiplock.jobs GROUP BY 1 ORDER BY 1")
+            .fetch_all(direct)
+            .await
+            .unwrap_or_default();
+    let sessions: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT coalesce(application_name, ''), coalesce(state, ''), \
+                coalesce(wait_event_type || ':' || wait_event, ''), left(coalesce(query, ''), 120) \
+         FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(direct)
+    .await
+    .unwrap_or_default();
+    let log = std::fs::read_to_string(bouncer.dir.join("pgbouncer.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    format!(
+        "worker finished: {}\nworker health: {:#?}\njobs by state: {states:?}\nserver sessions \
+         ({}):\n{sessions:#?}\nPgBouncer log (last 40 lines, newest first):\n{}",
+        running.is_finished(),
+        running.health(),
+        sessions.len(),
+        tail.join("\n")
+    )
+}
+
 #[tokio::test]
 async fn a_worker_drains_fires_schedules_and_renews_leases_behind_pgbouncer() {
     let db = database().await;
@@ -216,7 +251,8 @@ async fn a_worker_drains_fires_schedules_and_renews_leases_behind_pgbouncer() {
         stubborn: false,
     };
     let long = skiplock::enqueue(&pool, &long).await.expect("enqueue");
-    eventually(Duration::from_secs(30), "the drain", || async {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
         let done: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM skiplock.jobs WHERE id = ANY($1) AND state = 'completed'",
         )
@@ -224,9 +260,17 @@ async fn a_worker_drains_fires_schedules_and_renews_leases_behind_pgbouncer() {
         .fetch_one(direct)
         .await
         .expect("count");
-        (done == 50).then_some(())
-    })
-    .await;
+        if done == 50 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "timed out after 30 s waiting for the drain ({done} of 50 completed)\n{}",
+                stall_report(direct, &running, &bouncer).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The schedule fires (its jobs run too).
     eventually(
         Duration::from_secs(15),
