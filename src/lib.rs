@@ -98,6 +98,8 @@ mod migrate;
 pub mod runtime;
 pub mod schedule;
 mod trace;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use crate::backoff::Backoff;
 pub use crate::cron::{CronError, CronSchedule, MAX_CRON_LENGTH};

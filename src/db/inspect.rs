@@ -634,3 +634,85 @@ pub(crate) async fn delete_finished_job<'e>(
     .await?;
     Ok(deleted.rows_affected() == 1)
 }
+
+/// Attempt outcomes of one bucket of `skiplock.job_stats`, for `inspect::throughput`.
+pub(crate) struct ThroughputRow {
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) completed: i64,
+    pub(crate) failed: i64,
+    pub(crate) retried: i64,
+    pub(crate) cancelled: i64,
+    pub(crate) lost: i64,
+}
+
+/// Outcomes over all queues and kinds in `buckets` buckets of `step_minutes` minutes, the
+/// last one holding the current minute, oldest first; empty buckets count zeros. Reads a range
+/// of `job_stats`' primary key (minute first).
+pub(crate) async fn throughput<'e>(
+    executor: impl PgExecutor<'e>,
+    buckets: i32,
+    step_minutes: i32,
+) -> Result<Vec<ThroughputRow>, sqlx::Error> {
+    sqlx::query_as!(
+        ThroughputRow,
+        r#"
+        WITH bounds AS (
+            SELECT date_trunc('minute', now())
+                   - make_interval(mins => ($1::int - 1) * $2::int) AS first,
+                   make_interval(mins => $2::int) AS step
+        ),
+        buckets AS (
+            SELECT b.first + b.step * n AS start, b.step
+            FROM bounds AS b, generate_series(0, $1::int - 1) AS n
+        )
+        SELECT k.start AS "start!",
+               coalesce(sum(s.jobs) FILTER (WHERE s.outcome = 'completed'), 0)::bigint AS "completed!",
+               coalesce(sum(s.jobs) FILTER (WHERE s.outcome = 'failed'), 0)::bigint AS "failed!",
+               coalesce(sum(s.jobs) FILTER (WHERE s.outcome = 'retried'), 0)::bigint AS "retried!",
+               coalesce(sum(s.jobs) FILTER (WHERE s.outcome = 'cancelled'), 0)::bigint AS "cancelled!",
+               coalesce(sum(s.jobs) FILTER (WHERE s.outcome = 'lost'), 0)::bigint AS "lost!"
+        FROM buckets AS k
+        LEFT JOIN skiplock.job_stats AS s
+               ON s.minute >= k.start AND s.minute < k.start + k.step
+        GROUP BY k.start
+        ORDER BY k.start
+        "#,
+        buckets,
+        step_minutes,
+    )
+    .fetch_all(executor)
+    .await
+}
+
+/// The state and progress of a job, for `inspect::job_progress`.
+pub(crate) struct JobProgressRow {
+    pub(crate) id: i64,
+    pub(crate) queue: String,
+    pub(crate) kind: String,
+    pub(crate) state: JobState,
+    pub(crate) attempt: i32,
+    pub(crate) max_attempts: i32,
+    /// As text: a row written by another language may hold what `serde_json` cannot read.
+    pub(crate) progress_text: Option<String>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
+}
+
+/// State and progress of the jobs `ids` that exist, by primary key.
+pub(crate) async fn job_progress<'e>(
+    executor: impl PgExecutor<'e>,
+    ids: &[i64],
+) -> Result<Vec<JobProgressRow>, sqlx::Error> {
+    sqlx::query_as!(
+        JobProgressRow,
+        r#"
+        SELECT id, queue, kind, state AS "state: JobState", attempt, max_attempts,
+               progress::text AS progress_text, finished_at
+        FROM skiplock.jobs
+        WHERE id = ANY($1::bigint[])
+        ORDER BY id
+        "#,
+        ids,
+    )
+    .fetch_all(executor)
+    .await
+}

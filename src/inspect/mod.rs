@@ -11,6 +11,7 @@
 //! - [`health()`](health()): the PostgreSQL checks that keep a queue fast for months (a pinned
 //!   xmin horizon, dead tuples, autovacuum, bloat) and the queue's own (stuck jobs, jobs no
 //!   worker runs, overdue schedules, pickup lag, pending migrations).
+//! - [`throughput`] and [`job_progress`]: what a live view polls, one cheap statement each.
 //! - [`cancel_jobs`], [`retry_jobs`], [`delete_jobs`]: actions on every job a filter matches,
 //!   in batches, each batch its own short transaction.
 //!
@@ -49,6 +50,7 @@ mod filter;
 mod health;
 mod job;
 mod list;
+mod live;
 mod overview;
 
 use std::time::Duration;
@@ -62,6 +64,10 @@ pub use self::filter::{JobFilter, JobOrder, JobQuery, MAX_PAGE_SIZE, SCAN_WINDOW
 pub use self::health::{Check, HealthOptions, HealthReport, Severity, health};
 pub use self::job::{JobDetail, JobWorker, job};
 pub use self::list::{JobPage, JobSummary, jobs};
+pub use self::live::{
+    JobProgress, MAX_BUCKETS, MAX_PROGRESS_IDS, ThroughputBucket, job_progress, percent_of,
+    throughput,
+};
 pub use self::overview::{
     LastJob, QUEUE_FINISHED_EXACT_UP_TO, QUEUE_WAITING_EXACT_UP_TO, QueueInfo, ScheduleInfo,
     WorkerInfo, WorkerQueue, WorkerStatus, queues, schedules, workers,

@@ -53,6 +53,46 @@ pub(crate) enum Command {
     /// job, recent outcomes, the xmin horizon, dead tuples) for Prometheus at /metrics, until
     /// SIGINT or SIGTERM. Workers export their own metrics from their process.
     Metrics(MetricsArgs),
+    /// Serve the web dashboard (overview, jobs, queues, workers, schedules, health, live
+    /// updates, and its JSON API) until SIGINT or SIGTERM. Read-only and loopback-only unless
+    /// given credentials.
+    Dashboard(DashboardArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DashboardArgs {
+    /// The address to serve on. Without credentials, only loopback addresses (unless
+    /// --insecure-public).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) listen: std::net::SocketAddr,
+
+    /// A token every request must carry (`Authorization: Bearer TOKEN`, or as the password of
+    /// basic auth, with any user name, in a browser); 16 characters at least. Allows actions.
+    #[arg(long, env = "SKIPLOCK_DASHBOARD_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+
+    /// USER:PASSWORD every request must carry as basic auth (the browser asks); a password of
+    /// 8 characters at least. Allows actions.
+    #[arg(long, env = "SKIPLOCK_DASHBOARD_BASIC_AUTH", hide_env_values = true)]
+    pub(crate) basic_auth: Option<String>,
+
+    /// No actions, even with credentials.
+    #[arg(long)]
+    pub(crate) read_only: bool,
+
+    /// Serve on an address other machines can reach without credentials (read-only, to
+    /// anyone who can reach it).
+    #[arg(long)]
+    pub(crate) insecure_public: bool,
+
+    /// Hide the values of object keys containing this text (any case) in job arguments,
+    /// results and progress; repeat for more (e.g. --redact password --redact token).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) redact: Vec<String>,
+
+    /// The name in the page titles and header.
+    #[arg(long, default_value = "skiplock")]
+    pub(crate) title: String,
 }
 
 #[derive(Debug, Args)]

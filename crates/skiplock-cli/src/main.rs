@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod cli_inspect;
+mod dashboard;
 mod doctor;
 mod enqueue;
 mod exit;
@@ -84,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             schedules::scheduler(connect(cli.database_url).await?, args).await
         }
         Command::Metrics(args) => metrics::run(cli.database_url, args).await,
+        Command::Dashboard(args) => dashboard::run(cli.database_url, args).await,
     }
 }
 

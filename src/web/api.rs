@@ -1,0 +1,248 @@
+//! The JSON API under `/api/v1/`: everything the pages show and do.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::Sse;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::Shared;
+use super::pages::job::{redact_detail, redact_explanation};
+use super::pages::jobs::redact_summary;
+use super::pages::overview;
+use super::params::JobParams;
+use crate::inspect::{self, BulkReport, HealthOptions, InspectError, JobFilter};
+
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v1/overview", get(overview_json))
+        .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/jobs/count", get(count))
+        // `POST /api/v1/jobs/cancel|retry|delete`: one path pattern with `GET /api/v1/jobs/{id}`.
+        .route("/api/v1/jobs/{id}", get(job).post(bulk))
+        .route("/api/v1/jobs/{id}/explain", get(explain))
+        .route("/api/v1/jobs/{id}/{action}", post(act))
+        .route("/api/v1/queues", get(queues))
+        .route("/api/v1/workers", get(workers))
+        .route("/api/v1/schedules", get(schedules))
+        .route("/api/v1/schedules/{name}/{action}", post(schedule_act))
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/events", get(events))
+}
+
+/// An API failure: `{"error": "..."}` with its status.
+pub(crate) struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    fn not_found(what: impl Into<String>) -> Self {
+        Self(StatusCode::NOT_FOUND, format!("{} not found", what.into()))
+    }
+
+    fn unavailable(error: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::warn!(error = %crate::handler::error_chain(error), "dashboard API query failed");
+        Self(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database did not answer: see the server's log".to_owned(),
+        )
+    }
+}
+
+impl From<InspectError> for ApiError {
+    fn from(error: InspectError) -> Self {
+        match error {
+            InspectError::Invalid(message) => Self::bad(message),
+            error => Self::unavailable(&error),
+        }
+    }
+}
+
+impl From<crate::JobQueryError> for ApiError {
+    fn from(error: crate::JobQueryError) -> Self {
+        Self::unavailable(&error)
+    }
+}
+
+impl From<crate::ScheduleError> for ApiError {
+    fn from(error: crate::ScheduleError) -> Self {
+        Self::unavailable(&error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+type Shared_ = State<Arc<Shared>>;
+
+async fn overview_json(State(shared): Shared_) -> Result<Response, ApiError> {
+    let view = overview::read(&shared.pool, None).await?;
+    Ok(Json(view).into_response())
+}
+
+async fn jobs(
+    State(shared): Shared_,
+    Query(params): Query<JobParams>,
+) -> ApiResult<inspect::JobPage> {
+    let query = params.query().map_err(ApiError::bad)?;
+    let mut page = inspect::jobs(&shared.pool, &query).await?;
+    for job in &mut page.jobs {
+        redact_summary(&shared, job);
+    }
+    Ok(Json(page))
+}
+
+#[derive(Serialize)]
+struct CountAnswer {
+    count: inspect::Count,
+}
+
+async fn count(State(shared): Shared_, Query(params): Query<JobParams>) -> ApiResult<CountAnswer> {
+    let filter = params.filter().map_err(ApiError::bad)?;
+    let count = inspect::count_jobs(&shared.pool, &filter).await?;
+    Ok(Json(CountAnswer { count }))
+}
+
+async fn job(State(shared): Shared_, Path(id): Path<i64>) -> ApiResult<inspect::JobDetail> {
+    let mut job = inspect::job(&shared.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
+    redact_detail(&shared, &mut job);
+    Ok(Json(job))
+}
+
+async fn explain(State(shared): Shared_, Path(id): Path<i64>) -> ApiResult<inspect::Explanation> {
+    let mut explanation = inspect::explain(&shared.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
+    redact_explanation(&shared, &mut explanation);
+    Ok(Json(explanation))
+}
+
+#[derive(Serialize)]
+struct Changed {
+    changed: bool,
+}
+
+async fn act(
+    State(shared): Shared_,
+    Path((id, action)): Path<(i64, String)>,
+) -> ApiResult<Changed> {
+    let changed = match action.as_str() {
+        "cancel" => crate::cancel(&shared.pool, id).await?.is_some(),
+        "retry" => crate::retry(&shared.pool, id).await?,
+        "delete" => inspect::delete_job(&shared.pool, id).await?,
+        other => return Err(ApiError::not_found(format!("action {other:?}"))),
+    };
+    tracing::info!(job = id, action = %action, changed, "dashboard API: job action");
+    Ok(Json(Changed { changed }))
+}
+
+/// The body of a bulk action: the filter (see `inspect::JobFilter`); it may not be empty.
+#[derive(Deserialize)]
+struct BulkBody {
+    filter: JobFilter,
+}
+
+async fn bulk(
+    State(shared): Shared_,
+    Path(action): Path<String>,
+    body: Result<Json<BulkBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<BulkReport> {
+    let Json(body) = body.map_err(|rejection| ApiError::bad(rejection.body_text()))?;
+    if body.filter == JobFilter::new() {
+        return Err(ApiError::bad(
+            "an empty filter matches every job: give at least one condition",
+        ));
+    }
+    let report = match action.as_str() {
+        "cancel" => inspect::cancel_jobs(&shared.pool, &body.filter).await?,
+        "retry" => inspect::retry_jobs(&shared.pool, &body.filter).await?,
+        "delete" => inspect::delete_jobs(&shared.pool, &body.filter).await?,
+        other => return Err(ApiError::not_found(format!("action {other:?}"))),
+    };
+    tracing::info!(action = %action, changed = report.changed, "dashboard API: bulk action");
+    Ok(Json(report))
+}
+
+async fn queues(State(shared): Shared_) -> ApiResult<Vec<inspect::QueueInfo>> {
+    Ok(Json(inspect::queues(&shared.pool).await?))
+}
+
+async fn workers(State(shared): Shared_) -> ApiResult<Vec<inspect::WorkerInfo>> {
+    Ok(Json(inspect::workers(&shared.pool).await?))
+}
+
+async fn schedules(State(shared): Shared_) -> ApiResult<Vec<inspect::ScheduleInfo>> {
+    let mut schedules = inspect::schedules(&shared.pool).await?;
+    for s in &mut schedules {
+        let kind = s.schedule.kind.clone();
+        shared.redacted(super::Field::Args, &kind, &mut s.schedule.args);
+    }
+    Ok(Json(schedules))
+}
+
+#[derive(Serialize)]
+struct ScheduleAnswer {
+    /// The job `run` enqueued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<i64>,
+}
+
+async fn schedule_act(
+    State(shared): Shared_,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult<ScheduleAnswer> {
+    let (found, job) = match action.as_str() {
+        "pause" => (crate::schedule::pause(&shared.pool, &name).await?, None),
+        "resume" => (crate::schedule::resume(&shared.pool, &name).await?, None),
+        "run" => {
+            let job = crate::schedule::run_now(&shared.pool, &name).await?;
+            (job.is_some(), job)
+        }
+        other => return Err(ApiError::not_found(format!("action {other:?}"))),
+    };
+    if !found {
+        return Err(ApiError::not_found(format!("schedule {name:?}")));
+    }
+    tracing::info!(schedule = %name, action = %action, "dashboard API: schedule action");
+    Ok(Json(ScheduleAnswer { job }))
+}
+
+async fn health(State(shared): Shared_) -> ApiResult<inspect::HealthReport> {
+    let report = inspect::health(&shared.pool, &HealthOptions::default()).await?;
+    shared.store_health(report.clone()).await;
+    Ok(Json(report))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    job: Option<i64>,
+}
+
+/// `text/event-stream`: `overview` events, or `job` events with `?job=ID`.
+async fn events(State(shared): Shared_, Query(query): Query<EventsQuery>) -> Response {
+    match query.job {
+        None => Sse::new(shared.hub.overview(&shared)).into_response(),
+        Some(id) => match shared.hub.job(&shared, id) {
+            Some(stream) => Sse::new(stream).into_response(),
+            None => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many jobs watched at once".to_owned(),
+            )
+            .into_response(),
+        },
+    }
+}

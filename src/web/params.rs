@@ -1,0 +1,175 @@
+//! Job filters from a query string or a form: the same fields for pages, bulk actions and
+//! the API.
+
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::MAX_PAGE_SIZE;
+use crate::JobState;
+use crate::inspect::{JobFilter, JobOrder, JobQuery};
+
+/// The longest `args` filter accepted: 8 KiB of JSON.
+const MAX_ARGS_FILTER: usize = 8 * 1024;
+
+/// `?state=failed,retryable&queue=emails&kind=…&tag=…&schedule=…&args={"user":7}&order=oldest&after=123&limit=50`.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub(crate) struct JobParams {
+    /// States, comma-separated.
+    #[serde(default)]
+    pub(crate) state: Option<String>,
+    #[serde(default)]
+    pub(crate) queue: Option<String>,
+    #[serde(default)]
+    pub(crate) kind: Option<String>,
+    #[serde(default)]
+    pub(crate) tag: Option<String>,
+    #[serde(default)]
+    pub(crate) schedule: Option<String>,
+    /// A JSON value the arguments contain (`@>`).
+    #[serde(default)]
+    pub(crate) args: Option<String>,
+    /// `newest` (default) or `oldest`.
+    #[serde(default)]
+    pub(crate) order: Option<String>,
+    /// Continue after this id.
+    #[serde(default)]
+    pub(crate) after: Option<String>,
+    #[serde(default)]
+    pub(crate) limit: Option<String>,
+}
+
+fn given(value: Option<&String>) -> Option<&str> {
+    value.map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+impl JobParams {
+    /// The filter these parameters describe.
+    pub(crate) fn filter(&self) -> Result<JobFilter, String> {
+        let mut filter = JobFilter::new();
+        if let Some(states) = given(self.state.as_ref()) {
+            for state in states.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let state = JobState::from_str(state)
+                    .map_err(|_| format!("no job state is called {state:?}"))?;
+                filter = filter.state(state);
+            }
+        }
+        if let Some(queue) = given(self.queue.as_ref()) {
+            filter = filter.queue(queue);
+        }
+        if let Some(kind) = given(self.kind.as_ref()) {
+            filter = filter.kind(kind);
+        }
+        if let Some(tag) = given(self.tag.as_ref()) {
+            filter = filter.tag(tag);
+        }
+        if let Some(schedule) = given(self.schedule.as_ref()) {
+            filter = filter.schedule(schedule);
+        }
+        if let Some(args) = given(self.args.as_ref()) {
+            if args.len() > MAX_ARGS_FILTER {
+                return Err(format!(
+                    "the args filter is limited to {MAX_ARGS_FILTER} bytes"
+                ));
+            }
+            let value: Value = serde_json::from_str(args)
+                .map_err(|error| format!("the args filter is not JSON: {error}"))?;
+            filter = filter.args(value);
+        }
+        Ok(filter)
+    }
+
+    /// The page these parameters ask for (at most [`MAX_PAGE_SIZE`] jobs).
+    pub(crate) fn query(&self) -> Result<JobQuery, String> {
+        let mut query = JobQuery::new(self.filter()?);
+        match given(self.order.as_ref()) {
+            None | Some("newest") => {}
+            Some("oldest") => query = query.order(JobOrder::OldestFirst),
+            Some(other) => return Err(format!("order is newest or oldest, not {other:?}")),
+        }
+        if let Some(after) = given(self.after.as_ref()) {
+            let after = after
+                .parse()
+                .map_err(|_| format!("after is a job id, not {after:?}"))?;
+            query = query.after(after);
+        }
+        if let Some(limit) = given(self.limit.as_ref()) {
+            let limit: u32 = limit
+                .parse()
+                .map_err(|_| format!("limit is a number, not {limit:?}"))?;
+            if limit == 0 || limit > MAX_PAGE_SIZE {
+                return Err(format!("limit is 1 to {MAX_PAGE_SIZE}"));
+            }
+            query = query.limit(limit);
+        }
+        Ok(query)
+    }
+
+    /// The query string of these parameters with `after` replaced (for the next page).
+    pub(crate) fn with_after(&self, after: Option<i64>) -> String {
+        let mut out = form_urlencoded::Serializer::new(String::new());
+        let fields = [
+            ("state", &self.state),
+            ("queue", &self.queue),
+            ("kind", &self.kind),
+            ("tag", &self.tag),
+            ("schedule", &self.schedule),
+            ("args", &self.args),
+            ("order", &self.order),
+            ("limit", &self.limit),
+        ];
+        for (name, value) in fields {
+            if let Some(value) = given(value.as_ref()) {
+                out.append_pair(name, value);
+            }
+        }
+        if let Some(after) = after {
+            out.append_pair("after", &after.to_string());
+        }
+        out.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_make_filters_and_refuse_nonsense() {
+        let params = JobParams {
+            state: Some("failed, retryable".into()),
+            queue: Some("emails".into()),
+            args: Some(r#"{"user": 7}"#.into()),
+            limit: Some("20".into()),
+            ..JobParams::default()
+        };
+        let query = params.query().expect("query");
+        assert_eq!(
+            query.filter.states,
+            vec![JobState::Failed, JobState::Retryable]
+        );
+        assert_eq!(query.limit, 20);
+        let bad = |params: JobParams| params.query().expect_err("refused");
+        bad(JobParams {
+            state: Some("done".into()),
+            ..JobParams::default()
+        });
+        bad(JobParams {
+            args: Some("{".into()),
+            ..JobParams::default()
+        });
+        bad(JobParams {
+            limit: Some("100000".into()),
+            ..JobParams::default()
+        });
+        bad(JobParams {
+            order: Some("random()".into()),
+            ..JobParams::default()
+        });
+        assert_eq!(
+            params.with_after(Some(9)),
+            "state=failed%2C+retryable&queue=emails&args=%7B%22user%22%3A+7%7D&limit=20&after=9"
+        );
+    }
+}
