@@ -58,11 +58,8 @@ async fn guard(
                 .unwrap_or_default();
             let mut response = next.run(request).await;
             if let Some(token) = new_token {
-                let path = if base.is_empty() {
-                    "/".to_owned()
-                } else {
-                    format!("{base}/")
-                };
+                // `/admin/jobs` path-matches `/admin/jobs` and `/admin/jobs/…` only.
+                let path = if base.is_empty() { "/" } else { base.as_str() };
                 let cookie =
                     format!("{CSRF_COOKIE}={token}; Path={path}; HttpOnly; SameSite=Strict");
                 if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -95,18 +92,11 @@ async fn check(shared: &Shared, request: Request) -> Result<(Request, Option<Str
         }
         Access::Forbidden => return Err(refuse(StatusCode::FORBIDDEN, "forbidden")),
     }
-    let stripped = parts.uri.path().len();
     let base = parts
         .extensions
         .get::<OriginalUri>()
-        .map(|original| {
-            let full = original.0.path();
-            full.get(..full.len().saturating_sub(stripped))
-                .unwrap_or("")
-                .to_owned()
-        })
+        .map(|original| nest_prefix(original.0.path(), parts.uri.path()))
         .unwrap_or_default();
-    let base = base.trim_end_matches('/').to_owned();
     let cookie = cookie_token(&parts.headers);
     let body = match parts.method {
         Method::GET | Method::HEAD => body,
@@ -182,6 +172,18 @@ async fn check(shared: &Shared, request: Request) -> Result<(Request, Option<Str
     parts.extensions.insert(Csrf(token));
     parts.extensions.insert(Granted(access));
     Ok((Request::from_parts(parts, body), new))
+}
+
+/// The path a router is nested under, from the request's full path and the path the router
+/// sees: `/admin/jobs/jobs/7` and `/jobs/7` give `/admin/jobs`; `/admin/jobs` and `/` (the
+/// nested root) give `/admin/jobs`; at the root, the empty string.
+fn nest_prefix(full: &str, seen: &str) -> String {
+    let prefix = match full.strip_suffix(seen) {
+        Some(prefix) => prefix,
+        None if seen == "/" => full,
+        None => "",
+    };
+    prefix.trim_end_matches('/').to_owned()
 }
 
 /// Refuses a request whose `Sec-Fetch-Site` is not `same-origin` or whose `Origin` is not
@@ -306,6 +308,14 @@ fn secure_headers(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nest_prefixes() {
+        assert_eq!(nest_prefix("/admin/jobs/jobs/7", "/jobs/7"), "/admin/jobs");
+        assert_eq!(nest_prefix("/admin/jobs", "/"), "/admin/jobs");
+        assert_eq!(nest_prefix("/jobs/7", "/jobs/7"), "");
+        assert_eq!(nest_prefix("/", "/"), "");
+    }
 
     #[test]
     fn host_names_drop_their_port() {

@@ -125,10 +125,11 @@ pub(crate) fn layout(
         (Nav::Schedules, "/schedules", "Schedules"),
         (Nav::Health, "/health", "Health"),
     ];
+    // Nested at `/admin/jobs`, the overview is `/admin/jobs` (axum routes no trailing slash).
     let root = if ctx.base.is_empty() {
         "/".to_owned()
     } else {
-        format!("{}/", ctx.base)
+        ctx.base.clone()
     };
     let markup = html! {
         (DOCTYPE)

@@ -1,0 +1,752 @@
+//! The dashboard over HTTP, without a browser: authorization, CSRF and same-origin checks,
+//! escaping, redaction, security headers, mounting under a prefix, the JSON API, and the
+//! shared live poller (a hundred event streams cost the database what one does).
+//! `tests/browser.rs` drives the same pages in a real Chromium.
+
+// The load test prints its figures on stderr (docs/dashboard.md quotes them).
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode, header};
+use common::database;
+use skiplock::web::{Access, Dashboard, Field};
+use sqlx::PgPool;
+use tower::ServiceExt as _;
+
+const SCRIPT: &str = "<script>window.__xss=1</script>";
+const IMG: &str = "\"><img src=x onerror=\"window.__xss=1\">";
+
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    let response: Response<Body> = app.clone().oneshot(request).await.expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
+        .await
+        .expect("body");
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::HOST, "dash.test")
+        .body(Body::empty())
+        .expect("request")
+}
+
+/// A job inserted the way another language might write it.
+async fn insert(
+    pool: &PgPool,
+    kind: &str,
+    queue: &str,
+    state: &str,
+    args: serde_json::Value,
+) -> i64 {
+    let finished = matches!(state, "completed" | "failed" | "cancelled");
+    sqlx::query_scalar(
+        "INSERT INTO skiplock.jobs (kind, queue, args, state, finished_at, tags, errors, attempt)
+         VALUES ($1, $2, $3, $4::text::skiplock.job_state, CASE WHEN $5 THEN now() END, $6,
+                 CASE WHEN $5 THEN jsonb_build_array(jsonb_build_object('attempt', 1, 'at', now(),
+                      'kind', 'error', 'message', $7::text)) ELSE '[]' END,
+                 CASE WHEN $5 THEN 1 ELSE 0 END)
+         RETURNING id",
+    )
+    .bind(kind)
+    .bind(queue)
+    .bind(args)
+    .bind(state)
+    .bind(finished)
+    .bind(vec![format!("tag{SCRIPT}")])
+    .bind(format!("boom {IMG} Bearer sk_live_0123456789"))
+    .fetch_one(pool)
+    .await
+    .expect("insert job")
+}
+
+async fn state_of(pool: &PgPool, id: i64) -> String {
+    sqlx::query_scalar("SELECT state::text FROM skiplock.jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("state")
+}
+
+fn full(pool: &PgPool) -> Router {
+    Dashboard::new(pool.clone())
+        .authorizer(|_| Access::Full)
+        .router()
+}
+
+/// The CSRF cookie a page set, and the token its forms carry.
+async fn token(app: &Router, path: &str) -> (String, String) {
+    let (status, headers, body) = send(app, get(path)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cookie = headers
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .expect("a CSRF cookie")
+        .split(';')
+        .next()
+        .expect("cookie pair")
+        .to_owned();
+    let (_, value) = cookie.split_once('=').expect("name=value");
+    (cookie.clone(), value.to_owned())
+}
+
+fn post_form(path: &str, cookie: Option<&str>, body: &str, origin: Option<&str>) -> Request<Body> {
+    let mut request = Request::post(path)
+        .header(header::HOST, "dash.test")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    if let Some(origin) = origin {
+        request = request.header(header::ORIGIN, origin);
+    }
+    request.body(Body::from(body.to_owned())).expect("request")
+}
+
+#[tokio::test]
+async fn without_an_authorizer_the_dashboard_is_read_only() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(
+        pool,
+        "email",
+        "default",
+        "available",
+        serde_json::json!({"to": "a"}),
+    )
+    .await;
+    let app = Dashboard::new(pool.clone()).router();
+    for path in [
+        "/",
+        "/jobs",
+        &format!("/jobs/{id}"),
+        "/queues",
+        "/workers",
+        "/schedules",
+        "/health",
+        "/api/v1/overview",
+        "/api/v1/jobs",
+        &format!("/api/v1/jobs/{id}"),
+    ] {
+        let (status, _, body) = send(&app, get(path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    let (_, body) = {
+        let (s, _, b) = send(&app, get(&format!("/jobs/{id}"))).await;
+        (s, b)
+    };
+    assert!(
+        !body.contains("data-action=\"cancel\""),
+        "a read-only page offers no action"
+    );
+    assert!(body.contains("read-only"));
+    let (cookie, csrf) = token(&app, "/jobs").await;
+    let (status, _, _) = send(
+        &app,
+        post_form(
+            &format!("/jobs/{id}/cancel"),
+            Some(&cookie),
+            &format!("csrf={csrf}"),
+            Some("http://dash.test"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let json = Request::post(format!("/api/v1/jobs/{id}/cancel"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(send(&app, json).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(state_of(pool, id).await, "available");
+}
+
+#[tokio::test]
+async fn mutations_need_a_csrf_token_and_the_same_origin() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(pool, "email", "default", "available", serde_json::json!({})).await;
+    let app = full(pool);
+    let (cookie, csrf) = token(&app, &format!("/jobs/{id}")).await;
+    let path = format!("/jobs/{id}/cancel");
+    let good = format!("csrf={csrf}");
+    let wrong = format!("csrf={}", "0".repeat(64));
+    let refused = [
+        (
+            "no token",
+            post_form(&path, Some(&cookie), "", Some("http://dash.test")),
+        ),
+        (
+            "no cookie",
+            post_form(&path, None, &good, Some("http://dash.test")),
+        ),
+        (
+            "wrong token",
+            post_form(&path, Some(&cookie), &wrong, Some("http://dash.test")),
+        ),
+        (
+            "another origin",
+            post_form(&path, Some(&cookie), &good, Some("http://evil.test")),
+        ),
+        (
+            "a null origin",
+            post_form(&path, Some(&cookie), &good, Some("null")),
+        ),
+        ("cross-site fetch", {
+            let mut r = post_form(&path, Some(&cookie), &good, None);
+            r.headers_mut()
+                .insert("sec-fetch-site", "cross-site".parse().expect("value"));
+            r
+        }),
+        (
+            "a text/plain body",
+            Request::post(&path)
+                .header(header::HOST, "dash.test")
+                .header(header::COOKIE, &cookie)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from(good.clone()))
+                .expect("request"),
+        ),
+        (
+            "JSON from another origin",
+            Request::post(format!("/api/v1/jobs/{id}/cancel"))
+                .header(header::HOST, "dash.test")
+                .header(header::ORIGIN, "http://evil.test")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::empty())
+                .expect("request"),
+        ),
+        (
+            "JSON from a browser without the token",
+            Request::post(format!("/api/v1/jobs/{id}/cancel"))
+                .header(header::HOST, "dash.test")
+                .header(header::ORIGIN, "http://dash.test")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::empty())
+                .expect("request"),
+        ),
+    ];
+    for (what, request) in refused {
+        let (status, _, body) = send(&app, request).await;
+        assert!(
+            status == StatusCode::FORBIDDEN || status == StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{what}: {status} {body}"
+        );
+        assert_eq!(
+            state_of(pool, id).await,
+            "available",
+            "{what} changed the job"
+        );
+    }
+    // No mutation through GET: the action paths answer GET with 405.
+    assert_eq!(
+        send(&app, get(&path)).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(state_of(pool, id).await, "available");
+
+    let (status, headers, _) = send(
+        &app,
+        post_form(&path, Some(&cookie), &good, Some("http://dash.test")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], format!("/jobs/{id}"));
+    assert_eq!(state_of(pool, id).await, "cancelled");
+
+    // A script (no Origin, no Sec-Fetch-Site) sends JSON.
+    let retry = Request::post(format!("/api/v1/jobs/{id}/retry"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::empty())
+        .expect("request");
+    let (status, _, body) = send(&app, retry).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"changed":true}"#)
+    );
+    assert_eq!(state_of(pool, id).await, "available");
+}
+
+#[tokio::test]
+async fn job_data_is_escaped_everywhere() {
+    let db = database().await;
+    let pool = db.pool();
+    let hostile = serde_json::json!({ "html": SCRIPT, "attr": IMG });
+    let queue = format!("q{IMG}");
+    let kind = format!("k{SCRIPT}");
+    let failed = insert(pool, &kind, &queue, "failed", hostile.clone()).await;
+    let waiting = insert(pool, &kind, &queue, "available", hostile).await;
+    let name = format!("s{SCRIPT}");
+    match skiplock::Schedule::new(&name, "* * * * *", &common::Record { n: 0 }) {
+        Ok(schedule) => skiplock::schedule::add(pool, &schedule)
+            .await
+            .expect("add schedule"),
+        Err(error) => eprintln!("no schedule with a hostile name ({error}): pages still checked"),
+    }
+    let app = full(pool);
+    for path in [
+        "/".to_owned(),
+        "/jobs".to_owned(),
+        format!("/jobs/{failed}"),
+        format!("/jobs/{waiting}"),
+        "/queues".to_owned(),
+        "/schedules".to_owned(),
+        format!("/jobs?kind={}", urlencode(&kind)),
+    ] {
+        let (status, headers, body) = send(&app, get(&path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .expect("type")
+                .starts_with("text/html")
+        );
+        assert!(
+            !body.contains("<script>window"),
+            "{path} has a raw script tag"
+        );
+        assert!(!body.contains("<img src=x"), "{path} has a raw img tag");
+        assert!(
+            !body.to_lowercase().contains(" onerror=\"window"),
+            "{path} has a raw handler"
+        );
+        let csp = headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("csp");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
+        assert!(
+            !body.contains("<script>") && !body.contains(" style="),
+            "{path}: inline script or style"
+        );
+    }
+    let (_, _, body) = send(&app, get(&format!("/jobs/{failed}"))).await;
+    assert!(
+        body.contains("&lt;script&gt;window.__xss=1&lt;/script&gt;"),
+        "the payload shows as text"
+    );
+}
+
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_redactor_keeps_secrets_from_every_page_and_answer() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(
+        pool,
+        "charge",
+        "default",
+        "failed",
+        serde_json::json!({"card": {"api_token": "sk_live_0123456789"}, "amount": 5}),
+    )
+    .await;
+    let app = Dashboard::new(pool.clone())
+        .redact(|field, _kind, value| {
+            if field == Field::Error {
+                if let serde_json::Value::String(text) = value {
+                    *text = text.replace("sk_live_0123456789", "[token]");
+                }
+            } else if let Some(card) = value.get_mut("card") {
+                *card = serde_json::Value::String("[card]".into());
+            }
+        })
+        .router();
+    for path in [
+        "/jobs".to_owned(),
+        format!("/jobs/{id}"),
+        "/api/v1/jobs".to_owned(),
+        format!("/api/v1/jobs/{id}"),
+        format!("/api/v1/jobs/{id}/explain"),
+    ] {
+        let (status, _, body) = send(&app, get(&path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(!body.contains("sk_live"), "{path} shows the secret: {body}");
+    }
+    let (_, _, body) = send(&app, get(&format!("/api/v1/jobs/{id}"))).await;
+    assert!(
+        body.contains("[card]") && body.contains("[token]") && body.contains("\"amount\":5"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn authorizers_hosts_and_headers_guard_every_route() {
+    let db = database().await;
+    let pool = db.pool();
+    let forbidden = Dashboard::new(pool.clone())
+        .authorizer(|_| Access::Forbidden)
+        .router();
+    let asking = Dashboard::new(pool.clone())
+        .authorizer(|_| Access::Unauthenticated)
+        .router();
+    let local = Dashboard::new(pool.clone())
+        .allowed_hosts(["localhost", "127.0.0.1"])
+        .router();
+    // Path tricks against route matching: each is refused or not found, never served past
+    // the guard.
+    for path in [
+        "/",
+        "/jobs",
+        "/api/v1/jobs",
+        "/api/v1/events",
+        "/assets/app.js",
+        "/api/v1/health/../jobs",
+        "//jobs",
+        "/%2e%2e/jobs",
+    ] {
+        let (status, headers, _) = send(&forbidden, get(path)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert!(
+            headers.contains_key(header::CONTENT_SECURITY_POLICY),
+            "{path}"
+        );
+        let (status, headers, _) = send(&asking, get(path)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(
+            headers[header::WWW_AUTHENTICATE]
+                .to_str()
+                .expect("value")
+                .starts_with("Basic")
+        );
+        let (status, _, _) = send(&local, get(path)).await;
+        assert_eq!(
+            status,
+            StatusCode::MISDIRECTED_REQUEST,
+            "{path} for host dash.test"
+        );
+    }
+    let at_localhost = Request::get("/")
+        .header(header::HOST, "localhost:8080")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(send(&local, at_localhost).await.0, StatusCode::OK);
+    let (_, headers, _) = send(
+        &local,
+        Request::get("/")
+            .header(header::HOST, "127.0.0.1:9")
+            .body(Body::empty())
+            .expect("r"),
+    )
+    .await;
+    for name in [
+        "content-security-policy",
+        "x-content-type-options",
+        "x-frame-options",
+        "referrer-policy",
+        "cache-control",
+    ] {
+        assert!(headers.contains_key(name), "missing {name}");
+    }
+    let put = Request::put("/jobs/1/cancel")
+        .header(header::HOST, "localhost")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(send(&local, put).await.0, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn nested_under_a_prefix_links_cookies_and_redirects_keep_it() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(pool, "email", "default", "failed", serde_json::json!({})).await;
+    let app = Router::new().nest("/admin/jobs", full(pool));
+    let (status, headers, body) = send(&app, get("/admin/jobs")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("href=\"/admin/jobs/jobs\""),
+        "links keep the prefix: {body}"
+    );
+    assert!(body.contains("/admin/jobs/assets/app.js"));
+    let cookie = headers[header::SET_COOKIE].to_str().expect("cookie");
+    assert!(
+        cookie.contains("Path=/admin/jobs;")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let (cookie, csrf) = token(&app, &format!("/admin/jobs/jobs/{id}")).await;
+    let (status, headers, _) = send(
+        &app,
+        post_form(
+            &format!("/admin/jobs/jobs/{id}/retry"),
+            Some(&cookie),
+            &format!("csrf={csrf}"),
+            Some("http://dash.test"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], format!("/admin/jobs/jobs/{id}"));
+    assert_eq!(state_of(pool, id).await, "available");
+    assert_eq!(
+        send(&app, get("/admin/jobs/assets/app.css")).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_api_lists_filters_counts_and_acts_in_bulk() {
+    let db = database().await;
+    let pool = db.pool();
+    for n in 0..5 {
+        insert(
+            pool,
+            "email",
+            "mail",
+            "failed",
+            serde_json::json!({"n": n, "user": 7}),
+        )
+        .await;
+    }
+    insert(
+        pool,
+        "email",
+        "mail",
+        "failed",
+        serde_json::json!({"n": 9, "user": 8}),
+    )
+    .await;
+    let app = full(pool);
+    let (status, _, body) = send(
+        &app,
+        get("/api/v1/jobs?state=failed&args=%7B%22user%22%3A7%7D&limit=2"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(page["jobs"].as_array().map(Vec::len), Some(2));
+    let next = page["next"].as_i64().expect("a next page");
+    let (_, _, body) = send(
+        &app,
+        get(&format!(
+            "/api/v1/jobs?state=failed&args=%7B%22user%22%3A7%7D&limit=2&after={next}"
+        )),
+    )
+    .await;
+    let second: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(second["jobs"][0]["id"].as_i64().expect("id") < next);
+    let (_, _, body) = send(&app, get("/api/v1/jobs/count?state=failed")).await;
+    assert_eq!(body, r#"{"count":{"kind":"exact","value":6}}"#);
+    for bad in [
+        "/api/v1/jobs?state=nope",
+        "/api/v1/jobs?limit=100000",
+        "/api/v1/jobs?args=%7B",
+        "/api/v1/jobs?order=random()",
+    ] {
+        assert_eq!(
+            send(&app, get(bad)).await.0,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    let bulk = |body: &str| {
+        Request::post("/api/v1/jobs/retry")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .expect("request")
+    };
+    assert_eq!(
+        send(&app, bulk(r#"{"filter": {}}"#)).await.0,
+        StatusCode::BAD_REQUEST,
+        "an empty filter is refused"
+    );
+    let (status, _, body) = send(
+        &app,
+        bulk(r#"{"filter": {"states": ["failed"], "args": {"user": 7}}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(report["changed"], 5);
+    assert_eq!(common::count_state(pool, "failed").await, 1);
+}
+
+// ----- live updates, over real connections -----
+
+/// Serves `app` on a free loopback port.
+async fn serve(app: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listen");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
+/// Opens an event stream (blocking socket, read on its own thread).
+fn open_stream(address: std::net::SocketAddr, path: &str) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("request");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    BufReader::new(stream)
+}
+
+/// The data of the next event named `name`.
+fn next_event(reader: &mut BufReader<TcpStream>, name: &str) -> serde_json::Value {
+    let mut current = String::new();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("read the stream");
+        assert!(n > 0, "the stream ended");
+        let line = line.trim_end();
+        if let Some(event) = line.strip_prefix("event: ") {
+            current = event.to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ")
+            && current == name
+        {
+            return serde_json::from_str(data).expect("event data");
+        }
+    }
+}
+
+async fn transactions(pool: &PgPool) -> i64 {
+    // Statistics are flushed when a session goes idle (at most every second): let them.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    sqlx::query_scalar("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
+        .fetch_one(pool)
+        .await
+        .expect("pg_stat_database")
+}
+
+#[tokio::test]
+async fn a_jobs_progress_streams_and_a_hundred_tabs_cost_what_one_does() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(
+        pool,
+        "import",
+        "default",
+        "available",
+        serde_json::json!({}),
+    )
+    .await;
+    // The dashboard's own pool: the test's queries must not count as the dashboard's.
+    let dashboard_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(db.connect_options().clone())
+        .await
+        .expect("dashboard pool");
+    let interval = Duration::from_millis(300);
+    let address = serve(
+        Dashboard::new(dashboard_pool.clone())
+            .live_interval(interval)
+            .router(),
+    )
+    .await;
+
+    // Progress, as a handler's set_progress stores it, arrives on the job's stream.
+    let path = format!("/api/v1/events?job={id}");
+    let reader = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            let mut stream = open_stream(address, &path);
+            let mut seen = Vec::new();
+            loop {
+                let event = next_event(&mut stream, "job");
+                seen.push(event["percent"].as_f64());
+                if event["finished"] == true {
+                    return seen;
+                }
+            }
+        }
+    });
+    for percent in [10, 40, 80] {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        sqlx::query("UPDATE skiplock.jobs SET progress = jsonb_build_object('done', $2::int, 'total', 100) WHERE id = $1")
+            .bind(id)
+            .bind(percent)
+            .execute(pool)
+            .await
+            .expect("progress");
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sqlx::query("UPDATE skiplock.jobs SET state = 'completed', finished_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .expect("complete");
+    let seen = tokio::task::spawn_blocking(move || reader.join().expect("reader"))
+        .await
+        .expect("join");
+    for percent in [Some(10.0), Some(40.0), Some(80.0), Some(100.0)] {
+        assert!(seen.contains(&percent), "saw {seen:?}, not {percent:?}");
+    }
+
+    // The overview: one stream, then a hundred, each for the same time.
+    let window = Duration::from_secs(6);
+    let mut load = Vec::new();
+    for tabs in [1_usize, 100] {
+        let before = transactions(pool).await;
+        let started = Instant::now();
+        let readers: Vec<_> = (0..tabs)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut stream = open_stream(address, "/api/v1/events");
+                    let first = next_event(&mut stream, "overview");
+                    assert!(first["queues"].is_array());
+                    // Hold the stream open for the window.
+                    let _ = stream
+                        .get_ref()
+                        .set_read_timeout(Some(Duration::from_millis(100)));
+                    while started.elapsed() < window {
+                        let mut line = String::new();
+                        let _ = stream.read_line(&mut line);
+                    }
+                })
+            })
+            .collect();
+        for reader in readers {
+            tokio::task::spawn_blocking(move || reader.join().expect("reader"))
+                .await
+                .expect("join");
+        }
+        // Let the poller notice the streams are gone before the count ends.
+        tokio::time::sleep(interval * 3).await;
+        let after = transactions(pool).await;
+        // The two reads of pg_stat_database are the test's own.
+        load.push(after - before - 1);
+    }
+    eprintln!(
+        "database transactions in {window:?} of live overview: 1 stream {}, 100 streams {}",
+        load[0], load[1]
+    );
+    assert!(load[0] > 0, "the overview was polled");
+    assert!(
+        load[1] <= load[0] * 2 + 10,
+        "100 streams cost {} transactions, 1 stream {}",
+        load[1],
+        load[0]
+    );
+}
