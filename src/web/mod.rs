@@ -33,6 +33,9 @@
 //!   job's state and progress). One poller per [`Dashboard`] feeds every open browser: a
 //!   hundred open tabs cost the database what one does.
 //!
+//! For the application's own pages, [`JobEvents`] streams one job's progress (and ships a
+//! script that draws it as a progress bar) without exposing the dashboard.
+//!
 //! Secure by default:
 //! - read-only unless an [`authorizer`](Dashboard::authorizer) grants [`Access::Full`];
 //!   authorization is checked for every request before any handler runs;
@@ -53,6 +56,7 @@ mod assets;
 mod events;
 mod pages;
 mod params;
+mod progress;
 mod redact;
 mod security;
 
@@ -66,6 +70,7 @@ use sqlx::PgPool;
 
 use crate::inspect::{self, HealthOptions, HealthReport};
 
+pub use self::progress::JobEvents;
 pub use self::redact::Field;
 pub use self::security::constant_time_eq;
 
@@ -197,15 +202,7 @@ impl Dashboard {
     /// the root. Its live view polls on a task spawned on the Tokio runtime that serves the
     /// first event stream, and only while a stream is open.
     pub fn router(self) -> Router {
-        let shared = Arc::new(Shared {
-            hub: events::Hub::new(self.pool.clone(), self.live_interval),
-            pool: self.pool,
-            authorizer: self.authorizer,
-            redactor: self.redactor,
-            allowed_hosts: self.allowed_hosts,
-            title: self.title,
-            health: tokio::sync::Mutex::new(None),
-        });
+        let shared = Arc::new(Shared::new(self));
         let routes = pages::routes().merge(api::routes()).merge(assets::routes());
         security::layer(routes, shared.clone()).with_state(shared)
     }
@@ -228,6 +225,18 @@ pub(crate) struct Shared {
 const HEALTH_FRESH: Duration = Duration::from_secs(30);
 
 impl Shared {
+    fn new(dashboard: Dashboard) -> Self {
+        Self {
+            hub: events::Hub::new(dashboard.pool.clone(), dashboard.live_interval),
+            pool: dashboard.pool,
+            authorizer: dashboard.authorizer,
+            redactor: dashboard.redactor,
+            allowed_hosts: dashboard.allowed_hosts,
+            title: dashboard.title,
+            health: tokio::sync::Mutex::new(None),
+        }
+    }
+
     fn access(&self, parts: &Parts) -> Access {
         self.authorizer
             .as_ref()
