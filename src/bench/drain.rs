@@ -42,6 +42,10 @@ pub struct Drain {
     /// Available jobs of a kind no benchmark worker runs, inserted first into the same queue
     /// (so they sit at its head) and left waiting: they must not slow the claim. Default 0.
     pub foreign: u64,
+    /// An open dashboard for the whole drain: its overview's live stream read as a browser tab
+    /// would (the dashboard polls every [`LIVE_INTERVAL`](crate::web::LIVE_INTERVAL) on
+    /// connections of its own). Default off.
+    pub dashboard: bool,
 }
 
 impl Default for Drain {
@@ -53,6 +57,7 @@ impl Default for Drain {
             scheduled: 0,
             finished: 0,
             foreign: 0,
+            dashboard: false,
         }
     }
 }
@@ -84,6 +89,11 @@ impl Drain {
             self.workers,
             metrics.as_ref(),
         )?;
+        let dashboard = if self.dashboard {
+            Some(open_dashboard(database.pool(2).await?).await?)
+        } else {
+            None
+        };
         let total = self.jobs;
         let mut scrapes = 0_u64;
         let all_started = async {
@@ -125,6 +135,13 @@ impl Drain {
             Err(error) => Err(error),
         };
         let stopped = stop_all(workers).await;
+        let events = dashboard.map(|(reader, pool)| {
+            reader.abort();
+            pool
+        });
+        if let Some(pool) = events {
+            pool.close().await;
+        }
         pool.close().await;
         let completed = completed?;
         stopped?;
@@ -139,7 +156,8 @@ impl Drain {
             .detail("scheduled", self.scheduled)
             .detail("finished", self.finished)
             .detail("foreign", self.foreign)
-            .detail("scrapes", scrapes);
+            .detail("scrapes", scrapes)
+            .detail("dashboard", self.dashboard);
         before.finish(&mut conn, report).await
     }
 
@@ -241,4 +259,25 @@ async fn settle(conn: &mut PgConnection, total: u64) -> Result<db::bench::Comple
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A dashboard on `pool` with its overview stream open and read by a task (abort it to close
+/// the stream).
+async fn open_dashboard(
+    pool: sqlx::PgPool,
+) -> Result<(tokio::task::JoinHandle<()>, sqlx::PgPool), BenchError> {
+    use futures_util::StreamExt as _;
+    use tower::ServiceExt as _;
+
+    let app = crate::web::Dashboard::new(pool.clone()).router();
+    let request = axum::http::Request::get("/api/v1/events")
+        .body(axum::body::Body::empty())
+        .map_err(|error| BenchError::Invalid(error.to_string()))?;
+    let response = app
+        .oneshot(request)
+        .await
+        .map_err(|error| BenchError::Invalid(error.to_string()))?;
+    let mut body = response.into_body().into_data_stream();
+    let reader = tokio::spawn(async move { while let Some(Ok(_event)) = body.next().await {} });
+    Ok((reader, pool))
 }

@@ -167,6 +167,9 @@ impl Inspect {
             "health",
             time(samples, || inspect::health(&pool, &options)).await?,
         );
+        for (name, times) in time_pages(&pool, samples, some_id, available_id).await? {
+            record(&name, times);
+        }
         pool.close().await;
 
         let total = self.finished + self.waiting + RARE as u64;
@@ -178,6 +181,66 @@ impl Inspect {
             .detail("samples", samples)
             .detail("calls", calls))
     }
+}
+
+/// Every dashboard page and the overview's JSON, through the router (no network), each as
+/// a browser would ask for it. The overview shows health warnings from a report it keeps for
+/// 30 seconds (the warm-up call reads it); `/health` runs every check each time.
+async fn time_pages(
+    pool: &sqlx::PgPool,
+    samples: u32,
+    some_id: i64,
+    available_id: i64,
+) -> Result<Vec<(String, Vec<f64>)>, BenchError> {
+    use tower::ServiceExt as _;
+
+    let app = crate::web::Dashboard::new(pool.clone()).router();
+    let paths = [
+        "/".to_owned(),
+        "/jobs".to_owned(),
+        "/jobs?state=failed".to_owned(),
+        "/jobs?state=available&queue=default".to_owned(),
+        "/jobs?queue=rare".to_owned(),
+        "/jobs?args=%7B%22customer%22%3A%22c17%22%7D".to_owned(),
+        format!("/jobs/{some_id}"),
+        format!("/jobs/{available_id}"),
+        "/queues".to_owned(),
+        "/workers".to_owned(),
+        "/schedules".to_owned(),
+        "/health".to_owned(),
+        "/api/v1/overview".to_owned(),
+    ];
+    let mut timed = Vec::new();
+    for path in paths {
+        let get = || {
+            let app = app.clone();
+            let path = path.clone();
+            async move {
+                let request = axum::http::Request::get(&path)
+                    .header("host", "bench")
+                    .body(axum::body::Body::empty())
+                    .map_err(|error| inspect::InspectError::Invalid(error.to_string()))?;
+                let response = app
+                    .oneshot(request)
+                    .await
+                    .map_err(|error| inspect::InspectError::Invalid(error.to_string()))?;
+                let status = response.status();
+                // The whole body: a page is ready when it has been rendered.
+                axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .map_err(|error| inspect::InspectError::Invalid(error.to_string()))?;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(inspect::InspectError::Invalid(format!(
+                        "{path} answered {status}"
+                    )))
+                }
+            }
+        };
+        timed.push((format!("page: {path}"), time(samples, get).await?));
+    }
+    Ok(timed)
 }
 
 fn invalid(error: inspect::InspectError) -> BenchError {

@@ -127,6 +127,7 @@ fn scenario(args: BenchScenario) -> Scenario {
             scheduled: args.scheduled,
             finished: args.finished,
             foreign: args.foreign,
+            dashboard: args.dashboard,
         }),
         BenchScenario::Steady(args) => Scenario::Steady(Steady {
             rate: args.rate,

@@ -207,6 +207,11 @@ pub(crate) struct BenchDrainArgs {
     /// Available jobs of a kind no worker runs, waiting at the head of the same queue.
     #[arg(long, default_value_t = 0)]
     pub(crate) foreign: u64,
+
+    /// Keep a dashboard open for the whole drain (its overview's live stream, read as a
+    /// browser tab would), to measure what watching costs.
+    #[arg(long)]
+    pub(crate) dashboard: bool,
 }
 
 #[derive(Debug, Args)]
