@@ -132,7 +132,7 @@ pub(crate) async fn page(state: State, ctx: Ctx) -> PageResult {
     let body = html! {
         h1 { "Overview" }
         @if let Some(report) = &health {
-            @let warnings: Vec<_> = report.checks.iter().filter(|c| c.severity != Severity::Ok).collect();
+            @let warnings: Vec<_> = report.checks.iter().filter(|c| matches!(c.severity, Severity::Warning | Severity::Critical)).collect();
             @if !warnings.is_empty() {
                 section.alerts {
                     @for check in warnings {
