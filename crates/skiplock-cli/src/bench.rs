@@ -178,10 +178,17 @@ fn sentence(report: &Report) -> String {
             report.details.get("waiting").cloned().unwrap_or_default(),
             report.details.get("samples").cloned().unwrap_or_default(),
         );
+        let name = |call: &serde_json::Value| {
+            call.get("call")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .unwrap_or_default()
+        };
+        let width = calls.iter().map(|c| name(c).len()).max().unwrap_or(0);
         for call in calls {
             let ms = |key| call.get(key).and_then(|v| v.as_f64()).unwrap_or_default();
             lines.push_str(&format!(
-                "\n  {:<36} {:>8.2} ms {:>8.2} ms",
+                "\n  {:<width$} {:>8.2} ms {:>8.2} ms",
                 call.get("call")
                     .and_then(|v| v.as_str())
                     .unwrap_or_default(),
