@@ -138,7 +138,12 @@
       if (!q) return;
       row.querySelectorAll("[data-count]").forEach(function (node) {
         var count = q[node.getAttribute("data-count")];
-        node.textContent = countText(count);
+        var number = node.querySelector(".num") || node;
+        number.textContent = countText(count);
+        number.classList.toggle("zero", !count || count.value === 0);
+        if (count && count.kind === "estimate") number.setAttribute("title", "an estimate from table statistics");
+        else if (count && count.kind === "at_least") number.setAttribute("title", "counted up to here");
+        else number.removeAttribute("title");
       });
       var minute = row.querySelector('[data-field="completed_last_minute"]');
       if (minute) minute.textContent = grouped(q.completed_last_minute);
@@ -175,11 +180,19 @@
       state.replaceChildren(badge);
     }
     var bar = document.getElementById("job-progress");
+    var card = document.querySelector(".progress-card");
+    if (card && (job.state === "running" || (job.percent !== null && job.percent !== undefined))) {
+      card.hidden = false;
+    }
     if (bar && job.percent !== null && job.percent !== undefined) {
       bar.value = job.percent;
       bar.setAttribute("data-percent", job.percent.toFixed(1));
       var text = document.getElementById("job-progress-text");
       if (text) text.textContent = Math.round(job.percent) + "%";
+    }
+    var json = document.querySelector("#job-progress-json pre");
+    if (json && job.progress !== null && job.progress !== undefined) {
+      json.textContent = JSON.stringify(job.progress, null, 2);
     }
     if (job.finished) {
       // The result, attempts and actions of a finished job: render the page again, once.

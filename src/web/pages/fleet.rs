@@ -47,7 +47,7 @@ pub(crate) async fn workers(state: State, ctx: Ctx) -> PageResult {
                                 td { (w.host) }
                                 td.n { (w.pid) }
                                 td { @for q in &w.queues { span.tag { (q.name) @if let Some(c) = q.concurrency { " (" (c) ")" } } " " } }
-                                td.kinds { @match &w.kinds { Some(kinds) => { (kinds.join(", ")) }, None => { span.muted { "any" } } } }
+                                td.kinds { @match &w.kinds { Some(kinds) => { (sorted(kinds).join(", ")) }, None => { span.muted { "any" } } } }
                                 td.n { (w.running) }
                                 td { (when(Some(w.heartbeat_at))) }
                                 td { (when(Some(w.started_at))) }
@@ -91,7 +91,7 @@ pub(crate) async fn schedules(state: State, ctx: Ctx) -> PageResult {
                                 td { code { (row.cron) } " " span.muted { (row.timezone) } }
                                 td.kind { (row.kind) }
                                 td { (row.queue) }
-                                td { (when(row.next_fire_at)) }
+                                td { @if row.paused { span.muted { "paused" } } @else { (when(row.next_fire_at)) } }
                                 td { (when(row.last_fire_at)) }
                                 td { @if let Some(job) = &s.last_job {
                                     a href=(ctx.link(&format!("/jobs/{}", job.id))) { "#" (job.id) } " " (state_badge(job.state))
@@ -130,4 +130,10 @@ pub(crate) async fn act(
     }
     tracing::info!(schedule = %name, action = %action, "dashboard: schedule action");
     Ok(see_other(&ctx, "/schedules"))
+}
+
+fn sorted(kinds: &[String]) -> Vec<&str> {
+    let mut kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+    kinds.sort_unstable();
+    kinds
 }

@@ -18,7 +18,7 @@ pub(crate) async fn page(state: State, ctx: Ctx) -> PageResult {
             @for check in &report.checks {
                 section class={"card check sev-" (check.severity.as_str())} data-check=(check.name) {
                     div.card-head {
-                        h2 { (check.name) }
+                        h2 { (super::check_title(check.name)) " " code.muted { (check.name) } }
                         span class={"badge sev-" (check.severity.as_str())} { (check.severity.as_str()) }
                     }
                     p { (check.summary) }

@@ -70,8 +70,10 @@ pub(crate) async fn page(state: State, ctx: Ctx, Path(id): Path<i64>) -> PageRes
                 @if finished { (ctx.action(&path("delete"), "delete", "Delete", Some("Delete this job for good?"))) }
             }
         }
+        // Every unfinished job has the bar, shown once it runs or reports progress (the
+        // script shows it when the first progress arrives).
         @if percent.is_some() || !finished {
-            div.card.progress-card {
+            div.card.progress-card hidden[percent.is_none() && job.state != JobState::Running] {
                 div.card-head { h2 { "Progress" } span.muted id="job-progress-text" { @if let Some(p) = percent { (format!("{p:.0}%")) } @else { "no progress reported" } } }
                 progress id="job-progress" max="100" value=(percent.unwrap_or(0.0)) data-percent=(percent.map_or(String::new(), |p| format!("{p:.1}"))) {}
             }

@@ -45,7 +45,7 @@ pub(crate) async fn page(state: State, ctx: Ctx, Query(params): Query<JobParams>
             table.grid.jobs {
                 thead { tr {
                     th.n { "ID" } th { "State" } th { "Kind" } th { "Queue" } th { "Arguments" }
-                    th.n { "Attempt" } th { "Created" } th { "Runs / ran" } th { "Last error" }
+                    th.n { "Attempt" } th { "Created" } th { "Last activity" } th { "Last error" }
                 } }
                 tbody {
                     @for job in &page.jobs {

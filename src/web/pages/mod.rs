@@ -138,6 +138,8 @@ pub(crate) fn layout(
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="color-scheme" content="light dark";
+                // No favicon request to the host's root (a 404 there is a console error).
+                link rel="icon" href="data:,";
                 title { (title) " · " (ctx.title) }
                 link rel="stylesheet" href=(ctx.link(&format!("/assets/app.css?v={}", super::assets::VERSION)));
                 script src=(ctx.link(&format!("/assets/app.js?v={}", super::assets::VERSION))) defer {}
@@ -305,6 +307,23 @@ pub(crate) fn duration(d: Option<Duration>) -> Markup {
 
 pub(crate) fn state_badge(state: JobState) -> Markup {
     html! { span class={"state state-" (state.as_str())} { (state.as_str()) } }
+}
+
+/// A health check's name for people (`xmin_horizon` → "Oldest transaction").
+pub(crate) fn check_title(name: &str) -> &str {
+    match name {
+        "xmin_horizon" => "Oldest transaction (xmin horizon)",
+        "autovacuum" => "Autovacuum",
+        "dead_rows" => "Dead rows",
+        "bloat" => "Bloat",
+        "table_sizes" => "Table sizes",
+        "stuck_jobs" => "Stuck jobs",
+        "unrunnable_jobs" => "Jobs no worker runs",
+        "overdue_schedules" => "Overdue schedules",
+        "pickup_lag" => "Pickup lag",
+        "migrations" => "Migrations",
+        other => other,
+    }
 }
 
 /// Pretty JSON in a `<pre>`.

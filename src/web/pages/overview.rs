@@ -137,7 +137,7 @@ pub(crate) async fn page(state: State, ctx: Ctx) -> PageResult {
                 section.alerts {
                     @for check in warnings {
                         a class={"alert alert-" (check.severity.as_str())} href=(ctx.link("/health")) {
-                            strong { (check.name) } " " (check.summary)
+                            strong { (super::check_title(check.name)) } ": " (check.summary)
                         }
                     }
                 }
@@ -147,7 +147,7 @@ pub(crate) async fn page(state: State, ctx: Ctx) -> PageResult {
             @for (key, label, n) in tiles {
                 a class={"tile tile-" (key)} href=(ctx.link(&format!("/jobs?state={key}"))) {
                     span.tile-label { (label) }
-                    span.tile-value data-total=(key) { (grouped(n)) }
+                    span.tile-value.bad[key == "failed" && n > 0] data-total=(key) { (grouped(n)) }
                 }
             }
             div.tile.tile-workers {
