@@ -1,4 +1,4 @@
-//! The dashboard: web pages and a JSON API over [`inspect`](crate::inspect), as an
+//! The dashboard: web pages and a JSON API over [`skiplock::inspect`](crate::inspect), as an
 //! [`axum::Router`] an application mounts under any path (feature `web`).
 //!
 //! ```no_run
@@ -48,7 +48,7 @@
 //! - job arguments, results, progress and errors pass through a [redactor](Dashboard::redact)
 //!   before they reach a browser;
 //! - pages of at most [`MAX_PAGE_SIZE`] jobs; every query runs with
-//!   [`inspect::STATEMENT_TIMEOUT`](crate::inspect::STATEMENT_TIMEOUT) and takes no lock a
+//!   [`inspect::STATEMENT_TIMEOUT`] and takes no lock a
 //!   worker waits on.
 
 mod api;
