@@ -122,7 +122,8 @@ impl std::fmt::Debug for Dashboard {
 
 impl Dashboard {
     /// A read-only dashboard over the jobs of `pool`'s database. Its queries need only the
-    /// `observer` access level (docs/security.md); actions need `operator`.
+    /// `observer` access level (docs/security.md); actions need what `skiplock jobs cancel`,
+    /// `retry` and `delete` and the schedule functions need.
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
