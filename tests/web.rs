@@ -750,3 +750,41 @@ async fn a_jobs_progress_streams_and_a_hundred_tabs_cost_what_one_does() {
         load[0]
     );
 }
+
+#[tokio::test]
+async fn every_documented_api_path_is_served() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(pool, "email", "default", "failed", serde_json::json!({})).await;
+    let app = full(pool);
+    let (status, headers, body) = send(&app, get("/api/v1/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("OpenAPI JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, operations) in paths {
+        // The event stream never ends: tests above read it over a socket.
+        if path == "/api/v1/events" {
+            continue;
+        }
+        let concrete = path
+            .replace("{id}", &id.to_string())
+            .replace("{name}", "nightly");
+        for method in operations.as_object().expect("operations").keys() {
+            let request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&concrete)
+                .header(header::HOST, "dash.test")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(r#"{"filter": {"queues": ["nothing-here"]}}"#))
+                .expect("request");
+            let (status, _, body) = send(&app, request).await;
+            // The router's own 404 and 405 have empty bodies; a handler's have JSON.
+            assert!(
+                !body.is_empty() && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {concrete}: {status} {body:?}"
+            );
+        }
+    }
+}

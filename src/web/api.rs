@@ -33,6 +33,18 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/schedules/{name}/{action}", post(schedule_act))
         .route("/api/v1/health", get(health))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/openapi.json", get(openapi))
+}
+
+/// The API's OpenAPI 3.1 document (written by hand; a test checks it against the routes).
+const OPENAPI: &str = include_str!("assets/openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 /// An API failure: `{"error": "..."}` with its status.
@@ -244,5 +256,52 @@ async fn events(State(shared): Shared_, Query(query): Query<EventsQuery>) -> Res
             )
             .into_response(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Every route this file declares is in the OpenAPI document, and nothing else is.
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");
+        let documented: BTreeSet<String> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .cloned()
+            .collect();
+        // The routes as declared below `routes()`; `{id}` and `{name}` actions expand to the
+        // paths the document lists one by one.
+        let source = include_str!("api.rs");
+        let declared: BTreeSet<String> = source
+            .split(".route(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .collect();
+        let expand = |path: &str| -> Vec<String> {
+            match path {
+                "/api/v1/jobs/{id}" => [
+                    "/api/v1/jobs/{id}",
+                    "/api/v1/jobs/cancel",
+                    "/api/v1/jobs/retry",
+                    "/api/v1/jobs/delete",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+                "/api/v1/jobs/{id}/{action}" => ["cancel", "retry", "delete"]
+                    .map(|a| format!("/api/v1/jobs/{{id}}/{a}"))
+                    .to_vec(),
+                "/api/v1/schedules/{name}/{action}" => ["pause", "resume", "run"]
+                    .map(|a| format!("/api/v1/schedules/{{name}}/{a}"))
+                    .to_vec(),
+                other => vec![other.to_owned()],
+            }
+        };
+        let expanded: BTreeSet<String> = declared.iter().flat_map(|p| expand(p)).collect();
+        assert_eq!(expanded, documented);
     }
 }

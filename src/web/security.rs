@@ -57,7 +57,13 @@ async fn guard(
                 .map(|b| b.0.clone())
                 .unwrap_or_default();
             let mut response = next.run(request).await;
-            if let Some(token) = new_token {
+            // Pages only: their forms carry the token (an asset, which caches may keep, or
+            // an API answer never sets it).
+            let page = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+            if let Some(token) = new_token.filter(|_| page) {
                 // `/admin/jobs` path-matches `/admin/jobs` and `/admin/jobs/…` only.
                 let path = if base.is_empty() { "/" } else { base.as_str() };
                 let cookie =
