@@ -201,7 +201,11 @@ fn horizon_check(
             ),
         );
     };
-    let age = holder.age_secs.map(Duration::from_secs_f64);
+    // A transaction that began after this one's snapshot has a negative age against
+    // `now()`: count it as zero rather than failing (or panicking) on it.
+    let age = holder
+        .age_secs
+        .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX));
     let severity = match age {
         Some(age) if age >= options.horizon_critical => Severity::Critical,
         Some(age) if age >= options.horizon_warning => Severity::Warning,
