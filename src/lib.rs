@@ -95,6 +95,7 @@ pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
 mod migrate;
+pub mod queue;
 pub mod runtime;
 pub mod schedule;
 mod trace;

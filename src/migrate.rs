@@ -152,6 +152,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0015_drop_finished_index.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 16,
+        name: "queue_pause",
+        sql: include_str!("../migrations/0016_queue_pause.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].

@@ -132,6 +132,9 @@ pub(crate) struct QueueRow {
     pub(crate) retried_last_hour: i64,
     pub(crate) workers: i64,
     pub(crate) concurrency: i64,
+    pub(crate) paused_at: Option<DateTime<Utc>>,
+    pub(crate) paused_by: Option<String>,
+    pub(crate) pause_reason: Option<String>,
 }
 
 /// Every queue that has jobs, live workers or active schedules, with its figures, in one
@@ -229,6 +232,7 @@ pub(crate) async fn queues<'e>(
             SELECT queue FROM counts
             UNION SELECT queue FROM fleet
             UNION SELECT queue FROM skiplock.schedules WHERE active
+            UNION SELECT name FROM skiplock.queues WHERE paused_at IS NOT NULL
         )
         SELECT n.queue AS "queue!",
                coalesce((SELECT c.n FROM counts AS c WHERE c.queue = n.queue AND c.state = 'scheduled'), 0) AS "scheduled!",
@@ -246,8 +250,11 @@ pub(crate) async fn queues<'e>(
                coalesce(r.failed_last_hour, 0)::bigint AS "failed_last_hour!",
                coalesce(r.retried_last_hour, 0)::bigint AS "retried_last_hour!",
                coalesce(f.workers, 0) AS "workers!",
-               coalesce(f.concurrency, 0)::bigint AS "concurrency!"
+               coalesce(f.concurrency, 0)::bigint AS "concurrency!",
+               ctl.paused_at AS "paused_at?", ctl.paused_by AS "paused_by?",
+               ctl.pause_reason AS "pause_reason?"
         FROM names AS n
+        LEFT JOIN skiplock.queues AS ctl ON ctl.name = n.queue
         LEFT JOIN oldest AS o ON o.queue = n.queue
         LEFT JOIN recent AS r ON r.queue = n.queue
         LEFT JOIN fleet AS f ON f.queue = n.queue
@@ -341,6 +348,10 @@ pub(crate) async fn schedule_last_jobs<'e>(
 /// What `inspect::explain` weighs, about one job and the fleet that could run it.
 pub(crate) struct ExplainFacts {
     pub(crate) now: DateTime<Utc>,
+    /// Its queue's pause, if paused: when, by whom, why.
+    pub(crate) paused_at: Option<DateTime<Utc>>,
+    pub(crate) paused_by: Option<String>,
+    pub(crate) pause_reason: Option<String>,
     /// Whether its unique key is held by another job in one of that job's unique states.
     pub(crate) unique_holder: Option<i64>,
     /// Live workers that work its queue.
@@ -372,6 +383,8 @@ pub(crate) async fn explain_facts<'e>(
               AND coalesce(w.alive_until, w.heartbeat_at + interval '60 seconds') > now()
         )
         SELECT now() AS "now!",
+               ctl.paused_at AS "paused_at?", ctl.paused_by AS "paused_by?",
+               ctl.pause_reason AS "pause_reason?",
                (SELECT o.id FROM skiplock.jobs AS o
                 WHERE j.unique_key IS NOT NULL AND o.unique_key = j.unique_key AND o.id <> j.id
                   AND o.state = ANY (o.unique_states)
@@ -392,6 +405,7 @@ pub(crate) async fn explain_facts<'e>(
                                       LIMIT $2::bigint + 1) AS x) AS "ahead!",
                EXISTS (SELECT 1 FROM live) AS "any_live_worker!"
         FROM skiplock.jobs AS j
+        LEFT JOIN skiplock.queues AS ctl ON ctl.name = j.queue AND ctl.paused_at IS NOT NULL
         WHERE j.id = $1
         "#,
         id,

@@ -229,6 +229,9 @@ pub(crate) struct Claimed {
 /// - `MATERIALIZED` makes `heads` a fence: the LIMITs and the row locks are taken once, before
 ///   the UPDATE joins against the result. Inlined, the planner may turn it into a join that
 ///   re-evaluates the subquery and locks rows the UPDATE then skips.
+/// - A paused queue (`skiplock.queues.paused_at`, migration 0016) yields nothing. The test is
+///   in the claim itself rather than in each worker's memory, so a pause holds from the next
+///   claim on, on every worker at once, with no notification to miss.
 /// - `picked` bounds the bytes of one claim: a running sum of the stored size of `args`
 ///   (`pg_column_size`, the size on disk, which is compressed for large values) in claim order;
 ///   the first job is always taken, so a job larger than the bound still runs.
@@ -261,6 +264,10 @@ pub(crate) async fn claim<'e>(
                 LIMIT $2
                 FOR UPDATE SKIP LOCKED
             ) AS head
+            -- An uncorrelated test: evaluated once per claim (one primary-key probe of a
+            -- small table), it gates the whole scan.
+            WHERE NOT EXISTS (SELECT FROM skiplock.queues AS q
+                              WHERE q.name = $1 AND q.paused_at IS NOT NULL)
             ORDER BY head.priority, head.run_at, head.id
             LIMIT $2
         ),

@@ -19,6 +19,7 @@ pub(crate) mod leader;
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;
 pub(crate) mod migration;
+pub(crate) mod queue;
 pub(crate) mod schedule;
 pub(crate) mod session;
 

@@ -70,6 +70,17 @@ pub enum Reason {
         /// When it became due.
         due_since: Option<DateTime<Utc>>,
     },
+    /// Its queue is paused: no worker claims from it until it is resumed.
+    QueuePaused {
+        /// The queue.
+        queue: String,
+        /// Since when.
+        since: DateTime<Utc>,
+        /// The database role that paused it.
+        by: Option<String>,
+        /// Why, if a reason was given.
+        why: Option<String>,
+    },
     /// A unique job: another job holds its unique key, so it cannot become runnable again.
     UniqueKeyHeld {
         /// Its unique key.
@@ -170,6 +181,21 @@ impl fmt::Display for Reason {
                 "due since {} but not yet made available: no live worker runs maintenance",
                 at(*due_since)
             ),
+            Self::QueuePaused {
+                queue,
+                since,
+                by,
+                why,
+            } => {
+                write!(f, "queue {queue:?} is paused since {}", at(Some(*since)))?;
+                if let Some(by) = by {
+                    write!(f, " by {by}")?;
+                }
+                if let Some(why) = why {
+                    write!(f, " ({why})")?;
+                }
+                write!(f, "; resume it with `skiplock queues resume {queue}`")
+            }
             Self::UniqueKeyHeld { key, holder } => {
                 write!(f, "unique key {key:?} is held by job {holder}")
             }
@@ -255,6 +281,14 @@ fn reasons(job: &JobDetail, facts: &db::inspect::ExplainFacts) -> Vec<Reason> {
             }
         }
         JobState::Available => {}
+    }
+    if let Some(since) = facts.paused_at {
+        reasons.push(Reason::QueuePaused {
+            queue: job.queue.clone(),
+            since,
+            by: facts.paused_by.clone(),
+            why: facts.pause_reason.clone(),
+        });
     }
     // Who could run it once it is available.
     if facts.queue_workers == 0 {

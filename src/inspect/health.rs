@@ -497,17 +497,29 @@ fn overdue_check(overdue: &[db::inspect::Overdue]) -> Check {
 fn lag_check(queues: &[super::QueueInfo], options: &HealthOptions) -> Check {
     let lagging: Vec<&super::QueueInfo> = queues
         .iter()
+        // A paused queue lags on purpose.
         .filter(|q| {
-            q.oldest_available_age
-                .is_some_and(|age| age >= options.pickup_lag_warning)
+            q.paused.is_none()
+                && q.oldest_available_age
+                    .is_some_and(|age| age >= options.pickup_lag_warning)
         })
         .collect();
     if lagging.is_empty() {
+        let paused: Vec<&str> = queues
+            .iter()
+            .filter(|q| q.paused.is_some())
+            .map(|q| q.name.as_str())
+            .collect();
+        let paused = if paused.is_empty() {
+            String::new()
+        } else {
+            format!(" (paused, not counted: {})", paused.join(", "))
+        };
         return Check::new(
             "pickup_lag",
             Severity::Ok,
             format!(
-                "every queue picks up its jobs within {}",
+                "every queue picks up its jobs within {}{paused}",
                 humanize(options.pickup_lag_warning)
             ),
         );

@@ -69,8 +69,8 @@ pub use self::live::{
     throughput,
 };
 pub use self::overview::{
-    LastJob, QUEUE_FINISHED_EXACT_UP_TO, QUEUE_WAITING_EXACT_UP_TO, QueueInfo, ScheduleInfo,
-    WorkerInfo, WorkerQueue, WorkerStatus, queues, schedules, workers,
+    LastJob, QUEUE_FINISHED_EXACT_UP_TO, QUEUE_WAITING_EXACT_UP_TO, QueueInfo, QueuePause,
+    ScheduleInfo, WorkerInfo, WorkerQueue, WorkerStatus, queues, schedules, workers,
 };
 
 /// The longest one inspection statement may run: 10 seconds. A dashboard refreshing a slow

@@ -56,6 +56,20 @@ pub struct QueueInfo {
     pub workers: u64,
     /// Their slots in the queue: how many of its jobs can run at once.
     pub concurrency: u64,
+    /// Set while the queue is paused ([`crate::queue::pause`]): no worker claims from it.
+    pub paused: Option<QueuePause>,
+}
+
+/// A queue's pause: when, by whom, why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct QueuePause {
+    /// When it was paused (database time).
+    pub since: DateTime<Utc>,
+    /// The database role that paused it.
+    pub by: Option<String>,
+    /// The reason given, if any.
+    pub reason: Option<String>,
 }
 
 impl QueueInfo {
@@ -77,7 +91,8 @@ fn non_negative(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-/// Every queue that has jobs, live workers or active schedules, with its figures, by name;
+/// Every queue that has jobs, live workers or active schedules, or is paused, with its figures,
+/// by name;
 /// one statement.
 ///
 /// # Errors
@@ -146,6 +161,11 @@ where
             retried_last_hour: non_negative(row.retried_last_hour),
             workers: non_negative(row.workers),
             concurrency: non_negative(row.concurrency),
+            paused: row.paused_at.map(|since| QueuePause {
+                since,
+                by: row.paused_by,
+                reason: row.pause_reason,
+            }),
         })
         .collect())
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use skiplock::{Handler, Job, JobContext, JobError, JobRow, Worker, WorkerBuilder, WorkerHandle};
 use skiplock_testing::TestDatabase;
 use sqlx::PgPool;
@@ -169,6 +170,25 @@ impl Handler<PgPool> for Sleep {
         }
         Ok(())
     }
+}
+
+/// A job's state, attempt and errors, read as text so that any row reads.
+pub async fn outcome(pool: &PgPool, id: i64) -> (String, i32, Value) {
+    sqlx::query_as("SELECT state::text, attempt, errors FROM skiplock.jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("job")
+}
+
+/// Enqueues a job of `kind` with `args` (JSON text) through `skiplock.enqueue()`; its id.
+pub async fn enqueue_sql(pool: &PgPool, kind: &str, args: &str) -> i64 {
+    sqlx::query_scalar("SELECT skiplock.enqueue($1, $2::jsonb)")
+        .bind(kind)
+        .bind(args)
+        .fetch_one(pool)
+        .await
+        .expect("enqueue")
 }
 
 /// Waits until `check` returns `Some`, polling every 20 ms; panics after `timeout`.

@@ -149,6 +149,26 @@ pub(crate) enum QueuesCommand {
     /// Every queue with jobs, live workers or schedules: jobs by state, pickup lag, jobs done
     /// and failed in the last minute and hour, workers and slots.
     List(JsonArgs),
+    /// Pause a queue: no worker claims its jobs until it is resumed (from each worker's next
+    /// claim on); running jobs finish. The pause is stored and survives restarts.
+    Pause(PauseArgs),
+    /// Resume a paused queue and wake its workers.
+    Resume(QueueName),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PauseArgs {
+    /// The queue.
+    pub(crate) queue: String,
+    /// Why (shown by `queues list`, `jobs explain` and the dashboard; at most 1,000 characters).
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QueueName {
+    /// The queue.
+    pub(crate) queue: String,
 }
 
 #[derive(Debug, Subcommand)]

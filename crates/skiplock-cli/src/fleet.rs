@@ -1,4 +1,4 @@
-//! `skiplock queues list`, `skiplock workers list`, `skiplock stats` and `skiplock top`.
+//! `skiplock queues list|pause|resume`, `skiplock workers list`, `skiplock stats` and `skiplock top`.
 
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
@@ -8,9 +8,10 @@ use serde::Serialize;
 use skiplock::inspect::{
     self, HealthOptions, HealthReport, QueueInfo, Severity, WorkerInfo, WorkerStatus,
 };
+use skiplock::queue;
 use sqlx::PgPool;
 
-use crate::cli_inspect::{JsonArgs, TopArgs};
+use crate::cli_inspect::{JsonArgs, PauseArgs, QueueName, TopArgs};
 use crate::text::{self, Table, print, print_json};
 
 pub(crate) async fn queues(pool: &PgPool, args: JsonArgs) -> anyhow::Result<()> {
@@ -37,6 +38,7 @@ pub(crate) async fn queues(pool: &PgPool, args: JsonArgs) -> anyhow::Result<()> 
         ">failed/1h",
         ">workers",
         ">slots",
+        "paused",
     ]);
     for q in &queues {
         table.row(vec![
@@ -55,9 +57,40 @@ pub(crate) async fn queues(pool: &PgPool, args: JsonArgs) -> anyhow::Result<()> 
             q.failed_last_hour.to_string(),
             q.workers.to_string(),
             q.concurrency.to_string(),
+            paused(q),
         ]);
     }
     print(&table.render())
+}
+
+/// `-`, or when and why the queue was paused.
+fn paused(queue: &QueueInfo) -> String {
+    queue.paused.as_ref().map_or_else(
+        || "-".to_owned(),
+        |pause| {
+            let since = text::relative(pause.since, Utc::now());
+            match &pause.reason {
+                Some(reason) => format!("{since} ({})", text::truncate(reason, 40)),
+                None => since,
+            }
+        },
+    )
+}
+
+pub(crate) async fn pause(pool: &PgPool, args: PauseArgs) -> anyhow::Result<()> {
+    if queue::pause(pool, &args.queue, args.reason.as_deref()).await? {
+        print(&format!("queue {:?} paused\n", args.queue))
+    } else {
+        print(&format!("queue {:?} was already paused\n", args.queue))
+    }
+}
+
+pub(crate) async fn resume(pool: &PgPool, args: QueueName) -> anyhow::Result<()> {
+    if queue::resume(pool, &args.queue).await? {
+        print(&format!("queue {:?} resumed\n", args.queue))
+    } else {
+        print(&format!("queue {:?} was not paused\n", args.queue))
+    }
 }
 
 /// How long the oldest available job has waited; `-` when none waits.

@@ -65,6 +65,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queues(cli_inspect::QueuesCommand::List(args)) => {
             fleet::queues(&connect(cli.database_url).await?, args).await
         }
+        Command::Queues(cli_inspect::QueuesCommand::Pause(args)) => {
+            fleet::pause(&connect(cli.database_url).await?, args).await
+        }
+        Command::Queues(cli_inspect::QueuesCommand::Resume(args)) => {
+            fleet::resume(&connect(cli.database_url).await?, args).await
+        }
         Command::Workers(cli_inspect::WorkersCommand::List(args)) => {
             fleet::workers(&connect(cli.database_url).await?, args).await
         }

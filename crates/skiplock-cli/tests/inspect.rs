@@ -630,9 +630,9 @@ async fn queues_workers_stats_and_top_show_a_running_worker() {
         .find(|line| line.starts_with("payments "))
         .unwrap_or_else(|| panic!("no payments row in {queues}"));
     let cells: Vec<&str> = payments.split_whitespace().collect();
-    // queue, scheduled, available, running, ..., workers, slots
+    // queue, scheduled, available, running, ..., workers, slots, paused
     assert_eq!(cells[3], "1", "{queues}");
-    assert_eq!(&cells[cells.len() - 2..], ["1", "3"], "{queues}");
+    assert_eq!(&cells[cells.len() - 3..], ["1", "3", "-"], "{queues}");
     let listed = json(&db, &["queues", "list", "--json"]).await;
     assert_eq!(listed[0]["name"], "payments");
     assert_eq!(
@@ -716,4 +716,52 @@ async fn schedules_list_shows_the_latest_job_and_overdue_schedules() {
 
     let missing = skiplock(&db, &["schedules", "pause", "nope"]).await;
     assert_eq!(code(&missing), Some(3));
+}
+
+#[tokio::test]
+async fn queues_pause_and_resume_and_explain_says_so() {
+    let db = TestDatabase::new().await.expect("database");
+    let pool = db.pool();
+    let id: i64 = sqlx::query_scalar("SELECT skiplock.enqueue('report', '{}', 'exports')")
+        .fetch_one(pool)
+        .await
+        .expect("enqueue");
+
+    let paused = ok(
+        &db,
+        &["queues", "pause", "exports", "--reason", "month end"],
+    )
+    .await;
+    assert_eq!(paused, "queue \"exports\" paused");
+    let again = ok(&db, &["queues", "pause", "exports"]).await;
+    assert_eq!(again, "queue \"exports\" was already paused");
+
+    let queues = ok(&db, &["queues", "list"]).await;
+    let row = queues
+        .lines()
+        .find(|line| line.starts_with("exports "))
+        .unwrap_or_else(|| panic!("no exports row in {queues}"));
+    assert!(row.ends_with("ago (month end)"), "{queues}");
+    let listed = json(&db, &["queues", "list", "--json"]).await;
+    assert_eq!(listed[0]["paused"]["reason"], "month end");
+    assert_eq!(listed[0]["paused"]["by"], "postgres");
+
+    let explained = ok(&db, &["jobs", "explain", &id.to_string()]).await;
+    assert!(
+        explained.contains("queue \"exports\" is paused since")
+            && explained.contains("(month end)")
+            && explained.contains("skiplock queues resume exports"),
+        "{explained}"
+    );
+
+    let resumed = ok(&db, &["queues", "resume", "exports"]).await;
+    assert_eq!(resumed, "queue \"exports\" resumed");
+    let again = ok(&db, &["queues", "resume", "exports"]).await;
+    assert_eq!(again, "queue \"exports\" was not paused");
+    let listed = json(&db, &["queues", "list", "--json"]).await;
+    assert_eq!(listed[0]["paused"], serde_json::Value::Null);
+
+    let refused = skiplock(&db, &["queues", "pause", ""]).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("must be 1 to 128 characters"));
 }
