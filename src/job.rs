@@ -283,7 +283,7 @@ pub struct AttemptError {
 
 impl AttemptError {
     /// Reads one `errors` entry; never fails (see the type's documentation).
-    fn from_entry(entry: &Value) -> Self {
+    pub(crate) fn from_entry(entry: &Value) -> Self {
         let Some(fields) = entry.as_object() else {
             return Self {
                 attempt: 0,

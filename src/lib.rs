@@ -96,6 +96,7 @@ pub mod metrics;
 mod metrics;
 mod migrate;
 pub mod queue;
+pub mod results;
 pub mod runtime;
 pub mod schedule;
 mod trace;

@@ -158,6 +158,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0016_queue_pause.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 17,
+        name: "job_waiters",
+        sql: include_str!("../migrations/0017_job_waiters.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].

@@ -423,6 +423,12 @@ pub(crate) async fn complete_many<'e>(
         ),
         woken AS (
             SELECT skiplock.wake(array_agg(queue)) FROM done WHERE state = 'available'
+        ),
+        -- Jobs somebody waits on (skiplock::results): one notification each. A probe of a
+        -- table that is empty unless somebody waits.
+        waited AS (
+            SELECT count(pg_notify('skiplock_job', d.id::text)) FROM done AS d
+            WHERE EXISTS (SELECT FROM skiplock.job_waiters AS w WHERE w.job_id = d.id)
         )
         -- Grouped for skiplock.job_stats: a few rows per batch, whatever its size.
         SELECT array_agg(id) AS "ids!", queue AS "queue!", kind AS "kind!",
@@ -432,7 +438,7 @@ pub(crate) async fn complete_many<'e>(
                     WHEN state = 'available' AND error_kind = 'interrupted' THEN 'interrupted'
                     WHEN state = 'available' THEN 'retried'
                     ELSE state::text END AS "outcome!"
-        FROM done, woken
+        FROM done, woken, waited
         GROUP BY 2, 3, 4
         "#,
         &outcomes.ids,
@@ -506,20 +512,27 @@ pub(crate) async fn complete_one<'e>(
     lease_token: i64,
     result: &Value,
 ) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query!(
+    let changed = sqlx::query_scalar!(
         r#"
-        UPDATE skiplock.jobs
-        SET state = 'completed', result = $3, finished_at = now(),
-            lease_expires_at = NULL, lease_token = NULL
-        WHERE id = $1 AND lease_token = $2 AND state = 'running'
+        WITH done AS (
+            UPDATE skiplock.jobs
+            SET state = 'completed', result = $3, finished_at = now(),
+                lease_expires_at = NULL, lease_token = NULL
+            WHERE id = $1 AND lease_token = $2 AND state = 'running'
+            RETURNING id
+        ),
+        waited AS (
+            SELECT count(pg_notify('skiplock_job', d.id::text)) FROM done AS d
+            WHERE EXISTS (SELECT FROM skiplock.job_waiters AS w WHERE w.job_id = d.id)
+        )
+        SELECT count(*) AS "changed!" FROM done, waited
         "#,
         id,
         lease_token,
         result,
     )
-    .execute(executor)
-    .await?
-    .rows_affected();
+    .fetch_one(executor)
+    .await?;
     Ok(changed == 1)
 }
 
@@ -531,18 +544,26 @@ pub(crate) async fn set_progress<'e>(
     lease_token: i64,
     progress: &Value,
 ) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query!(
+    let changed = sqlx::query_scalar!(
         r#"
-        UPDATE skiplock.jobs SET progress = $3
-        WHERE id = $1 AND lease_token = $2 AND state = 'running'
+        WITH changed AS (
+            UPDATE skiplock.jobs SET progress = $3
+            WHERE id = $1 AND lease_token = $2 AND state = 'running'
+            RETURNING id
+        ),
+        -- Watchers (skiplock::results) hear of it; nobody else pays more than a probe.
+        waited AS (
+            SELECT count(pg_notify('skiplock_job', c.id::text)) FROM changed AS c
+            WHERE EXISTS (SELECT FROM skiplock.job_waiters AS w WHERE w.job_id = c.id)
+        )
+        SELECT count(*) AS "changed!" FROM changed, waited
         "#,
         id,
         lease_token,
         progress,
     )
-    .execute(executor)
-    .await?
-    .rows_affected();
+    .fetch_one(executor)
+    .await?;
     Ok(changed == 1)
 }
 

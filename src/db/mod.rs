@@ -22,9 +22,14 @@ pub(crate) mod migration;
 pub(crate) mod queue;
 pub(crate) mod schedule;
 pub(crate) mod session;
+pub(crate) mod waiter;
 
 /// The channel idle workers LISTEN on; the payload of each notification is a queue name.
 pub(crate) const WAKE_CHANNEL: &str = "skiplock_wake";
+
+/// The channel outcome and progress writes notify for jobs registered in
+/// `skiplock.job_waiters`; the payload is the job's id.
+pub(crate) const JOB_CHANNEL: &str = "skiplock_job";
 
 /// The channel `skiplock.cancel()` notifies when it asks a running job to stop; the payload is
 /// the job's id.

@@ -276,6 +276,8 @@ impl Service for Pruner {
             return Ok(Step::More);
         }
         db::job::delete_old_job_stats(&self.pool, JOB_STATS_KEPT.as_secs_f64()).await?;
+        // Registrations of waiters that died without removing them.
+        db::waiter::delete_expired(&self.pool).await?;
         Ok(Step::Done)
     }
 

@@ -1,0 +1,651 @@
+//! Waiting on jobs and watching them, pushed by the database.
+//!
+//! [`Results`] is a process's window on the jobs it waits for: [`Results::wait`] returns a
+//! job's typed output (or how it failed), [`Results::watch`] streams its state and progress.
+//! Create one per process and clone it (clones share everything): however many tasks wait on
+//! however many jobs, one `LISTEN` connection hears of every change and one statement reads
+//! the jobs that changed.
+//!
+//! How it is pushed: a waiter registers its jobs in `skiplock.job_waiters`; the statements that
+//! record an attempt's outcome or store progress send a `skiplock_job` notification for each
+//! registered job they change, and for no other (a job nobody waits on pays a probe of that
+//! table). A notification is a hint only (any role may send one): the job is read from the
+//! table. Waiters also poll every [`ResultsConfig::poll_interval`], which covers lost
+//! notifications and the changes that do not notify: a job claimed, rescued, cancelled or
+//! promoted by SQL, or deleted.
+//!
+//! ```no_run
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Serialize, Deserialize)] struct Resize { width: u32 }
+//! # impl skiplock::Job for Resize { const KIND: &'static str = "resize"; }
+//! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use skiplock::results::{Outcome, Results};
+//!
+//! let results = Results::new(pool.clone()); // once per process; clone it freely
+//! let id = skiplock::enqueue(&pool, &Resize { width: 640 }).await?;
+//! match results.wait::<String>(id, Duration::from_secs(30)).await? {
+//!     Outcome::Completed(path) => println!("resized to {path}"),
+//!     Outcome::Failed(error) | Outcome::Cancelled(error) => println!("no luck: {error:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{self, JOB_CHANNEL};
+use crate::{AttemptError, Handler, JobState};
+
+/// Default [`ResultsConfig::poll_interval`]: 1 s.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Default [`ResultsConfig::registration_ttl`]: 60 s.
+pub const DEFAULT_REGISTRATION_TTL: Duration = Duration::from_secs(60);
+
+/// Jobs read in one statement: 1,000.
+const READ_CHUNK: usize = 1_000;
+
+/// How long a new wait waits for the listener to be connected before relying on polling: 2 s.
+const LISTEN_WAIT: Duration = Duration::from_secs(2);
+
+/// How [`Results`] waits.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ResultsConfig {
+    /// How often every awaited job is read whatever notifications say. Default:
+    /// [`DEFAULT_POLL_INTERVAL`].
+    pub poll_interval: Duration,
+    /// How long a registration in `skiplock.job_waiters` lasts without renewal; renewed every
+    /// third of it while waiting, so a process that dies leaves rows the pruner deletes after
+    /// this long. Default: [`DEFAULT_REGISTRATION_TTL`].
+    pub registration_ttl: Duration,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            registration_ttl: DEFAULT_REGISTRATION_TTL,
+        }
+    }
+}
+
+/// How an awaited job ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome<T> {
+    /// It completed; its handler's output.
+    Completed(T),
+    /// It failed for good; its last error.
+    Failed(Option<AttemptError>),
+    /// It was cancelled; its last error, if an attempt was stopped.
+    Cancelled(Option<AttemptError>),
+}
+
+/// The error of waiting on or watching a job.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// There is no such job (or it was deleted while awaited).
+    #[error("job {0} does not exist")]
+    NotFound(i64),
+    /// The job did not finish in time.
+    #[error("job {id} did not finish within {timeout:?} (last seen: {state:?})")]
+    TimedOut {
+        /// The job.
+        id: i64,
+        /// How long was waited.
+        timeout: Duration,
+        /// Its state when the wait gave up, if it was read at all.
+        state: Option<JobState>,
+    },
+    /// The job completed, but its result does not deserialize as the awaited type.
+    #[error("job {id}'s result does not decode as the awaited type")]
+    Decode {
+        /// The job.
+        id: i64,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Registering as a waiter or reading the jobs failed.
+    #[error("waiting on jobs failed")]
+    Database(#[from] sqlx::Error),
+}
+
+/// One job as a watcher sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct JobUpdate {
+    /// The job.
+    pub id: i64,
+    /// Its kind.
+    pub kind: String,
+    /// Its state.
+    pub state: JobState,
+    /// Its attempt (1 for the first run; 0 before it ran).
+    pub attempt: i32,
+    /// Its most attempts.
+    pub max_attempts: i32,
+    /// What its handler last stored with `set_progress` (`None` also when the stored JSON
+    /// does not parse).
+    pub progress: Option<Value>,
+    /// Its result, once finished.
+    pub result: Option<Value>,
+    /// Its last error, if any.
+    pub last_error: Option<AttemptError>,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl JobUpdate {
+    /// Whether it completed, failed or was cancelled.
+    pub fn is_finished(&self) -> bool {
+        self.state.is_finished()
+    }
+
+    /// Its progress as a percentage, read as [`crate::inspect::percent_of`] does.
+    pub fn percent(&self) -> Option<f64> {
+        self.progress.as_ref().and_then(crate::inspect::percent_of)
+    }
+
+    fn from_row(row: db::waiter::JobSnapshot) -> Self {
+        let parse = |text: Option<String>| text.and_then(|t| serde_json::from_str(&t).ok());
+        Self {
+            id: row.id,
+            kind: row.kind,
+            state: row.state,
+            attempt: row.attempt,
+            max_attempts: row.max_attempts,
+            progress: parse(row.progress),
+            result: parse(row.result),
+            last_error: parse(row.last_error).map(|entry: Value| AttemptError::from_entry(&entry)),
+            finished_at: row.finished_at,
+        }
+    }
+}
+
+/// What is known of an awaited job.
+#[derive(Clone, Debug, PartialEq)]
+enum Seen {
+    Missing,
+    Job(Box<JobUpdate>),
+}
+
+struct Watched {
+    seen: watch::Sender<Option<Seen>>,
+    subscribers: usize,
+}
+
+struct Inner {
+    pool: PgPool,
+    waiter: String,
+    config: ResultsConfig,
+    jobs: Mutex<HashMap<i64, Watched>>,
+    /// Ids no longer awaited, to unregister.
+    dropped: Mutex<Vec<i64>>,
+    work: Arc<Notify>,
+    listening: watch::Sender<bool>,
+    started: Mutex<bool>,
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Waits on jobs and watches them, for the whole process: see the [module](self).
+#[derive(Clone)]
+pub struct Results {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Results {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Results")
+            .field("waiter", &self.inner.waiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Results {
+    /// Waits through `pool` with the default [`ResultsConfig`]. Takes one connection from the
+    /// pool for `LISTEN` from the first wait on, while any clone lives.
+    pub fn new(pool: PgPool) -> Self {
+        Self::with_config(pool, ResultsConfig::default())
+    }
+
+    /// Waits through `pool` as `config` says.
+    pub fn with_config(pool: PgPool, config: ResultsConfig) -> Self {
+        let host = whoami::hostname().unwrap_or_else(|_| "unknown".to_owned());
+        let waiter = format!(
+            "{}:{}:{:08x}",
+            host.chars().take(80).collect::<String>(),
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                waiter,
+                config,
+                jobs: Mutex::new(HashMap::new()),
+                dropped: Mutex::new(Vec::new()),
+                work: Arc::new(Notify::new()),
+                listening: watch::Sender::new(false),
+                started: Mutex::new(false),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// This process's name in `skiplock.job_waiters.waiter`: host, pid and a random part.
+    pub fn waiter_id(&self) -> &str {
+        &self.inner.waiter
+    }
+
+    /// Waits until job `id` finishes or `timeout` passes; its output deserialized as `T` (its
+    /// handler's `Output`: see [`Results::wait_for`] to name the job type instead).
+    ///
+    /// # Errors
+    /// [`WaitError::NotFound`], [`WaitError::TimedOut`], [`WaitError::Decode`], or
+    /// [`WaitError::Database`] when registering or the first read fails.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future stops waiting (the registration goes at the next
+    /// round of the listener task, or expires).
+    pub async fn wait<T: DeserializeOwned>(
+        &self,
+        id: i64,
+        timeout: Duration,
+    ) -> Result<Outcome<T>, WaitError> {
+        let mut outcomes = self.wait_many(&[id], timeout).await?;
+        outcomes.pop().ok_or(WaitError::NotFound(id))
+    }
+
+    /// [`Results::wait`] for a job of type `J` run with state `S`: the output is `J`'s
+    /// [`Handler::Output`].
+    ///
+    /// # Errors
+    /// As [`Results::wait`].
+    ///
+    /// # Cancel safety
+    /// As [`Results::wait`].
+    pub async fn wait_for<J, S>(
+        &self,
+        id: i64,
+        timeout: Duration,
+    ) -> Result<Outcome<J::Output>, WaitError>
+    where
+        J: Handler<S>,
+        J::Output: DeserializeOwned,
+    {
+        self.wait::<J::Output>(id, timeout).await
+    }
+
+    /// Waits until every job of `ids` finishes or `timeout` passes (one deadline for all);
+    /// their outcomes in the order of `ids`. Registers and reads them in one statement each.
+    ///
+    /// # Errors
+    /// As [`Results::wait`], for the first job that fails to give an outcome.
+    ///
+    /// # Cancel safety
+    /// As [`Results::wait`].
+    pub async fn wait_many<T: DeserializeOwned>(
+        &self,
+        ids: &[i64],
+        timeout: Duration,
+    ) -> Result<Vec<Outcome<T>>, WaitError> {
+        let deadline = Instant::now() + timeout;
+        let subscription = match tokio::time::timeout_at(deadline, self.subscribe(ids)).await {
+            Ok(subscription) => subscription?,
+            Err(_) => {
+                let id = ids.first().copied().unwrap_or_default();
+                return Err(WaitError::TimedOut {
+                    id,
+                    timeout,
+                    state: None,
+                });
+            }
+        };
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for (id, mut seen) in ids.iter().copied().zip(subscription.receivers()) {
+            loop {
+                match seen.borrow_and_update().clone() {
+                    Some(Seen::Missing) => return Err(WaitError::NotFound(id)),
+                    Some(Seen::Job(job)) if job.is_finished() => {
+                        outcomes.push(outcome(*job)?);
+                        break;
+                    }
+                    _ => {}
+                }
+                let changed = tokio::time::timeout_at(deadline, seen.changed()).await;
+                if !matches!(changed, Ok(Ok(()))) {
+                    let state = match &*seen.borrow() {
+                        Some(Seen::Job(job)) => Some(job.state),
+                        _ => None,
+                    };
+                    return Err(WaitError::TimedOut { id, timeout, state });
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Job `id`'s state and progress as they change: its current state first, then each
+    /// change seen (quick successive changes may come as one, the latest), ending after the
+    /// update that shows it finished. Ends with [`WaitError::NotFound`] if there is no such
+    /// job or it is deleted.
+    pub fn watch(
+        &self,
+        id: i64,
+    ) -> impl Stream<Item = Result<JobUpdate, WaitError>> + Send + 'static {
+        enum Step {
+            Start(Results),
+            Watching(Subscription, watch::Receiver<Option<Seen>>),
+            Done,
+        }
+        futures_util::stream::unfold(Step::Start(self.clone()), move |step| async move {
+            let (subscription, mut seen) = match step {
+                Step::Done => return None,
+                Step::Start(results) => match results.subscribe(&[id]).await {
+                    Ok(subscription) => {
+                        let seen = subscription.receivers().next()?;
+                        (subscription, seen)
+                    }
+                    Err(error) => return Some((Err(error), Step::Done)),
+                },
+                Step::Watching(subscription, seen) => (subscription, seen),
+            };
+            loop {
+                let current = seen.borrow_and_update().clone();
+                match current {
+                    Some(Seen::Missing) => return Some((Err(WaitError::NotFound(id)), Step::Done)),
+                    Some(Seen::Job(job)) if job.is_finished() => {
+                        return Some((Ok(*job), Step::Done));
+                    }
+                    Some(Seen::Job(job)) => {
+                        return Some((Ok(*job), Step::Watching(subscription, seen)));
+                    }
+                    None => {}
+                }
+                if seen.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// Registers interest in `ids` and makes sure each has been read once.
+    async fn subscribe(&self, ids: &[i64]) -> Result<Subscription, WaitError> {
+        let inner = &self.inner;
+        self.start();
+        // A change notified before LISTEN took effect would be missed until the next poll.
+        let mut listening = inner.listening.subscribe();
+        let _ = tokio::time::timeout(LISTEN_WAIT, listening.wait_for(|on| *on)).await;
+
+        let mut fresh = Vec::new();
+        let receivers = {
+            let mut jobs = inner.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+            ids.iter()
+                .map(|&id| {
+                    let watched = jobs.entry(id).or_insert_with(|| {
+                        fresh.push(id);
+                        Watched {
+                            seen: watch::Sender::new(None),
+                            subscribers: 0,
+                        }
+                    });
+                    watched.subscribers += 1;
+                    watched.seen.subscribe()
+                })
+                .collect()
+        };
+        let subscription = Subscription {
+            inner: Arc::clone(inner),
+            ids: ids.to_vec(),
+            receivers,
+        };
+        if !fresh.is_empty() {
+            let ttl = inner.config.registration_ttl.as_secs_f64();
+            db::waiter::register(&inner.pool, &inner.waiter, &fresh, ttl).await?;
+            inner.read(&fresh).await?;
+        }
+        Ok(subscription)
+    }
+
+    /// Starts the listener task once.
+    fn start(&self) {
+        let mut started = self
+            .inner
+            .started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !*started {
+            *started = true;
+            tokio::spawn(listen(Arc::downgrade(&self.inner), self.inner.stop.clone()));
+        }
+    }
+}
+
+/// Awaited jobs; dropping it gives up interest in them.
+struct Subscription {
+    inner: Arc<Inner>,
+    ids: Vec<i64>,
+    receivers: Vec<watch::Receiver<Option<Seen>>>,
+}
+
+impl Subscription {
+    fn receivers(&self) -> impl Iterator<Item = watch::Receiver<Option<Seen>>> + use<> {
+        self.receivers.clone().into_iter()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut gone = Vec::new();
+        {
+            let mut jobs = self
+                .inner
+                .jobs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for id in &self.ids {
+                if let Some(watched) = jobs.get_mut(id) {
+                    watched.subscribers = watched.subscribers.saturating_sub(1);
+                    if watched.subscribers == 0 {
+                        jobs.remove(id);
+                        gone.push(*id);
+                    }
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.inner
+                .dropped
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(gone);
+            self.inner.work.notify_one();
+        }
+    }
+}
+
+fn outcome<T: DeserializeOwned>(job: JobUpdate) -> Result<Outcome<T>, WaitError> {
+    match job.state {
+        JobState::Completed => {
+            let result = job.result.unwrap_or(Value::Null);
+            serde_json::from_value(result)
+                .map(Outcome::Completed)
+                .map_err(|source| WaitError::Decode { id: job.id, source })
+        }
+        JobState::Cancelled => Ok(Outcome::Cancelled(job.last_error)),
+        _ => Ok(Outcome::Failed(job.last_error)),
+    }
+}
+
+impl Inner {
+    fn watched_ids(&self) -> Vec<i64> {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        jobs.keys().copied().collect()
+    }
+
+    /// Reads `ids` (those still awaited) and publishes what changed.
+    async fn read(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
+        for chunk in ids.chunks(READ_CHUNK) {
+            let rows = db::waiter::snapshots(&self.pool, chunk).await?;
+            let mut found: HashMap<i64, JobUpdate> = rows
+                .into_iter()
+                .map(|row| (row.id, JobUpdate::from_row(row)))
+                .collect();
+            let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+            for id in chunk {
+                let Some(watched) = jobs.get(id) else {
+                    continue;
+                };
+                let seen = found
+                    .remove(id)
+                    .map_or(Seen::Missing, |job| Seen::Job(Box::new(job)));
+                watched.seen.send_if_modified(|current| {
+                    let changed = current.as_ref() != Some(&seen);
+                    if changed {
+                        *current = Some(seen);
+                    }
+                    changed
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The listener task: hears `skiplock_job` notifications, polls, renews and removes
+/// registrations, until the last [`Results`] clone is dropped.
+async fn listen(inner: Weak<Inner>, stop: CancellationToken) {
+    let Some((pool, config, work)) = inner
+        .upgrade()
+        .map(|i| (i.pool.clone(), i.config.clone(), Arc::clone(&i.work)))
+    else {
+        return;
+    };
+    let mut listener: Option<PgListener> = None;
+    let mut poll = tokio::time::interval(config.poll_interval.max(Duration::from_millis(10)));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renew =
+        tokio::time::interval((config.registration_ttl / 3).max(Duration::from_secs(1)));
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.reset();
+    loop {
+        if listener.is_none() {
+            match connect(&pool).await {
+                Ok(connected) => {
+                    listener = Some(connected);
+                    if let Some(inner) = inner.upgrade() {
+                        inner.listening.send_replace(true);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not LISTEN for job changes; waiters poll");
+                }
+            }
+        }
+        let mut poll_all = false;
+        let mut renew_now = false;
+        let mut heard = Vec::new();
+        {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = poll.tick() => poll_all = true,
+                _ = renew.tick() => renew_now = true,
+                () = work.notified() => {}
+                received = recv(listener.as_mut()) => match received {
+                    Ok(Some(notification)) => heard.push(notification),
+                    Ok(None) => {
+                        // Lost and reconnected by sqlx: notifications meanwhile are gone.
+                        poll_all = true;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the job-change listener failed; reconnecting");
+                        listener = None;
+                        if let Some(inner) = inner.upgrade() {
+                            inner.listening.send_replace(false);
+                        }
+                        poll_all = true;
+                    }
+                },
+            }
+        }
+        if let Some(listener) = listener.as_mut() {
+            while let Some(more) = listener.next_buffered() {
+                heard.push(more);
+            }
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let to_read: Vec<i64> = if poll_all {
+            inner.watched_ids()
+        } else {
+            let jobs = inner.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+            // A notification is only a hint, from anybody: ids nobody here awaits cost a lookup.
+            let ids: HashSet<i64> = heard
+                .iter()
+                .filter_map(|n| n.payload().parse::<i64>().ok())
+                .filter(|id| jobs.contains_key(id))
+                .collect();
+            ids.into_iter().collect()
+        };
+        if !to_read.is_empty()
+            && let Err(error) = inner.read(&to_read).await
+        {
+            tracing::warn!(%error, "could not read awaited jobs; retrying at the next poll");
+        }
+        let dropped: Vec<i64> =
+            std::mem::take(&mut *inner.dropped.lock().unwrap_or_else(PoisonError::into_inner));
+        if !dropped.is_empty()
+            && let Err(error) = db::waiter::unregister(&inner.pool, &inner.waiter, &dropped).await
+        {
+            tracing::debug!(%error, "could not remove waiter registrations; they expire");
+        }
+        if renew_now
+            && !inner.watched_ids().is_empty()
+            && let Err(error) = db::waiter::renew(
+                &inner.pool,
+                &inner.waiter,
+                inner.config.registration_ttl.as_secs_f64(),
+            )
+            .await
+        {
+            tracing::warn!(%error, "could not renew waiter registrations");
+        }
+    }
+}
+
+async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(JOB_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// The next notification, or never when there is no listener.
+async fn recv(
+    listener: Option<&mut PgListener>,
+) -> Result<Option<sqlx::postgres::PgNotification>, sqlx::Error> {
+    match listener {
+        Some(listener) => listener.try_recv().await,
+        None => std::future::pending().await,
+    }
+}
