@@ -140,8 +140,9 @@ async fn a_pause_survives_a_worker_restart_and_spares_other_queues() {
         .await
         .expect("pause before any job");
     enqueue_records(pool, "slow", 5).await;
-    enqueue_records(pool, "fast", 5).await;
-    for round in 0..2 {
+    // Two worker lifetimes, each running the other queue's jobs to the end.
+    for round in 0..2_i64 {
+        enqueue_records(pool, "fast", 5).await;
         let running = start(
             worker(pool)
                 .id(format!("w{round}"))
@@ -149,7 +150,7 @@ async fn a_pause_survives_a_worker_restart_and_spares_other_queues() {
                 .queue("fast", 2)
                 .register::<Record>(),
         );
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        wait_for_state(pool, "completed", 5 * (round + 1), Duration::from_secs(30)).await;
         running.shutdown().await.expect("shutdown");
     }
     let by_queue: Vec<(String, String, i64)> = sqlx::query_as(
@@ -161,7 +162,7 @@ async fn a_pause_survives_a_worker_restart_and_spares_other_queues() {
     assert_eq!(
         by_queue,
         [
-            ("fast".to_owned(), "completed".to_owned(), 5),
+            ("fast".to_owned(), "completed".to_owned(), 10),
             ("slow".to_owned(), "available".to_owned(), 5)
         ]
     );

@@ -533,3 +533,42 @@ async fn migrate_refuses_a_schema_or_migrations_table_owned_by_another_role() {
     );
     other.remove(&db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueuer_waits_on_its_jobs_but_cannot_read_their_args() {
+    let db = common::database().await;
+    // One enqueuer granted before 0017 (the migration extends its rights), one after.
+    common::schema_at(db.pool(), 16).await;
+    let early = Role::new(&db, "early_waiter", Some("enqueuer")).await;
+    let early_observer = Role::new(&db, "early_watcher", Some("observer")).await;
+    skiplock::migrate(db.pool()).await.expect("migrate");
+    let late = Role::new(&db, "late_waiter", Some("enqueuer")).await;
+    let running = common::start(
+        common::worker(db.pool())
+            .queue("default", 2)
+            .register::<Record>(),
+    );
+    for (n, role) in [&early, &late, &early_observer].into_iter().enumerate() {
+        let id = skiplock::enqueue(db.pool(), &Record { n: n as i64 })
+            .await
+            .expect("enqueue");
+        let results = skiplock::results::Results::new(role.pool.clone());
+        let outcome = results
+            .wait::<i64>(id, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|error| panic!("{} waits: {error:?}", role.name));
+        assert_eq!(outcome, skiplock::results::Outcome::Completed(n as i64 * 2));
+    }
+    running.shutdown().await.expect("shutdown");
+    for role in [&early, &late] {
+        assert_eq!(
+            refused(&role.pool, "SELECT args FROM skiplock.jobs").await,
+            DENIED,
+            "{} reads args",
+            role.name
+        );
+    }
+    early.remove(&db).await;
+    late.remove(&db).await;
+    early_observer.remove(&db).await;
+}
