@@ -21,7 +21,10 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 const CHILD_ENV: &str = "SKIPLOCK_FAULT_CHILD";
-const LEASE_MS: u64 = 2_000;
+/// Long enough that a live worker starved of CPU (tests run in parallel on two cores) still
+/// renews in time: at 2 s, a starved worker fenced itself now and then and its jobs ran twice,
+/// which is the lease doing its job but not what this file tests.
+const LEASE_MS: u64 = 4_000;
 const RESCUE_MS: u64 = 300;
 
 /// A child worker's configuration.
@@ -229,7 +232,7 @@ async fn sigkill_mid_flight_loses_nothing_and_reruns_only_what_was_in_flight() {
     // had already sent still commits on the server, so give that a moment. Everything `a` holds
     // then is what may run twice.
     a.signal(Signal::SIGSTOP);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     let in_flight: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM skiplock.jobs WHERE state = 'running' AND attempted_by[cardinality(attempted_by)] = 'a'",
     )
@@ -258,11 +261,22 @@ async fn sigkill_mid_flight_loses_nothing_and_reruns_only_what_was_in_flight() {
     .fetch_all(pool)
     .await
     .expect("reruns");
-    let outside: Vec<_> = rerun.iter().filter(|id| !in_flight.contains(id)).collect();
-    assert!(
-        outside.is_empty(),
-        "jobs not in flight at the kill ran twice: {outside:?}"
-    );
+    let outside: Vec<i64> = rerun
+        .iter()
+        .copied()
+        .filter(|id| !in_flight.contains(id))
+        .collect();
+    if !outside.is_empty() {
+        // Who ran them and why they ran again, for the failure message.
+        let history: Vec<(i64, Vec<String>, serde_json::Value)> = sqlx::query_as(
+            "SELECT id, attempted_by, errors FROM skiplock.jobs WHERE id = ANY ($1) ORDER BY id",
+        )
+        .bind(&outside)
+        .fetch_all(pool)
+        .await
+        .expect("history");
+        panic!("jobs not in flight at the kill ran twice: {history:?}");
+    }
     let never: i64 = scalar(pool, "SELECT count(*) FROM skiplock.jobs WHERE NOT EXISTS (SELECT 1 FROM ledger WHERE job_id = id)")
         .await
         .expect("count");
@@ -296,8 +310,9 @@ async fn sigkill_mid_flight_loses_nothing_and_reruns_only_what_was_in_flight() {
     );
     assert!(!rerun.is_empty(), "the killed worker's jobs were not rerun");
     assert!(rescued_ms <= bound, "recovery took {rescued_ms:.0} ms");
+    // The rerun also waits for a2's process to start and connect: seconds on a loaded machine.
     assert!(
-        rerun_ms <= bound + 1_000.0,
+        rerun_ms <= bound + 3_000.0,
         "reruns started {rerun_ms:.0} ms after the kill"
     );
 
