@@ -788,3 +788,244 @@ async fn every_documented_api_path_is_served() {
         }
     }
 }
+
+// ----- the event hub: streams that end, a poller that holds nothing up -----
+
+/// What reading an event stream gave.
+#[derive(Debug, PartialEq)]
+enum Sse {
+    /// An event: its name and data.
+    Event(String, String),
+    /// The stream ended.
+    End,
+    /// Nothing within the time given.
+    Silent,
+}
+
+/// An event stream read through `oneshot` (no socket).
+struct EventBody {
+    body: axum::body::BodyDataStream,
+    buffer: String,
+}
+
+impl EventBody {
+    async fn open(app: &Router, path: &str) -> Self {
+        let response: Response<Body> = app.clone().oneshot(get(path)).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        Self {
+            body: response.into_body().into_data_stream(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped), the end, or silence after `wait`.
+    async fn next(&mut self, wait: Duration) -> Sse {
+        use futures_util::StreamExt as _;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut name = String::from("message");
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("event: ") {
+                        name = value.to_owned();
+                    } else if let Some(value) = line.strip_prefix("data: ") {
+                        data = Some(value.to_owned());
+                    }
+                }
+                if let Some(data) = data {
+                    return Sse::Event(name, data);
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return Sse::Silent,
+                Ok(None) => return Sse::End,
+                Ok(Some(chunk)) => {
+                    let chunk = chunk.expect("a body chunk");
+                    self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+                }
+            }
+        }
+    }
+
+    /// The data of the next event, which must come within `wait`.
+    async fn event(&mut self, wait: Duration) -> serde_json::Value {
+        match self.next(wait).await {
+            Sse::Event(_, data) => serde_json::from_str(&data).expect("JSON data"),
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_jobs_stream_ends_after_it_finished_and_unknown_jobs_are_not_found() {
+    let db = database().await;
+    let pool = db.pool();
+    let done = insert(pool, "email", "default", "completed", serde_json::json!({})).await;
+    let app = Dashboard::new(pool.clone())
+        .live_interval(Duration::from_millis(200))
+        .router();
+    let mut stream = EventBody::open(&app, &format!("/api/v1/events?job={done}")).await;
+    let event = stream.event(Duration::from_secs(10)).await;
+    assert_eq!(event["finished"], true, "{event}");
+    assert_eq!(
+        stream.next(Duration::from_secs(5)).await,
+        Sse::End,
+        "the stream goes on after the job finished"
+    );
+
+    let (status, headers, body) = send(&app, get("/api/v1/events?job=987654321")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    let events = skiplock::web::JobEvents::new(pool.clone(), |_, _| true).router();
+    assert_eq!(
+        send(&events, get("/jobs/987654321")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let mut stream = EventBody::open(&events, &format!("/jobs/{done}")).await;
+    assert_eq!(
+        stream.event(Duration::from_secs(10)).await["finished"],
+        true
+    );
+    assert_eq!(stream.next(Duration::from_secs(5)).await, Sse::End);
+}
+
+#[tokio::test]
+async fn an_unchanged_overview_is_sent_once() {
+    let db = database().await;
+    let app = Dashboard::new(db.pool().clone())
+        .live_interval(Duration::from_millis(200))
+        .router();
+    let mut stream = EventBody::open(&app, "/api/v1/events").await;
+    let first = stream.event(Duration::from_secs(10)).await;
+    assert!(first["at"].is_string(), "{first}");
+    // Ten rounds of the poller over a database where nothing happens. A minute may turn
+    // (the last hour's buckets move): one more event then, not one a round.
+    let mut more = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2_000) {
+        match stream.next(Duration::from_millis(300)).await {
+            Sse::Event(..) => more += 1,
+            Sse::End => panic!("the overview stream ended"),
+            Sse::Silent => {}
+        }
+    }
+    assert!(
+        more <= 1,
+        "{more} more overview events while nothing changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_that_died_with_its_runtime_is_started_again() {
+    let db = database().await;
+    let pool = db.pool();
+    let first = insert(pool, "email", "default", "available", serde_json::json!({})).await;
+    let second = insert(pool, "email", "default", "available", serde_json::json!({})).await;
+    let app = Dashboard::new(pool.clone())
+        .live_interval(Duration::from_millis(200))
+        .router();
+    // A stream served on a runtime of its own starts the poller there; that runtime ends
+    // (as a test's does), and the poller with it.
+    let other = app.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let mut stream = EventBody::open(&other, &format!("/api/v1/events?job={first}")).await;
+            stream.event(Duration::from_secs(10)).await;
+        });
+    })
+    .join()
+    .expect("the other runtime");
+    // This runtime's streams get a poller of their own.
+    let mut stream = EventBody::open(&app, &format!("/api/v1/events?job={second}")).await;
+    let event = stream.event(Duration::from_secs(10)).await;
+    assert_eq!(event["id"], second);
+}
+
+#[tokio::test]
+async fn more_jobs_than_one_statement_reads_are_watched() {
+    let db = database().await;
+    let pool = db.pool();
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO skiplock.jobs (kind, queue, args) SELECT 'email', 'default', '{}'
+         FROM generate_series(1, 1001) RETURNING id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("jobs");
+    let app = skiplock::web::JobEvents::new(pool.clone(), |_, _| true)
+        .interval(Duration::from_millis(200))
+        .router();
+    let mut streams = Vec::new();
+    for id in &ids {
+        streams.push(EventBody::open(&app, &format!("/jobs/{id}")).await);
+    }
+    for (id, stream) in ids.iter().zip(&mut streams).rev().take(3) {
+        assert_eq!(stream.event(Duration::from_secs(10)).await["id"], *id);
+    }
+    assert_eq!(
+        streams[0].event(Duration::from_secs(10)).await["id"],
+        ids[0]
+    );
+}
+
+#[tokio::test]
+async fn event_streams_end_on_shutdown_so_a_graceful_shutdown_finishes() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(pool, "email", "default", "available", serde_json::json!({})).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let dashboard = Dashboard::new(pool.clone())
+        .live_interval(Duration::from_millis(200))
+        .shutdown_on(stop.child_token());
+    let events = skiplock::web::JobEvents::new(pool.clone(), |_, _| true)
+        .interval(Duration::from_millis(200));
+    let events_stop = events.shutdown_token();
+    let app = Router::new()
+        .nest("/admin", dashboard.router())
+        .nest("/progress", events.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listen");
+    let address = listener.local_addr().expect("address");
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    let readers: Vec<_> = [
+        "/admin/api/v1/events".to_owned(),
+        format!("/admin/api/v1/events?job={id}"),
+        format!("/progress/jobs/{id}"),
+    ]
+    .into_iter()
+    .map(|path| {
+        std::thread::spawn(move || {
+            let mut stream = open_stream(address, &path);
+            let mut line = String::new();
+            // The first event, then whatever comes until the server closes the connection.
+            while stream.read_line(&mut line).expect("read") > 0 {
+                line.clear();
+            }
+        })
+    })
+    .collect();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.cancel();
+    events_stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the graceful shutdown waited for the open streams")
+        .expect("server task")
+        .expect("server");
+    for reader in readers {
+        tokio::task::spawn_blocking(move || reader.join().expect("reader"))
+            .await
+            .expect("join");
+    }
+}

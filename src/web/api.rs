@@ -244,17 +244,14 @@ struct EventsQuery {
     job: Option<i64>,
 }
 
-/// `text/event-stream`: `overview` events, or `job` events with `?job=ID`.
+/// `text/event-stream`: `overview` events, or `job` events with `?job=ID` (404 for a job that
+/// does not exist; the stream ends after the event that says the job finished).
 async fn events(State(shared): Shared_, Query(query): Query<EventsQuery>) -> Response {
     match query.job {
         None => Sse::new(shared.hub.overview(&shared)).into_response(),
-        Some(id) => match shared.hub.job(&shared, id) {
-            Some(stream) => Sse::new(stream).into_response(),
-            None => ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many jobs watched at once".to_owned(),
-            )
-            .into_response(),
+        Some(id) => match super::job_stream(&shared, id).await {
+            Ok(stream) => stream,
+            Err((status, message)) => ApiError(status, message.to_owned()).into_response(),
         },
     }
 }

@@ -67,6 +67,7 @@ use axum::Router;
 use axum::http::request::Parts;
 use serde_json::Value;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::inspect::{self, HealthOptions, HealthReport};
 
@@ -79,6 +80,12 @@ pub const LIVE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The most jobs a dashboard page or API call lists: 200.
 pub const MAX_PAGE_SIZE: u32 = 200;
+
+/// The most jobs one [`Dashboard`] (or one [`JobEvents`]) streams at once: 10,000. The poller
+/// reads them [`inspect::MAX_PROGRESS_IDS`] per statement, so at most ten statements a round;
+/// a stream for one more job is refused with 503 until others end. One client opening
+/// thousands of streams is for your own middleware to limit (per user or per address).
+pub const MAX_WATCHED_JOBS: usize = 10_000;
 
 /// What a request may do, as an [`authorizer`](Dashboard::authorizer) decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +113,7 @@ pub struct Dashboard {
     allowed_hosts: Option<Arc<[String]>>,
     live_interval: Duration,
     title: String,
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -132,6 +140,7 @@ impl Dashboard {
             allowed_hosts: None,
             live_interval: LIVE_INTERVAL,
             title: "skiplock".to_owned(),
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -199,6 +208,44 @@ impl Dashboard {
         self
     }
 
+    /// Ends every event stream, and stops the live poller, once `token` is cancelled: pass
+    /// the token your server's graceful shutdown waits on. An open browser tab holds its
+    /// stream (and so the connection) open for as long as it stays open, and a graceful
+    /// shutdown waits for every response to end: without this, it never finishes while a tab
+    /// is open. Streams asked for after the cancellation end at once. By default the dashboard
+    /// has a token of its own, which [`shutdown_token`](Self::shutdown_token) returns.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let stop = CancellationToken::new();
+    /// let dashboard = skiplock::web::Dashboard::new(pool).shutdown_on(stop.clone());
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    /// let server = axum::serve(listener, dashboard.router())
+    ///     .with_graceful_shutdown(stop.clone().cancelled_owned());
+    /// let server = tokio::spawn(server.into_future());
+    /// tokio::signal::ctrl_c().await?;
+    /// stop.cancel();
+    /// // Streams end at once; give the other requests 5 seconds.
+    /// let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn shutdown_on(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
+    /// The token that ends this dashboard's event streams (see
+    /// [`shutdown_on`](Self::shutdown_on)): cancel it when your server begins its graceful
+    /// shutdown, or pass `token.cancelled_owned()` to `with_graceful_shutdown` and cancel it
+    /// on your signal.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// The router: nest it under any path (`Router::nest("/admin/jobs", …)`) or serve it at
     /// the root. Its live view polls on a task spawned on the Tokio runtime that serves the
     /// first event stream, and only while a stream is open.
@@ -228,7 +275,11 @@ const HEALTH_FRESH: Duration = Duration::from_secs(30);
 impl Shared {
     fn new(dashboard: Dashboard) -> Self {
         Self {
-            hub: events::Hub::new(dashboard.pool.clone(), dashboard.live_interval),
+            hub: events::Hub::new(
+                dashboard.pool.clone(),
+                dashboard.live_interval,
+                dashboard.shutdown,
+            ),
             pool: dashboard.pool,
             authorizer: dashboard.authorizer,
             redactor: dashboard.redactor,
@@ -298,3 +349,31 @@ impl Shared {
 }
 
 type State = axum::extract::State<Arc<Shared>>;
+
+/// Job `id`'s event stream, or why not: 404 when there is no such job, 503 when the database
+/// did not answer or too many jobs are watched.
+async fn job_stream(
+    shared: &Arc<Shared>,
+    id: i64,
+) -> Result<axum::response::Response, (axum::http::StatusCode, &'static str)> {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse as _;
+    match inspect::job_progress(&shared.pool, &[id]).await {
+        Ok(found) if found.is_empty() => return Err((StatusCode::NOT_FOUND, "no such job")),
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(error = %crate::handler::error_chain(&error), "dashboard: reading a job failed");
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database did not answer: see the server's log",
+            ));
+        }
+    }
+    match shared.hub.job(shared, id) {
+        Ok(events) => Ok(axum::response::sse::Sse::new(events).into_response()),
+        Err(events::Refused::TooManyJobs) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many jobs watched at once",
+        )),
+    }
+}

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
-use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
-use super::{LIVE_INTERVAL, Shared};
+use super::{Dashboard, LIVE_INTERVAL, Shared};
 
 const SCRIPT: &str = include_str!("assets/progress.js");
 
@@ -45,17 +45,20 @@ type Watcher = dyn Fn(&Parts, i64) -> bool + Send + Sync;
 /// The script sets the bar and the label, sets `data-state` on the element, dispatches
 /// `skiplock:job` events (the event's `detail` is the job's JSON) and `skiplock:finished`
 /// once, and reloads the page then if the element has `data-skiplock-reload`. One poller per
-/// router reads every watched job in one statement each round.
+/// router reads the watched jobs ([`MAX_PROGRESS_IDS`](crate::inspect::MAX_PROGRESS_IDS) per
+/// statement) each round, up to [`MAX_WATCHED_JOBS`](super::MAX_WATCHED_JOBS) at once. A
+/// stream ends after the event that says its job finished, and every stream ends when the
+/// [shutdown token](Self::shutdown_on) is cancelled.
 pub struct JobEvents {
-    pool: PgPool,
+    /// What the streams share with the dashboard: the pool, interval and shutdown token.
+    dashboard: Dashboard,
     may_watch: Arc<Watcher>,
-    interval: Duration,
 }
 
 impl std::fmt::Debug for JobEvents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobEvents")
-            .field("interval", &self.interval)
+            .field("interval", &self.dashboard.live_interval)
             .finish_non_exhaustive()
     }
 }
@@ -68,23 +71,34 @@ impl JobEvents {
         may_watch: impl Fn(&Parts, i64) -> bool + Send + Sync + 'static,
     ) -> Self {
         Self {
-            pool,
+            dashboard: Dashboard::new(pool).live_interval(LIVE_INTERVAL),
             may_watch: Arc::new(may_watch),
-            interval: LIVE_INTERVAL,
         }
     }
 
     /// How often watched jobs are read (default [`LIVE_INTERVAL`]; at least 200 ms).
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval.max(Duration::from_millis(200));
+        self.dashboard = self.dashboard.live_interval(interval);
         self
+    }
+
+    /// Ends every stream, and stops the poller, once `token` is cancelled: pass the token
+    /// your server's graceful shutdown waits on (see [`Dashboard::shutdown_on`], which this
+    /// mirrors). By default the router has a token of its own, which
+    /// [`shutdown_token`](Self::shutdown_token) returns.
+    pub fn shutdown_on(mut self, token: CancellationToken) -> Self {
+        self.dashboard = self.dashboard.shutdown_on(token);
+        self
+    }
+
+    /// The token that ends these streams (see [`shutdown_on`](Self::shutdown_on)).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.dashboard.shutdown_token()
     }
 
     /// The router.
     pub fn router(self) -> Router {
-        let shared = Arc::new(Shared::new(
-            super::Dashboard::new(self.pool).live_interval(self.interval),
-        ));
+        let shared = Arc::new(Shared::new(self.dashboard));
         let state = Arc::new((shared, self.may_watch));
         Router::new()
             .route("/jobs/{id}", get(stream))
@@ -103,15 +117,11 @@ async fn stream(
     let (shared, may_watch) = &*state;
     let (parts, _) = request.into_parts();
     if !may_watch(&parts, id) {
-        return (StatusCode::NOT_FOUND, "no such job").into_response();
+        return (axum::http::StatusCode::NOT_FOUND, "no such job").into_response();
     }
-    match shared.hub.job(shared, id) {
-        Some(events) => Sse::new(events).into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many jobs watched at once",
-        )
-            .into_response(),
+    match super::job_stream(shared, id).await {
+        Ok(stream) => stream,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
