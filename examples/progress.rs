@@ -10,17 +10,25 @@
 //! ```
 //!
 //! Without `DATABASE_URL` it starts a throwaway PostgreSQL (removed at exit). `PORT` picks the
-//! port (default 3000). The dashboard is mounted read-only at /admin/jobs.
+//! port (default 3000). The dashboard is mounted read-only at /admin/jobs, for loopback host
+//! names only.
+//!
+//! Safe to copy: a browser may watch (and see the result of) only the imports it started,
+//! which the app remembers per session cookie; on Ctrl-C the progress streams end, so open
+//! pages do not hold the shutdown, and the server waits at most 5 seconds for the rest.
 #![allow(clippy::print_stdout)]
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{Multipart, Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{FromRef, Multipart, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
@@ -35,6 +43,78 @@ use tokio_util::sync::CancellationToken;
 const MAX_UPLOAD: usize = 8 << 20;
 /// Progress is stored every this many rows (each store is one short UPDATE).
 const PROGRESS_EVERY: usize = 100;
+/// How long a shutdown waits for requests in flight once the progress streams have ended.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The cookie naming a browser's session.
+const SESSION_COOKIE: &str = "import_session";
+
+/// Which imports each browser session started: what decides who may watch a job. In memory,
+/// for the example; your app knows its users, and keeps who owns what in its own tables
+/// (then the check reads that, or a claim your auth middleware put in the request).
+#[derive(Clone, Default)]
+struct Owners(Arc<Mutex<HashMap<String, HashSet<i64>>>>);
+
+impl Owners {
+    fn add(&self, session: &str, job_id: i64) {
+        let mut owners = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        owners.entry(session.to_owned()).or_default().insert(job_id);
+    }
+
+    /// Whether the request's session started job `job_id`.
+    fn owns(&self, headers: &HeaderMap, job_id: i64) -> bool {
+        let Some(session) = session_of(headers) else {
+            return false;
+        };
+        let owners = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        owners
+            .get(&session)
+            .is_some_and(|jobs| jobs.contains(&job_id))
+    }
+}
+
+/// The session cookie's value, when it looks like one of ours.
+fn session_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_owned())
+        .filter(|value| value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// 16 random bytes from the operating system, as hex.
+fn new_session() -> anyhow::Result<String> {
+    let mut bytes = [0_u8; 16];
+    getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("no randomness: {error}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[derive(Clone)]
+struct AppState {
+    pool: PgPool,
+    owners: Owners,
+}
+
+impl FromRef<AppState> for PgPool {
+    fn from_ref(state: &AppState) -> Self {
+        state.pool.clone()
+    }
+}
+
+impl FromRef<AppState> for Owners {
+    fn from_ref(state: &AppState) -> Self {
+        state.owners.clone()
+    }
+}
 
 /// Import the CSV stored as upload `upload_id`. The file stays in its table: job arguments are
 /// for ids, not megabytes.
@@ -161,8 +241,14 @@ fn sample_csv(rows: usize) -> String {
     csv
 }
 
-/// Stores the upload and enqueues its import in ONE transaction, then shows its progress page.
-async fn upload(State(pool): State<PgPool>, mut form: Multipart) -> Result<Response, AppError> {
+/// Stores the upload and enqueues its import in ONE transaction, remembers that this session
+/// started it, then shows its progress page.
+async fn upload(
+    State(pool): State<PgPool>,
+    State(owners): State<Owners>,
+    headers: HeaderMap,
+    mut form: Multipart,
+) -> Result<Response, AppError> {
     let mut body = None;
     while let Some(field) = form.next_field().await? {
         if field.name() == Some("file") {
@@ -179,10 +265,31 @@ async fn upload(State(pool): State<PgPool>, mut form: Multipart) -> Result<Respo
         .await?;
     let job_id = skiplock::enqueue(&mut *tx, &ImportContacts { upload_id }).await?;
     tx.commit().await?;
-    Ok(Redirect::to(&format!("/imports/{job_id}")).into_response())
+    let (session, new) = match session_of(&headers) {
+        Some(session) => (session, false),
+        None => (new_session()?, true),
+    };
+    owners.add(&session, job_id);
+    let mut response = Redirect::to(&format!("/imports/{job_id}")).into_response();
+    if new {
+        let cookie = format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax");
+        response
+            .headers_mut()
+            .insert(header::SET_COOKIE, HeaderValue::from_str(&cookie)?);
+    }
+    Ok(response)
 }
 
-async fn show(State(pool): State<PgPool>, Path(job_id): Path<i64>) -> Result<Response, AppError> {
+async fn show(
+    State(pool): State<PgPool>,
+    State(owners): State<Owners>,
+    headers: HeaderMap,
+    Path(job_id): Path<i64>,
+) -> Result<Response, AppError> {
+    // Another session's import is as absent as one that does not exist.
+    if !owners.owns(&headers, job_id) {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    }
     let Some(job) = skiplock::get_job(&pool, job_id).await? else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
@@ -257,9 +364,21 @@ async fn main() -> anyhow::Result<()> {
         .register::<ImportContacts>()
         .build()?
         .start();
-    // Who may watch a job's progress: here anyone; in your app, the user who started it.
-    let events =
-        JobEvents::new(pool.clone(), |_request, _job_id| true).interval(Duration::from_millis(500));
+    let owners = Owners::default();
+    // Ends the progress streams and the dashboard's on Ctrl-C (or when --check is done).
+    let stop = CancellationToken::new();
+    // Who may watch a job's progress: the session that started it (404 for anyone else).
+    let events = JobEvents::new(pool.clone(), {
+        let owners = owners.clone();
+        move |request: &Parts, job_id| owners.owns(&request.headers, job_id)
+    })
+    .interval(Duration::from_millis(500))
+    .shutdown_on(stop.clone());
+    // Read-only (no authorizer), and only for requests addressed to this machine: a page
+    // elsewhere cannot rebind a name of its own to 127.0.0.1 and read it.
+    let dashboard = Dashboard::new(pool.clone())
+        .allowed_hosts(["localhost", "127.0.0.1", "[::1]"])
+        .shutdown_on(stop.clone());
     let app = Router::new()
         .route("/", get(home))
         .route("/style.css", get(style))
@@ -267,9 +386,12 @@ async fn main() -> anyhow::Result<()> {
         .route("/imports", axum::routing::post(upload))
         .route("/imports/{id}", get(show))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD))
-        .with_state(pool.clone())
+        .with_state(AppState {
+            pool: pool.clone(),
+            owners,
+        })
         .nest("/progress", events.router())
-        .nest("/admin/jobs", Dashboard::new(pool.clone()).router());
+        .nest("/admin/jobs", dashboard.router());
     let port = if check {
         "0".to_owned()
     } else {
@@ -279,14 +401,13 @@ async fn main() -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     println!("listening on http://{address}");
 
-    let stop = CancellationToken::new();
     let signal = stop.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             signal.cancel();
         }
     });
-    let server = tokio::spawn(
+    let mut server = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .into_future(),
@@ -298,7 +419,24 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Ok(())
     };
-    server.await??;
+    // Ctrl-C (or the end of the check) ends the progress streams and starts the graceful
+    // shutdown; whatever else is in flight gets SHUTDOWN_GRACE.
+    let served = tokio::select! {
+        served = &mut server => Some(served),
+        () = stop.cancelled() => None,
+    };
+    let served = match served {
+        Some(served) => served,
+        None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(served) => served,
+            Err(_) => {
+                tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}: closing them");
+                server.abort();
+                Ok(Ok(()))
+            }
+        },
+    };
+    served??;
     worker.shutdown().await?;
     pool.close().await;
     outcome
@@ -321,32 +459,49 @@ fn check_end_to_end(address: std::net::SocketAddr) -> anyhow::Result<()> {
             body.len()
         ),
     )?;
-    let location = response
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("location: ")
-                .or_else(|| line.strip_prefix("Location: "))
-        })
-        .context("the upload did not redirect")?
-        .trim()
-        .to_owned();
+    let location = header_of(&response, "location").context("the upload did not redirect")?;
+    let cookie = header_of(&response, "set-cookie").context("the upload set no session")?;
+    let cookie = cookie.split(';').next().unwrap_or_default().to_owned();
     let job_id = location.rsplit('/').next().context("a job id")?.to_owned();
-    let page = http(
-        address,
-        &format!("GET {location} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"),
-    )?;
+    let get = |path: &str, cookie: &str| {
+        http(
+            address,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: {address}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    };
+    let page = get(&location, &cookie)?;
     anyhow::ensure!(
         page.contains("data-skiplock-events"),
         "the page has no progress bar:\n{page}"
+    );
+    // Another browser sees neither the page nor the stream of this import.
+    for path in [location.clone(), format!("/progress/jobs/{job_id}")] {
+        let other = get(&path, "import_session=00000000000000000000000000000000")?;
+        anyhow::ensure!(
+            other.starts_with("HTTP/1.1 404"),
+            "another session reads {path}:\n{other}"
+        );
+    }
+    // The dashboard answers only for this machine's names.
+    let rebound = http(
+        address,
+        "GET /admin/jobs HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n",
+    )?;
+    anyhow::ensure!(
+        rebound.starts_with("HTTP/1.1 421"),
+        "the dashboard answers another host name:\n{rebound}"
     );
 
     let mut stream = std::net::TcpStream::connect(address)?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     write!(
         stream,
-        "GET /progress/jobs/{job_id} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /progress/jobs/{job_id} HTTP/1.1\r\nHost: {address}\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n"
     )?;
     let mut percents = Vec::new();
+    let mut finished = false;
     for line in BufReader::new(stream).lines() {
         let line = line?;
         let Some(data) = line.strip_prefix("data: ") else {
@@ -362,19 +517,18 @@ fn check_end_to_end(address: std::net::SocketAddr) -> anyhow::Result<()> {
                 "the import ended {}",
                 event["state"]
             );
+            finished = true;
             break;
         }
     }
+    anyhow::ensure!(finished, "the stream ended before the import finished");
     let between = percents.iter().filter(|p| **p > 0.0 && **p < 100.0).count();
     anyhow::ensure!(between >= 2, "the bar did not advance live: {percents:?}");
     anyhow::ensure!(
         percents.windows(2).all(|w| w[0] <= w[1]),
         "the bar went back: {percents:?}"
     );
-    let page = http(
-        address,
-        &format!("GET {location} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"),
-    )?;
+    let page = get(&location, &cookie)?;
     anyhow::ensure!(
         page.contains("Imported 10000 contacts, skipped 0 rows."),
         "no result:\n{page}"
@@ -384,6 +538,16 @@ fn check_end_to_end(address: std::net::SocketAddr) -> anyhow::Result<()> {
         between
     );
     Ok(())
+}
+
+/// The value of a response's header `name` (lowercase).
+fn header_of(response: &str, name: &str) -> Option<String> {
+    response
+        .lines()
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.split_once(':'))
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.trim().to_owned())
 }
 
 /// One HTTP/1.1 exchange, the whole response as text.

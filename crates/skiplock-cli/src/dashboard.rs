@@ -5,8 +5,10 @@
 //! unless `--insecure-public`. With `--token` or `--basic-auth`, every request must carry
 //! them, and actions are allowed (unless `--read-only`).
 
+use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::http::header;
@@ -15,6 +17,9 @@ use base64::Engine as _;
 use skiplock::web::{Access, Dashboard, constant_time_eq};
 
 use crate::cli::DashboardArgs;
+
+/// How long a shutdown waits for requests in flight once the event streams have ended: 5 s.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What a request must present.
 #[derive(Clone)]
@@ -172,10 +177,40 @@ pub(crate) async fn run(database_url: Option<String>, args: DashboardArgs) -> an
     writeln!(out, "serving the dashboard on http://{address}/ ({mode})")?;
     out.flush()?;
     drop(out);
-    axum::serve(listener, dashboard.router())
-        .with_graceful_shutdown(stop)
-        .await
-        .context("the dashboard server failed")
+    serve(listener, dashboard, stop).await
+}
+
+/// Serves `dashboard` until `stop`, then ends its event streams (an open browser tab would
+/// otherwise hold the shutdown forever) and waits at most [`SHUTDOWN_GRACE`] for the
+/// requests still in flight.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    dashboard: Dashboard,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let streams = dashboard.shutdown_token();
+    let stopping = streams.clone();
+    let server = axum::serve(listener, dashboard.router())
+        .with_graceful_shutdown(async move {
+            stop.await;
+            stopping.cancel();
+        })
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.context("the dashboard server failed"),
+        () = streams.cancelled() => {}
+    }
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(result) => result.context("the dashboard server failed"),
+        Err(_) => {
+            tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "dashboard: requests still in flight after the shutdown grace: closing them"
+            );
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +236,53 @@ mod tests {
             request = request.header(header::AUTHORIZATION, value);
         }
         request.body(()).expect("request").into_parts().0
+    }
+
+    /// An open event stream (a browser tab) does not hold the shutdown: the stream ends and
+    /// the server returns well within its grace.
+    #[tokio::test]
+    async fn a_shutdown_ends_open_event_streams() {
+        use std::io::{Read as _, Write as _};
+        // Nothing here needs the database: the overview stream stays open, unanswered.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("a lazy pool");
+        let dashboard = dashboard(pool, &args(&[])).expect("dashboard");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, dashboard, async {
+            let _ = stopped.await;
+        }));
+        let tab = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(address).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            write!(
+                stream,
+                "GET /api/v1/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .expect("request");
+            let mut head = [0_u8; 12];
+            stream.read_exact(&mut head).expect("a response");
+            assert_eq!(&head, b"HTTP/1.1 200", "the stream opened");
+            // Until the server closes the connection.
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).expect("the stream ends");
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = std::time::Instant::now();
+        stop.send(()).expect("stop");
+        tokio::time::timeout(Duration::from_secs(3), server)
+            .await
+            .expect("the shutdown waited for the open stream")
+            .expect("server task")
+            .expect("server");
+        assert!(started.elapsed() < SHUTDOWN_GRACE);
+        tab.await.expect("the tab's connection closed");
     }
 
     #[test]
