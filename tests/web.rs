@@ -1029,3 +1029,100 @@ async fn event_streams_end_on_shutdown_so_a_graceful_shutdown_finishes() {
             .expect("join");
     }
 }
+
+// ----- origins, hosts and the CSRF cookie -----
+
+/// A request as HTTP/2 gives it: no `Host` header, the authority and scheme in the URI.
+fn h2(method: &str, uri: &str) -> axum::http::request::Builder {
+    Request::builder().method(method).uri(uri)
+}
+
+#[tokio::test]
+async fn http2_requests_without_a_host_header_pass_and_origins_match_scheme_host_and_port() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(pool, "email", "default", "available", serde_json::json!({})).await;
+    let app = full(pool);
+    let (cookie, csrf) = token(&app, &format!("/jobs/{id}")).await;
+    let cancel = |uri: String, origin: &str| {
+        h2("POST", &uri)
+            .header(header::COOKIE, &cookie)
+            .header(header::ORIGIN, origin)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("csrf={csrf}")))
+            .expect("request")
+    };
+    let path = format!("/jobs/{id}/cancel");
+    // The wrong scheme, another port, a scheme no page has: refused.
+    for (uri, origin) in [
+        (format!("https://dash.test{path}"), "http://dash.test"),
+        (format!("http://dash.test{path}"), "https://dash.test"),
+        (format!("http://dash.test:8080{path}"), "http://dash.test"),
+        (format!("http://dash.test{path}"), "ftp://dash.test"),
+        (
+            format!("http://dash.test{path}"),
+            "http://dash.test.evil.test",
+        ),
+    ] {
+        let (status, _, body) = send(&app, cancel(uri.clone(), origin)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri} from {origin}: {body}");
+        assert_eq!(state_of(pool, id).await, "available", "{uri} from {origin}");
+    }
+    // HTTP/2 from the dashboard's own page: accepted (the default port may be implied).
+    let (status, _, body) = send(
+        &app,
+        cancel(format!("https://dash.test:443{path}"), "https://dash.test"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(state_of(pool, id).await, "cancelled");
+
+    // The host check reads the URI's authority when there is no Host header.
+    let local = Dashboard::new(pool.clone())
+        .allowed_hosts(["localhost"])
+        .router();
+    let at = |uri: &str| h2("GET", uri).body(Body::empty()).expect("request");
+    assert_eq!(
+        send(&local, at("https://localhost:8080/")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&local, at("https://dash.test/")).await.0,
+        StatusCode::MISDIRECTED_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn the_csrf_cookie_is_secure_over_https_and_its_path_cannot_be_forged() {
+    let db = database().await;
+    let pool = db.pool();
+    let app = full(pool);
+    let cookie_of = |headers: &axum::http::HeaderMap| {
+        headers[header::SET_COOKIE]
+            .to_str()
+            .expect("cookie")
+            .to_owned()
+    };
+    let (_, headers, _) = send(
+        &app,
+        h2("GET", "https://dash.test/jobs")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    let cookie = cookie_of(&headers);
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    let (_, headers, _) = send(&app, get("/jobs")).await;
+    let cookie = cookie_of(&headers);
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+
+    // A prefix with a parameter puts the visitor's text in the cookie's path.
+    let tenants = Router::new().nest("/t/{tenant}", full(pool));
+    let (status, headers, body) = send(&tenants, get("/t/x;Domain=evil.test/jobs")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cookie = cookie_of(&headers);
+    assert!(
+        cookie.contains("Path=/t/x%3BDomain=evil.test;") && !cookie.contains(";Domain"),
+        "{cookie}"
+    );
+}

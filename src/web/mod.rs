@@ -39,10 +39,10 @@
 //! Secure by default:
 //! - read-only unless an [`authorizer`](Dashboard::authorizer) grants [`Access::Full`];
 //!   authorization is checked for every request before any handler runs;
-//! - mutations are `POST`s only, each checked for a same-origin request (`Origin`,
-//!   `Sec-Fetch-Site`) and a CSRF token (double submit: a cookie and a form field or the
-//!   `x-csrf-token` header); clients that are not browsers (no `Origin`, no
-//!   `Sec-Fetch-Site`) send JSON instead;
+//! - mutations are `POST`s only, each checked for a same-origin request (`Origin`: scheme,
+//!   host and port; `Sec-Fetch-Site`) and a CSRF token (double submit: a cookie, `Secure`
+//!   over HTTPS, and a form field or the `x-csrf-token` header); clients that are not
+//!   browsers (no `Origin`, no `Sec-Fetch-Site`) send JSON instead;
 //! - a strict Content-Security-Policy (no inline script or style), every piece of job data
 //!   escaped, framing refused;
 //! - job arguments, results, progress and errors pass through a [redactor](Dashboard::redact)
@@ -181,9 +181,10 @@ impl Dashboard {
         self.redact(move |_, _, value| redact::redact_keys(value, &keys))
     }
 
-    /// Accepts requests only for these `Host` names (a port after them is ignored), answering
+    /// Accepts requests only for these host names (a port after them is ignored), answering
     /// 421 otherwise: what keeps a DNS-rebinding page from reading a dashboard that listens on
-    /// loopback without credentials. Off by default (an application behind its own proxy knows
+    /// loopback without credentials. The name is the `Host` header's or, in HTTP/2 (which has
+    /// no `Host`), the `:authority`'s. Off by default (an application behind its own proxy knows
     /// its host names); `skiplock dashboard` sets it to `localhost`, `127.0.0.1` and `[::1]`
     /// when it runs without credentials.
     pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self

@@ -7,6 +7,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{OriginalUri, Request};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -56,6 +57,9 @@ async fn guard(
                 .get::<Base>()
                 .map(|b| b.0.clone())
                 .unwrap_or_default();
+            let (parts, body) = request.into_parts();
+            let https = over_https(&parts);
+            let request = Request::from_parts(parts, body);
             let mut response = next.run(request).await;
             // Pages only: their forms carry the token (an asset, which caches may keep, or
             // an API answer never sets it).
@@ -64,10 +68,7 @@ async fn guard(
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
             if let Some(token) = new_token.filter(|_| page) {
-                // `/admin/jobs` path-matches `/admin/jobs` and `/admin/jobs/…` only.
-                let path = if base.is_empty() { "/" } else { base.as_str() };
-                let cookie =
-                    format!("{CSRF_COOKIE}={token}; Path={path}; HttpOnly; SameSite=Strict");
+                let cookie = csrf_cookie(&token, &base, https);
                 if let Ok(value) = HeaderValue::from_str(&cookie) {
                     response.headers_mut().append(header::SET_COOKIE, value);
                 }
@@ -85,7 +86,9 @@ async fn guard(
 async fn check(shared: &Shared, request: Request) -> Result<(Request, Option<String>), Refusal> {
     let (mut parts, body) = request.into_parts();
     if let Some(hosts) = &shared.allowed_hosts {
-        let host = host_name(&parts.headers);
+        let host = request_authority(&parts)
+            .and_then(|authority| split_authority(&authority))
+            .map(|(host, _)| host);
         if !host.is_some_and(|host| hosts.contains(&host)) {
             return Err(refuse(StatusCode::MISDIRECTED_REQUEST, "unknown host"));
         }
@@ -110,7 +113,7 @@ async fn check(shared: &Shared, request: Request) -> Result<(Request, Option<Str
             if access != Access::Full {
                 return Err(refuse(StatusCode::FORBIDDEN, "this dashboard is read-only"));
             }
-            same_origin(&parts.headers)?;
+            same_origin(&parts)?;
             let browser = parts.headers.contains_key(header::ORIGIN)
                 || parts.headers.contains_key("sec-fetch-site");
             let content_type = parts
@@ -192,10 +195,44 @@ fn nest_prefix(full: &str, seen: &str) -> String {
     prefix.trim_end_matches('/').to_owned()
 }
 
-/// Refuses a request whose `Sec-Fetch-Site` is not `same-origin` or whose `Origin` is not
-/// the host it was sent to.
-fn same_origin(headers: &HeaderMap) -> Result<(), Refusal> {
-    let cross = || Refusal(StatusCode::FORBIDDEN, "cross-site request refused");
+/// The CSRF cookie for `token`, for the router nested at `base` (empty at the root):
+/// `Secure` when the request came over HTTPS, and a path no character of which can end the
+/// attribute (the prefix comes from the request's path, which a nest with a `{param}` lets
+/// anyone choose).
+fn csrf_cookie(token: &str, base: &str, https: bool) -> String {
+    // `/admin/jobs` path-matches `/admin/jobs` and `/admin/jobs/…` only.
+    let path = if base.is_empty() {
+        "/".to_owned()
+    } else {
+        cookie_path(base)
+    };
+    let secure = if https { "; Secure" } else { "" };
+    format!("{CSRF_COOKIE}={token}; Path={path}; HttpOnly; SameSite=Strict{secure}")
+}
+
+/// `path` with every byte a cookie's `Path` attribute may not hold as is (`;`, controls,
+/// spaces, non-ASCII) percent-encoded. A browser then matches it against the encoded path
+/// it requests: at worst the cookie is not sent, never a forged attribute.
+fn cookie_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        let keep = byte.is_ascii_alphanumeric() || b"/-._~!$&'()*+,=:@%".contains(&byte);
+        if keep {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Refuses a request whose `Sec-Fetch-Site` is not `same-origin`, or whose `Origin` is not
+/// the scheme, host and port it was sent to: the host and port must be the request's
+/// authority ([`request_authority`]; a missing port is the scheme's default), and the scheme
+/// `http` or `https`, the request's own when it is known ([`request_scheme`]).
+fn same_origin(parts: &Parts) -> Result<(), Refusal> {
+    let cross = || refuse(StatusCode::FORBIDDEN, "cross-site request refused");
+    let headers = &parts.headers;
     if headers
         .get("sec-fetch-site")
         .is_some_and(|site| site.as_bytes() != b"same-origin")
@@ -204,34 +241,93 @@ fn same_origin(headers: &HeaderMap) -> Result<(), Refusal> {
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().map_err(|_| cross())?;
-        let authority = origin
-            .split_once("://")
-            .map(|(_, rest)| rest)
+        let (scheme, authority) = origin.split_once("://").ok_or_else(cross)?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(cross()),
+        };
+        if request_scheme(parts).is_some_and(|known| known != scheme) {
+            return Err(cross());
+        }
+        let (origin_host, origin_port) = split_authority(authority).ok_or_else(cross)?;
+        let (host, port) = request_authority(parts)
+            .and_then(|authority| split_authority(&authority))
             .ok_or_else(cross)?;
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(cross)?;
-        if !authority.eq_ignore_ascii_case(host) {
+        if origin_host != host
+            || origin_port.unwrap_or(default_port) != port.unwrap_or(default_port)
+        {
             return Err(cross());
         }
     }
     Ok(())
 }
 
-/// The `Host` header's name, lowercase, without its port.
-fn host_name(headers: &HeaderMap) -> Option<String> {
-    let host = headers
-        .get(header::HOST)?
-        .to_str()
-        .ok()?
-        .to_ascii_lowercase();
-    let name = if host.starts_with('[') {
-        host.split_inclusive(']').next().unwrap_or(&host).to_owned()
+/// Where the request was sent: its `Host` header, or in HTTP/2 (which has none) the
+/// `:authority` the URI carries.
+fn request_authority(parts: &Parts) -> Option<String> {
+    if let Some(host) = parts.headers.get(header::HOST) {
+        return host.to_str().ok().map(str::to_owned);
+    }
+    let original = parts.extensions.get::<OriginalUri>().map(|o| &o.0);
+    parts
+        .uri
+        .authority()
+        .or_else(|| original.and_then(|uri| uri.authority()))
+        .map(|authority| authority.as_str().to_owned())
+}
+
+/// The request's scheme, when it says (HTTP/2's `:scheme`, or an absolute URI), lowercase.
+fn request_scheme(parts: &Parts) -> Option<String> {
+    let original = parts.extensions.get::<OriginalUri>().map(|o| &o.0);
+    parts
+        .uri
+        .scheme_str()
+        .or_else(|| original.and_then(|uri| uri.scheme_str()))
+        .map(str::to_ascii_lowercase)
+}
+
+/// Whether the request is known to have come over HTTPS: its scheme says so, or its
+/// `Origin` does (a same-origin request's origin is the page's). `X-Forwarded-Proto` is not
+/// believed: anyone can send it.
+fn over_https(parts: &Parts) -> bool {
+    request_scheme(parts).is_some_and(|scheme| scheme == "https")
+        || parts
+            .headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|origin| {
+                origin
+                    .get(..8)
+                    .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+            })
+}
+
+/// A host and its port, if given, from `host[:port]` (`[v6][:port]`); the host lowercase.
+/// `None` for what is not one (user info, a path, an empty or non-numeric port).
+fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
+    if authority.is_empty() || authority.contains(['@', '/', '?', '#', ' ']) {
+        return None;
+    }
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (host, rest) = authority.split_at(end + 1);
+        let port = match rest {
+            "" => None,
+            rest => Some(rest.strip_prefix(':')?.parse().ok()?),
+        };
+        (host, port)
     } else {
-        host.split(':').next().unwrap_or(&host).to_owned()
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port.parse().ok()?)),
+            None => (authority, None),
+        }
     };
-    Some(name)
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_ascii_lowercase(), port))
 }
 
 /// The CSRF cookie's value, when it looks like one of ours.
@@ -324,12 +420,37 @@ mod tests {
     }
 
     #[test]
-    fn host_names_drop_their_port() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("LocalHost:8080"));
-        assert_eq!(host_name(&headers).as_deref(), Some("localhost"));
-        headers.insert(header::HOST, HeaderValue::from_static("[::1]:8080"));
-        assert_eq!(host_name(&headers).as_deref(), Some("[::1]"));
+    fn authorities_split_into_host_and_port() {
+        let split = |a: &str| split_authority(a);
+        assert_eq!(
+            split("LocalHost:8080"),
+            Some(("localhost".into(), Some(8080)))
+        );
+        assert_eq!(split("dash.test"), Some(("dash.test".into(), None)));
+        assert_eq!(split("[::1]:8080"), Some(("[::1]".into(), Some(8080))));
+        assert_eq!(split("[::1]"), Some(("[::1]".into(), None)));
+        for bad in ["", ":80", "a:", "a:x", "u@a", "a/b", "[::1]x", "a:1:2"] {
+            assert_eq!(split(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cookie_paths_cannot_end_the_attribute() {
+        assert_eq!(cookie_path("/admin/jobs"), "/admin/jobs");
+        assert_eq!(
+            cookie_path("/t/x;Domain=evil.test"),
+            "/t/x%3BDomain=evil.test"
+        );
+        assert_eq!(cookie_path("/a b\"\u{e9}"), "/a%20b%22%C3%A9");
+        let cookie = csrf_cookie("ab", "/t/x;Secure=0", true);
+        assert_eq!(
+            cookie,
+            "skiplock_csrf=ab; Path=/t/x%3BSecure=0; HttpOnly; SameSite=Strict; Secure"
+        );
+        assert_eq!(
+            csrf_cookie("ab", "", false),
+            "skiplock_csrf=ab; Path=/; HttpOnly; SameSite=Strict"
+        );
     }
 
     #[test]
