@@ -1126,3 +1126,43 @@ async fn the_csrf_cookie_is_secure_over_https_and_its_path_cannot_be_forged() {
         "{cookie}"
     );
 }
+
+#[tokio::test]
+async fn a_confirmed_bulk_action_redirects_so_a_reload_does_not_run_it_again() {
+    let db = database().await;
+    let pool = db.pool();
+    for n in 0..3 {
+        insert(pool, "email", "bulk", "failed", serde_json::json!({"n": n})).await;
+    }
+    let app = Router::new().nest("/admin", full(pool));
+    let (cookie, csrf) = token(&app, "/admin/jobs?queue=bulk").await;
+    let confirm = format!("csrf={csrf}&queue=bulk&state=failed&action=retry&confirm=yes");
+    let (status, headers, body) = send(
+        &app,
+        post_form(
+            "/admin/jobs/bulk",
+            Some(&cookie),
+            &confirm,
+            Some("http://dash.test"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let location = headers[header::LOCATION].to_str().expect("location");
+    assert_eq!(
+        location,
+        "/admin/jobs?state=failed&queue=bulk&done=3&batches=1&action=retry"
+    );
+    assert_eq!(common::count_state(pool, "available").await, 3);
+    // The page it leads to says what was done, and loading it again does nothing.
+    let (status, _, body) = send(&app, get(location)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("data-bulk-changed=\"3\"") && body.contains("jobs retried"),
+        "{body}"
+    );
+    // A forged or odd result query is only text, or nothing.
+    let (status, _, body) = send(&app, get("/admin/jobs?done=x&action=%3Cb%3E")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.contains("data-bulk-changed"));
+}

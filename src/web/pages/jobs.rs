@@ -6,7 +6,9 @@ use axum::response::IntoResponse;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{Ctx, Nav, PageError, PageResult, count, grouped, layout, state_badge, when};
+use super::{
+    Ctx, Nav, PageError, PageResult, count, grouped, layout, see_other, state_badge, when,
+};
 use crate::JobState;
 use crate::inspect::{self, JobFilter, JobSummary};
 use crate::web::params::JobParams;
@@ -23,7 +25,39 @@ const STATES: [JobState; 7] = [
     JobState::Cancelled,
 ];
 
-pub(crate) async fn page(state: State, ctx: Ctx, Query(params): Query<JobParams>) -> PageResult {
+/// What a bulk action did, in the query string of the list it redirects to:
+/// `?…&done=5&batches=1&action=retry`. Only shown, never acted on (a link may forge it).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Flash {
+    #[serde(default)]
+    done: Option<String>,
+    #[serde(default)]
+    batches: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+}
+
+impl Flash {
+    /// The past tense of a known action, how many jobs changed and in how many batches.
+    fn message(&self) -> Option<(&'static str, u64, Option<u64>)> {
+        let done = self.done.as_deref()?.parse().ok()?;
+        let batches = self.batches.as_deref().and_then(|b| b.parse().ok());
+        let verb = match self.action.as_deref()? {
+            "cancel" => "cancelled",
+            "retry" => "retried",
+            "delete" => "deleted",
+            _ => return None,
+        };
+        Some((verb, done, batches))
+    }
+}
+
+pub(crate) async fn page(
+    state: State,
+    ctx: Ctx,
+    Query(params): Query<JobParams>,
+    Query(flash): Query<Flash>,
+) -> PageResult {
     let shared = state.0;
     let ctx = ctx.with_title(&shared);
     let query = params.query().map_err(PageError::bad_request)?;
@@ -37,6 +71,13 @@ pub(crate) async fn page(state: State, ctx: Ctx, Query(params): Query<JobParams>
         div.page-head {
             h1 { "Jobs" }
             span.muted { (count(total)) " matching" }
+        }
+        @if let Some((verb, changed, batches)) = flash.message() {
+            div.card.flash role="status" data-bulk-changed=(changed) {
+                strong { (grouped(changed)) } " jobs " (verb)
+                @if let Some(batches) = batches { ", in " (batches) " batches" }
+                "."
+            }
         }
         (filter_form(&ctx, &params))
         @if page.jobs.is_empty() {
@@ -221,12 +262,10 @@ pub(crate) async fn bulk(state: State, ctx: Ctx, Form(form): Form<BulkForm>) -> 
         _ => inspect::delete_jobs(&shared.pool, &filter).await?,
     };
     tracing::info!(action = %form.action, changed = report.changed, "dashboard bulk action");
-    let body = html! {
-        h1 { (verb) " jobs" }
-        div.card.confirm {
-            p data-bulk-changed=(report.changed) { strong { (grouped(report.changed)) } " jobs changed, in " (report.batches) " batches." }
-            a.btn href=(ctx.link(&back)) { "Back to the list" }
-        }
-    };
-    Ok(layout(&ctx, Nav::Jobs, "Done", None, body).into_response())
+    // 303 to the list, which says what was done: reloading it does not act again.
+    let mut done = form_urlencoded::Serializer::new(form.params.with_after(None));
+    done.append_pair("done", &report.changed.to_string());
+    done.append_pair("batches", &report.batches.to_string());
+    done.append_pair("action", &form.action);
+    Ok(see_other(&ctx, &format!("/jobs?{}", done.finish())))
 }
