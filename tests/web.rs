@@ -1166,3 +1166,52 @@ async fn a_confirmed_bulk_action_redirects_so_a_reload_does_not_run_it_again() {
     assert_eq!(status, StatusCode::OK);
     assert!(!body.contains("data-bulk-changed"));
 }
+
+// ----- redaction gaps -----
+
+#[tokio::test]
+async fn redact_keys_covers_unparsed_json_and_error_messages() {
+    let db = database().await;
+    let pool = db.pool();
+    // JSON serde_json cannot read (a number beyond f64): inspect gives its text.
+    let id: i64 = sqlx::query_scalar(
+        r#"INSERT INTO skiplock.jobs (kind, queue, args, result, state, finished_at, attempt, errors)
+           VALUES ('login', 'default', '{"password": "hunter2", "big": 1e400}',
+                   '{"token": "hunter2", "big": 1e400}', 'completed', now(), 1,
+                   jsonb_build_array(jsonb_build_object('attempt', 1, 'at', now(), 'kind', 'error',
+                       'message', 'connect failed: password=hunter2 rejected')))
+           RETURNING id"#,
+    )
+    .fetch_one(pool)
+    .await
+    .expect("job");
+    let app = Dashboard::new(pool.clone())
+        .redact_keys(["password", "token"])
+        .router();
+    for path in [
+        "/jobs".to_owned(),
+        format!("/jobs/{id}"),
+        "/api/v1/jobs".to_owned(),
+        format!("/api/v1/jobs/{id}"),
+        format!("/api/v1/jobs/{id}/explain"),
+    ] {
+        let (status, _, body) = send(&app, get(&path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(!body.contains("hunter2"), "{path} shows the secret: {body}");
+    }
+    let (_, _, body) = send(&app, get(&format!("/api/v1/jobs/{id}"))).await;
+    let job: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        job["args"]
+            .as_str()
+            .is_some_and(|a| a.ends_with("bytes, not shown)")),
+        "{job}"
+    );
+    assert_eq!(
+        job["errors"][0]["message"],
+        "[redacted: the message mentions a redacted key]"
+    );
+    // Without a redactor, nothing is hidden.
+    let (_, _, body) = send(&full(pool), get(&format!("/api/v1/jobs/{id}"))).await;
+    assert!(body.contains("hunter2"));
+}

@@ -159,7 +159,10 @@ impl Dashboard {
     /// Rewrites job data before it is shown or sent: called with the [`Field`], the job's
     /// kind and the value (arguments, result, progress, metadata, or an error message as a
     /// JSON string). Lists then show no argument previews (they are cut text that cannot be
-    /// redacted): a job's page shows its redacted arguments. Replaces an earlier
+    /// redacted): a job's page shows its redacted arguments. Arguments, results and progress
+    /// whose JSON `serde_json` cannot read (a number beyond `f64`, nesting past 128 levels:
+    /// `skiplock::inspect` gives their text as a string) are not shown at all, as
+    /// `(N bytes, not shown)`: the redactor could not see inside them. Replaces an earlier
     /// [`redact_keys`](Self::redact_keys).
     pub fn redact(
         mut self,
@@ -171,14 +174,20 @@ impl Dashboard {
 
     /// Redacts, at any depth of arguments, results, progress and metadata, the value of every
     /// object key that contains one of `keys` (ignoring case): `redact_keys(["password"])`
-    /// hides `{"db_password": "…"}`. Replaces an earlier [`redact`](Self::redact).
+    /// hides `{"db_password": "…"}`. An error message that contains one of `keys` (ignoring
+    /// case) is replaced whole, as `[redacted: the message mentions a redacted key]`: a
+    /// message is free text, in which the secret cannot be told from the words around it.
+    /// Replaces an earlier [`redact`](Self::redact).
     pub fn redact_keys<I, S>(self, keys: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         let keys: Vec<String> = keys.into_iter().map(|k| k.into().to_lowercase()).collect();
-        self.redact(move |_, _, value| redact::redact_keys(value, &keys))
+        self.redact(move |field, _, value| match field {
+            Field::Error => redact::redact_message(value, &keys),
+            _ => redact::redact_keys(value, &keys),
+        })
     }
 
     /// Accepts requests only for these host names (a port after them is ignored), answering
@@ -296,9 +305,16 @@ impl Shared {
             .map_or(Access::ReadOnly, |authorize| authorize(parts))
     }
 
-    /// `value` as the redactor would show it.
+    /// `value` as the redactor would show it; with a redactor, JSON text it could not see
+    /// inside (see [`redact::unparsed_text`]) is not shown at all.
     fn redacted(&self, field: Field, kind: &str, value: &mut Value) {
         if let Some(redact) = &self.redactor {
+            if field != Field::Error
+                && let Some(bytes) = redact::unparsed_text(value)
+            {
+                *value = Value::String(format!("({bytes} bytes, not shown)"));
+                return;
+            }
             redact(field, kind, value);
         }
     }
