@@ -1215,3 +1215,66 @@ async fn redact_keys_covers_unparsed_json_and_error_messages() {
     let (_, _, body) = send(&full(pool), get(&format!("/api/v1/jobs/{id}"))).await;
     assert!(body.contains("hunter2"));
 }
+
+#[tokio::test]
+async fn hidden_values_cannot_be_tested_with_filters_or_unique_keys() {
+    let db = database().await;
+    let pool = db.pool();
+    let id: i64 = sqlx::query_scalar(
+        r#"INSERT INTO skiplock.jobs (kind, queue, args, unique_key, unique_states)
+           VALUES ('login', 'default', '{"password": "hunter2", "user": 7}',
+                   skiplock.unique_key_of('login', '{"password": "hunter2", "user": 7}'),
+                   '{available}')
+           RETURNING id"#,
+    )
+    .fetch_one(pool)
+    .await
+    .expect("job");
+    let key: String = sqlx::query_scalar("SELECT unique_key FROM skiplock.jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("key");
+    let app = Dashboard::new(pool.clone())
+        .authorizer(|_| Access::Full)
+        .redact_keys(["password"])
+        .router();
+    let guess = urlencode(r#"{"password": "hunter2"}"#);
+    for path in [
+        format!("/jobs?args={guess}"),
+        format!("/api/v1/jobs?args={guess}"),
+        format!("/api/v1/jobs/count?args={guess}&kind=login"),
+    ] {
+        let (status, _, body) = send(&app, get(&path)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(body.contains("redactor hides"), "{path}: {body}");
+    }
+    let bulk = Request::post("/api/v1/jobs/cancel")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            r#"{"filter": {"args": {"password": "hunter2"}}}"#,
+        ))
+        .expect("request");
+    assert_eq!(send(&app, bulk).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(state_of(pool, id).await, "available");
+    // Filters on what is shown still work.
+    let (status, _, body) = send(
+        &app,
+        get(&format!(
+            "/api/v1/jobs/count?args={}",
+            urlencode(r#"{"user": 7}"#)
+        )),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"count":{"kind":"exact","value":1}}"#)
+    );
+    // The unique key (a hash of the arguments) is hidden with them.
+    for path in [format!("/jobs/{id}"), format!("/api/v1/jobs/{id}")] {
+        let (status, _, body) = send(&app, get(&path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(!body.contains(&key), "{path} shows the unique key");
+        assert!(!body.contains("hunter2"), "{path}");
+    }
+}

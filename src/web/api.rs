@@ -108,6 +108,7 @@ async fn jobs(
     Query(params): Query<JobParams>,
 ) -> ApiResult<inspect::JobPage> {
     let query = params.query().map_err(ApiError::bad)?;
+    shared.check_filter(&query.filter).map_err(ApiError::bad)?;
     let mut page = inspect::jobs(&shared.pool, &query).await?;
     for job in &mut page.jobs {
         redact_summary(&shared, job);
@@ -122,6 +123,7 @@ struct CountAnswer {
 
 async fn count(State(shared): Shared_, Query(params): Query<JobParams>) -> ApiResult<CountAnswer> {
     let filter = params.filter().map_err(ApiError::bad)?;
+    shared.check_filter(&filter).map_err(ApiError::bad)?;
     let count = inspect::count_jobs(&shared.pool, &filter).await?;
     Ok(Json(CountAnswer { count }))
 }
@@ -173,6 +175,7 @@ async fn bulk(
     body: Result<Json<BulkBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<BulkReport> {
     let Json(body) = body.map_err(|rejection| ApiError::bad(rejection.body_text()))?;
+    shared.check_filter(&body.filter).map_err(ApiError::bad)?;
     if body.filter == JobFilter::new() {
         return Err(ApiError::bad(
             "an empty filter matches every job: give at least one condition",

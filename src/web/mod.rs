@@ -349,6 +349,33 @@ impl Shared {
         self.redactor.is_some()
     }
 
+    /// Refuses an `args` filter that names what the redactor hides: matching on a hidden
+    /// value would tell whether a guess is right. The redactor is given the filter's value
+    /// as [`Field::Args`] for each kind the filter names (the empty string when it names
+    /// none); the filter is refused when it comes back changed.
+    fn check_filter(&self, filter: &inspect::JobFilter) -> Result<(), String> {
+        let (Some(redact), Some(args)) = (&self.redactor, &filter.args) else {
+            return Ok(());
+        };
+        let kinds: Vec<&str> = if filter.kinds.is_empty() {
+            vec![""]
+        } else {
+            filter.kinds.iter().map(String::as_str).collect()
+        };
+        for kind in kinds {
+            let mut seen = args.clone();
+            redact(Field::Args, kind, &mut seen);
+            if seen != *args {
+                return Err(
+                    "the args filter names a value this dashboard's redactor hides: \
+                            filter on other keys"
+                        .to_owned(),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// An error message as the redactor would show it.
     fn redacted_message(&self, kind: &str, message: &str) -> String {
         match &self.redactor {

@@ -8,11 +8,19 @@ use maud::html;
 use super::{Ctx, Nav, PageError, PageResult, json, layout, see_other, state_badge, when};
 use crate::JobState;
 use crate::inspect::{self, Explanation, JobDetail, Reason, percent_of};
+use crate::web::redact::REDACTED;
 use crate::web::{Field, Shared, State};
 
-/// Applies the redactor to everything of a job that reaches a browser.
+/// Applies the redactor to everything of a job that reaches a browser. With a redactor, the
+/// unique key is hidden too: it is often derived from the arguments (`unique_by_args` is a
+/// SHA-256 of them, unsalted), so a guess at a hidden value could be checked against it.
 pub(crate) fn redact_detail(shared: &Shared, job: &mut JobDetail) {
     let kind = job.kind.clone();
+    if shared.redacts()
+        && let Some(key) = job.unique_key.as_mut()
+    {
+        REDACTED.clone_into(key);
+    }
     shared.redacted(Field::Args, &kind, &mut job.args);
     if let Some(result) = job.result.as_mut() {
         shared.redacted(Field::Result, &kind, result);
@@ -29,6 +37,11 @@ pub(crate) fn redact_explanation(shared: &Shared, explanation: &mut Explanation)
     redact_detail(shared, &mut explanation.job);
     let kind = explanation.job.kind.clone();
     for reason in &mut explanation.reasons {
+        if shared.redacts()
+            && let Reason::UniqueKeyHeld { key, .. } = reason
+        {
+            REDACTED.clone_into(key);
+        }
         if let Reason::Finished {
             last_error: Some(error),
             ..

@@ -61,6 +61,9 @@ pub(crate) async fn page(
     let shared = state.0;
     let ctx = ctx.with_title(&shared);
     let query = params.query().map_err(PageError::bad_request)?;
+    shared
+        .check_filter(&query.filter)
+        .map_err(PageError::bad_request)?;
     let mut page = inspect::jobs(&shared.pool, &query).await?;
     let total = inspect::count_jobs(&shared.pool, &query.filter).await?;
     for job in &mut page.jobs {
@@ -211,6 +214,9 @@ pub(crate) async fn bulk(state: State, ctx: Ctx, Form(form): Form<BulkForm>) -> 
     let shared = state.0;
     let ctx = ctx.with_title(&shared);
     let filter = form.params.filter().map_err(PageError::bad_request)?;
+    shared
+        .check_filter(&filter)
+        .map_err(PageError::bad_request)?;
     if filter == JobFilter::new() {
         return Err(PageError::bad_request(
             "an empty filter matches every job: give at least one condition",
