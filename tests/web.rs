@@ -1278,3 +1278,40 @@ async fn hidden_values_cannot_be_tested_with_filters_or_unique_keys() {
         assert!(!body.contains("hunter2"), "{path}");
     }
 }
+
+#[tokio::test]
+async fn other_sessions_queries_and_addresses_are_for_full_access_only() {
+    let db = database().await;
+    let pool = db.pool();
+    // Another application's session, idle in a transaction: the oldest horizon holder.
+    let mut other = pool.acquire().await.expect("connection");
+    sqlx::raw_sql("BEGIN; SELECT txid_current(); SELECT 'payroll query of another app'")
+        .execute(&mut *other)
+        .await
+        .expect("transaction");
+    let client: Option<String> = sqlx::query_scalar(
+        "SELECT host(client_addr) FROM pg_stat_activity WHERE query LIKE '%payroll query%'
+         AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("the other session");
+    let read_only = Dashboard::new(pool.clone()).router();
+    for path in ["/health", "/api/v1/health", "/"] {
+        let (status, _, body) = send(&read_only, get(path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(!body.contains("payroll query"), "{path} shows the query");
+        if let Some(client) = &client {
+            assert!(!body.contains(client.as_str()), "{path} shows {client}");
+        }
+    }
+    let (_, _, body) = send(&full(pool), get("/api/v1/health")).await;
+    assert!(
+        body.contains("payroll query"),
+        "full access sees it: {body}"
+    );
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut *other)
+        .await
+        .expect("rollback");
+}

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::Shared;
 use super::pages::job::{redact_detail, redact_explanation};
 use super::pages::jobs::redact_summary;
-use super::pages::overview;
+use super::pages::{Ctx, overview};
 use super::params::JobParams;
 use crate::inspect::{self, BulkReport, HealthOptions, InspectError, JobFilter};
 
@@ -235,9 +235,11 @@ async fn schedule_act(
     Ok(Json(ScheduleAnswer { job }))
 }
 
-async fn health(State(shared): Shared_) -> ApiResult<inspect::HealthReport> {
-    let report = inspect::health(&shared.pool, &HealthOptions::default()).await?;
+/// The checks; other sessions' queries and client addresses only for [`Access::Full`](super::Access::Full).
+async fn health(State(shared): Shared_, ctx: Ctx) -> ApiResult<inspect::HealthReport> {
+    let mut report = inspect::health(&shared.pool, &HealthOptions::default()).await?;
     shared.store_health(report.clone()).await;
+    super::pages::health::scrub(ctx.access, &mut report);
     Ok(Json(report))
 }
 

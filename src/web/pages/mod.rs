@@ -1,7 +1,7 @@
 //! The HTML pages, rendered on the server with `maud` (every interpolated value is escaped).
 
 mod fleet;
-mod health;
+pub(crate) mod health;
 pub(crate) mod job;
 pub(crate) mod jobs;
 pub(crate) mod overview;

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 
 use super::{Ctx, Nav, PageResult, count, data_json, duration, grouped, layout};
 use crate::inspect::{
-    self, Count, InspectError, QueueInfo, Severity, ThroughputBucket, WorkerStatus,
+    self, Count, HealthReport, InspectError, QueueInfo, Severity, ThroughputBucket, WorkerStatus,
 };
 use crate::web::State;
 
@@ -117,7 +117,11 @@ pub(crate) async fn page(state: State, ctx: Ctx) -> PageResult {
     let shared = state.0;
     let ctx = ctx.with_title(&shared);
     let view = read(&shared.pool, None).await?;
-    let health = shared.cached_health().await;
+    let health = shared.cached_health().await.map(|report| {
+        let mut report = HealthReport::clone(&report);
+        super::health::scrub(ctx.access, &mut report);
+        report
+    });
     let t = &view.totals;
     let tiles = [
         ("available", "Waiting", t.available),
