@@ -1315,3 +1315,26 @@ async fn other_sessions_queries_and_addresses_are_for_full_access_only() {
         .await
         .expect("rollback");
 }
+
+#[tokio::test]
+async fn job_events_redact_the_progress_they_send() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(pool, "import", "default", "available", serde_json::json!({})).await;
+    sqlx::query(
+        r#"UPDATE skiplock.jobs SET progress = '{"done": 1, "total": 2, "api_token": "hunter2"}'
+           WHERE id = $1"#,
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .expect("progress");
+    let events = skiplock::web::JobEvents::new(pool.clone(), |_, _| true)
+        .redact_keys(["token"])
+        .router();
+    let mut stream = EventBody::open(&events, &format!("/jobs/{id}")).await;
+    let event = stream.event(Duration::from_secs(10)).await;
+    assert_eq!(event["percent"], 50.0, "{event}");
+    assert_eq!(event["progress"]["api_token"], "[redacted]", "{event}");
+    assert!(!event.to_string().contains("hunter2"));
+}

@@ -82,6 +82,32 @@ impl JobEvents {
         self
     }
 
+    /// Rewrites each job's progress value before it is sent, as [`Dashboard::redact`] does
+    /// (called with [`Field::Progress`](super::Field::Progress), the job's kind and the
+    /// value). Without one, the streams send the progress as the handler stored it, with the
+    /// job's id, kind, queue, state, attempts and `percent`: give a redactor when what the
+    /// handler stores is not for whoever `may_watch` admits. Replaces an earlier
+    /// [`redact_keys`](Self::redact_keys).
+    pub fn redact(
+        mut self,
+        redactor: impl Fn(super::Field, &str, &mut serde_json::Value) + Send + Sync + 'static,
+    ) -> Self {
+        self.dashboard = self.dashboard.redact(redactor);
+        self
+    }
+
+    /// Redacts, at any depth of each progress value, the value of every object key that
+    /// contains one of `keys` (ignoring case), as [`Dashboard::redact_keys`] does. Replaces
+    /// an earlier [`redact`](Self::redact).
+    pub fn redact_keys<I, S>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.dashboard = self.dashboard.redact_keys(keys);
+        self
+    }
+
     /// Ends every stream, and stops the poller, once `token` is cancelled: pass the token
     /// your server's graceful shutdown waits on (see [`Dashboard::shutdown_on`], which this
     /// mirrors). By default the router has a token of its own, which
