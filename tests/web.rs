@@ -1320,7 +1320,14 @@ async fn other_sessions_queries_and_addresses_are_for_full_access_only() {
 async fn job_events_redact_the_progress_they_send() {
     let db = database().await;
     let pool = db.pool();
-    let id = insert(pool, "import", "default", "available", serde_json::json!({})).await;
+    let id = insert(
+        pool,
+        "import",
+        "default",
+        "available",
+        serde_json::json!({}),
+    )
+    .await;
     sqlx::query(
         r#"UPDATE skiplock.jobs SET progress = '{"done": 1, "total": 2, "api_token": "hunter2"}'
            WHERE id = $1"#,
@@ -1337,4 +1344,57 @@ async fn job_events_redact_the_progress_they_send() {
     assert_eq!(event["percent"], 50.0, "{event}");
     assert_eq!(event["progress"]["api_token"], "[redacted]", "{event}");
     assert!(!event.to_string().contains("hunter2"));
+}
+
+#[tokio::test]
+async fn bulk_actions_refuse_filters_that_match_everything_and_long_arguments() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(
+        pool,
+        "email",
+        "default",
+        "failed",
+        serde_json::json!({"n": 1}),
+    )
+    .await;
+    let app = full(pool);
+    let bulk = |body: String| {
+        Request::post("/api/v1/jobs/retry")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .expect("request")
+    };
+    for filter in [r#"{"args": {}}"#, r#"{"args": []}"#, r#"{"args": null}"#] {
+        let (status, _, body) = send(&app, bulk(format!(r#"{{"filter": {filter}}}"#))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{filter}: {body}");
+        assert!(body.contains("matches every job"), "{filter}: {body}");
+    }
+    let long = "x".repeat(9 * 1024);
+    let (status, _, body) = send(
+        &app,
+        bulk(format!(
+            r#"{{"filter": {{"states": ["failed"], "args": {{"note": "{long}"}}}}}}"#
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("8192 bytes"), "{body}");
+    // The page's form: the same guard.
+    let (cookie, csrf) = token(&app, "/jobs").await;
+    let (status, _, body) = send(
+        &app,
+        post_form(
+            "/jobs/bulk",
+            Some(&cookie),
+            &format!("csrf={csrf}&args=%7B%7D&action=retry&confirm=yes"),
+            Some("http://dash.test"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(state_of(pool, id).await, "failed");
+    // With `args={}` alone, the list offers no bulk action.
+    let (_, _, body) = send(&app, get("/jobs?args=%7B%7D")).await;
+    assert!(!body.contains("data-action=\"bulk-retry\""), "{body}");
 }

@@ -15,7 +15,7 @@ use super::Shared;
 use super::pages::job::{redact_detail, redact_explanation};
 use super::pages::jobs::redact_summary;
 use super::pages::{Ctx, overview};
-use super::params::JobParams;
+use super::params::{JobParams, check_args_len, matches_everything};
 use crate::inspect::{self, BulkReport, HealthOptions, InspectError, JobFilter};
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
@@ -175,8 +175,9 @@ async fn bulk(
     body: Result<Json<BulkBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<BulkReport> {
     let Json(body) = body.map_err(|rejection| ApiError::bad(rejection.body_text()))?;
+    check_args_len(&body.filter).map_err(ApiError::bad)?;
     shared.check_filter(&body.filter).map_err(ApiError::bad)?;
-    if body.filter == JobFilter::new() {
+    if matches_everything(&body.filter) {
         return Err(ApiError::bad(
             "an empty filter matches every job: give at least one condition",
         ));

@@ -11,7 +11,38 @@ use crate::JobState;
 use crate::inspect::{JobFilter, JobOrder, JobQuery};
 
 /// The longest `args` filter accepted: 8 KiB of JSON.
-const MAX_ARGS_FILTER: usize = 8 * 1024;
+pub(crate) const MAX_ARGS_FILTER: usize = 8 * 1024;
+
+/// Whether `filter` matches every job, as far as a bulk action's guard is concerned: no
+/// condition, or only an `args` of `{}` (which every object contains), `[]` or `null`.
+pub(crate) fn matches_everything(filter: &JobFilter) -> bool {
+    let mut rest = filter.clone();
+    let empty_args = rest.args.as_ref().is_some_and(|args| match args {
+        Value::Null => true,
+        Value::Object(fields) => fields.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
+    });
+    if empty_args {
+        rest.args = None;
+    }
+    rest == JobFilter::new()
+}
+
+/// Refuses an `args` filter longer than [`MAX_ARGS_FILTER`] as JSON text (the API's bulk
+/// actions take it as JSON, not as a query string).
+pub(crate) fn check_args_len(filter: &JobFilter) -> Result<(), String> {
+    let Some(args) = &filter.args else {
+        return Ok(());
+    };
+    let len = serde_json::to_string(args).map_or(usize::MAX, |text| text.len());
+    if len > MAX_ARGS_FILTER {
+        return Err(format!(
+            "the args filter is limited to {MAX_ARGS_FILTER} bytes"
+        ));
+    }
+    Ok(())
+}
 
 /// `?state=failed,retryable&queue=emails&kind=…&tag=…&schedule=…&args={"user":7}&order=oldest&after=123&limit=50`.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -167,6 +198,21 @@ mod tests {
             order: Some("random()".into()),
             ..JobParams::default()
         });
+        for empty in ["{}", "[]", "null", " {} "] {
+            let filter = JobParams {
+                args: Some(empty.into()),
+                ..JobParams::default()
+            }
+            .filter()
+            .expect("filter");
+            assert!(matches_everything(&filter), "{empty}");
+        }
+        assert!(!matches_everything(&params.filter().expect("filter")));
+        assert!(!matches_everything(
+            &JobFilter::new().args(serde_json::json!({"a": {}}))
+        ));
+        let long = JobFilter::new().args(Value::String("x".repeat(MAX_ARGS_FILTER)));
+        assert!(check_args_len(&long).is_err());
         assert_eq!(
             params.with_after(Some(9)),
             "state=failed%2C+retryable&queue=emails&args=%7B%22user%22%3A+7%7D&limit=20&after=9"

@@ -10,8 +10,8 @@ use super::{
     Ctx, Nav, PageError, PageResult, count, grouped, layout, see_other, state_badge, when,
 };
 use crate::JobState;
-use crate::inspect::{self, JobFilter, JobSummary};
-use crate::web::params::JobParams;
+use crate::inspect::{self, JobSummary};
+use crate::web::params::{JobParams, matches_everything};
 use crate::web::security::CSRF_FIELD;
 use crate::web::{Field, Shared, State};
 
@@ -69,7 +69,7 @@ pub(crate) async fn page(
     for job in &mut page.jobs {
         redact_summary(&shared, job);
     }
-    let filtered = query.filter != JobFilter::new();
+    let filtered = !matches_everything(&query.filter);
     let body = html! {
         div.page-head {
             h1 { "Jobs" }
@@ -217,7 +217,7 @@ pub(crate) async fn bulk(state: State, ctx: Ctx, Form(form): Form<BulkForm>) -> 
     shared
         .check_filter(&filter)
         .map_err(PageError::bad_request)?;
-    if filter == JobFilter::new() {
+    if matches_everything(&filter) {
         return Err(PageError::bad_request(
             "an empty filter matches every job: give at least one condition",
         ));
