@@ -1398,3 +1398,134 @@ async fn bulk_actions_refuse_filters_that_match_everything_and_long_arguments() 
     let (_, _, body) = send(&app, get("/jobs?args=%7B%7D")).await;
     assert!(!body.contains("data-action=\"bulk-retry\""), "{body}");
 }
+
+// ----- what the docs promise -----
+
+#[tokio::test]
+async fn api_refusals_are_json_and_get_on_an_action_path_is_405() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(pool, "email", "default", "failed", serde_json::json!({})).await;
+    let is_json_error = |headers: &axum::http::HeaderMap, body: &str| {
+        headers[header::CONTENT_TYPE] == "application/json"
+            && serde_json::from_str::<serde_json::Value>(body)
+                .is_ok_and(|v| v["error"].as_str().is_some_and(|e| !e.is_empty()))
+    };
+    let forbidden = Dashboard::new(pool.clone())
+        .authorizer(|_| Access::Forbidden)
+        .router();
+    let asking = Dashboard::new(pool.clone())
+        .authorizer(|_| Access::Unauthenticated)
+        .router();
+    let local = Dashboard::new(pool.clone())
+        .allowed_hosts(["localhost"])
+        .router();
+    let read_only = Dashboard::new(pool.clone()).router();
+    let cancel = || {
+        Request::post(format!("/api/v1/jobs/{id}/cancel"))
+            .header(header::HOST, "dash.test")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::empty())
+            .expect("request")
+    };
+    for (what, app, request, status) in [
+        (
+            "forbidden",
+            &forbidden,
+            get("/api/v1/jobs"),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "no credentials",
+            &asking,
+            get("/api/v1/jobs"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "unknown host",
+            &local,
+            get("/api/v1/jobs"),
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        ("read-only", &read_only, cancel(), StatusCode::FORBIDDEN),
+        (
+            "a text body",
+            &full(pool),
+            Request::post(format!("/api/v1/jobs/{id}/cancel"))
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::empty())
+                .expect("request"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "an unknown API path",
+            &full(pool),
+            get("/api/v1/nothing"),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (got, headers, body) = send(app, request).await;
+        assert_eq!(got, status, "{what}: {body}");
+        assert!(is_json_error(&headers, &body), "{what}: {headers:?} {body}");
+    }
+    // Pages keep plain text.
+    let (status, headers, _) = send(&forbidden, get("/jobs")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .expect("type")
+            .starts_with("text/plain")
+    );
+
+    // GET on every action path: 405, Allow: POST, and nothing changes.
+    let app = full(pool);
+    for path in [
+        "/api/v1/jobs/cancel".to_owned(),
+        "/api/v1/jobs/retry".to_owned(),
+        "/api/v1/jobs/delete".to_owned(),
+        format!("/api/v1/jobs/{id}/retry"),
+        "/api/v1/schedules/nightly/run".to_owned(),
+        format!("/jobs/{id}/retry"),
+        "/jobs/bulk".to_owned(),
+        "/schedules/nightly/pause".to_owned(),
+    ] {
+        let (status, headers, body) = send(&app, get(&path)).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{path}: {body}");
+        assert_eq!(headers[header::ALLOW], "POST", "{path}");
+        if path.starts_with("/api/") {
+            assert!(is_json_error(&headers, &body), "{path}: {body}");
+        }
+    }
+    assert_eq!(state_of(pool, id).await, "failed");
+}
+
+#[tokio::test]
+async fn the_authorizer_sees_the_path_below_the_prefix_and_the_full_one_in_original_uri() {
+    let db = database().await;
+    let pool = db.pool();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let dashboard = Dashboard::new(pool.clone()).authorizer({
+        let seen = seen.clone();
+        move |parts: &axum::http::request::Parts| {
+            let full = parts
+                .extensions
+                .get::<axum::extract::OriginalUri>()
+                .map(|original| original.path().to_owned());
+            if let Ok(mut seen) = seen.lock() {
+                seen.push((parts.uri.path().to_owned(), full));
+            }
+            Access::ReadOnly
+        }
+    });
+    let app = Router::new().nest("/admin/jobs", dashboard.router());
+    assert_eq!(
+        send(&app, get("/admin/jobs/queues")).await.0,
+        StatusCode::OK
+    );
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(
+        seen,
+        vec![("/queues".to_owned(), Some("/admin/jobs/queues".to_owned()))]
+    );
+}

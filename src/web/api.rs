@@ -23,8 +23,11 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/overview", get(overview_json))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/jobs/count", get(count))
-        // `POST /api/v1/jobs/cancel|retry|delete`: one path pattern with `GET /api/v1/jobs/{id}`.
-        .route("/api/v1/jobs/{id}", get(job).post(bulk))
+        .route("/api/v1/jobs/{id}", get(job))
+        // Their own paths (not `POST /api/v1/jobs/{id}`): `GET` on them answers 405.
+        .route("/api/v1/jobs/cancel", post(bulk_cancel))
+        .route("/api/v1/jobs/retry", post(bulk_retry))
+        .route("/api/v1/jobs/delete", post(bulk_delete))
         .route("/api/v1/jobs/{id}/explain", get(explain))
         .route("/api/v1/jobs/{id}/{action}", post(act))
         .route("/api/v1/queues", get(queues))
@@ -34,6 +37,22 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/health", get(health))
         .route("/api/v1/events", get(events))
         .route("/api/v1/openapi.json", get(openapi))
+        // A path with other methods: 405 (with `Allow`, which the router adds), as JSON.
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: see the Allow header".to_owned(),
+            )
+        })
+}
+
+/// The answer for a path nothing serves: `{"error"}` below `/api/`, text elsewhere.
+pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        ApiError::not_found("no such API path").into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "not found").into_response()
+    }
 }
 
 /// The API's OpenAPI 3.1 document (written by hand; a test checks it against the routes).
@@ -169,11 +188,21 @@ struct BulkBody {
     filter: JobFilter,
 }
 
-async fn bulk(
-    State(shared): Shared_,
-    Path(action): Path<String>,
-    body: Result<Json<BulkBody>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<BulkReport> {
+type BulkJson = Result<Json<BulkBody>, axum::extract::rejection::JsonRejection>;
+
+async fn bulk_cancel(state: Shared_, body: BulkJson) -> ApiResult<BulkReport> {
+    bulk(state, "cancel", body).await
+}
+
+async fn bulk_retry(state: Shared_, body: BulkJson) -> ApiResult<BulkReport> {
+    bulk(state, "retry", body).await
+}
+
+async fn bulk_delete(state: Shared_, body: BulkJson) -> ApiResult<BulkReport> {
+    bulk(state, "delete", body).await
+}
+
+async fn bulk(State(shared): Shared_, action: &str, body: BulkJson) -> ApiResult<BulkReport> {
     let Json(body) = body.map_err(|rejection| ApiError::bad(rejection.body_text()))?;
     check_args_len(&body.filter).map_err(ApiError::bad)?;
     shared.check_filter(&body.filter).map_err(ApiError::bad)?;
@@ -182,7 +211,7 @@ async fn bulk(
             "an empty filter matches every job: give at least one condition",
         ));
     }
-    let report = match action.as_str() {
+    let report = match action {
         "cancel" => inspect::cancel_jobs(&shared.pool, &body.filter).await?,
         "retry" => inspect::retry_jobs(&shared.pool, &body.filter).await?,
         "delete" => inspect::delete_jobs(&shared.pool, &body.filter).await?,
@@ -287,14 +316,6 @@ mod tests {
             .collect();
         let expand = |path: &str| -> Vec<String> {
             match path {
-                "/api/v1/jobs/{id}" => [
-                    "/api/v1/jobs/{id}",
-                    "/api/v1/jobs/cancel",
-                    "/api/v1/jobs/retry",
-                    "/api/v1/jobs/delete",
-                ]
-                .map(str::to_owned)
-                .to_vec(),
                 "/api/v1/jobs/{id}/{action}" => ["cancel", "retry", "delete"]
                     .map(|a| format!("/api/v1/jobs/{{id}}/{a}"))
                     .to_vec(),

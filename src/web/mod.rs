@@ -148,6 +148,11 @@ impl Dashboard {
     /// your own middleware added (an authenticated user, say). Called for every request,
     /// pages, API and events alike, before any handler. Without one, everyone who reaches the
     /// dashboard gets [`Access::ReadOnly`].
+    ///
+    /// `parts.uri` is the path below the prefix the router is nested under (`/queues` for
+    /// `/admin/jobs/queues`: axum strips what `nest` matched); the full one is in the
+    /// [`OriginalUri`](axum::extract::OriginalUri) extension:
+    /// `parts.extensions.get::<axum::extract::OriginalUri>()`.
     pub fn authorizer(
         mut self,
         authorizer: impl Fn(&Parts) -> Access + Send + Sync + 'static,
@@ -261,7 +266,10 @@ impl Dashboard {
     /// first event stream, and only while a stream is open.
     pub fn router(self) -> Router {
         let shared = Arc::new(Shared::new(self));
-        let routes = pages::routes().merge(api::routes()).merge(assets::routes());
+        let routes = pages::routes()
+            .merge(api::routes())
+            .merge(assets::routes())
+            .fallback(api::not_found);
         security::layer(routes, shared.clone()).with_state(shared)
     }
 }

@@ -10,7 +10,7 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse as _, Response};
 
 use super::{Access, Shared};
 
@@ -50,6 +50,8 @@ async fn guard(
     request: Request,
     next: Next,
 ) -> Response {
+    // The API's clients parse its errors: refusals there are JSON too.
+    let api = request.uri().path().starts_with("/api/");
     let mut response = match check(&shared, request).await {
         Ok((request, new_token)) => {
             let base = request
@@ -75,7 +77,7 @@ async fn guard(
             }
             response
         }
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => refusal.respond(api),
     };
     secure_headers(response.headers_mut());
     response
@@ -362,19 +364,29 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Why a request was refused, and its status.
 struct Refusal(StatusCode, &'static str);
 
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let mut response = (
-            self.0,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            self.1,
-        )
-            .into_response();
+impl Refusal {
+    /// The answer: `{"error": "…"}` for the API (`json`), plain text for pages and assets.
+    fn respond(self, json: bool) -> Response {
+        let mut response = if json {
+            (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+        } else {
+            (
+                self.0,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                self.1,
+            )
+                .into_response()
+        };
+        let headers = response.headers_mut();
         if self.0 == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
+            headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"skiplock\", charset=\"UTF-8\""),
             );
+        }
+        if self.0 == StatusCode::METHOD_NOT_ALLOWED {
+            // The only methods the dashboard answers at all (each path allows some of them).
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
         }
         response
     }
