@@ -24,11 +24,20 @@ type Watcher = dyn Fn(&Parts, i64) -> bool + Send + Sync;
 /// live progress bar in every element with `data-skiplock-job`). Nest it anywhere:
 ///
 /// ```no_run
+/// # #[derive(Clone)] struct User { jobs: Vec<i64> }
+/// # impl User { fn started(&self, job: i64) -> bool { self.jobs.contains(&job) } }
 /// # fn example(pool: sqlx::PgPool) -> axum::Router {
 /// use skiplock::web::JobEvents;
 ///
-/// // Who may watch which job: here, anyone (check the job belongs to the user in yours).
-/// let events = JobEvents::new(pool, |_request, _job_id| true);
+/// // Who may watch which job: the user who started it. Your auth middleware, layered
+/// // around this router, put the `User` in the request's extensions.
+/// let events = JobEvents::new(pool, |request, job_id| {
+///     request
+///         .extensions
+///         .get::<User>()
+///         .is_some_and(|user| user.started(job_id))
+/// })
+/// .redact_keys(["token"]);
 /// axum::Router::new().nest("/progress", events.router())
 /// # }
 /// ```
