@@ -1529,3 +1529,72 @@ async fn the_authorizer_sees_the_path_below_the_prefix_and_the_full_one_in_origi
         vec![("/queues".to_owned(), Some("/admin/jobs/queues".to_owned()))]
     );
 }
+
+#[tokio::test]
+async fn queues_pause_and_resume_from_the_page_and_the_api() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(pool, "email", "mail", "available", serde_json::json!({})).await;
+    let app = full(pool);
+
+    // The queues page offers Pause; the form (same origin, CSRF token) pauses the queue.
+    let (cookie, csrf) = token(&app, "/queues").await;
+    let (_, _, page) = send(&app, get("/queues")).await;
+    assert!(page.contains(r#"action="/queues/mail/pause""#), "{page}");
+    let (status, headers, body) = send(
+        &app,
+        post_form(
+            "/queues/mail/pause",
+            Some(&cookie),
+            &format!("csrf={csrf}"),
+            Some("http://dash.test"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(headers[header::LOCATION], "/queues");
+    let paused = skiplock::queue::paused(pool).await.expect("paused");
+    assert_eq!(paused.len(), 1);
+    assert_eq!(
+        paused[0].reason.as_deref(),
+        Some("paused from the dashboard")
+    );
+
+    // Pages show it: the queue's badge, the job's explanation, a Resume button.
+    let (_, _, page) = send(&app, get("/queues")).await;
+    assert!(page.contains(r#"data-paused="true""#), "{page}");
+    assert!(page.contains(r#"action="/queues/mail/resume""#), "{page}");
+    let (_, _, job) = send(&app, get(&format!("/jobs/{id}"))).await;
+    assert!(job.contains("is paused since"), "{job}");
+    let (_, _, api) = send(&app, get("/api/v1/queues")).await;
+    let queues: serde_json::Value = serde_json::from_str(&api).expect("json");
+    assert_eq!(queues[0]["paused"]["reason"], "paused from the dashboard");
+
+    // A script resumes it; read-only viewers can do neither.
+    let resume = || {
+        Request::post("/api/v1/queues/mail/resume")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::empty())
+            .expect("request")
+    };
+    let read_only = Dashboard::new(pool.clone()).router();
+    let (status, _, _) = send(&read_only, resume()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        skiplock::queue::paused(pool).await.expect("paused").len(),
+        1
+    );
+    let (status, _, body) = send(&app, resume()).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"changed":true}"#)
+    );
+    assert!(
+        skiplock::queue::paused(pool)
+            .await
+            .expect("paused")
+            .is_empty()
+    );
+    let (status, _, _) = send(&app, get("/api/v1/queues/mail/pause")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}

@@ -31,6 +31,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/jobs/{id}/explain", get(explain))
         .route("/api/v1/jobs/{id}/{action}", post(act))
         .route("/api/v1/queues", get(queues))
+        .route("/api/v1/queues/{name}/{action}", post(queue_act))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/schedules", get(schedules))
         .route("/api/v1/schedules/{name}/{action}", post(schedule_act))
@@ -105,6 +106,15 @@ impl From<crate::JobQueryError> for ApiError {
 impl From<crate::ScheduleError> for ApiError {
     fn from(error: crate::ScheduleError) -> Self {
         Self::unavailable(&error)
+    }
+}
+
+impl From<crate::queue::QueueError> for ApiError {
+    fn from(error: crate::queue::QueueError) -> Self {
+        match error {
+            crate::queue::QueueError::Database(_) => Self::unavailable(&error),
+            invalid => Self::bad(invalid.to_string()),
+        }
     }
 }
 
@@ -265,6 +275,27 @@ async fn schedule_act(
     Ok(Json(ScheduleAnswer { job }))
 }
 
+#[derive(Serialize)]
+struct QueueAnswer {
+    /// Whether the call changed the queue (false: it was paused, or running, already).
+    changed: bool,
+}
+
+async fn queue_act(
+    State(shared): Shared_,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult<QueueAnswer> {
+    let changed = match action.as_str() {
+        "pause" => {
+            crate::queue::pause(&shared.pool, &name, Some("paused from the dashboard")).await?
+        }
+        "resume" => crate::queue::resume(&shared.pool, &name).await?,
+        other => return Err(ApiError::not_found(format!("action {other:?}"))),
+    };
+    tracing::info!(queue = %name, action = %action, changed, "dashboard API: queue action");
+    Ok(Json(QueueAnswer { changed }))
+}
+
 /// The checks; other sessions' queries and client addresses only for [`Access::Full`](super::Access::Full).
 async fn health(State(shared): Shared_, ctx: Ctx) -> ApiResult<inspect::HealthReport> {
     let mut report = inspect::health(&shared.pool, &HealthOptions::default()).await?;
@@ -321,6 +352,9 @@ mod tests {
                     .to_vec(),
                 "/api/v1/schedules/{name}/{action}" => ["pause", "resume", "run"]
                     .map(|a| format!("/api/v1/schedules/{{name}}/{a}"))
+                    .to_vec(),
+                "/api/v1/queues/{name}/{action}" => ["pause", "resume"]
+                    .map(|a| format!("/api/v1/queues/{{name}}/{a}"))
                     .to_vec(),
                 other => vec![other.to_owned()],
             }

@@ -15,7 +15,7 @@ pub(crate) async fn queues(state: State, ctx: Ctx) -> PageResult {
     let queues = inspect::queues(&shared.pool).await?;
     let body = html! {
         div.page-head { h1 { "Queues" } span.muted { (queues.len()) " queues" } }
-        section.card { (queue_table(&ctx, &queues)) }
+        section.card { (queue_table(&ctx, &queues, true)) }
         p.muted { "Counts of waiting jobs are exact up to " (super::grouped(inspect::QUEUE_WAITING_EXACT_UP_TO as u64))
             ", of finished jobs up to " (super::grouped(inspect::QUEUE_FINISHED_EXACT_UP_TO as u64))
             "; past that they are PostgreSQL's estimates (shown with ~). Pickup lag: how long the oldest runnable job has waited." }
@@ -130,6 +130,23 @@ pub(crate) async fn act(
     }
     tracing::info!(schedule = %name, action = %action, "dashboard: schedule action");
     Ok(see_other(&ctx, "/schedules"))
+}
+
+pub(crate) async fn queue_act(
+    state: State,
+    ctx: Ctx,
+    Path((name, action)): Path<(String, String)>,
+) -> PageResult {
+    let shared = state.0;
+    let changed = match action.as_str() {
+        "pause" => {
+            crate::queue::pause(&shared.pool, &name, Some("paused from the dashboard")).await?
+        }
+        "resume" => crate::queue::resume(&shared.pool, &name).await?,
+        other => return Err(PageError::not_found(&format!("action {other:?}"))),
+    };
+    tracing::info!(queue = %name, action = %action, changed, "dashboard: queue action");
+    Ok(see_other(&ctx, "/queues"))
 }
 
 fn sorted(kinds: &[String]) -> Vec<&str> {

@@ -33,6 +33,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/workers", get(fleet::workers))
         .route("/schedules", get(fleet::schedules))
         .route("/schedules/{name}/{action}", post(fleet::act))
+        .route("/queues/{name}/{action}", post(fleet::queue_act))
         .route("/health", get(health::page))
 }
 
@@ -218,6 +219,21 @@ impl From<crate::ScheduleError> for PageError {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "the database did not answer: see the server's log".to_owned(),
+        }
+    }
+}
+
+impl From<crate::queue::QueueError> for PageError {
+    fn from(error: crate::queue::QueueError) -> Self {
+        match error {
+            crate::queue::QueueError::Database(_) => {
+                tracing::warn!(error = %crate::handler::error_chain(&error), "dashboard queue action failed");
+                Self {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: "the database did not answer: see the server's log".to_owned(),
+                }
+            }
+            invalid => Self::bad_request(invalid.to_string()),
         }
     }
 }

@@ -179,14 +179,15 @@ pub(crate) async fn page(state: State, ctx: Ctx) -> PageResult {
         }
         section.card {
             div.card-head { h2 { "Queues" } a href=(ctx.link("/queues")) { "details →" } }
-            (queue_table(&ctx, &view.queues))
+            (queue_table(&ctx, &view.queues, false))
         }
     };
     Ok(layout(&ctx, Nav::Overview, "Overview", Some("overview"), body).into_response())
 }
 
 /// The table of queues, shared with the queues page.
-pub(crate) fn queue_table(ctx: &Ctx, queues: &[QueueInfo]) -> maud::Markup {
+/// With `actions`, each row has pause/resume buttons (for [`Access::Full`](crate::web::Access::Full)).
+pub(crate) fn queue_table(ctx: &Ctx, queues: &[QueueInfo], actions: bool) -> maud::Markup {
     html! {
         @if queues.is_empty() {
             p.empty { "No jobs yet. Enqueue one and it shows up here." }
@@ -195,12 +196,20 @@ pub(crate) fn queue_table(ctx: &Ctx, queues: &[QueueInfo]) -> maud::Markup {
                 thead { tr {
                     th { "Queue" } th.n { "Waiting" } th.n { "Running" } th.n { "Scheduled" } th.n { "Retrying" }
                     th.n { "Failed" } th.n { "Completed" } th.n { "Done / min" } th.n { "Failed / h" } th.n { "Pickup lag" } th.n { "Workers" }
+                    @if actions { th { "" } }
                 } }
                 tbody {
                     @for q in queues {
                         @let jobs = |state: &str| ctx.link(&format!("/jobs?queue={}&state={state}", urlencode(&q.name)));
                         tr data-queue=(q.name) {
-                            td { a href=(ctx.link(&format!("/jobs?queue={}", urlencode(&q.name)))) { (q.name) } }
+                            @let path = |action: &str| format!("/queues/{}/{action}", urlencode(&q.name).replace('+', "%20"));
+                            td { a href=(ctx.link(&format!("/jobs?queue={}", urlencode(&q.name)))) { (q.name) }
+                                @if let Some(pause) = &q.paused {
+                                    " " span.badge.paused data-paused="true"
+                                        title={ "paused " (pause.since.format("%Y-%m-%d %H:%M:%S UTC"))
+                                            @if let Some(by) = &pause.by { " by " (by) }
+                                            @if let Some(reason) = &pause.reason { ": " (reason) } } { "paused" }
+                                } }
                             td.n { a href=(jobs("available")) data-count="available" { (count(q.available)) } }
                             td.n { a href=(jobs("running")) data-count="running" { (count(q.running)) } }
                             td.n { a href=(jobs("scheduled")) data-count="scheduled" { (count(q.scheduled)) } }
@@ -211,6 +220,12 @@ pub(crate) fn queue_table(ctx: &Ctx, queues: &[QueueInfo]) -> maud::Markup {
                             td.n data-field="failed_last_hour" { (grouped(q.failed_last_hour)) }
                             td.n data-field="lag" { (duration(q.oldest_available_age)) }
                             td.n { (q.workers) " · " (q.concurrency) " slots" }
+                            @if actions {
+                                td.actions {
+                                    @if q.paused.is_some() { (ctx.action(&path("resume"), "resume", "Resume", None)) }
+                                    @else { (ctx.action(&path("pause"), "pause", "Pause", Some("Pause this queue? No worker claims its jobs until it is resumed."))) }
+                                }
+                            }
                         }
                     }
                 }
