@@ -164,6 +164,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0017_job_waiters.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 18,
+        name: "sql_worker",
+        sql: include_str!("../migrations/0018_sql_worker.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].
