@@ -89,6 +89,10 @@ BEGIN
         WHERE c.oid = 'skiplock.jobs'::regclass AND a.privilege_type = 'SELECT'
           AND a.grantee <> 0 AND a.grantee <> c.relowner
           AND NOT has_table_privilege(a.grantee, c.oid, 'INSERT')
+          -- Observers were granted every table; a role an operator gave SELECT on jobs alone
+          -- is not one.
+          AND has_table_privilege(a.grantee, 'skiplock.migrations', 'SELECT')
+          AND has_table_privilege(a.grantee, 'skiplock.workers', 'SELECT')
     LOOP
         EXECUTE format('GRANT INSERT, UPDATE, DELETE ON skiplock.job_waiters TO %s',
                        granted.grantee::regrole);

@@ -31,6 +31,10 @@ BEGIN
         RAISE EXCEPTION 'skiplock.claim: worker_id must be 1 to 128 characters'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF kinds IS NULL OR cardinality(kinds) = 0 THEN
+        RAISE EXCEPTION 'skiplock.claim: kinds must name the kinds this worker runs'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF max_jobs IS NULL OR max_jobs NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION 'skiplock.claim: max_jobs must be 1 to 10000'
             USING ERRCODE = 'invalid_parameter_value';
@@ -77,7 +81,7 @@ BEGIN
     -- The worker's row, as a Rust worker's heartbeat writes it: inspection, explain and the
     -- dashboard see it, and the rescuer marks it lost when it stops calling.
     INSERT INTO skiplock.workers AS w (id, host, pid, queues, kinds, version, alive_until, heartbeat_at)
-    VALUES (worker_id, coalesce(inet_client_addr()::text, 'local'), pg_backend_pid(),
+    VALUES (worker_id, coalesce(host(inet_client_addr()), 'local'), pg_backend_pid(),
             coalesce(queues, '{}'), kinds, 'sql', now() + make_interval(secs => 2 * lease_secs), now())
     ON CONFLICT (id) DO UPDATE
     SET queues = excluded.queues, kinds = excluded.kinds, alive_until = excluded.alive_until,
@@ -98,14 +102,20 @@ CREATE FUNCTION skiplock.heartbeat(
     lease_secs double precision DEFAULT 30
 ) RETURNS TABLE (id bigint, cancel_requested boolean)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    WITH alive AS (
-        UPDATE skiplock.workers SET heartbeat_at = now(),
-                                    alive_until = now() + make_interval(secs => 2 * lease_secs)
-        WHERE workers.id = worker_id
+    -- The lease is held to 1 s .. 1 day, as claim's: a lease of years would disable rescue.
+    WITH lease AS (
+        SELECT least(greatest(coalesce(heartbeat.lease_secs, 30), 1), 86400) AS secs
+    ),
+    alive AS (
+        UPDATE skiplock.workers AS w
+        SET heartbeat_at = now(), alive_until = now() + make_interval(secs => 2 * lease.secs),
+            stopped_at = NULL, stop_reason = NULL
+        FROM lease
+        WHERE w.id = heartbeat.worker_id
     )
     UPDATE skiplock.jobs AS j
-    SET lease_expires_at = now() + make_interval(secs => greatest(lease_secs, 1))
-    FROM unnest(job_ids, lease_tokens) AS t(id, token)
+    SET lease_expires_at = now() + make_interval(secs => lease.secs)
+    FROM unnest(heartbeat.job_ids, heartbeat.lease_tokens) AS t(id, token), lease
     WHERE j.id = t.id AND j.lease_token = t.token
     RETURNING j.id, j.cancel_requested_at IS NOT NULL
 $$;
@@ -120,7 +130,7 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         UPDATE skiplock.jobs AS j
         SET state = 'completed', result = complete.result, finished_at = now(),
             lease_expires_at = NULL, lease_token = NULL
-        WHERE j.id = job_id AND j.lease_token = complete.lease_token
+        WHERE j.id = complete.job_id AND j.lease_token = complete.lease_token
         RETURNING j.id, j.queue, j.kind
     ),
     counted AS (
@@ -137,8 +147,10 @@ $$;
 
 -- A failed attempt: retried after retry_in_secs (default: the Rust default backoff, 2 s
 -- doubling per attempt up to a day, ±20% jitter) while attempts remain and the error is not
--- permanent, else failed for good. Returns the job's new state, or NULL when the token is
--- stale.
+-- permanent, else failed for good. As in the Rust worker, a job somebody asked to cancel ends
+-- `cancelled`, and a unique job whose key a duplicate took meanwhile ends `cancelled` with
+-- error kind `superseded` (the duplicate does the work). Returns the job's new state, or NULL
+-- when the token is stale.
 CREATE FUNCTION skiplock.fail(
     job_id bigint,
     lease_token bigint,
@@ -147,34 +159,49 @@ CREATE FUNCTION skiplock.fail(
     retry_in_secs double precision DEFAULT NULL
 ) RETURNS skiplock.job_state
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    WITH done AS (
+    WITH decided AS (
+        SELECT j.id,
+               CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                    WHEN fail.permanent OR j.attempt >= j.max_attempts THEN 'failed'
+                    WHEN j.unique_key IS NOT NULL AND 'retryable' = ANY (j.unique_states)
+                         AND EXISTS (SELECT FROM skiplock.jobs AS o
+                                     WHERE o.unique_key = j.unique_key AND o.id <> j.id
+                                       AND o.state = ANY (o.unique_states))
+                    THEN 'superseded'
+                    ELSE 'retryable' END AS outcome
+        FROM skiplock.jobs AS j
+        WHERE j.id = fail.job_id AND j.lease_token = fail.lease_token
+    ),
+    done AS (
         UPDATE skiplock.jobs AS j
-        SET state = CASE WHEN permanent OR j.attempt >= j.max_attempts
-                         THEN 'failed' ELSE 'retryable' END::skiplock.job_state,
+        SET state = CASE WHEN d.outcome = 'superseded' THEN 'cancelled'
+                         ELSE d.outcome END::skiplock.job_state,
             errors = j.errors || jsonb_build_array(jsonb_build_object(
                          'attempt', j.attempt, 'at', now(),
-                         'kind', CASE WHEN permanent THEN 'permanent' ELSE 'error' END,
-                         'message', left(coalesce(message, ''), 10000),
+                         'kind', CASE WHEN d.outcome IN ('cancelled', 'superseded') THEN d.outcome
+                                      WHEN fail.permanent THEN 'permanent' ELSE 'error' END,
+                         'message', left(coalesce(fail.message, ''), 10000),
                          'worker', j.attempted_by[cardinality(j.attempted_by)])),
-            finished_at = CASE WHEN permanent OR j.attempt >= j.max_attempts THEN now() END,
-            run_at = CASE WHEN permanent OR j.attempt >= j.max_attempts THEN j.run_at
+            finished_at = CASE WHEN d.outcome <> 'retryable' THEN now() END,
+            run_at = CASE WHEN d.outcome <> 'retryable' THEN j.run_at
                           -- (Not coalesce(greatest(retry_in_secs, 0), ...): GREATEST ignores
                           -- NULL, so that would be 0.)
-                          WHEN retry_in_secs IS NOT NULL
-                          THEN now() + make_interval(secs => greatest(retry_in_secs, 0))
+                          WHEN fail.retry_in_secs IS NOT NULL
+                          THEN now() + make_interval(secs => greatest(fail.retry_in_secs, 0))
                           ELSE now() + make_interval(secs =>
                               least(2 * 2 ^ least(greatest(j.attempt - 1, 0), 20), 86400)
                                   * (0.8 + 0.4 * random()))
                      END,
             lease_expires_at = NULL,
             lease_token = NULL
-        WHERE j.id = job_id AND j.lease_token = fail.lease_token
+        FROM decided AS d
+        WHERE j.id = d.id AND j.lease_token = fail.lease_token
         RETURNING j.id, j.queue, j.kind, j.state
     ),
     counted AS (
         INSERT INTO skiplock.job_stats AS s (minute, queue, kind, outcome, jobs)
         SELECT date_trunc('minute', now()), d.queue, d.kind,
-               CASE WHEN d.state = 'failed' THEN 'failed' ELSE 'retried' END, 1
+               CASE WHEN d.state = 'retryable' THEN 'retried' ELSE d.state::text END, 1
         FROM done AS d
         ON CONFLICT (minute, queue, kind, outcome) DO UPDATE SET jobs = s.jobs + 1
     ),
@@ -186,23 +213,56 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Gives the attempt back and runs the job again after delay_secs (the attempt count does not
--- grow). True unless the token is stale.
+-- grow; 0 or less: at once, and its queue's workers are woken). A job somebody asked to
+-- cancel ends `cancelled`; a unique job whose key a duplicate took ends `cancelled`
+-- (`superseded`). True when recorded, false when the token is stale.
 CREATE FUNCTION skiplock.snooze(job_id bigint, lease_token bigint, delay_secs double precision)
 RETURNS boolean
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    WITH done AS (
+    WITH decided AS (
+        SELECT j.id, t.target,
+               CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                    WHEN j.unique_key IS NOT NULL AND t.target = ANY (j.unique_states)
+                         AND EXISTS (SELECT FROM skiplock.jobs AS o
+                                     WHERE o.unique_key = j.unique_key AND o.id <> j.id
+                                       AND o.state = ANY (o.unique_states))
+                    THEN 'superseded'
+                    ELSE t.target::text END AS outcome
+        FROM skiplock.jobs AS j
+        CROSS JOIN LATERAL (SELECT CASE WHEN coalesce(snooze.delay_secs, 0) <= 0
+                                        THEN 'available' ELSE 'scheduled'
+                                   END::skiplock.job_state AS target) AS t
+        WHERE j.id = snooze.job_id AND j.lease_token = snooze.lease_token
+    ),
+    done AS (
         UPDATE skiplock.jobs AS j
-        SET state = 'scheduled', attempt = j.attempt - 1,
-            run_at = now() + make_interval(secs => greatest(coalesce(delay_secs, 0), 0)),
+        SET state = CASE WHEN d.outcome = 'superseded' THEN 'cancelled'
+                         ELSE d.outcome END::skiplock.job_state,
+            attempt = CASE WHEN d.outcome IN ('cancelled', 'superseded') THEN j.attempt
+                           ELSE j.attempt - 1 END,
+            errors = CASE WHEN d.outcome IN ('cancelled', 'superseded')
+                          THEN j.errors || jsonb_build_array(jsonb_build_object(
+                                   'attempt', j.attempt, 'at', now(), 'kind', d.outcome,
+                                   'message', 'snoozed after a cancel request or a duplicate took the key',
+                                   'worker', j.attempted_by[cardinality(j.attempted_by)]))
+                          ELSE j.errors END,
+            finished_at = CASE WHEN d.outcome IN ('cancelled', 'superseded') THEN now() END,
+            run_at = CASE WHEN d.outcome IN ('cancelled', 'superseded') THEN j.run_at
+                          ELSE now() + make_interval(secs => greatest(coalesce(snooze.delay_secs, 0), 0))
+                     END,
             lease_expires_at = NULL, lease_token = NULL
-        WHERE j.id = job_id AND j.lease_token = snooze.lease_token
-        RETURNING j.id
+        FROM decided AS d
+        WHERE j.id = d.id AND j.lease_token = snooze.lease_token
+        RETURNING j.id, j.queue, j.state
+    ),
+    woken AS (
+        SELECT skiplock.wake(array_agg(d.queue)) FROM done AS d WHERE d.state = 'available'
     ),
     waited AS (
         SELECT count(pg_notify('skiplock_job', d.id::text)) FROM done AS d
         WHERE EXISTS (SELECT FROM skiplock.job_waiters AS w WHERE w.job_id = d.id)
     )
-    SELECT count(*) = 1 FROM done, waited
+    SELECT count(*) = 1 FROM done, woken, waited
 $$;
 
 -- Stores a running job's progress (watchers hear of it). True unless the token is stale.
@@ -211,7 +271,7 @@ RETURNS boolean
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     WITH done AS (
         UPDATE skiplock.jobs AS j SET progress = set_progress.progress
-        WHERE j.id = job_id AND j.lease_token = set_progress.lease_token
+        WHERE j.id = set_progress.job_id AND j.lease_token = set_progress.lease_token
         RETURNING j.id
     ),
     waited AS (

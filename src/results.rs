@@ -11,7 +11,8 @@
 //! registered job they change, and for no other (a job nobody waits on pays a probe of that
 //! table). A notification is a hint only (any role may send one): the job is read from the
 //! table. Waiters also poll every [`ResultsConfig::poll_interval`], which covers lost
-//! notifications and the changes that do not notify: a job claimed, rescued, cancelled or
+//! notifications and the changes that do not notify: a job claimed, rescued, cancelled while
+//! waiting, or
 //! promoted by SQL, or deleted.
 //!
 //! ```no_run
@@ -311,7 +312,10 @@ impl Results {
         ids: &[i64],
         timeout: Duration,
     ) -> Result<Vec<Outcome<T>>, WaitError> {
-        let deadline = Instant::now() + timeout;
+        // `Duration::MAX` means no deadline (an Instant that far out does not exist).
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400));
         let subscription = match tokio::time::timeout_at(deadline, self.subscribe(ids)).await {
             Ok(subscription) => subscription?,
             Err(_) => {
@@ -395,9 +399,6 @@ impl Results {
     async fn subscribe(&self, ids: &[i64]) -> Result<Subscription, WaitError> {
         let inner = &self.inner;
         self.start();
-        // A change notified before LISTEN took effect would be missed until the next poll.
-        let mut listening = inner.listening.subscribe();
-        let _ = tokio::time::timeout(LISTEN_WAIT, listening.wait_for(|on| *on)).await;
 
         let mut fresh = Vec::new();
         let receivers = {
@@ -425,6 +426,20 @@ impl Results {
             let ttl = inner.config.registration_ttl.as_secs_f64();
             db::waiter::register(&inner.pool, &inner.waiter, &fresh, ttl).await?;
             inner.read(&fresh).await?;
+            // Not listening yet (first use, or reconnecting): a change notified meanwhile
+            // would wait for the next poll. Unless every job has finished already, wait a
+            // little for the listener and read once more after it is up.
+            let mut listening = inner.listening.subscribe();
+            let up_already = *listening.borrow();
+            if !up_already && !inner.all_finished(&fresh) {
+                let up = matches!(
+                    tokio::time::timeout(LISTEN_WAIT, listening.wait_for(|on| *on)).await,
+                    Ok(Ok(_))
+                );
+                if up {
+                    inner.read(&fresh).await?;
+                }
+            }
         }
         Ok(subscription)
     }
@@ -500,6 +515,16 @@ fn outcome<T: DeserializeOwned>(job: JobUpdate) -> Result<Outcome<T>, WaitError>
 }
 
 impl Inner {
+    /// Whether every one of `ids` is known to have finished.
+    fn all_finished(&self, ids: &[i64]) -> bool {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        ids.iter().all(|id| {
+            jobs.get(id).is_some_and(|watched| {
+                matches!(&*watched.seen.borrow(), Some(Seen::Job(job)) if job.is_finished())
+            })
+        })
+    }
+
     fn watched_ids(&self) -> Vec<i64> {
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         jobs.keys().copied().collect()
@@ -613,18 +638,30 @@ async fn listen(inner: Weak<Inner>, stop: CancellationToken) {
         {
             tracing::warn!(%error, "could not read awaited jobs; retrying at the next poll");
         }
-        let dropped: Vec<i64> =
+        let mut dropped: Vec<i64> =
             std::mem::take(&mut *inner.dropped.lock().unwrap_or_else(PoisonError::into_inner));
+        {
+            // Awaited again since: its registration must stay.
+            let jobs = inner.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+            dropped.retain(|id| !jobs.contains_key(id));
+        }
         if !dropped.is_empty()
             && let Err(error) = db::waiter::unregister(&inner.pool, &inner.waiter, &dropped).await
         {
             tracing::debug!(%error, "could not remove waiter registrations; they expire");
         }
-        if renew_now
-            && !inner.watched_ids().is_empty()
-            && let Err(error) = db::waiter::renew(
+        // Renewed as an upsert of every awaited id: a registration lost meanwhile (removed
+        // by an unregister that raced a new wait, or pruned during an outage) comes back.
+        let watched = if renew_now {
+            inner.watched_ids()
+        } else {
+            Vec::new()
+        };
+        if !watched.is_empty()
+            && let Err(error) = db::waiter::register(
                 &inner.pool,
                 &inner.waiter,
+                &watched,
                 inner.config.registration_ttl.as_secs_f64(),
             )
             .await

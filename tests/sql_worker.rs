@@ -169,6 +169,7 @@ async fn claim_complete_fail_snooze_and_progress_from_sql() {
         "SELECT * FROM skiplock.claim('', '{default}', '{record}')",
         "SELECT * FROM skiplock.claim('w', '{default}', '{record}', 0)",
         "SELECT * FROM skiplock.claim('w', '{default}', '{record}', 1, 0)",
+        "SELECT * FROM skiplock.claim('w', '{default}', NULL)",
     ] {
         assert!(sqlx::query(bad).execute(pool).await.is_err(), "{bad}");
     }
@@ -310,4 +311,94 @@ async fn a_sql_worker_and_a_rust_worker_share_a_queue_and_run_each_job_once() {
     assert_eq!(wrong, 0);
     let outcome = awaited.await.expect("join").expect("wait");
     assert!(matches!(outcome, skiplock::results::Outcome::Completed(_)));
+}
+
+#[tokio::test]
+async fn fail_and_snooze_honour_cancel_requests_and_unique_keys_like_the_rust_worker() {
+    let db = database().await;
+    let pool = db.pool();
+    let cancelled = enqueue(pool, 1).await;
+    let unique: i64 = sqlx::query_scalar(
+        "SELECT skiplock.enqueue('record', '{\"n\": 2}', unique_key => 'sync:7',
+                                 unique_states => '{available,scheduled,retryable}')",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("unique enqueue");
+    let snoozed = enqueue(pool, 3).await;
+    let claimed = claim(pool, "py-1", 3, 30.0).await;
+    assert_eq!(claimed.len(), 3);
+    let token = |id: i64| claimed.iter().find(|c| c.0 == id).expect("claimed").1;
+
+    // Asked to cancel while running: a failure is recorded as the cancel, not a retry.
+    sqlx::query("SELECT skiplock.cancel($1)")
+        .bind(cancelled)
+        .execute(pool)
+        .await
+        .expect("cancel");
+    let state: String = sqlx::query_scalar("SELECT skiplock.fail($1, $2, 'stopped')::text")
+        .bind(cancelled)
+        .bind(token(cancelled))
+        .fetch_one(pool)
+        .await
+        .expect("fail");
+    assert_eq!(state, "cancelled");
+
+    // A duplicate took the unique key while it ran: it cannot go back to retrying.
+    let duplicate: i64 = sqlx::query_scalar(
+        "SELECT skiplock.enqueue('record', '{\"n\": 2}', unique_key => 'sync:7',
+                                 unique_states => '{available,scheduled,retryable}')",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("duplicate");
+    assert_ne!(duplicate, unique);
+    let state: String = sqlx::query_scalar("SELECT skiplock.fail($1, $2, 'flaky')::text")
+        .bind(unique)
+        .bind(token(unique))
+        .fetch_one(pool)
+        .await
+        .expect("fail a superseded job");
+    assert_eq!(state, "cancelled");
+    let (_, _, errors, _, _, _) = row(pool, unique).await;
+    assert_eq!(errors[0]["kind"], "superseded");
+
+    // A snooze of zero makes the job available at once (and wakes its workers).
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool)
+        .await
+        .expect("listener");
+    listener.listen("skiplock_wake").await.expect("listen");
+    let done: bool = sqlx::query_scalar("SELECT skiplock.snooze($1, $2, 0)")
+        .bind(snoozed)
+        .bind(token(snoozed))
+        .fetch_one(pool)
+        .await
+        .expect("snooze");
+    assert!(done);
+    assert_eq!(row(pool, snoozed).await.0, "available");
+    let woken = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a wake-up")
+        .expect("notification");
+    assert_eq!(woken.payload(), "default");
+
+    // A heartbeat cannot push a lease years ahead.
+    let reclaimed = claim(pool, "py-1", 1, 30.0).await;
+    let beat: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM skiplock.heartbeat('py-1', ARRAY[$1::bigint], ARRAY[$2::bigint], 1e9)",
+    )
+    .bind(reclaimed[0].0)
+    .bind(reclaimed[0].1)
+    .fetch_one(pool)
+    .await
+    .expect("heartbeat");
+    assert_eq!(beat, 1);
+    let lease_days: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM lease_expires_at - now())::float8 / 86400 FROM skiplock.jobs WHERE id = $1",
+    )
+    .bind(reclaimed[0].0)
+    .fetch_one(pool)
+    .await
+    .expect("lease");
+    assert!(lease_days <= 1.0, "lease {lease_days} days");
 }

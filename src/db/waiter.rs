@@ -5,7 +5,8 @@ use sqlx::PgExecutor;
 
 use crate::JobState;
 
-/// Registers `waiter` for `ids` until `now() + ttl_secs` (renewing existing registrations).
+/// Registers `waiter` for `ids` until `now() + ttl_secs`, renewing existing registrations and
+/// restoring lost ones.
 pub(crate) async fn register<'e>(
     executor: impl PgExecutor<'e>,
     waiter: &str,
@@ -21,25 +22,6 @@ pub(crate) async fn register<'e>(
         "#,
         waiter,
         ids,
-        ttl_secs,
-    )
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-/// Renews every registration of `waiter` until `now() + ttl_secs`.
-pub(crate) async fn renew<'e>(
-    executor: impl PgExecutor<'e>,
-    waiter: &str,
-    ttl_secs: f64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        r#"
-        UPDATE skiplock.job_waiters SET expires_at = now() + make_interval(secs => $2)
-        WHERE waiter = $1
-        "#,
-        waiter,
         ttl_secs,
     )
     .execute(executor)
