@@ -4,20 +4,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Record, Sleep, count_state, database, eventually, start, wait_for_state, worker};
+use common::{
+    Record, Sleep, count_state, database, enqueue_records, eventually, start, wait_for_state,
+    worker,
+};
 use skiplock::inspect::{self, Reason};
 use skiplock::queue::{self, QueueError};
-use skiplock::{EnqueueOptions, NewJob};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-
-async fn enqueue_records(pool: &PgPool, queue: &str, n: i64) -> Vec<i64> {
-    let jobs: Vec<NewJob> = (0..n)
-        .map(|n| NewJob::with_options(&Record { n }, EnqueueOptions::new().queue(queue)))
-        .collect::<Result<_, _>>()
-        .expect("serialize");
-    skiplock::enqueue_many(pool, jobs).await.expect("enqueue")
-}
 
 /// The newest attempt start in the queue, database time.
 async fn last_claim(pool: &PgPool) -> Option<chrono::DateTime<chrono::Utc>> {

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fail, Record, database, start, worker};
+use common::{Fail, Record, database, enqueue_records, start, worker};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use skiplock::results::{Outcome, Results, ResultsConfig, WaitError};
@@ -79,15 +79,7 @@ async fn wait_returns_the_typed_output_or_how_the_job_ended() {
     }
 
     // Many at once, in order, one deadline.
-    let ids = skiplock::enqueue_many(
-        pool,
-        (0..50)
-            .map(|n| skiplock::NewJob::new(&Record { n }))
-            .collect::<Result<Vec<_>, _>>()
-            .expect("jobs"),
-    )
-    .await
-    .expect("enqueue");
+    let ids = enqueue_records(pool, "default", 50).await;
     let outcomes = results
         .wait_many::<i64>(&ids, Duration::from_secs(20))
         .await
@@ -208,15 +200,7 @@ async fn a_hundred_waiters_share_one_listening_connection() {
     let db = database().await;
     let pool = db.pool();
     let results = pushed_only(pool);
-    let ids = skiplock::enqueue_many(
-        pool,
-        (0..100)
-            .map(|n| skiplock::NewJob::new(&Record { n }))
-            .collect::<Result<Vec<_>, _>>()
-            .expect("jobs"),
-    )
-    .await
-    .expect("enqueue");
+    let ids = enqueue_records(pool, "default", 100).await;
     let waits: Vec<_> = ids
         .iter()
         .map(|&id| {
@@ -260,15 +244,7 @@ async fn only_awaited_jobs_notify_and_forged_notifications_change_nothing() {
     listener.listen("skiplock_job").await.expect("listen");
 
     // Nobody waits: a hundred completions send nothing.
-    let ids = skiplock::enqueue_many(
-        pool,
-        (0..100)
-            .map(|n| skiplock::NewJob::new(&Record { n }))
-            .collect::<Result<Vec<_>, _>>()
-            .expect("jobs"),
-    )
-    .await
-    .expect("enqueue");
+    let ids = enqueue_records(pool, "default", 100).await;
     let running = start(worker(pool).queue("default", 8).register::<Record>());
     common::wait_for_state(pool, "completed", 100, Duration::from_secs(30)).await;
     running.shutdown().await.expect("shutdown");

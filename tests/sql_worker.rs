@@ -226,11 +226,7 @@ async fn a_stale_lease_token_changes_nothing() {
 async fn a_sql_worker_and_a_rust_worker_share_a_queue_and_run_each_job_once() {
     let db = database().await;
     let pool = db.pool();
-    let jobs: Vec<skiplock::NewJob> = (0..2_000)
-        .map(|n| skiplock::NewJob::new(&Record { n }))
-        .collect::<Result<_, _>>()
-        .expect("jobs");
-    let ids = skiplock::enqueue_many(pool, jobs).await.expect("enqueue");
+    let ids = common::enqueue_records(pool, "default", 2_000).await;
     let results = skiplock::results::Results::new(pool.clone());
     let last = *ids.last().expect("ids");
     let awaited = {

@@ -103,6 +103,21 @@ async fn token(app: &Router, path: &str) -> (String, String) {
     (cookie.clone(), value.to_owned())
 }
 
+/// Every page and API answer about job `id` answers 200 without `secret`.
+async fn assert_secret_hidden(app: &Router, id: i64, secret: &str) {
+    for path in [
+        "/jobs".to_owned(),
+        format!("/jobs/{id}"),
+        "/api/v1/jobs".to_owned(),
+        format!("/api/v1/jobs/{id}"),
+        format!("/api/v1/jobs/{id}/explain"),
+    ] {
+        let (status, _, body) = send(app, get(&path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(!body.contains(secret), "{path} shows the secret: {body}");
+    }
+}
+
 fn post_form(path: &str, cookie: Option<&str>, body: &str, origin: Option<&str>) -> Request<Body> {
     let mut request = Request::post(path)
         .header(header::HOST, "dash.test")
@@ -377,17 +392,7 @@ async fn a_redactor_keeps_secrets_from_every_page_and_answer() {
             }
         })
         .router();
-    for path in [
-        "/jobs".to_owned(),
-        format!("/jobs/{id}"),
-        "/api/v1/jobs".to_owned(),
-        format!("/api/v1/jobs/{id}"),
-        format!("/api/v1/jobs/{id}/explain"),
-    ] {
-        let (status, _, body) = send(&app, get(&path)).await;
-        assert_eq!(status, StatusCode::OK, "{path}");
-        assert!(!body.contains("sk_live"), "{path} shows the secret: {body}");
-    }
+    assert_secret_hidden(&app, id, "sk_live").await;
     let (_, _, body) = send(&app, get(&format!("/api/v1/jobs/{id}"))).await;
     assert!(
         body.contains("[card]") && body.contains("[token]") && body.contains("\"amount\":5"),
@@ -1188,17 +1193,7 @@ async fn redact_keys_covers_unparsed_json_and_error_messages() {
     let app = Dashboard::new(pool.clone())
         .redact_keys(["password", "token"])
         .router();
-    for path in [
-        "/jobs".to_owned(),
-        format!("/jobs/{id}"),
-        "/api/v1/jobs".to_owned(),
-        format!("/api/v1/jobs/{id}"),
-        format!("/api/v1/jobs/{id}/explain"),
-    ] {
-        let (status, _, body) = send(&app, get(&path)).await;
-        assert_eq!(status, StatusCode::OK, "{path}");
-        assert!(!body.contains("hunter2"), "{path} shows the secret: {body}");
-    }
+    assert_secret_hidden(&app, id, "hunter2").await;
     let (_, _, body) = send(&app, get(&format!("/api/v1/jobs/{id}"))).await;
     let job: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert!(

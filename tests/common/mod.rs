@@ -191,6 +191,20 @@ pub async fn enqueue_sql(pool: &PgPool, kind: &str, args: &str) -> i64 {
         .expect("enqueue")
 }
 
+/// Enqueues `Record { n }` for `n` in `0..count` into `queue` with one `enqueue_many`; their ids.
+pub async fn enqueue_records(pool: &PgPool, queue: &str, count: i64) -> Vec<i64> {
+    let jobs: Vec<skiplock::NewJob> = (0..count)
+        .map(|n| {
+            skiplock::NewJob::with_options(
+                &Record { n },
+                skiplock::EnqueueOptions::new().queue(queue),
+            )
+        })
+        .collect::<Result<_, _>>()
+        .expect("serialize");
+    skiplock::enqueue_many(pool, jobs).await.expect("enqueue")
+}
+
 /// Waits until `check` returns `Some`, polling every 20 ms; panics after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
