@@ -476,6 +476,45 @@ impl NewJob {
     }
 
     /// The job's `metadata` column: `{"traceparent": ...}`, or none.
+    /// The job as one entry of `skiplock.enqueue_workflow`'s `jobs` array, waiting for the
+    /// entries at `depends_on` (0-based, all earlier). Validated as [`enqueue_new`] validates;
+    /// unique jobs are refused (a workflow's jobs are its own).
+    pub(crate) fn workflow_entry(&self, depends_on: &[usize]) -> Result<Value, EnqueueError> {
+        self.validate()?;
+        if self.unique.is_some() {
+            return Err(EnqueueError::Invalid(format!(
+                "unique {:?} job in a workflow: a workflow's jobs cannot be unique",
+                self.kind
+            )));
+        }
+        let mut entry = serde_json::json!({
+            "kind": self.kind,
+            "args": self.args,
+            "queue": self.queue,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+            "tags": self.tags,
+        });
+        let fields = [
+            ("run_at", self.run_at.map(|at| Value::from(at.to_rfc3339()))),
+            ("delay_secs", self.delay_secs.map(Value::from)),
+            ("timeout_secs", self.timeout_secs.map(Value::from)),
+            ("metadata", self.metadata()),
+            (
+                "depends_on",
+                (!depends_on.is_empty()).then(|| Value::from(depends_on.to_vec())),
+            ),
+        ];
+        if let Value::Object(map) = &mut entry {
+            for (key, value) in fields {
+                if let Some(value) = value {
+                    map.insert(key.to_owned(), value);
+                }
+            }
+        }
+        Ok(entry)
+    }
+
     fn metadata(&self) -> Option<Value> {
         self.traceparent
             .map(|parent| serde_json::json!({ "traceparent": parent.as_str() }))

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
 use crate::runtime::running::{Attempt, StopReason};
-use crate::{Backoff, Job, TraceParent};
+use crate::{Backoff, Job, JobState, TraceParent};
 
 /// A boxed error, as handlers may return any error type.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -278,6 +280,100 @@ impl<S> JobContext<S> {
     }
 }
 
+/// One job a workflow job waited for, as [`JobContext::dependencies`] reads it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Dependency {
+    /// Its id.
+    pub job_id: i64,
+    /// Its state: `completed`, unless the workflow runs jobs whatever their dependencies did
+    /// ([`OnFailure::Run`](crate::workflow::OnFailure::Run)). `None` when its row is gone.
+    pub state: Option<JobState>,
+    /// Its output (`result`), for a completed job.
+    pub output: Option<Value>,
+}
+
+impl<S> JobContext<S> {
+    /// The jobs this one waited for in its workflow, in order (a chain step's: the previous
+    /// step's last jobs; a chord callback's: every member of its group, in the group's
+    /// order), with their states and outputs; empty outside workflows. One statement on the
+    /// worker's progress connections, with its `db_timeout`.
+    ///
+    /// # Errors
+    /// [`ContextError::Database`] or [`ContextError::Timeout`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn dependencies(&self) -> Result<Vec<Dependency>, ContextError> {
+        let read = db::workflow::dependencies(&self.pool.pool, self.meta.id);
+        let rows = tokio::time::timeout(self.pool.timeout, read)
+            .await
+            .map_err(|_| ContextError::Timeout(self.pool.timeout))??;
+        Ok(rows
+            .into_iter()
+            .map(|row| Dependency {
+                job_id: row.job_id,
+                state: row.state,
+                output: row.result,
+            })
+            .collect())
+    }
+
+    /// The output of the one job this one waited for (a chain step reading the step before
+    /// it), deserialized as `T` (the producing handler's `Output`).
+    ///
+    /// # Errors
+    /// [`ContextError::Inputs`] when the job waited for no job or for several (use
+    /// [`inputs`](Self::inputs)), or that job did not complete; [`ContextError::Deserialize`]
+    /// when its output is not a `T`; otherwise as [`dependencies`](Self::dependencies).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn input<T: DeserializeOwned>(&self) -> Result<T, ContextError> {
+        let mut dependencies = self.dependencies().await?;
+        if dependencies.len() != 1 {
+            return Err(ContextError::Inputs(format!(
+                "job {} waited for {} jobs, not one: read them with inputs()",
+                self.meta.id,
+                dependencies.len()
+            )));
+        }
+        let dependency = dependencies.remove(0);
+        decode_output(dependency)
+    }
+
+    /// The outputs of every job this one waited for, in order (a chord callback reading its
+    /// group), each deserialized as `T`.
+    ///
+    /// # Errors
+    /// [`ContextError::Inputs`] when one of them did not complete (possible only under
+    /// [`OnFailure::Run`](crate::workflow::OnFailure::Run): read
+    /// [`dependencies`](Self::dependencies) then); [`ContextError::Deserialize`] when an
+    /// output is not a `T`; otherwise as [`dependencies`](Self::dependencies).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn inputs<T: DeserializeOwned>(&self) -> Result<Vec<T>, ContextError> {
+        self.dependencies()
+            .await?
+            .into_iter()
+            .map(decode_output)
+            .collect()
+    }
+}
+
+fn decode_output<T: DeserializeOwned>(dependency: Dependency) -> Result<T, ContextError> {
+    if dependency.state != Some(JobState::Completed) {
+        let state = dependency.state.map_or("gone", JobState::as_str);
+        return Err(ContextError::Inputs(format!(
+            "dependency {} is {state}, not completed",
+            dependency.job_id
+        )));
+    }
+    serde_json::from_value(dependency.output.unwrap_or(Value::Null))
+        .map_err(ContextError::Deserialize)
+}
+
 /// This attempt no longer holds its job: its lease expired and the job was rescued (it may be
 /// running elsewhere now). Nothing was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -303,6 +399,12 @@ pub enum ContextError {
     /// The database did not answer within the worker's `db_timeout` (the duration).
     #[error("no answer from the database within {0:?}")]
     Timeout(Duration),
+    /// The job's workflow inputs are not what was asked for (the message says how).
+    #[error("workflow inputs: {0}")]
+    Inputs(String),
+    /// A dependency's output does not deserialize into the type asked for.
+    #[error("could not deserialize a dependency's output")]
+    Deserialize(#[source] serde_json::Error),
 }
 
 /// Why a handler failed, and whether the job may be retried.

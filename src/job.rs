@@ -81,6 +81,9 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum JobState {
+    /// Part of a workflow, waiting for the jobs it depends on to finish (migration 0019): it
+    /// becomes `available` when the last of them finishes, or fails or is cancelled with them.
+    Pending,
     /// Waiting for its `run_at` time.
     Scheduled,
     /// Runnable now, waiting for a worker.
@@ -99,7 +102,8 @@ pub enum JobState {
 
 impl JobState {
     /// Every state, in the order a job usually passes through them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
+        Self::Pending,
         Self::Scheduled,
         Self::Available,
         Self::Running,
@@ -112,6 +116,7 @@ impl JobState {
     /// The state's name as stored in the database, e.g. `"available"`.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::Pending => "pending",
             Self::Scheduled => "scheduled",
             Self::Available => "available",
             Self::Running => "running",
@@ -144,6 +149,7 @@ impl FromStr for JobState {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
+            "pending" => Self::Pending,
             "scheduled" => Self::Scheduled,
             "available" => Self::Available,
             "running" => Self::Running,
@@ -193,6 +199,9 @@ pub enum ErrorKind {
     /// `unrecordable_outcome`: the database refused to store the attempt's outcome; the job
     /// failed instead.
     UnrecordableOutcome,
+    /// `dependency`: a job of its workflow that it waited for failed or was cancelled, and the
+    /// workflow propagates failures; the job never ran.
+    Dependency,
     /// Any other name, kept as written.
     Other(String),
 }
@@ -214,6 +223,7 @@ impl ErrorKind {
             Self::WorkerLost => "worker_lost",
             Self::Superseded => "superseded",
             Self::UnrecordableOutcome => "unrecordable_outcome",
+            Self::Dependency => "dependency",
             Self::Other(name) => name,
         }
     }
@@ -236,6 +246,7 @@ impl From<&str> for ErrorKind {
             "worker_lost" => Self::WorkerLost,
             "superseded" => Self::Superseded,
             "unrecordable_outcome" => Self::UnrecordableOutcome,
+            "dependency" => Self::Dependency,
             other => Self::Other(other.to_owned()),
         }
     }

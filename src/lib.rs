@@ -102,6 +102,7 @@ pub mod schedule;
 mod trace;
 #[cfg(feature = "web")]
 pub mod web;
+pub mod workflow;
 
 pub use crate::backoff::Backoff;
 pub use crate::cron::{CronError, CronSchedule, MAX_CRON_LENGTH};
@@ -110,7 +111,9 @@ pub use crate::enqueue::{
     Limit, Limits, MAX_RUN_AT, MIN_RUN_AT, NewJob, Unique, enqueue, enqueue_many, enqueue_new,
     enqueue_with,
 };
-pub use crate::handler::{BoxError, ContextError, Handler, JobContext, JobError, LeaseLost};
+pub use crate::handler::{
+    BoxError, ContextError, Dependency, Handler, JobContext, JobError, LeaseLost,
+};
 pub use crate::job::{
     AttemptError, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, ErrorKind, Job, JobQueryError, JobRow,
     JobState, ParseJobStateError, cancel, get_job, retry,

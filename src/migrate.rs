@@ -170,6 +170,20 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0018_sql_worker.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 19,
+        name: "workflows",
+        sql: include_str!("../migrations/0019_workflows.sql"),
+        kind: MigrationKind::Transaction,
+    },
+    Migration {
+        version: 21,
+        name: "workflow_index",
+        sql: include_str!("../migrations/0021_workflow_index.sql"),
+        kind: MigrationKind::ConcurrentIndex {
+            name: "jobs_workflow_idx",
+        },
+    },
 ];
 
 /// The error of [`migrate`].

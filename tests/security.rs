@@ -315,7 +315,17 @@ async fn nobody_else_may_execute_the_functions_and_definers_pin_their_search_pat
     .fetch_all(db.pool())
     .await
     .expect("definers");
-    assert_eq!(definers, ["cancel", "enqueue", "retry"]);
+    // Each lets an enqueuer do one thing without rights on the tables behind it.
+    assert_eq!(
+        definers,
+        [
+            "cancel",
+            "cancel_workflow",
+            "enqueue",
+            "enqueue_workflow",
+            "retry"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,4 +581,75 @@ async fn an_enqueuer_waits_on_its_jobs_but_cannot_read_their_args() {
     early.remove(&db).await;
     late.remove(&db).await;
     early_observer.remove(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueuer_enqueues_and_cancels_workflows_a_worker_role_runs_them() {
+    use skiplock::workflow::{self, Step, Workflow, chord};
+    let db = common::database().await;
+    let enqueuer = Role::new(&db, "wf_enqueuer", Some("enqueuer")).await;
+    let worker_role = Role::new(&db, "wf_worker", Some("worker")).await;
+    let step = |n| Step::job(&Record { n }).expect("step");
+
+    let flow = || chord((0..3).map(step), step(10));
+    let run = Workflow::new("runs", flow())
+        .enqueue(&enqueuer.pool)
+        .await
+        .expect("an enqueuer enqueues a workflow");
+    let cancelled = Workflow::new("cancelled", flow())
+        .enqueue(&enqueuer.pool)
+        .await
+        .expect("enqueue");
+    let done = workflow::cancel(&enqueuer.pool, cancelled.id)
+        .await
+        .expect("an enqueuer cancels a workflow")
+        .expect("found");
+    assert_eq!(done.cancelled, 4);
+    // The tables behind them are written only through the functions.
+    for sql in [
+        "INSERT INTO skiplock.workflows (name, jobs, unfinished) VALUES ('x', 1, 1)",
+        "UPDATE skiplock.pending_jobs SET waiting_for = 0",
+        "DELETE FROM skiplock.job_dependencies",
+        "SELECT skiplock.resolve_dependencies(1, 'completed')",
+        "SELECT skiplock.repair_workflows()",
+        "UPDATE skiplock.jobs SET workflow_id = 1",
+    ] {
+        assert_eq!(refused(&enqueuer.pool, sql).await, DENIED, "{sql}");
+    }
+
+    // A worker connected as the worker role runs the chord: the trigger that releases the
+    // callback works with its rights.
+    let worker = Worker::builder(worker_role.pool.clone(), db.pool().clone())
+        .poll_interval(Duration::from_millis(200))
+        .shutdown_timeout(Duration::from_secs(5))
+        .queue("default", 4)
+        .register::<Record>()
+        .build()
+        .expect("worker")
+        .start();
+    common::eventually(
+        Duration::from_secs(30),
+        "the workflow to finish",
+        || async {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM skiplock.jobs WHERE id = ANY($1) AND finished_at IS NULL",
+            )
+            .bind(&run.jobs)
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+            (open == 0).then_some(())
+        },
+    )
+    .await;
+    worker.shutdown().await.expect("shutdown");
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state::text FROM skiplock.jobs WHERE id = ANY($1) ORDER BY id")
+            .bind(&run.jobs)
+            .fetch_all(db.pool())
+            .await
+            .expect("states");
+    assert_eq!(states, vec!["completed"; 4]);
+    enqueuer.remove(&db).await;
+    worker_role.remove(&db).await;
 }

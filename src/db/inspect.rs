@@ -65,6 +65,7 @@ pub(crate) struct JobDetailRow {
     pub(crate) unique_key: Option<String>,
     pub(crate) unique_states: Option<Vec<String>>,
     pub(crate) schedule: Option<String>,
+    pub(crate) workflow_id: Option<i64>,
     pub(crate) worker_status: Option<String>,
     pub(crate) worker_heartbeat_at: Option<DateTime<Utc>>,
     pub(crate) worker_host: Option<String>,
@@ -95,7 +96,7 @@ pub(crate) async fn job_detail<'e>(
                ARRAY(SELECT t FROM unnest(j.tags) AS t WHERE t IS NOT NULL) AS "tags!",
                j.timeout_secs, j.unique_key,
                j.unique_states::text[] AS unique_states,
-               j.schedule,
+               j.schedule, j.workflow_id,
                CASE WHEN w.id IS NULL THEN NULL
                     WHEN w.stopped_at IS NOT NULL THEN w.stop_reason
                     WHEN coalesce(w.alive_until, w.heartbeat_at + interval '60 seconds') > now()
@@ -116,6 +117,7 @@ pub(crate) async fn job_detail<'e>(
 /// One queue's figures for `inspect::queues`; counts are capped (see the module).
 pub(crate) struct QueueRow {
     pub(crate) queue: String,
+    pub(crate) pending: i64,
     pub(crate) scheduled: i64,
     pub(crate) available: i64,
     pub(crate) running: i64,
@@ -152,7 +154,7 @@ pub(crate) async fn queues<'e>(
             -- Scheduled, retrying and finished jobs: jobs_state_queue_kind_idx (partial; its
             -- predicate is spelled out so the planner can use it).
             SELECT f.state, f.queue, f.kind
-            FROM unnest('{scheduled,retryable,completed,failed,cancelled}'::skiplock.job_state[]) AS s(state)
+            FROM unnest('{pending,scheduled,retryable,completed,failed,cancelled}'::skiplock.job_state[]) AS s(state)
             CROSS JOIN LATERAL (SELECT j.state, j.queue, j.kind FROM skiplock.jobs AS j
                                 WHERE j.state = s.state AND j.state NOT IN ('available', 'running')
                                 ORDER BY j.queue, j.kind LIMIT 1) AS f
@@ -235,6 +237,7 @@ pub(crate) async fn queues<'e>(
             UNION SELECT name FROM skiplock.queues WHERE paused_at IS NOT NULL
         )
         SELECT n.queue AS "queue!",
+               coalesce((SELECT c.n FROM counts AS c WHERE c.queue = n.queue AND c.state = 'pending'), 0) AS "pending!",
                coalesce((SELECT c.n FROM counts AS c WHERE c.queue = n.queue AND c.state = 'scheduled'), 0) AS "scheduled!",
                coalesce((SELECT c.n FROM counts AS c WHERE c.queue = n.queue AND c.state = 'available'), 0) AS "available!",
                coalesce((SELECT c.n FROM counts AS c WHERE c.queue = n.queue AND c.state = 'running'), 0) AS "running!",

@@ -848,6 +848,7 @@ pub(crate) async fn delete_finished<'e>(
     older_than_secs: f64,
     limit: i64,
     lock_key: i64,
+    workflow_older_than_secs: f64,
 ) -> Result<u64, sqlx::Error> {
     let deleted = sqlx::query!(
         r#"
@@ -875,6 +876,10 @@ pub(crate) async fn delete_finished<'e>(
                                 SELECT j.id, j.finished_at FROM skiplock.jobs AS j
                                 WHERE j.state = $1 AND j.state NOT IN ('available', 'running')
                                   AND j.queue = p.queue AND j.kind = p.kind
+                                  AND (j.workflow_id IS NULL
+                                       OR EXISTS (SELECT FROM skiplock.workflows AS w
+                                                  WHERE w.id = j.workflow_id
+                                                    AND w.finished_at < now() - make_interval(secs => $5)))
                                 ORDER BY j.id LIMIT $3) AS h
                             WHERE h.finished_at < now() - make_interval(secs => $2)
                             ORDER BY h.id
@@ -888,6 +893,7 @@ pub(crate) async fn delete_finished<'e>(
         older_than_secs,
         limit,
         lock_key,
+        workflow_older_than_secs,
     )
     .execute(executor)
     .await?

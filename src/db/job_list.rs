@@ -55,7 +55,8 @@ fn summary_columns() -> String {
 }
 
 /// The states `jobs_state_queue_kind_idx` holds.
-const INDEXED: [JobState; 5] = [
+const INDEXED: [JobState; 6] = [
+    JobState::Pending,
     JobState::Scheduled,
     JobState::Retryable,
     JobState::Completed,

@@ -23,6 +23,7 @@ pub(crate) mod queue;
 pub(crate) mod schedule;
 pub(crate) mod session;
 pub(crate) mod waiter;
+pub(crate) mod workflow;
 
 /// The channel idle workers LISTEN on; the payload of each notification is a queue name.
 pub(crate) const WAKE_CHANNEL: &str = "skiplock_wake";

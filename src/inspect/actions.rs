@@ -78,6 +78,7 @@ async fn bulk(
 /// Not cancel safe: dropped midway, the batches already committed stay done.
 pub async fn cancel_jobs(pool: &PgPool, filter: &JobFilter) -> Result<BulkReport, InspectError> {
     let waiting = [
+        JobState::Pending,
         JobState::Scheduled,
         JobState::Available,
         JobState::Running,

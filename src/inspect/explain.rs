@@ -37,6 +37,14 @@ pub enum Reason {
         /// Its last error, for failed and cancelled jobs.
         last_error: Option<AttemptError>,
     },
+    /// A workflow job waiting for jobs it depends on: it becomes runnable when the last of
+    /// them finishes.
+    WaitingForJobs {
+        /// The unfinished ones (the first [`WAITING_FOR_SHOWN`] by id), with their states.
+        jobs: Vec<AwaitedJob>,
+        /// How many it still waits for in all.
+        total: u64,
+    },
     /// It is running, under a worker's lease.
     HeldByWorker {
         /// The worker.
@@ -115,6 +123,19 @@ pub enum Reason {
     },
 }
 
+/// How many of the jobs a pending job waits for [`Reason::WaitingForJobs`] lists: 20.
+pub const WAITING_FOR_SHOWN: i64 = 20;
+
+/// A job a pending job waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AwaitedJob {
+    /// Its id.
+    pub id: i64,
+    /// Its state now.
+    pub state: JobState,
+}
+
 fn at(time: Option<DateTime<Utc>>) -> String {
     time.map_or_else(
         || "an unreadable time".to_owned(),
@@ -157,6 +178,16 @@ impl fmt::Display for Reason {
                 }
                 if *cancel_requested {
                     write!(f, "; cancel requested")?;
+                }
+                Ok(())
+            }
+            Self::WaitingForJobs { jobs, total } => {
+                write!(f, "waiting for {total} job(s) of its workflow to finish:")?;
+                for job in jobs {
+                    write!(f, " {} ({})", job.id, job.state)?;
+                }
+                if *total > jobs.len() as u64 {
+                    write!(f, " …")?;
                 }
                 Ok(())
             }
@@ -230,8 +261,24 @@ where
         return Ok(None);
     };
     let facts = db::inspect::explain_facts(&mut *tx, id, CAP).await?;
+    let awaited = if row.state == JobState::Pending {
+        Some(db::workflow::awaited(&mut *tx, id, WAITING_FOR_SHOWN).await?)
+    } else {
+        None
+    };
     tx.commit().await?;
     let job = JobDetail::from_row(row);
+    if let Some(awaited) = awaited {
+        let jobs = awaited
+            .ids
+            .into_iter()
+            .zip(awaited.states)
+            .map(|(id, state)| AwaitedJob { id, state })
+            .collect();
+        let total = u64::try_from(awaited.total).unwrap_or(0);
+        let reasons = vec![Reason::WaitingForJobs { jobs, total }];
+        return Ok(Some(Explanation { job, reasons }));
+    }
     let reasons = facts.map(|facts| reasons(&job, &facts)).unwrap_or_default();
     Ok(Some(Explanation { job, reasons }))
 }
@@ -280,7 +327,7 @@ fn reasons(job: &JobDetail, facts: &db::inspect::ExplainFacts) -> Vec<Reason> {
                 });
             }
         }
-        JobState::Available => {}
+        JobState::Available | JobState::Pending => {}
     }
     if let Some(since) = facts.paused_at {
         reasons.push(Reason::QueuePaused {

@@ -61,6 +61,8 @@ pub struct JobDetail {
     pub unique_states: Option<Vec<String>>,
     /// The schedule that enqueued it.
     pub schedule: Option<String>,
+    /// The workflow it belongs to ([`crate::workflow`]; [`super::workflow()`] shows it).
+    pub workflow_id: Option<i64>,
     /// The worker running it (or that ran it last), when its row is still in
     /// `skiplock.workers`.
     pub worker: Option<JobWorker>,
@@ -144,6 +146,7 @@ impl JobDetail {
             unique_key: row.unique_key,
             unique_states: row.unique_states,
             schedule: row.schedule,
+            workflow_id: row.workflow_id,
             worker,
         }
     }

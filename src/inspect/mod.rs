@@ -8,6 +8,7 @@
 //!   that holds it.
 //! - [`queues`], [`workers`], [`schedules`]: the fleet at a glance.
 //! - [`explain`]: why a job is not running, reason by reason.
+//! - [`workflow()`](workflow()): a workflow, where it stands, and its jobs with what each waits for.
 //! - [`health()`](health()): the PostgreSQL checks that keep a queue fast for months (a pinned
 //!   xmin horizon, dead tuples, autovacuum, bloat) and the queue's own (stuck jobs, jobs no
 //!   worker runs, overdue schedules, pickup lag, pending migrations).
@@ -52,6 +53,7 @@ mod job;
 mod list;
 mod live;
 mod overview;
+mod workflow;
 
 use std::time::Duration;
 
@@ -59,7 +61,7 @@ use sqlx::{Acquire, PgConnection, Postgres, Transaction};
 
 pub use self::actions::{BATCH_SIZE, BulkReport, cancel_jobs, delete_job, delete_jobs, retry_jobs};
 pub use self::count::{COUNT_EXACT_UP_TO, Count, count_jobs};
-pub use self::explain::{Explanation, Reason, explain};
+pub use self::explain::{AwaitedJob, Explanation, Reason, WAITING_FOR_SHOWN, explain};
 pub use self::filter::{JobFilter, JobOrder, JobQuery, MAX_PAGE_SIZE, SCAN_WINDOW};
 pub use self::health::{Check, HealthOptions, HealthReport, Severity, health};
 pub use self::job::{JobDetail, JobWorker, job};
@@ -72,6 +74,7 @@ pub use self::overview::{
     LastJob, QUEUE_FINISHED_EXACT_UP_TO, QUEUE_WAITING_EXACT_UP_TO, QueueInfo, QueuePause,
     ScheduleInfo, WorkerInfo, WorkerQueue, WorkerStatus, queues, schedules, workers,
 };
+pub use self::workflow::{WORKFLOW_JOBS_PAGE, WorkflowInfo, WorkflowJob, WorkflowState, workflow};
 
 /// The longest one inspection statement may run: 10 seconds. A dashboard refreshing a slow
 /// page never piles up queries on the server.

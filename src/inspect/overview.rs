@@ -9,7 +9,7 @@ use sqlx::{Acquire, Postgres};
 use super::{Count, InspectError, JobFilter, begin};
 use crate::{JobState, ScheduleRow, db};
 
-/// Per queue, waiting states (scheduled, available, running, retryable) are counted exactly up
+/// Per queue, waiting states (pending, scheduled, available, running, retryable) are counted exactly up
 /// to this many jobs: 10,000; past it, a count is the planner's [`Count::Estimate`] (never
 /// less than this).
 pub const QUEUE_WAITING_EXACT_UP_TO: i64 = 10_000;
@@ -24,6 +24,8 @@ pub const QUEUE_FINISHED_EXACT_UP_TO: i64 = 1_000;
 pub struct QueueInfo {
     /// The queue's name.
     pub name: String,
+    /// Workflow jobs waiting for the jobs they depend on.
+    pub pending: Count,
     /// Jobs waiting for their `run_at`.
     pub scheduled: Count,
     /// Jobs runnable now, waiting for a worker.
@@ -76,6 +78,7 @@ impl QueueInfo {
     /// The count of jobs in `state`.
     pub fn count(&self, state: JobState) -> Count {
         match state {
+            JobState::Pending => self.pending,
             JobState::Scheduled => self.scheduled,
             JobState::Available => self.available,
             JobState::Running => self.running,
@@ -116,6 +119,7 @@ where
         // Past its cap, each count is the planner's estimate (one EXPLAIN, nothing read).
         let mut counts = Vec::with_capacity(JobState::ALL.len());
         for (state, n) in JobState::ALL.into_iter().zip([
+            row.pending,
             row.scheduled,
             row.available,
             row.running,
@@ -144,13 +148,14 @@ where
         .into_iter()
         .map(|(row, counts)| QueueInfo {
             name: row.queue,
-            scheduled: counts[0],
-            available: counts[1],
-            running: counts[2],
-            retryable: counts[3],
-            completed: counts[4],
-            failed: counts[5],
-            cancelled: counts[6],
+            pending: counts[0],
+            scheduled: counts[1],
+            available: counts[2],
+            running: counts[3],
+            retryable: counts[4],
+            completed: counts[5],
+            failed: counts[6],
+            cancelled: counts[7],
             oldest_available_age: row
                 .oldest_available_at
                 .map(|at| (row.now - at).to_std().unwrap_or_default()),

@@ -222,6 +222,9 @@ impl Pruner {
     }
 }
 
+/// How many emptied workflows one round deletes at most: 1,000 (the rest go next round).
+const WORKFLOWS_PER_ROUND: i32 = 1_000;
+
 /// A round of the pruner in progress: what it deleted, and which states are done.
 #[derive(Debug, Default)]
 pub(crate) struct PruneRound {
@@ -245,6 +248,16 @@ impl Service for Pruner {
     async fn step(&self, round: &mut PruneRound) -> Result<Step, DbCallError> {
         let retention = &self.config.retention;
         let batch = i64::try_from(self.config.batch_size.max(1)).unwrap_or(i64::MAX);
+        // A workflow's jobs go together, once the workflow finished longer ago than the
+        // longest retention (never, if a state is kept forever): no workflow is half pruned.
+        let workflow_age = [retention.completed, retention.failed, retention.cancelled]
+            .into_iter()
+            .try_fold(Duration::ZERO, |longest, age| {
+                age.map(|age| longest.max(age))
+            })
+            .unwrap_or(MAX_AGE)
+            .min(MAX_AGE)
+            .as_secs_f64();
         let report = &mut round.report;
         for ((state, age, deleted), drained) in [
             (
@@ -267,8 +280,15 @@ impl Service for Pruner {
                 continue;
             };
             let older_than_secs = age.min(MAX_AGE).as_secs_f64();
-            let n = db::job::delete_finished(&self.pool, state, older_than_secs, batch, LOCK_KEY)
-                .await?;
+            let n = db::job::delete_finished(
+                &self.pool,
+                state,
+                older_than_secs,
+                batch,
+                LOCK_KEY,
+                workflow_age,
+            )
+            .await?;
             *deleted += n;
             *drained = n < batch as u64;
         }
@@ -278,6 +298,8 @@ impl Service for Pruner {
         db::job::delete_old_job_stats(&self.pool, JOB_STATS_KEPT.as_secs_f64()).await?;
         // Registrations of waiters that died without removing them.
         db::waiter::delete_expired(&self.pool).await?;
+        // Workflows whose jobs are all gone, with their dependency rows.
+        db::workflow::prune(&self.pool, workflow_age, WORKFLOWS_PER_ROUND).await?;
         Ok(Step::Done)
     }
 

@@ -1,0 +1,698 @@
+//! Workflows: chains, groups and chords enqueued in one statement, their jobs released by the
+//! database when what they wait for finishes, failures propagated (or not), cancellation,
+//! inspection, retention and repair; and the exactly-once release of chord callbacks whose
+//! members finish at the same instant in several worker processes.
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{database, eventually, start, with_worker, worker};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use skiplock::inspect::{self, Reason, WorkflowState};
+use skiplock::workflow::{self, OnFailure, Step, Workflow, chain, chord, group};
+use skiplock::{Handler, Job, JobContext, JobError, JobState, PrunerConfig, Retention, Worker};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+const CHILD_ENV: &str = "SKIPLOCK_WORKFLOW_CHILD";
+
+/// Returns `n + 1`, or fails for good when `n` is negative.
+#[derive(Debug, Serialize, Deserialize)]
+struct Add {
+    n: i64,
+}
+
+impl Job for Add {
+    const KIND: &'static str = "add";
+}
+
+impl Handler<PgPool> for Add {
+    type Output = i64;
+
+    async fn handle(self, ctx: JobContext<PgPool>) -> Result<i64, JobError> {
+        common::record(&ctx).await?;
+        if self.n < 0 {
+            return Err(JobError::permanent(std::io::Error::other("negative")));
+        }
+        Ok(self.n + 1)
+    }
+}
+
+/// A chain step: adds `by` to the previous step's output.
+#[derive(Debug, Serialize, Deserialize)]
+struct AddInput {
+    by: i64,
+}
+
+impl Job for AddInput {
+    const KIND: &'static str = "add_input";
+}
+
+impl Handler<PgPool> for AddInput {
+    type Output = i64;
+
+    async fn handle(self, ctx: JobContext<PgPool>) -> Result<i64, JobError> {
+        common::record(&ctx).await?;
+        let previous: i64 = ctx.input().await?;
+        Ok(previous + self.by)
+    }
+}
+
+/// A chord callback: returns its inputs as they came, and records its run with how many.
+#[derive(Debug, Serialize, Deserialize)]
+struct Collect;
+
+impl Job for Collect {
+    const KIND: &'static str = "collect";
+}
+
+impl Handler<PgPool> for Collect {
+    type Output = Vec<i64>;
+
+    async fn handle(self, ctx: JobContext<PgPool>) -> Result<Vec<i64>, JobError> {
+        common::record(&ctx).await?;
+        // A failed input cannot turn into one by retrying.
+        ctx.inputs().await.map_err(JobError::permanent)
+    }
+}
+
+/// A callback of a workflow that runs whatever happened: returns the states it saw.
+#[derive(Debug, Serialize, Deserialize)]
+struct Report;
+
+impl Job for Report {
+    const KIND: &'static str = "report";
+}
+
+impl Handler<PgPool> for Report {
+    type Output = Vec<String>;
+
+    async fn handle(self, ctx: JobContext<PgPool>) -> Result<Vec<String>, JobError> {
+        common::record(&ctx).await?;
+        Ok(ctx
+            .dependencies()
+            .await?
+            .into_iter()
+            .map(|d| d.state.map_or("gone".to_owned(), |s| s.to_string()))
+            .collect())
+    }
+}
+
+fn step<J: Job>(job: &J) -> Step {
+    Step::job(job).expect("step")
+}
+
+fn workers(pool: &PgPool) -> skiplock::WorkerBuilder<PgPool> {
+    worker(pool)
+        .queue("default", 8)
+        .register::<Add>()
+        .register::<AddInput>()
+        .register::<Collect>()
+        .register::<Report>()
+}
+
+async fn state(pool: &PgPool, id: i64) -> JobState {
+    common::job(pool, id).await.state
+}
+
+async fn result(pool: &PgPool, id: i64) -> Value {
+    common::job(pool, id).await.result.unwrap_or(Value::Null)
+}
+
+async fn finished(pool: &PgPool, ids: &[i64]) {
+    eventually(
+        Duration::from_secs(30),
+        "the workflow to finish",
+        || async {
+            let unfinished: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM skiplock.jobs WHERE id = ANY($1) AND finished_at IS NULL",
+            )
+            .bind(ids)
+            .fetch_one(pool)
+            .await
+            .expect("count");
+            (unfinished == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_chain_passes_each_output_to_the_next_step() {
+    let db = database().await;
+    let pool = db.pool();
+    let flow = chain([
+        step(&Add { n: 1 }),
+        step(&AddInput { by: 10 }),
+        step(&AddInput { by: 100 }),
+    ]);
+    let enqueued = Workflow::new("sum", flow)
+        .enqueue(pool)
+        .await
+        .expect("enqueue");
+    let jobs = enqueued.jobs.clone();
+    assert_eq!(state(pool, jobs[0]).await, JobState::Available);
+    assert_eq!(state(pool, jobs[1]).await, JobState::Pending);
+    assert_eq!(enqueued.last_jobs(), vec![jobs[2]]);
+
+    // Explained while it waits.
+    let explanation = inspect::explain(pool, jobs[2])
+        .await
+        .expect("explain")
+        .expect("job");
+    assert!(matches!(
+        &explanation.reasons[..],
+        [Reason::WaitingForJobs { jobs: awaited, total: 1 }] if awaited[0].id == jobs[1]
+    ));
+
+    with_worker(workers(pool), finished(pool, &jobs)).await;
+    assert_eq!(result(pool, jobs[2]).await, json!(112));
+    // Each step ran after the one before it.
+    let order: Vec<i64> = sqlx::query_scalar("SELECT job_id FROM ledger ORDER BY seq")
+        .fetch_all(pool)
+        .await
+        .expect("ledger");
+    assert_eq!(order, jobs);
+
+    let info = inspect::workflow(pool, enqueued.id, 0)
+        .await
+        .expect("inspect")
+        .expect("workflow");
+    assert_eq!(info.state, WorkflowState::Completed);
+    assert_eq!((info.jobs, info.unfinished), (3, 0));
+    assert_eq!(info.members[2].depends_on, vec![jobs[1]]);
+    assert!(info.finished_at.is_some());
+}
+
+#[tokio::test]
+async fn a_chord_callback_gets_every_output_in_order_and_nests_in_a_chain() {
+    let db = database().await;
+    let pool = db.pool();
+    // add(0) → [add_input +1, +2, +3, +4, +5] → collect; then a group of two after it.
+    let members = (1..=5).map(|by| step(&AddInput { by }));
+    let flow = chain([
+        step(&Add { n: 0 }),
+        chord(members, step(&Collect)),
+        group([step(&Report), step(&Report)]),
+    ]);
+    let enqueued = Workflow::new("fan", flow)
+        .enqueue(pool)
+        .await
+        .expect("enqueue");
+    assert_eq!(enqueued.jobs.len(), 9);
+    with_worker(workers(pool), finished(pool, &enqueued.jobs)).await;
+    let callback = enqueued.jobs[6];
+    assert_eq!(result(pool, callback).await, json!([2, 3, 4, 5, 6]));
+    let last = enqueued.last_jobs();
+    assert_eq!(last, vec![enqueued.jobs[7], enqueued.jobs[8]]);
+    // The steps after the chord waited for its callback alone.
+    assert_eq!(result(pool, last[0]).await, json!(["completed"]));
+    assert_eq!(result(pool, last[1]).await, json!(["completed"]));
+    let callbacks: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'collect'")
+        .fetch_one(pool)
+        .await
+        .expect("ledger");
+    assert_eq!(callbacks, 1);
+}
+
+#[tokio::test]
+async fn a_failed_member_fails_what_waits_on_it_downstream_unless_the_workflow_runs_anyway() {
+    let db = database().await;
+    let pool = db.pool();
+    let flow = || {
+        chain([
+            chord([step(&Add { n: 1 }), step(&Add { n: -1 })], step(&Collect)),
+            step(&Report),
+        ])
+    };
+    let failing = Workflow::new("fails", flow())
+        .enqueue(pool)
+        .await
+        .expect("enqueue");
+    let running = Workflow::new("runs anyway", flow())
+        .on_failure(OnFailure::Run)
+        .enqueue(pool)
+        .await
+        .expect("enqueue");
+    let mut all = failing.jobs.clone();
+    all.extend(&running.jobs);
+    with_worker(workers(pool), finished(pool, &all)).await;
+
+    // Propagated: the callback and the step after it failed without running.
+    let (callback, after) = (failing.jobs[2], failing.jobs[3]);
+    for id in [callback, after] {
+        let row = common::job(pool, id).await;
+        assert_eq!(row.state, JobState::Failed);
+        assert_eq!(row.attempt, 0, "never ran");
+        assert_eq!(
+            row.errors.last().expect("error").kind.as_str(),
+            "dependency"
+        );
+    }
+    let info = inspect::workflow(pool, failing.id, 0)
+        .await
+        .expect("inspect")
+        .expect("workflow");
+    assert_eq!(info.state, WorkflowState::Failed);
+
+    // Run anyway: the callback ran and could not read a failed input; the report after it
+    // ran and saw the callback's failure.
+    assert_eq!(state(pool, running.jobs[2]).await, JobState::Failed);
+    assert_eq!(result(pool, running.jobs[3]).await, json!(["failed"]));
+    let reports: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'report'")
+        .fetch_one(pool)
+        .await
+        .expect("ledger");
+    assert_eq!(reports, 1);
+}
+
+#[tokio::test]
+async fn cancelling_a_workflow_cancels_its_unfinished_jobs_and_a_cancelled_job_cancels_its_dependents()
+ {
+    let db = database().await;
+    let pool = db.pool();
+    let flow = chain([
+        step(&Add { n: 1 }),
+        step(&AddInput { by: 1 }),
+        step(&AddInput { by: 1 }),
+    ]);
+    let enqueued = Workflow::new("cancel me", flow)
+        .enqueue(pool)
+        .await
+        .expect("enqueue");
+    let cancelled = workflow::cancel(pool, enqueued.id)
+        .await
+        .expect("cancel")
+        .expect("found");
+    assert_eq!((cancelled.cancelled, cancelled.stopping), (3, 0));
+    for &id in &enqueued.jobs {
+        assert_eq!(state(pool, id).await, JobState::Cancelled);
+    }
+    assert!(
+        workflow::cancel(pool, enqueued.id + 1000)
+            .await
+            .expect("cancel")
+            .is_none()
+    );
+
+    // One job cancelled by hand: the rest of the chain is cancelled with it.
+    let flow = chain([
+        step(&Add { n: 1 }),
+        step(&AddInput { by: 1 }),
+        step(&AddInput { by: 1 }),
+    ]);
+    let enqueued = Workflow::new("cancel one", flow)
+        .enqueue(pool)
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        skiplock::cancel(pool, enqueued.jobs[0])
+            .await
+            .expect("cancel"),
+        Some(JobState::Cancelled)
+    );
+    for &id in &enqueued.jobs[1..] {
+        let row = common::job(pool, id).await;
+        assert_eq!(row.state, JobState::Cancelled);
+        assert_eq!(
+            row.errors.last().expect("error").kind.as_str(),
+            "dependency"
+        );
+    }
+    let info = inspect::workflow(pool, enqueued.id, 0)
+        .await
+        .expect("inspect")
+        .expect("workflow");
+    assert_eq!(info.state, WorkflowState::Cancelled);
+}
+
+#[tokio::test]
+async fn a_workflow_is_enqueued_with_the_transaction_and_a_group_of_ten_thousand_in_one_statement()
+{
+    let db = database().await;
+    let pool = db.pool();
+    let mut tx = pool.begin().await.expect("begin");
+    Workflow::new("rolled back", chain([step(&Add { n: 1 }), step(&Collect)]))
+        .enqueue(&mut *tx)
+        .await
+        .expect("enqueue");
+    tx.rollback().await.expect("rollback");
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM skiplock.jobs) + (SELECT count(*) FROM skiplock.workflows)
+              + (SELECT count(*) FROM skiplock.job_dependencies)
+              + (SELECT count(*) FROM skiplock.pending_jobs)",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("count");
+    assert_eq!(left, 0, "a rolled back workflow leaves nothing");
+
+    let members = (0..10_000).map(|n| step(&Add { n }));
+    let enqueued = Workflow::new("big", chord(members, step(&Collect)))
+        .enqueue(pool)
+        .await
+        .expect("enqueue");
+    assert_eq!(enqueued.jobs.len(), 10_001);
+    let pending: i32 =
+        sqlx::query_scalar("SELECT waiting_for FROM skiplock.pending_jobs WHERE job_id = $1")
+            .bind(enqueued.jobs[10_000])
+            .fetch_one(pool)
+            .await
+            .expect("pending");
+    assert_eq!(pending, 10_000);
+
+    // Refused before anything is sent.
+    let error = Workflow::new("empty", group([]))
+        .enqueue(pool)
+        .await
+        .expect_err("empty");
+    assert!(matches!(error, skiplock::workflow::WorkflowError::Empty(_)));
+}
+
+#[tokio::test]
+async fn sql_clients_enqueue_workflows_and_bad_input_is_refused() {
+    let db = database().await;
+    let pool = db.pool();
+    let (id, jobs): (i64, Vec<i64>) = sqlx::query_as(
+        r#"SELECT * FROM skiplock.enqueue_workflow('from sql',
+               '[{"kind": "add", "args": {"n": 4}},
+                 {"kind": "add_input", "args": {"by": 1}, "depends_on": [0]}]')"#,
+    )
+    .fetch_one(pool)
+    .await
+    .expect("enqueue");
+    assert!(id > 0);
+    with_worker(workers(pool), finished(pool, &jobs)).await;
+    assert_eq!(result(pool, jobs[1]).await, json!(6));
+
+    for bad in [
+        r#"[]"#,
+        r#"{"kind": "x"}"#,
+        r#"[{"args": {}}]"#,
+        r#"[{"kind": "x", "depends_on": [0]}]"#,
+        r#"[{"kind": "x"}, {"kind": "y", "depends_on": [2]}]"#,
+        r#"[{"kind": "x"}, {"kind": "y", "depends_on": [-1]}]"#,
+        r#"[{"kind": "x"}, {"kind": "y", "depends_on": [0.5]}]"#,
+        r#"[{"kind": "x"}, {"kind": "y", "depends_on": "0"}]"#,
+    ] {
+        let refused = sqlx::query("SELECT skiplock.enqueue_workflow('bad', $1::jsonb)")
+            .bind(bad)
+            .execute(pool)
+            .await;
+        assert!(refused.is_err(), "{bad} was accepted");
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM skiplock.workflows")
+        .fetch_one(pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn retention_prunes_a_workflow_whole_and_a_deleted_dependency_is_repaired() {
+    let db = database().await;
+    let pool = db.pool();
+    let done = Workflow::new(
+        "done",
+        chain([step(&Add { n: 1 }), step(&AddInput { by: 1 })]),
+    )
+    .enqueue(pool)
+    .await
+    .expect("enqueue");
+    let open = Workflow::new("open", group([step(&Add { n: 1 }), step(&Collect)]))
+        .enqueue(pool)
+        .await
+        .expect("enqueue");
+    // `done` finishes; of `open`, only the add completes (collect's kind has no worker).
+    let builder = worker(pool)
+        .queue("default", 4)
+        .register::<Add>()
+        .register::<AddInput>();
+    with_worker(builder, async {
+        finished(pool, &done.jobs).await;
+        finished(pool, &open.jobs[..1]).await;
+    })
+    .await;
+    let pruner = skiplock::Pruner::new(
+        pool.clone(),
+        PrunerConfig {
+            retention: Retention {
+                completed: Some(Duration::ZERO),
+                failed: Some(Duration::ZERO),
+                cancelled: Some(Duration::ZERO),
+            },
+            ..PrunerConfig::default()
+        },
+    );
+    pruner.run_once().await.expect("prune");
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM skiplock.jobs ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .expect("jobs");
+    assert_eq!(
+        left, open.jobs,
+        "the finished workflow went whole; the open one stays whole"
+    );
+    let workflows: Vec<i64> = sqlx::query_scalar("SELECT id FROM skiplock.workflows")
+        .fetch_all(pool)
+        .await
+        .expect("workflows");
+    assert_eq!(workflows, vec![open.id]);
+    let edges: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM skiplock.job_dependencies WHERE workflow_id = $1")
+            .bind(done.id)
+            .fetch_one(pool)
+            .await
+            .expect("edges");
+    assert_eq!(edges, 0);
+
+    // A dependency deleted by hand while its dependent waits: the rescuer resolves it (as
+    // cancelled), and the dependent does not wait forever.
+    let stranded = Workflow::new(
+        "stranded",
+        chain([step(&Add { n: 1 }), step(&AddInput { by: 1 })]),
+    )
+    .enqueue(pool)
+    .await
+    .expect("enqueue");
+    sqlx::query("DELETE FROM skiplock.jobs WHERE id = $1")
+        .bind(stranded.jobs[0])
+        .execute(pool)
+        .await
+        .expect("delete");
+    let running = start(worker(pool).queue("other", 1).register::<Add>());
+    eventually(
+        Duration::from_secs(20),
+        "the rescuer to repair the workflow",
+        || async { (state(pool, stranded.jobs[1]).await == JobState::Cancelled).then_some(()) },
+    )
+    .await;
+    running.shutdown().await.expect("shutdown");
+}
+
+/// A chord member for the race: records nothing, returns its index.
+#[derive(Debug, Serialize, Deserialize)]
+struct Member {
+    i: i64,
+}
+
+impl Job for Member {
+    const KIND: &'static str = "member";
+}
+
+impl Handler<PgPool> for Member {
+    type Output = i64;
+
+    async fn handle(self, _ctx: JobContext<PgPool>) -> Result<i64, JobError> {
+        Ok(self.i)
+    }
+}
+
+/// The race's callback: records its run and whether its inputs were 0..n in order.
+#[derive(Debug, Serialize, Deserialize)]
+struct Callback {
+    n: i64,
+}
+
+impl Job for Callback {
+    const KIND: &'static str = "callback";
+}
+
+impl Handler<PgPool> for Callback {
+    type Output = ();
+
+    async fn handle(self, ctx: JobContext<PgPool>) -> Result<(), JobError> {
+        let inputs: Vec<i64> = ctx.inputs().await?;
+        let in_order = inputs == (0..self.n).collect::<Vec<_>>();
+        sqlx::query("INSERT INTO callbacks (job_id, in_order) VALUES ($1, $2)")
+            .bind(ctx.id())
+            .bind(in_order)
+            .execute(ctx.state())
+            .await?;
+        Ok(())
+    }
+}
+
+/// The worker process of the race test; does nothing unless that test started it.
+#[test]
+#[ignore = "entry point of the worker processes the workflow race test starts"]
+fn child_worker() {
+    let url = std::env::var(CHILD_ENV).expect("child config");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async move {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect_lazy(&url)
+            .expect("url");
+        Worker::builder(pool.clone(), pool)
+            .queue("default", 25)
+            .poll_interval(Duration::from_millis(100))
+            .shutdown_timeout(Duration::from_secs(5))
+            .register::<Member>()
+            .register::<Callback>()
+            .build()
+            .expect("worker")
+            .run()
+            .await
+            .expect("worker run");
+    });
+}
+
+struct ChildWorker(Child);
+
+impl ChildWorker {
+    fn start(url: &str) -> Self {
+        let child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "child_worker",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, url)
+            .env("RUST_LOG", "off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn worker");
+        Self(child)
+    }
+}
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The issue's test: 1,000-member chords whose members finish on 4 worker processes at once,
+/// 50 runs: every callback runs exactly once, with all 1,000 outputs in order.
+#[tokio::test]
+async fn chord_callbacks_run_exactly_once_when_members_finish_together_on_four_processes() {
+    const CHORDS: usize = 50;
+    const MEMBERS: i64 = 1_000;
+    let db = database().await;
+    let pool = db.pool();
+    sqlx::raw_sql("CREATE TABLE callbacks (job_id bigint NOT NULL, in_order boolean NOT NULL)")
+        .execute(pool)
+        .await
+        .expect("table");
+    // The four processes are up first; every chord is then committed at once, so their
+    // members race from the first claim.
+    let children: Vec<ChildWorker> = (0..4).map(|_| ChildWorker::start(&db.url())).collect();
+    eventually(
+        Duration::from_secs(60),
+        "four live worker processes",
+        || async {
+            let live: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM skiplock.workers WHERE stopped_at IS NULL",
+            )
+            .fetch_one(pool)
+            .await
+            .expect("workers");
+            (live == 4).then_some(())
+        },
+    )
+    .await;
+    let mut tx = pool.begin().await.expect("begin");
+    let mut callbacks = Vec::new();
+    for run in 0..CHORDS {
+        let members = (0..MEMBERS).map(|i| step(&Member { i }));
+        let flow = chord(members, step(&Callback { n: MEMBERS }));
+        let enqueued = Workflow::new(format!("race {run}"), flow)
+            .enqueue(&mut *tx)
+            .await
+            .expect("enqueue");
+        callbacks.extend(enqueued.last_jobs());
+    }
+    tx.commit().await.expect("commit");
+    eventually(
+        Duration::from_secs(240),
+        "every callback to finish",
+        || async {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM skiplock.jobs WHERE id = ANY($1) AND finished_at IS NULL",
+            )
+            .bind(&callbacks)
+            .fetch_one(pool)
+            .await
+            .expect("count");
+            (open == 0).then_some(())
+        },
+    )
+    .await;
+    drop(children);
+    let runs: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT j.id, count(c.job_id), count(*) FILTER (WHERE c.in_order)
+         FROM unnest($1::bigint[]) AS j(id) LEFT JOIN callbacks AS c ON c.job_id = j.id
+         GROUP BY j.id",
+    )
+    .bind(&callbacks)
+    .fetch_all(pool)
+    .await
+    .expect("callbacks");
+    assert_eq!(runs.len(), CHORDS);
+    for (id, ran, in_order) in runs {
+        assert_eq!(
+            (ran, in_order),
+            (1, 1),
+            "callback {id} ran {ran} times ({in_order} in order)"
+        );
+    }
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state::text, count(*) FROM skiplock.jobs GROUP BY 1 ORDER BY 1")
+            .fetch_all(pool)
+            .await
+            .expect("states");
+    assert_eq!(
+        states,
+        vec![("completed".to_owned(), CHORDS as i64 * (MEMBERS + 1))]
+    );
+    // The processes really did finish members of the same chords together.
+    let spread: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT workflow_id FROM skiplock.jobs WHERE kind = 'member'
+                               GROUP BY 1 HAVING count(DISTINCT attempted_by[1]) >= 2) AS w",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("spread");
+    let per_process: Vec<(String, i64)> =
+        sqlx::query_as("SELECT attempted_by[1], count(*) FROM skiplock.jobs GROUP BY 1 ORDER BY 1")
+            .fetch_all(pool)
+            .await
+            .expect("per process");
+    eprintln!(
+        "{spread} of {CHORDS} chords finished on several processes; jobs per process: {per_process:?}"
+    );
+    assert!(
+        spread >= 1 && per_process.len() >= 2,
+        "no chord had members finish on several processes: {per_process:?}"
+    );
+}
