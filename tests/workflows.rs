@@ -494,7 +494,9 @@ async fn retention_prunes_a_workflow_whole_and_a_deleted_dependency_is_repaired(
     running.shutdown().await.expect("shutdown");
 }
 
-/// A chord member for the race: records nothing, returns its index.
+/// A chord member for the race: returns its index at the next 10 ms tick of the wall clock,
+/// so that the members running in every process finish at the same instant and their
+/// completions commit together.
 #[derive(Debug, Serialize, Deserialize)]
 struct Member {
     i: i64,
@@ -508,6 +510,12 @@ impl Handler<PgPool> for Member {
     type Output = i64;
 
     async fn handle(self, _ctx: JobContext<PgPool>) -> Result<i64, JobError> {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let tick = Duration::from_millis(10);
+        let into_tick = Duration::from_nanos((since_epoch.as_nanos() % tick.as_nanos()) as u64);
+        tokio::time::sleep(tick - into_tick).await;
         Ok(self.i)
     }
 }
@@ -695,4 +703,68 @@ async fn chord_callbacks_run_exactly_once_when_members_finish_together_on_four_p
         spread >= 1 && per_process.len() >= 2,
         "no chord had members finish on several processes: {per_process:?}"
     );
+}
+
+/// The interleaving that a release test reading the dependency rows would get wrong, forced:
+/// two transactions finish a chord's last two members; the second blocks on a row the first
+/// holds (the workflow's, then the callback's counter) and goes on once the first commits. The
+/// callback is released once, by the second. (With the workflow row's update removed and the
+/// count read from the dependency rows, this fails: both miss each other's write.)
+#[tokio::test]
+async fn the_last_two_members_finishing_in_concurrent_transactions_release_the_callback_once() {
+    let db = database().await;
+    let pool = db.pool();
+    let enqueued = Workflow::new(
+        "pair",
+        chord([step(&Add { n: 1 }), step(&Add { n: 2 })], step(&Collect)),
+    )
+    .enqueue(pool)
+    .await
+    .expect("enqueue");
+    let (a, b, callback) = (enqueued.jobs[0], enqueued.jobs[1], enqueued.jobs[2]);
+    let finish = "UPDATE skiplock.jobs SET state = 'completed', finished_at = now(), result = '1'
+                  WHERE id = $1";
+    let mut first = pool.begin().await.expect("begin");
+    sqlx::query(finish)
+        .bind(a)
+        .execute(&mut *first)
+        .await
+        .expect("finish a");
+    let second = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut tx = pool.begin().await.expect("begin");
+            sqlx::query(finish)
+                .bind(b)
+                .execute(&mut *tx)
+                .await
+                .expect("finish b");
+            tx.commit().await.expect("commit b");
+        })
+    };
+    // The second waits for the first's lock on the callback's counter.
+    eventually(
+        Duration::from_secs(10),
+        "the second to wait for the lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(pool)
+            .await
+            .expect("activity");
+            (waiting == 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(state(pool, callback).await, JobState::Pending);
+    first.commit().await.expect("commit a");
+    second.await.expect("second");
+    assert_eq!(state(pool, callback).await, JobState::Available);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM skiplock.pending_jobs")
+        .fetch_one(pool)
+        .await
+        .expect("pending");
+    assert_eq!(left, 0);
 }
