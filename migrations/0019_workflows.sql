@@ -4,8 +4,8 @@
 -- the rescuer, a cancel). docs/schema.md documents every table, column and function here;
 -- docs/workflows.md the model.
 --
--- Only enqueue_workflow and cancel_workflow are SECURITY DEFINER (an enqueuer calls them with
--- no right on the tables behind them); the rest run with the rights of whoever finishes a job:
+-- Only enqueue_workflow, cancel_workflow and retry_workflow are SECURITY DEFINER (an enqueuer
+-- calls them with no right on the tables behind them); the rest run with the rights of whoever finishes a job:
 -- a worker, or the owner through skiplock.cancel.
 --
 -- Everything new is reached only through `jobs.workflow_id`, so jobs outside workflows pay
@@ -346,6 +346,60 @@ BEGIN
 END
 $$;
 
+-- Puts a workflow's failed and cancelled jobs back: those whose dependencies all completed
+-- become `available` (as skiplock.retry() does one job: one more attempt if they had used them
+-- all), the others `pending` again, waiting for the jobs put back before them. The dependency
+-- rows on the jobs put back are unresolved again, so the workflow runs on from where it
+-- stopped; completed jobs keep their results. Returns how many jobs it put back, or NULL when
+-- there is no such workflow.
+CREATE FUNCTION skiplock.retry_workflow(id bigint) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    wf bigint := retry_workflow.id;
+    again bigint[];
+    queues text[];
+BEGIN
+    IF NOT EXISTS (SELECT FROM skiplock.workflows WHERE id = wf) THEN
+        RETURN NULL;
+    END IF;
+    -- Rows in the order a completion takes them (jobs, then the workflow's row).
+    SELECT array_agg(id ORDER BY id) INTO again
+    FROM (SELECT id FROM skiplock.jobs
+          WHERE workflow_id = wf AND state IN ('failed', 'cancelled')
+          ORDER BY id FOR UPDATE) AS f;
+    IF again IS NULL THEN
+        RETURN 0;
+    END IF;
+    UPDATE skiplock.workflows SET cancelled_at = NULL WHERE id = wf;
+    UPDATE skiplock.job_dependencies SET outcome = NULL
+    WHERE depends_on = ANY (again) AND outcome IS NOT NULL;
+    -- What each job put back still waits for.
+    INSERT INTO skiplock.pending_jobs (job_id, workflow_id, waiting_for)
+    SELECT d.job_id, wf, count(*)
+    FROM skiplock.job_dependencies AS d
+    WHERE d.job_id = ANY (again) AND d.outcome IS NULL
+    GROUP BY d.job_id
+    ON CONFLICT (job_id) DO UPDATE SET waiting_for = EXCLUDED.waiting_for;
+    WITH back AS (
+        UPDATE skiplock.jobs AS j
+        SET state = CASE WHEN p.job_id IS NULL THEN 'available'
+                         ELSE 'pending' END::skiplock.job_state,
+            run_at = now(), finished_at = NULL, cancel_requested_at = NULL, lease_token = NULL,
+            max_attempts = greatest(j.max_attempts, j.attempt + 1)
+        FROM skiplock.jobs AS o
+        LEFT JOIN skiplock.pending_jobs AS p ON p.job_id = o.id
+        WHERE j.id = o.id AND o.id = ANY (again)
+        RETURNING j.queue, j.state
+    )
+    SELECT array_agg(queue) FILTER (WHERE state = 'available') INTO queues FROM back;
+    IF queues IS NOT NULL THEN
+        PERFORM skiplock.wake(queues);
+    END IF;
+    RETURN cardinality(again);
+END
+$$;
+
 -- Finds dependencies whose end no trigger saw (a dependency deleted by hand while others
 -- waited for it, or rows restored with triggers off) and resolves them: a missing job counts
 -- as cancelled. Run by the rescuer; returns how many dependencies it resolved.
@@ -418,11 +472,12 @@ REVOKE EXECUTE ON FUNCTION skiplock.resolve_dependencies(bigint, skiplock.job_st
                           skiplock.workflow_job_changed(),
                           skiplock.enqueue_workflow(text, jsonb, text),
                           skiplock.cancel_workflow(bigint),
+                          skiplock.retry_workflow(bigint),
                           skiplock.repair_workflows(integer),
                           skiplock.prune_workflows(double precision, integer)
     FROM PUBLIC;
 
--- As 0017's, plus: enqueuers enqueue and cancel workflows (both functions are SECURITY DEFINER:
+-- As 0017's, plus: enqueuers enqueue, cancel and retry workflows (the functions are SECURITY DEFINER:
 -- the rows they write need no grant of their own).
 CREATE OR REPLACE FUNCTION skiplock.grant_access(grantee regrole, access text) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -432,7 +487,7 @@ DECLARE
                 'text[], text, boolean, skiplock.job_state[], double precision, text), '
                 'skiplock.cancel(bigint), skiplock.retry(bigint), skiplock.wake(text[]), '
                 'skiplock.unique_key_of(text, jsonb), skiplock.enqueue_workflow(text, jsonb, text), '
-                'skiplock.cancel_workflow(bigint)';
+                'skiplock.cancel_workflow(bigint), skiplock.retry_workflow(bigint)';
 BEGIN
     IF access NOT IN ('enqueuer', 'worker', 'observer') OR access IS NULL THEN
         RAISE EXCEPTION 'skiplock.grant_access: access must be enqueuer, worker or observer, not %', access
@@ -471,7 +526,7 @@ END
 $$;
 
 -- Roles granted enqueuer access before this migration (those with column-level INSERT on
--- jobs.kind, as 0017 found them) get the two functions.
+-- jobs.kind, as 0017 found them) get the three functions.
 DO $$
 DECLARE
     granted record;
@@ -483,7 +538,8 @@ BEGIN
           AND a.privilege_type = 'INSERT' AND a.grantee <> 0
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION skiplock.enqueue_workflow(text, jsonb, text), '
-                       'skiplock.cancel_workflow(bigint) TO %s', granted.grantee::regrole);
+                       'skiplock.cancel_workflow(bigint), skiplock.retry_workflow(bigint) TO %s',
+                       granted.grantee::regrole);
     END LOOP;
 END
 $$;

@@ -322,6 +322,26 @@ pub async fn cancel<'e>(
         }))
 }
 
+/// Puts workflow `id`'s failed and cancelled jobs back, so it runs on from where it stopped:
+/// those whose dependencies all completed become runnable (with one more attempt if they had
+/// used them all, as [`crate::retry`] does), the jobs that failed or were cancelled because of
+/// them wait again. Completed jobs keep their results and do not run again. Returns how many
+/// jobs it put back; `None` when there is no such workflow. Also
+/// `SELECT skiplock.retry_workflow(id)`.
+///
+/// # Errors
+/// [`WorkflowError::Database`] when the statement fails.
+///
+/// # Cancel safety
+/// Cancel safe: one statement.
+pub async fn retry<'e>(
+    executor: impl PgExecutor<'e>,
+    id: i64,
+) -> Result<Option<u64>, WorkflowError> {
+    let retried = db::workflow::retry(executor, id).await?;
+    Ok(retried.map(|n| u64::try_from(n).unwrap_or(0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

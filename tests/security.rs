@@ -323,7 +323,8 @@ async fn nobody_else_may_execute_the_functions_and_definers_pin_their_search_pat
             "cancel_workflow",
             "enqueue",
             "enqueue_workflow",
-            "retry"
+            "retry",
+            "retry_workflow"
         ]
     );
 }

@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use skiplock::inspect::{self, Reason, WorkflowState};
 use skiplock::workflow::{self, OnFailure, Step, Workflow, chain, chord, group};
-use skiplock::{Handler, Job, JobContext, JobError, JobState, PrunerConfig, Retention, Worker};
+use skiplock::{
+    EnqueueOptions, Handler, Job, JobContext, JobError, JobState, NewJob, PrunerConfig, Retention,
+    Worker,
+};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -767,4 +770,72 @@ async fn the_last_two_members_finishing_in_concurrent_transactions_release_the_c
         .await
         .expect("pending");
     assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn retrying_a_failed_workflow_runs_it_on_from_where_it_stopped() {
+    let db = database().await;
+    let pool = db.pool();
+    // The failing member fails for good on its first attempt, failing the two reports.
+    let flaky = NewJob::with_options(
+        &common::Fail {
+            mode: "once".to_owned(),
+        },
+        EnqueueOptions::new().max_attempts(1),
+    )
+    .expect("job");
+    let flow = chain([
+        chord([step(&Add { n: 1 }), Step::from(flaky)], step(&Report)),
+        step(&Report),
+    ]);
+    let enqueued = Workflow::new("flaky", flow)
+        .enqueue(pool)
+        .await
+        .expect("enqueue");
+    let builder = || workers(pool).register::<common::Fail>();
+    with_worker(builder(), finished(pool, &enqueued.jobs)).await;
+    let states = |ids: Vec<i64>| async move {
+        let mut states = Vec::new();
+        for id in ids {
+            states.push(state(pool, id).await);
+        }
+        states
+    };
+    use JobState::{Completed, Failed, Pending};
+    assert_eq!(
+        states(enqueued.jobs.clone()).await,
+        [Completed, Failed, Failed, Failed]
+    );
+
+    assert_eq!(
+        workflow::retry(pool, enqueued.id).await.expect("retry"),
+        Some(3)
+    );
+    assert_eq!(
+        states(enqueued.jobs.clone()).await,
+        [Completed, JobState::Available, Pending, Pending]
+    );
+    assert_eq!(
+        workflow::retry(pool, enqueued.id + 99)
+            .await
+            .expect("retry"),
+        None
+    );
+    with_worker(builder(), finished(pool, &enqueued.jobs)).await;
+    assert_eq!(states(enqueued.jobs.clone()).await, [Completed; 4]);
+    assert_eq!(
+        result(pool, enqueued.jobs[2]).await,
+        json!(["completed", "completed"])
+    );
+    // The completed member did not run again.
+    let adds: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'add'")
+        .fetch_one(pool)
+        .await
+        .expect("ledger");
+    assert_eq!(adds, 1);
+    let info = inspect::workflow(pool, enqueued.id, 0)
+        .await
+        .expect("inspect")
+        .expect("workflow");
+    assert_eq!((info.state, info.unfinished), (WorkflowState::Completed, 0));
 }

@@ -54,6 +54,16 @@ pub(crate) async fn cancel<'e>(
     .await
 }
 
+/// `skiplock.retry_workflow`: how many jobs it put back; `None` when there is no such workflow.
+pub(crate) async fn retry<'e>(
+    executor: impl PgExecutor<'e>,
+    id: i64,
+) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT skiplock.retry_workflow($1) AS "retried""#, id)
+        .fetch_one(executor)
+        .await
+}
+
 /// One dependency of a job, in `position` order.
 pub(crate) struct Dependency {
     pub(crate) job_id: i64,
