@@ -105,6 +105,8 @@ async fn latency_is_measured_per_job_with_and_without_notify() {
 #[tokio::test]
 async fn a_steady_load_reports_rates_backlog_and_the_held_snapshot() {
     let db = TestDatabase::new().await.expect("database");
+    let dir = std::env::temp_dir().join(format!("skiplock-steady-{}", db.name()));
+    std::fs::create_dir_all(&dir).expect("dir");
     let steady = Steady {
         rate: 200,
         duration: Duration::from_secs(3),
@@ -114,6 +116,10 @@ async fn a_steady_load_reports_rates_backlog_and_the_held_snapshot() {
             at: Duration::from_secs(1),
             hold: Duration::from_secs(1),
         }),
+        sample_every: Duration::from_millis(500),
+        samples: Some(dir.join("samples.jsonl")),
+        chart: Some(dir.join("soak.svg")),
+        retention: Some(Duration::from_secs(1)),
     };
     let report = run(&db, Scenario::Steady(steady), false).await;
     assert_eq!(report.scenario, "steady");
@@ -125,4 +131,29 @@ async fn a_steady_load_reports_rates_backlog_and_the_held_snapshot() {
         .expect("a timeline");
     assert_eq!(per_second.len(), 3);
     assert!(report.details.contains_key("per_s_during_hold"));
+
+    // The soak's samples: one JSON line every 500 ms, the held snapshot visible in them.
+    let lines = std::fs::read_to_string(dir.join("samples.jsonl")).expect("samples");
+    let samples: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert!(
+        (5..=6).contains(&samples.len()),
+        "{} samples",
+        samples.len()
+    );
+    assert!(samples.iter().all(|s| s["table_bytes"].as_i64() > Some(0)));
+    assert!(samples.iter().any(|s| s["lag_p99_ms"].is_number()));
+    assert!(
+        samples
+            .iter()
+            .any(|s| s["xmin_held_s"].as_f64().is_some_and(|held| held >= 0.3)),
+        "the held snapshot shows in the xmin horizon: {lines}"
+    );
+    assert_eq!(report.details["samples"], samples.len());
+    assert!(report.details.contains_key("lag_p99_ms_end_window"));
+    let svg = std::fs::read_to_string(dir.join("soak.svg")).expect("chart");
+    assert!(svg.starts_with("<svg") && svg.contains("pickup lag"));
+    std::fs::remove_dir_all(dir).expect("cleanup");
 }

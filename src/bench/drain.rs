@@ -9,7 +9,7 @@ use super::probe::{KIND, Noop, Probe};
 use super::{BenchConfig, BenchDatabase, BenchError, Progress, QUEUE, Report, cost, reporting};
 use crate::db;
 use crate::metrics::{Format, Metrics};
-use crate::{Worker, WorkerHandle};
+use crate::{Retention, Worker, WorkerHandle};
 
 /// How often a drain with metrics encodes them, as a scrape would (Prometheus scrapes every
 /// 15 s by default: this is the pessimistic end).
@@ -88,6 +88,7 @@ impl Drain {
             self.concurrency,
             self.workers,
             metrics.as_ref(),
+            None,
         )?;
         let dashboard = if self.dashboard {
             Some(open_dashboard(database.pool(2).await?).await?)
@@ -210,6 +211,7 @@ pub(super) fn start_workers(
     concurrency: usize,
     count: u32,
     metrics: Option<&Metrics>,
+    retention: Option<Duration>,
 ) -> Result<Vec<WorkerHandle>, BenchError> {
     let workers = (0..count)
         .map(|index| {
@@ -219,6 +221,15 @@ pub(super) fn start_workers(
                 .id(format!("bench-{}-{index}", std::process::id()))
                 .synchronous_commit(!config.async_commit)
                 .run_scheduler(false);
+            let builder = match retention {
+                Some(kept) => builder
+                    .retention(Retention {
+                        completed: Some(kept),
+                        ..Retention::default()
+                    })
+                    .prune_interval(kept.clamp(Duration::from_secs(1), Duration::from_secs(30))),
+                None => builder,
+            };
             match metrics {
                 Some(metrics) => builder.metrics(metrics),
                 None => builder,

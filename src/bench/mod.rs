@@ -22,6 +22,7 @@ mod insert;
 mod inspect;
 mod latency;
 mod probe;
+mod soak;
 mod steady;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +72,15 @@ pub enum BenchError {
     /// A setting is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// A soak's samples or chart could not be written to the file named.
+    #[error("could not write {0}")]
+    Output(String, #[source] std::io::Error),
+    /// A sample did not serialize.
+    #[error("could not serialize a sample")]
+    Json(#[source] serde_json::Error),
+    /// The chart could not be drawn into the file named (the message says why).
+    #[error("could not draw the chart {0}: {1}")]
+    Chart(String, String),
 }
 
 impl From<crate::EnqueueError> for BenchError {

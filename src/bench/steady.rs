@@ -1,6 +1,6 @@
 //! A fixed offered load: `skiplock bench steady`.
 
-use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -9,6 +9,7 @@ use sqlx::{Connection as _, PgPool};
 
 use super::drain::{start_workers, stop_all};
 use super::probe::{KIND, Noop, Probe};
+use super::soak::{self, Commits, Sample};
 use super::{BenchConfig, BenchDatabase, BenchError, Progress, QUEUE, Report, reporting};
 use crate::{NewJob, db, enqueue_many};
 
@@ -30,6 +31,17 @@ pub struct Steady {
     pub concurrency: usize,
     /// A `REPEATABLE READ` transaction held open during the run, pinning the xmin horizon.
     pub hold_snapshot: Option<HoldSnapshot>,
+    /// How often the soak samples (throughput, pickup-lag percentiles, backlog, table and index
+    /// sizes, dead rows, autovacuum runs, the xmin horizon). Default 5 s; at least 100 ms.
+    pub sample_every: Duration,
+    /// Where to write the samples as JSON lines, each as soon as it is taken. Default: nowhere.
+    pub samples: Option<PathBuf>,
+    /// Where to draw the samples as an SVG chart at the end. Default: nowhere.
+    pub chart: Option<PathBuf>,
+    /// How long the workers keep completed jobs before their pruner deletes them (every
+    /// `min(retention, 30 s)`). Default `None`: the worker's default retention (24 hours), so
+    /// nothing is pruned during a run shorter than that.
+    pub retention: Option<Duration>,
 }
 
 impl Default for Steady {
@@ -40,6 +52,10 @@ impl Default for Steady {
             workers: 1,
             concurrency: 1_000,
             hold_snapshot: None,
+            sample_every: Duration::from_secs(5),
+            samples: None,
+            chart: None,
+            retention: None,
         }
     }
 }
@@ -73,6 +89,11 @@ impl Steady {
                 "rate, duration, workers and concurrency must be above zero".into(),
             ));
         }
+        if self.sample_every < Duration::from_millis(100) {
+            return Err(BenchError::Invalid(
+                "samples must be at least 100 ms apart".into(),
+            ));
+        }
         if let Some(hold) = self.hold_snapshot
             && hold.at + hold.hold > self.duration
         {
@@ -90,6 +111,8 @@ impl Steady {
             Some(_) => Some(database.connect().await?),
             None => None,
         };
+        let mut sampler_conn = database.connect().await?;
+        let mut lines = soak::Lines::create(self.samples.as_deref())?;
         // Last, so that no fallible step comes after the workers are running.
         let metrics = config.metrics.then(crate::metrics::Metrics::new);
         let workers = start_workers(
@@ -99,13 +122,30 @@ impl Steady {
             self.concurrency,
             self.workers,
             metrics.as_ref(),
+            self.retention,
         )?;
 
         let enqueued = Arc::new(AtomicU64::new(0));
+        let commits = Arc::new(Commits::default());
         let started = Instant::now();
         let run = async {
-            let enqueuer = enqueue_for(&enqueue_pool, self.rate, self.duration, enqueued.clone());
+            let enqueuer = enqueue_for(
+                &enqueue_pool,
+                self.rate,
+                self.duration,
+                enqueued.clone(),
+                commits.clone(),
+            );
             let timeline = sample(&probe, &enqueued, self.duration);
+            let soak = soak_samples(
+                &probe,
+                &enqueued,
+                &commits,
+                self.duration,
+                self.sample_every,
+                &mut sampler_conn,
+                &mut lines,
+            );
             let hold = async {
                 if let (Some(hold), Some(mut conn)) = (self.hold_snapshot, holder) {
                     tokio::time::sleep(hold.at).await;
@@ -118,35 +158,36 @@ impl Steady {
                 }
                 Ok::<_, sqlx::Error>(())
             };
-            let (commits, timeline, hold) = tokio::join!(enqueuer, timeline, hold);
+            let (enqueued, timeline, hold, soak) = tokio::join!(enqueuer, timeline, hold, soak);
             hold.map_err(BenchError::database("hold a snapshot"))?;
-            Ok::<_, BenchError>((commits?, timeline))
+            enqueued?;
+            Ok::<_, BenchError>((timeline, soak?))
         };
         let total = u64::from(self.rate) * self.duration.as_secs();
         let outcome = reporting("steady", Some(total), || probe.started(), progress, run).await;
         let seconds = started.elapsed().as_secs_f64();
         // Read the backlog and completions as the offered load stops, before the workers drain.
+        let started_by_end = probe.started();
         let completed = db::bench::completed(&mut conn, KIND).await;
         let backlog_end = db::bench::backlog(&mut conn, QUEUE).await;
         let stopped = stop_all(workers).await;
         worker_pool.close().await;
         enqueue_pool.close().await;
-        let (commits, timeline) = outcome?;
+        let (timeline, (samples, mut latencies)) = outcome?;
         stopped?;
         let completed = completed.map_err(BenchError::database("count completed jobs"))?;
         let backlog_end = backlog_end.map_err(BenchError::database("count the backlog"))?;
 
-        let latencies = probe
-            .take_starts()
-            .into_iter()
-            .filter_map(|(id, began)| {
-                let committed = commits.get(&id)?;
-                Some(began.saturating_duration_since(*committed).as_secs_f64() * 1_000.0)
-            })
-            .collect();
+        latencies.extend(commits.lags(probe.take_starts()));
         let rates: Vec<u64> = timeline.iter().map(|second| second.started).collect();
         let backlogs: Vec<u64> = timeline.iter().map(|second| second.backlog).collect();
-        let mut report = Report::new("steady", completed.count as u64, seconds)
+        // With retention the pruner deletes completed rows during the run: count the handlers'
+        // starts instead (the benchmark's handler does nothing, so each start completes).
+        let jobs = match self.retention {
+            Some(_) => started_by_end,
+            None => completed.count as u64,
+        };
+        let mut report = Report::new("steady", jobs, seconds)
             .latencies(latencies)
             .detail("offered_per_s", self.rate)
             .detail("enqueued", enqueued.load(Ordering::Relaxed))
@@ -159,19 +200,27 @@ impl Steady {
         if let Some(hold) = self.hold_snapshot {
             report = hold_summary(report, hold, &rates, &backlogs);
         }
+        report = soak_summary(report, &samples, self.sample_every);
+        if let Some(path) = &self.chart {
+            let title = format!(
+                "skiplock bench steady: {} jobs/s offered for {:?}",
+                self.rate, self.duration
+            );
+            soak::chart(path, &title, &samples)?;
+        }
         before.finish(&mut conn, report).await
     }
 }
 
-/// Enqueues `rate` jobs a second for `duration`, every [`TICK`] whatever is due; returns when
-/// each job's insert committed.
+/// Enqueues `rate` jobs a second for `duration`, every [`TICK`] whatever is due, recording
+/// when each job's insert committed in `commits`.
 async fn enqueue_for(
     pool: &PgPool,
     rate: u32,
     duration: Duration,
     enqueued: Arc<AtomicU64>,
-) -> Result<HashMap<i64, Instant>, BenchError> {
-    let mut commits = HashMap::new();
+    commits: Arc<Commits>,
+) -> Result<(), BenchError> {
     let started = Instant::now();
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -185,15 +234,99 @@ async fn enqueue_for(
                 .map(|n| NewJob::new(&Noop::new(n as i64)))
                 .collect::<Result<Vec<_>, _>>()?;
             let ids = enqueue_many(pool, jobs).await?;
-            let committed = Instant::now();
-            commits.extend(ids.into_iter().map(|id| (id, committed)));
+            commits.record(ids, Instant::now());
             sent = due;
             enqueued.store(sent, Ordering::Relaxed);
         }
         if elapsed >= duration {
-            return Ok(commits);
+            return Ok(());
         }
     }
+}
+
+/// Takes a [`Sample`] every `every` for `duration`, writing each to `lines`; returns them and
+/// every pickup lag measured (ms).
+async fn soak_samples(
+    probe: &Probe,
+    enqueued: &AtomicU64,
+    commits: &Commits,
+    duration: Duration,
+    every: Duration,
+    conn: &mut sqlx::PgConnection,
+    lines: &mut soak::Lines,
+) -> Result<(Vec<Sample>, Vec<f64>), BenchError> {
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut all_lags = Vec::new();
+    let (mut last_at, mut last_offered, mut last_started) = (0.0, 0, 0);
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    while started.elapsed() < duration {
+        ticks.tick().await;
+        let t_s = started.elapsed().as_secs_f64();
+        let (offered, begun) = (enqueued.load(Ordering::Relaxed), probe.started());
+        let mut lags = commits.lags(probe.take_starts());
+        all_lags.extend_from_slice(&lags);
+        let (lag_p50_ms, lag_p99_ms, lag_max_ms) = soak::percentiles(&mut lags);
+        let span = (t_s - last_at).max(f64::EPSILON);
+        let mut sample = Sample {
+            t_s,
+            offered_per_s: (offered - last_offered) as f64 / span,
+            started_per_s: begun.saturating_sub(last_started) as f64 / span,
+            backlog: offered.saturating_sub(begun),
+            lag_p50_ms,
+            lag_p99_ms,
+            lag_max_ms,
+            ..Sample::default()
+        };
+        soak::read_table(conn, &mut sample).await?;
+        lines.write(&sample)?;
+        samples.push(sample);
+        (last_at, last_offered, last_started) = (t_s, offered, begun);
+    }
+    Ok((samples, all_lags))
+}
+
+/// What a soak's samples say: the worst sample against the offered rate, pickup lag at the
+/// start and the end of the run, and where the table's size went.
+fn soak_summary(report: Report, samples: &[Sample], every: Duration) -> Report {
+    if samples.is_empty() {
+        return report;
+    }
+    // The first and last five minutes, or fifths of shorter runs.
+    let window = ((300.0 / every.as_secs_f64()) as usize)
+        .min(samples.len() / 5)
+        .max(1);
+    let p99_of = |part: &[Sample]| {
+        let mut p99s: Vec<f64> = part.iter().filter_map(|s| s.lag_p99_ms).collect();
+        soak::percentiles(&mut p99s).2
+    };
+    let lowest_ratio = samples
+        .iter()
+        .filter(|s| s.offered_per_s > 0.0)
+        .map(|s| s.started_per_s / s.offered_per_s)
+        .fold(f64::INFINITY, f64::min);
+    let max_of = |f: fn(&Sample) -> i64| samples.iter().map(f).max().unwrap_or(0);
+    let last = samples.last().cloned().unwrap_or_default();
+    report
+        .detail("samples", samples.len())
+        .detail("sample_every_s", every.as_secs_f64())
+        .detail(
+            "lowest_started_to_offered",
+            lowest_ratio.is_finite().then_some(lowest_ratio),
+        )
+        .detail("lag_p99_ms_start_window", p99_of(&samples[..window]))
+        .detail(
+            "lag_p99_ms_end_window",
+            p99_of(&samples[samples.len() - window..]),
+        )
+        .detail("table_bytes_max", max_of(|s| s.table_bytes))
+        .detail("index_bytes_max", max_of(|s| s.index_bytes))
+        .detail("table_bytes_end", last.table_bytes)
+        .detail("index_bytes_end", last.index_bytes)
+        .detail("dead_rows_max", max_of(|s| s.dead_rows))
+        .detail("autovacuums", last.autovacuums)
 }
 
 /// Samples, once a second for `duration`, the jobs started during that second and the backlog

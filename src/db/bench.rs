@@ -246,3 +246,45 @@ pub(crate) async fn fill_backlog<'e>(
     .await?;
     Ok(done.rows_affected())
 }
+
+/// What a soak samples of the table and the server every few seconds.
+pub(crate) struct TableHealth {
+    /// `pg_table_size('skiplock.jobs')`: heap, TOAST and free space map, in bytes.
+    pub(crate) table_bytes: i64,
+    /// `pg_indexes_size('skiplock.jobs')`, in bytes.
+    pub(crate) index_bytes: i64,
+    pub(crate) live_rows: i64,
+    pub(crate) dead_rows: i64,
+    /// Autovacuum and autoanalyze runs on the table since the statistics were reset.
+    pub(crate) autovacuums: i64,
+    pub(crate) autoanalyzes: i64,
+    /// The age in transactions of the oldest snapshot any session holds (`backend_xmin`), and
+    /// how long the oldest transaction holding one has been open: the xmin horizon.
+    pub(crate) xmin_age: Option<i32>,
+    pub(crate) xmin_held_secs: Option<f64>,
+}
+
+/// Reads [`TableHealth`] (after [`clear_stats_snapshot`], for fresh statistics).
+pub(crate) async fn table_health<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<TableHealth, sqlx::Error> {
+    sqlx::query_as!(
+        TableHealth,
+        r#"
+        SELECT pg_table_size('skiplock.jobs') AS "table_bytes!",
+               pg_indexes_size('skiplock.jobs') AS "index_bytes!",
+               coalesce(s.n_live_tup, 0) AS "live_rows!",
+               coalesce(s.n_dead_tup, 0) AS "dead_rows!",
+               coalesce(s.autovacuum_count, 0) AS "autovacuums!",
+               coalesce(s.autoanalyze_count, 0) AS "autoanalyzes!",
+               (SELECT max(age(a.backend_xmin)) FROM pg_stat_activity AS a
+                WHERE a.backend_xmin IS NOT NULL AND a.pid <> pg_backend_pid()) AS xmin_age,
+               (SELECT extract(epoch FROM now() - min(a.xact_start))::float8 FROM pg_stat_activity AS a
+                WHERE a.backend_xmin IS NOT NULL AND a.pid <> pg_backend_pid()) AS xmin_held_secs
+        FROM (SELECT 1) AS one
+        LEFT JOIN pg_stat_user_tables AS s ON s.relid = 'skiplock.jobs'::regclass
+        "#
+    )
+    .fetch_one(executor)
+    .await
+}

@@ -138,6 +138,10 @@ fn scenario(args: BenchScenario) -> Scenario {
                 .hold_snapshot_at
                 .zip(args.hold_snapshot_for)
                 .map(|(at, hold)| HoldSnapshot { at, hold }),
+            sample_every: args.sample_every,
+            samples: args.samples,
+            chart: args.chart,
+            retention: args.retention,
         }),
         BenchScenario::Latency(args) => Scenario::Latency(Latency {
             samples: args.samples,

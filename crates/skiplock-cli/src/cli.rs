@@ -239,6 +239,24 @@ pub(crate) struct BenchSteadyArgs {
     /// ...and keep it open this long (e.g. 60s).
     #[arg(long, value_parser = humantime::parse_duration, requires = "hold_snapshot_at")]
     pub(crate) hold_snapshot_for: Option<Duration>,
+
+    /// How often to sample throughput, pickup lag, backlog, table and index sizes, dead rows,
+    /// autovacuum runs and the xmin horizon (a soak).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) sample_every: Duration,
+
+    /// Write each sample as a JSON line to this file, as it is taken.
+    #[arg(long)]
+    pub(crate) samples: Option<std::path::PathBuf>,
+
+    /// Draw the samples as an SVG chart into this file at the end.
+    #[arg(long)]
+    pub(crate) chart: Option<std::path::PathBuf>,
+
+    /// Prune completed jobs this long after they finish during the run (e.g. 60s), as a
+    /// production worker configured so would.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) retention: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
