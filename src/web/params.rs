@@ -44,7 +44,7 @@ pub(crate) fn check_args_len(filter: &JobFilter) -> Result<(), String> {
     Ok(())
 }
 
-/// `?state=failed,retryable&queue=emails&kind=…&tag=…&schedule=…&args={"user":7}&order=oldest&after=123&limit=50`.
+/// `?state=failed,retryable&queue=emails&kind=…&tag=…&schedule=…&workflow=12&args={"user":7}&order=oldest&after=123&limit=50`.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub(crate) struct JobParams {
     /// States, comma-separated.
@@ -58,6 +58,9 @@ pub(crate) struct JobParams {
     pub(crate) tag: Option<String>,
     #[serde(default)]
     pub(crate) schedule: Option<String>,
+    /// A workflow's id.
+    #[serde(default)]
+    pub(crate) workflow: Option<String>,
     /// A JSON value the arguments contain (`@>`).
     #[serde(default)]
     pub(crate) args: Option<String>,
@@ -97,6 +100,12 @@ impl JobParams {
         }
         if let Some(schedule) = given(self.schedule.as_ref()) {
             filter = filter.schedule(schedule);
+        }
+        if let Some(workflow) = given(self.workflow.as_ref()) {
+            let id = workflow
+                .parse()
+                .map_err(|_| format!("workflow is a workflow id, not {workflow:?}"))?;
+            filter = filter.workflow(id);
         }
         if let Some(args) = given(self.args.as_ref()) {
             if args.len() > MAX_ARGS_FILTER {
@@ -146,6 +155,7 @@ impl JobParams {
             ("kind", &self.kind),
             ("tag", &self.tag),
             ("schedule", &self.schedule),
+            ("workflow", &self.workflow),
             ("args", &self.args),
             ("order", &self.order),
             ("limit", &self.limit),
@@ -198,6 +208,17 @@ mod tests {
             order: Some("random()".into()),
             ..JobParams::default()
         });
+        bad(JobParams {
+            workflow: Some("1 OR true".into()),
+            ..JobParams::default()
+        });
+        let workflow = JobParams {
+            workflow: Some(" 12 ".into()),
+            ..JobParams::default()
+        };
+        assert_eq!(workflow.filter().expect("filter").workflow, Some(12));
+        assert!(!matches_everything(&workflow.filter().expect("filter")));
+        assert_eq!(workflow.with_after(Some(3)), "workflow=12&after=3");
         for empty in ["{}", "[]", "null", " {} "] {
             let filter = JobParams {
                 args: Some(empty.into()),

@@ -72,6 +72,10 @@ pub(crate) struct FilterArgs {
     /// Jobs enqueued by this schedule.
     #[arg(long, value_name = "NAME")]
     pub(crate) schedule: Option<String>,
+
+    /// Jobs of this workflow (`skiplock workflows list` gives the ids).
+    #[arg(long, value_name = "ID")]
+    pub(crate) workflow: Option<i64>,
 }
 
 fn state() -> impl clap::builder::TypedValueParser<Value = JobState> {
