@@ -476,7 +476,7 @@ async fn bulk(
 }
 
 /// Asks on the terminal; whether the answer is yes.
-fn confirm(question: &str) -> anyhow::Result<bool> {
+pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
     use std::io::Write as _;
     let mut stderr = std::io::stderr().lock();
     stderr.write_all(question.as_bytes())?;

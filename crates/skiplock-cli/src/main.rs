@@ -13,6 +13,7 @@ mod metrics;
 mod migrate;
 mod schedules;
 mod text;
+mod workflows;
 
 use std::error::Error as StdError;
 use std::io::IsTerminal as _;
@@ -62,6 +63,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             enqueue::run(&connect(cli.database_url).await?, job).await
         }
         Command::Jobs(command) => jobs::run(command, connect(cli.database_url)).await,
+        Command::Workflows(command) => {
+            workflows::run(command, &connect(cli.database_url).await?).await
+        }
         Command::Queues(cli_inspect::QueuesCommand::List(args)) => {
             fleet::queues(&connect(cli.database_url).await?, args).await
         }
