@@ -166,6 +166,13 @@ async fn watch_streams_progress_as_the_handler_reports_it() {
         .expect("a first update")
         .expect("update");
     assert_eq!(first.state, JobState::Available);
+    // Nothing changed: nothing more comes (the update seen is not sent again and again).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), updates.next())
+            .await
+            .is_err(),
+        "an update while nothing changed"
+    );
 
     let running = start(worker(pool).queue("default", 1).register::<Steps>());
     let mut percents = Vec::new();

@@ -1969,3 +1969,170 @@ async fn a_workflow_is_cancelled_only_with_full_access_the_same_origin_and_a_csr
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+// ----- job streams pushed by notifications -----
+
+async fn waiters_of(pool: &PgPool, id: i64) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM skiplock.job_waiters WHERE job_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("job_waiters")
+}
+
+#[tokio::test]
+async fn a_jobs_stream_is_pushed_between_polls_and_its_registration_goes_with_it() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(
+        pool,
+        "import",
+        "default",
+        "available",
+        serde_json::json!({}),
+    )
+    .await;
+    // Polled once a minute: what arrives sooner was pushed.
+    let app = Dashboard::new(pool.clone())
+        .live_interval(Duration::from_secs(60))
+        .router();
+    let path = format!("/api/v1/events?job={id}");
+    let mut tab = EventBody::open(&app, &path).await;
+    let mut other_tab = EventBody::open(&app, &path).await;
+    assert_eq!(
+        tab.event(Duration::from_secs(5)).await["state"],
+        "available"
+    );
+    assert_eq!(
+        other_tab.event(Duration::from_secs(5)).await["state"],
+        "available"
+    );
+    // Two tabs, one registration.
+    assert_eq!(waiters_of(pool, id).await, 1);
+
+    // A worker in another language claims the job and reports progress through the SQL
+    // protocol, which notifies for awaited jobs.
+    let token: i64 = sqlx::query_scalar(
+        "SELECT lease_token FROM skiplock.claim('sql-worker', ARRAY['default'], ARRAY['import'])",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("claim");
+    for (done, percent) in [(1, 25.0), (3, 75.0)] {
+        let stored: bool = sqlx::query_scalar(
+            "SELECT skiplock.set_progress($1, $2, jsonb_build_object('done', $3::int, 'total', 4))",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(done)
+        .fetch_one(pool)
+        .await
+        .expect("set_progress");
+        assert!(stored);
+        for stream in [&mut tab, &mut other_tab] {
+            let event = stream.event(Duration::from_secs(3)).await;
+            assert_eq!(
+                (event["state"].as_str(), event["percent"].as_f64()),
+                (Some("running"), Some(percent)),
+                "{event}"
+            );
+        }
+    }
+    let completed: bool = sqlx::query_scalar("SELECT skiplock.complete($1, $2, '\"done\"')")
+        .bind(id)
+        .bind(token)
+        .fetch_one(pool)
+        .await
+        .expect("complete");
+    assert!(completed);
+    for stream in [&mut tab, &mut other_tab] {
+        let event = stream.event(Duration::from_secs(3)).await;
+        assert_eq!(
+            (event["finished"].as_bool(), event["percent"].as_f64()),
+            (Some(true), Some(100.0)),
+            "{event}"
+        );
+        assert!(
+            event.get("result").is_none(),
+            "a job event carries no result: {event}"
+        );
+        assert_eq!(stream.next(Duration::from_secs(3)).await, Sse::End);
+    }
+    drop((tab, other_tab));
+    // The last stream gone, the dashboard's waiter registration goes too.
+    common::eventually(
+        Duration::from_secs(5),
+        "the registration removed",
+        || async { (waiters_of(pool, id).await == 0).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_hundred_streams_of_a_job_cost_what_one_does() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(
+        pool,
+        "import",
+        "default",
+        "available",
+        serde_json::json!({}),
+    )
+    .await;
+    let dashboard_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(db.connect_options().clone())
+        .await
+        .expect("dashboard pool");
+    let interval = Duration::from_millis(300);
+    let address = serve(
+        Dashboard::new(dashboard_pool.clone())
+            .live_interval(interval)
+            .router(),
+    )
+    .await;
+    let path = format!("/api/v1/events?job={id}");
+    let window = Duration::from_secs(4);
+    let mut load = Vec::new();
+    for tabs in [1_usize, 100] {
+        let before = transactions(pool).await;
+        let started = Instant::now();
+        let readers: Vec<_> = (0..tabs)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut stream = open_stream(address, &path);
+                    let first = next_event(&mut stream, "job");
+                    assert_eq!(first["state"], "available");
+                    let _ = stream
+                        .get_ref()
+                        .set_read_timeout(Some(Duration::from_millis(100)));
+                    while started.elapsed() < window {
+                        let mut line = String::new();
+                        let _ = stream.read_line(&mut line);
+                    }
+                })
+            })
+            .collect();
+        for reader in readers {
+            tokio::task::spawn_blocking(move || reader.join().expect("reader"))
+                .await
+                .expect("join");
+        }
+        tokio::time::sleep(interval * 3).await;
+        let after = transactions(pool).await;
+        load.push(after - before - 1);
+    }
+    eprintln!(
+        "database transactions in {window:?} of one job's stream: 1 stream {}, 100 streams {}",
+        load[0], load[1]
+    );
+    assert!(load[0] > 0, "the job was read");
+    assert!(
+        load[1] <= load[0] * 2 + 10,
+        "100 streams cost {} transactions, 1 stream {}",
+        load[1],
+        load[0]
+    );
+}
