@@ -2136,3 +2136,76 @@ async fn a_hundred_streams_of_a_job_cost_what_one_does() {
         load[0]
     );
 }
+
+#[tokio::test]
+async fn a_dashboard_connected_as_an_observer_shows_workflows_and_streams_pushed_progress() {
+    let db = database().await;
+    let pool = db.pool();
+    let (workflow, jobs) = hostile_workflow(pool).await;
+    let role = format!("{}_dashboard", db.name());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE ROLE {role} LOGIN")))
+        .execute(pool)
+        .await
+        .expect("create role");
+    sqlx::query("SELECT skiplock.grant_access($1::regrole, 'observer')")
+        .bind(&role)
+        .execute(pool)
+        .await
+        .expect("grant observer");
+    let observer = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(3)
+        .connect_with(db.connect_options().clone().username(&role))
+        .await
+        .expect("connect as the observer");
+    let app = Dashboard::new(observer.clone())
+        .live_interval(Duration::from_secs(60))
+        .router();
+    for path in [
+        "/workflows".to_owned(),
+        format!("/workflows/{workflow}"),
+        format!("/jobs?workflow={workflow}"),
+        format!("/api/v1/workflows/{workflow}"),
+    ] {
+        let (status, _, body) = send(&app, get(&path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    // The observer registers as a waiter (0017 lets it), so progress is pushed.
+    let mut stream = EventBody::open(&app, &format!("/api/v1/events?job={}", jobs[0])).await;
+    assert_eq!(
+        stream.event(Duration::from_secs(5)).await["state"],
+        "available"
+    );
+    let kind = format!("k{IMG}");
+    let token: i64 = sqlx::query_scalar(
+        "SELECT lease_token FROM skiplock.claim('sql-worker', ARRAY['default'], ARRAY[$1])",
+    )
+    .bind(&kind)
+    .fetch_one(pool)
+    .await
+    .expect("claim");
+    sqlx::query("SELECT skiplock.set_progress($1, $2, '{\"percent\": 40}')")
+        .bind(jobs[0])
+        .bind(token)
+        .execute(pool)
+        .await
+        .expect("set_progress");
+    let event = stream.event(Duration::from_secs(3)).await;
+    assert_eq!(event["percent"], 40.0, "{event}");
+    drop(stream);
+    drop(app);
+    common::eventually(
+        Duration::from_secs(5),
+        "the registration removed",
+        || async { (waiters_of(pool, jobs[0]).await == 0).then_some(()) },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(10), observer.close())
+        .await
+        .expect("the dashboard gave its connections back");
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .expect("drop the role");
+    }
+}
