@@ -135,6 +135,8 @@ pub struct JobUpdate {
     pub id: i64,
     /// Its kind.
     pub kind: String,
+    /// Its queue.
+    pub queue: String,
     /// Its state.
     pub state: JobState,
     /// Its attempt (1 for the first run; 0 before it ran).
@@ -168,6 +170,7 @@ impl JobUpdate {
         Self {
             id: row.id,
             kind: row.kind,
+            queue: row.queue,
             state: row.state,
             attempt: row.attempt,
             max_attempts: row.max_attempts,
@@ -196,8 +199,9 @@ struct Inner {
     waiter: String,
     config: ResultsConfig,
     jobs: Mutex<HashMap<i64, Watched>>,
-    /// Ids no longer awaited, to unregister.
-    dropped: Mutex<Vec<i64>>,
+    /// Ids no longer awaited, to unregister: shared with the listener task, which removes
+    /// the last of them when the last clone is dropped.
+    dropped: Arc<Mutex<Vec<i64>>>,
     work: Arc<Notify>,
     listening: watch::Sender<bool>,
     started: Mutex<bool>,
@@ -246,7 +250,7 @@ impl Results {
                 waiter,
                 config,
                 jobs: Mutex::new(HashMap::new()),
-                dropped: Mutex::new(Vec::new()),
+                dropped: Arc::new(Mutex::new(Vec::new())),
                 work: Arc::new(Notify::new()),
                 listening: watch::Sender::new(false),
                 started: Mutex::new(false),
@@ -365,18 +369,23 @@ impl Results {
             Done,
         }
         futures_util::stream::unfold(Step::Start(self.clone()), move |step| async move {
-            let (subscription, mut seen) = match step {
+            // After the first update, wait for a change: the value seen last was sent already.
+            let (subscription, mut seen, mut sent) = match step {
                 Step::Done => return None,
                 Step::Start(results) => match results.subscribe(&[id]).await {
                     Ok(subscription) => {
                         let seen = subscription.receivers().next()?;
-                        (subscription, seen)
+                        (subscription, seen, false)
                     }
                     Err(error) => return Some((Err(error), Step::Done)),
                 },
-                Step::Watching(subscription, seen) => (subscription, seen),
+                Step::Watching(subscription, seen) => (subscription, seen, true),
             };
             loop {
+                if sent && seen.changed().await.is_err() {
+                    return None;
+                }
+                sent = true;
                 let current = seen.borrow_and_update().clone();
                 match current {
                     Some(Seen::Missing) => return Some((Err(WaitError::NotFound(id)), Step::Done)),
@@ -387,9 +396,6 @@ impl Results {
                         return Some((Ok(*job), Step::Watching(subscription, seen)));
                     }
                     None => {}
-                }
-                if seen.changed().await.is_err() {
-                    return None;
                 }
             }
         })
@@ -444,7 +450,8 @@ impl Results {
         Ok(subscription)
     }
 
-    /// Starts the listener task once.
+    /// Starts the listener task once, or again if it died (with the Tokio runtime it was
+    /// spawned on, say).
     fn start(&self) {
         let mut started = self
             .inner
@@ -453,7 +460,41 @@ impl Results {
             .unwrap_or_else(PoisonError::into_inner);
         if !*started {
             *started = true;
-            tokio::spawn(listen(Arc::downgrade(&self.inner), self.inner.stop.clone()));
+            let guard = Started(Arc::downgrade(&self.inner));
+            tokio::spawn(listen(guard, self.inner.stop.clone()));
+        }
+    }
+
+    /// A handle that does not keep these waits alive (nor their listener): the dashboard keeps
+    /// one, and shares the `Results` while any of its streams holds it.
+    #[cfg(feature = "web")]
+    pub(crate) fn downgrade(&self) -> WeakResults {
+        WeakResults(Arc::downgrade(&self.inner))
+    }
+}
+
+/// A [`Results`] that may have been dropped (see [`Results::downgrade`]).
+#[cfg(feature = "web")]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WeakResults(Weak<Inner>);
+
+#[cfg(feature = "web")]
+impl WeakResults {
+    /// The `Results`, if a clone of it still lives.
+    pub(crate) fn upgrade(&self) -> Option<Results> {
+        self.0.upgrade().map(|inner| Results { inner })
+    }
+}
+
+/// Held by the listener task: when the task ends (it returns, or is dropped with its
+/// runtime), the next wait starts a new one.
+struct Started(Weak<Inner>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            *inner.started.lock().unwrap_or_else(PoisonError::into_inner) = false;
+            inner.listening.send_replace(false);
         }
     }
 }
@@ -560,13 +601,30 @@ impl Inner {
 }
 
 /// The listener task: hears `skiplock_job` notifications, polls, renews and removes
-/// registrations, until the last [`Results`] clone is dropped.
-async fn listen(inner: Weak<Inner>, stop: CancellationToken) {
-    let Some((pool, config, work)) = inner
-        .upgrade()
-        .map(|i| (i.pool.clone(), i.config.clone(), Arc::clone(&i.work)))
-    else {
+/// registrations, until the last [`Results`] clone is dropped (then removes the registrations
+/// that are left).
+async fn listen(started: Started, stop: CancellationToken) {
+    let inner = started.0.clone();
+    let Some((pool, config, work, waiter, dropped)) = inner.upgrade().map(|i| {
+        (
+            i.pool.clone(),
+            i.config.clone(),
+            Arc::clone(&i.work),
+            i.waiter.clone(),
+            Arc::clone(&i.dropped),
+        )
+    }) else {
         return;
+    };
+    // The last clone dropped: every registration left is in `dropped` (a subscription adds
+    // its ids there before it lets go of the `Results`).
+    let last_round = || async {
+        let ids = std::mem::take(&mut *dropped.lock().unwrap_or_else(PoisonError::into_inner));
+        if !ids.is_empty()
+            && let Err(error) = db::waiter::unregister(&pool, &waiter, &ids).await
+        {
+            tracing::debug!(%error, "could not remove waiter registrations; they expire");
+        }
     };
     let mut listener: Option<PgListener> = None;
     let mut poll = tokio::time::interval(config.poll_interval.max(Duration::from_millis(10)));
@@ -594,7 +652,10 @@ async fn listen(inner: Weak<Inner>, stop: CancellationToken) {
         let mut heard = Vec::new();
         {
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    last_round().await;
+                    return;
+                }
                 _ = poll.tick() => poll_all = true,
                 _ = renew.tick() => renew_now = true,
                 () = work.notified() => {}
@@ -620,7 +681,10 @@ async fn listen(inner: Weak<Inner>, stop: CancellationToken) {
                 heard.push(more);
             }
         }
-        let Some(inner) = inner.upgrade() else { return };
+        let Some(inner) = inner.upgrade() else {
+            last_round().await;
+            return;
+        };
         let to_read: Vec<i64> = if poll_all {
             inner.watched_ids()
         } else {

@@ -255,6 +255,7 @@ async fn every_page_loads_without_console_errors() {
             .await
             .expect("add schedule");
         wait_for_state(&pool, "failed", 1, Duration::from_secs(10)).await;
+        let flow = workflow_of(&pool, "nightly import").await;
 
         let server = serve_dashboard(&pool, axum::Router::new()).await;
         let pages = [
@@ -267,6 +268,10 @@ async fn every_page_loads_without_console_errors() {
             ("a failed job", format!("/jobs/{failed}")),
             ("a running job", format!("/jobs/{slow}")),
             ("a waiting job", format!("/jobs/{waiting}")),
+            ("a pending job", format!("/jobs/{}", flow.1[1])),
+            ("workflows", "/workflows".to_owned()),
+            ("a workflow", format!("/workflows/{}", flow.0)),
+            ("a workflow's jobs", format!("/jobs?workflow={}", flow.0)),
             ("queues", "/queues".to_owned()),
             ("workers", "/workers".to_owned()),
             ("schedules", "/schedules".to_owned()),
@@ -376,6 +381,98 @@ async fn actions_clicked_in_the_browser_change_the_database() {
         click_action(&browser, "main", "resume", &url).await;
         assert!(!paused(&pool, "nightly").await, "resumed from the browser");
         browser.assert_no_console_errors("after the actions").await;
+    })
+    .await;
+}
+
+/// A workflow named `name` of jobs no worker runs: one, then two that wait for it. Its id and
+/// its jobs' ids.
+async fn workflow_of(pool: &PgPool, name: &str) -> (i64, Vec<i64>) {
+    use skiplock::workflow::{Step, Workflow, chain, group};
+    let step = |kind: &str| Step::from(NewJob::untyped(kind, json!({}), EnqueueOptions::new()));
+    let flow = chain([
+        step("nobody_runs_this"),
+        group([step("nobody_runs_this"), step("nobody_runs_this")]),
+    ]);
+    let enqueued = Workflow::new(name, flow)
+        .enqueue(pool)
+        .await
+        .expect("enqueue a workflow");
+    (enqueued.id, enqueued.jobs)
+}
+
+#[tokio::test]
+async fn a_workflow_is_found_from_its_job_and_cancelled_from_its_page() {
+    let db = database().await;
+    let pool = db.pool().clone();
+    with_browser(|browser| async move {
+        let (id, jobs) = workflow_of(&pool, PAYLOADS[0]).await;
+        let server = serve_dashboard(&pool, axum::Router::new()).await;
+
+        // From a pending job's page to its workflow, by its link.
+        browser
+            .goto(&page(&server, &format!("/jobs/{}", jobs[2])))
+            .await;
+        check_page(&browser, "a pending job").await;
+        assert!(browser.text("#job-state").await.contains("pending"));
+        let link = browser.element("a[data-workflow]").await;
+        link.click().await.expect("click the workflow link");
+        let url = page(&server, &format!("/workflows/{id}"));
+        eventually(Duration::from_secs(5), "the workflow page", || async {
+            (browser.url().await == url).then_some(())
+        })
+        .await;
+        check_page(&browser, "the workflow").await;
+        // The hostile name is text, and ran nothing.
+        assert!(browser.text("h1").await.contains(PAYLOADS[0]));
+        assert_eq!(
+            browser.eval("return window.__xss ?? null").await,
+            Value::Null
+        );
+        let waits = browser
+            .eval(
+                "return [...document.querySelectorAll('[data-waits-for]')].map(a => a.textContent)",
+            )
+            .await;
+        assert_eq!(waits, json!([jobs[0].to_string(), jobs[0].to_string()]));
+
+        // Cancel it: the confirmation is accepted, every job is cancelled.
+        for job in &jobs {
+            assert_ne!(state_of(&pool, *job).await, "cancelled");
+        }
+        let done = format!("{url}?cancelled=3&stopping=0");
+        click_action(&browser, "main", "cancel", &done).await;
+        for job in &jobs {
+            assert_eq!(state_of(&pool, *job).await, "cancelled");
+        }
+        let cancelled: bool = sqlx::query_scalar(
+            "SELECT cancelled_at IS NOT NULL FROM skiplock.workflows WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("the workflow");
+        assert!(cancelled);
+        assert!(browser.text("#workflow-state").await.contains("cancelled"));
+        assert!(browser.text(".flash").await.contains("3 jobs cancelled"));
+        assert_eq!(
+            browser
+                .eval("return document.querySelectorAll('button[data-action=\"cancel\"]').length")
+                .await,
+            json!(0),
+            "a finished workflow offers no cancel"
+        );
+        check_page(&browser, "the cancelled workflow").await;
+
+        // The list shows it cancelled.
+        browser.goto(&page(&server, "/workflows")).await;
+        check_page(&browser, "the workflows").await;
+        assert!(
+            browser
+                .text(&format!("tr[data-workflow=\"{id}\"]"))
+                .await
+                .contains("cancelled")
+        );
     })
     .await;
 }

@@ -166,6 +166,13 @@ async fn watch_streams_progress_as_the_handler_reports_it() {
         .expect("a first update")
         .expect("update");
     assert_eq!(first.state, JobState::Available);
+    // Nothing changed: nothing more comes (the update seen is not sent again and again).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), updates.next())
+            .await
+            .is_err(),
+        "an update while nothing changed"
+    );
 
     let running = start(worker(pool).queue("default", 1).register::<Steps>());
     let mut percents = Vec::new();
@@ -287,4 +294,48 @@ async fn only_awaited_jobs_notify_and_forged_notifications_change_nothing() {
         ),
         "{outcome:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_died_with_its_runtime_is_started_again() {
+    let db = database().await;
+    let pool = db.pool();
+    let mut config = ResultsConfig::default();
+    config.poll_interval = Duration::from_millis(200);
+    let results = Results::with_config(pool.clone(), config);
+    let id = enqueue_records(pool, "default", 1).await[0];
+    // A watch on a runtime of its own starts the listener there; that runtime ends (as a
+    // request's or a test's does), and the listener with it.
+    std::thread::spawn({
+        let results = results.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let mut updates = Box::pin(results.watch(id));
+                let first = updates.next().await.expect("an update").expect("update");
+                assert_eq!(first.state, JobState::Available);
+            });
+        }
+    })
+    .join()
+    .expect("the other runtime");
+    // The same Results, on this runtime: its watches still see changes (the poll finds a
+    // cancel made in SQL, which notifies nobody).
+    let mut updates = Box::pin(results.watch(id));
+    let first = updates.next().await.expect("an update").expect("update");
+    assert_eq!(first.state, JobState::Available);
+    sqlx::query("SELECT skiplock.cancel($1)")
+        .bind(id)
+        .execute(pool)
+        .await
+        .expect("cancel");
+    let next = tokio::time::timeout(Duration::from_secs(5), updates.next())
+        .await
+        .expect("an update within 5 s: a listener polls again")
+        .expect("an update")
+        .expect("update");
+    assert_eq!(next.state, JobState::Cancelled);
 }

@@ -1593,3 +1593,619 @@ async fn queues_pause_and_resume_from_the_page_and_the_api() {
     let (status, _, _) = send(&app, get("/api/v1/queues/mail/pause")).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+// ----- workflows -----
+
+/// A workflow named with a script tag: a job whose kind holds an `<img onerror>`, then a
+/// group of two that wait for it. Returns its id and its jobs' ids.
+async fn hostile_workflow(pool: &PgPool) -> (i64, Vec<i64>) {
+    use skiplock::workflow::{Step, Workflow, chain, group};
+    use skiplock::{EnqueueOptions, NewJob};
+    let step = |kind: &str| {
+        Step::from(NewJob::untyped(
+            kind,
+            serde_json::json!({}),
+            EnqueueOptions::new(),
+        ))
+    };
+    let flow = chain([
+        step(&format!("k{IMG}")),
+        group([step("resize"), step("resize")]),
+    ]);
+    let enqueued = Workflow::new(format!("w{SCRIPT}"), flow)
+        .enqueue(pool)
+        .await
+        .expect("enqueue workflow");
+    (enqueued.id, enqueued.jobs)
+}
+
+/// The ids of the job rows (`data-job="…"`) of a page.
+fn job_rows(body: &str) -> Vec<i64> {
+    body.split("data-job=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn workflow_pages_escape_names_and_kinds_and_link_jobs_both_ways() {
+    let db = database().await;
+    let pool = db.pool();
+    let (id, jobs) = hostile_workflow(pool).await;
+    let loose = insert(pool, "email", "default", "available", serde_json::json!({})).await;
+    let app = full(pool);
+    for path in [
+        "/workflows".to_owned(),
+        "/workflows?state=running".to_owned(),
+        format!("/workflows/{id}"),
+        format!("/jobs/{}", jobs[0]),
+        format!("/jobs?workflow={id}"),
+    ] {
+        let (status, headers, body) = send(&app, get(&path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .expect("type")
+                .starts_with("text/html")
+        );
+        assert!(!body.contains("<script>"), "{path} has a raw script tag");
+        assert!(!body.contains("<img src=x"), "{path} has a raw img tag");
+        assert!(!body.contains(" style="), "{path}: inline style");
+        assert!(
+            body.contains("href=\"/workflows\""),
+            "{path}: no Workflows entry in the nav"
+        );
+    }
+    let (_, _, list) = send(&app, get("/workflows")).await;
+    assert!(
+        list.contains("w&lt;script&gt;window.__xss=1&lt;/script&gt;"),
+        "{list}"
+    );
+    assert!(list.contains(&format!("data-workflow=\"{id}\"")));
+    assert!(list.contains("data-workflow-state=\"running\""));
+    let (_, _, finished) = send(&app, get("/workflows?state=finished")).await;
+    assert!(!finished.contains(&format!("data-workflow=\"{id}\"")));
+
+    let (_, _, page) = send(&app, get(&format!("/workflows/{id}"))).await;
+    assert!(page.contains("w&lt;script&gt;window.__xss=1&lt;/script&gt;"));
+    assert!(
+        page.contains("k&quot;&gt;&lt;img src=x onerror=&quot;window.__xss=1&quot;&gt;"),
+        "the kind shows as text"
+    );
+    assert_eq!(job_rows(&page), jobs);
+    for job in &jobs {
+        assert!(
+            page.contains(&format!("href=\"/jobs/{job}\"")),
+            "no link to job {job}"
+        );
+    }
+    // Both members of the group wait for the first job, and link to it.
+    assert_eq!(
+        page.matches(&format!("data-waits-for=\"{}\"", jobs[0]))
+            .count(),
+        2
+    );
+    assert!(page.contains("state state-pending"));
+    assert!(page.contains("data-state-count=\"pending\""));
+    assert!(page.contains(&format!("href=\"/jobs?workflow={id}&amp;state=pending\"")));
+    assert!(
+        page.contains("data-action=\"cancel\""),
+        "full access sees the cancel button"
+    );
+
+    let (_, _, job) = send(&app, get(&format!("/jobs/{}", jobs[1]))).await;
+    assert!(
+        job.contains(&format!("href=\"/workflows/{id}\"")),
+        "the job links its workflow"
+    );
+    let (_, _, plain) = send(&app, get(&format!("/jobs/{loose}"))).await;
+    assert!(
+        !plain.contains("href=\"/workflows/"),
+        "a job outside workflows links none"
+    );
+
+    // The jobs list, its count and the API filter by workflow.
+    let (_, _, filtered) = send(&app, get(&format!("/jobs?workflow={id}"))).await;
+    let mut newest_first = jobs.clone();
+    newest_first.reverse();
+    assert_eq!(job_rows(&filtered), newest_first);
+    assert!(
+        filtered.contains("name=\"workflow\""),
+        "the filter keeps the workflow"
+    );
+    let (status, _, body) = send(&app, get(&format!("/api/v1/jobs?workflow={id}"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let listed: Vec<i64> = page["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["id"].as_i64())
+        .collect();
+    assert_eq!(listed, newest_first);
+    let (_, _, body) = send(
+        &app,
+        get(&format!("/api/v1/jobs/count?workflow={id}&state=pending")),
+    )
+    .await;
+    assert_eq!(body, r#"{"count":{"kind":"exact","value":2}}"#);
+    let (status, _, _) = send(&app, get("/api/v1/jobs?workflow=1%20OR%20true")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // The overview and the queues count pending jobs.
+    let (_, _, overview) = send(&app, get("/")).await;
+    assert!(overview.contains("tile tile-pending"));
+    assert!(overview.contains("data-total=\"pending\">2<"), "{overview}");
+    let (_, _, queues) = send(&app, get("/queues")).await;
+    assert!(queues.contains("data-count=\"pending\""));
+
+    // The API's shapes.
+    let (status, _, body) = send(&app, get("/api/v1/workflows?state=running&limit=5")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(list["next"], serde_json::Value::Null);
+    let first = &list["workflows"][0];
+    assert_eq!(first["id"], id);
+    assert_eq!(first["name"], format!("w{SCRIPT}"));
+    assert_eq!(first["state"], "running");
+    assert_eq!(
+        (first["jobs"].as_u64(), first["unfinished"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(first["on_failure"], "propagate");
+    assert!(first["created_at"].is_string() && first["finished_at"].is_null());
+    let (status, _, body) = send(&app, get(&format!("/api/v1/workflows/{id}"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(info["state"], "running");
+    assert_eq!(
+        info["states"],
+        serde_json::json!([["pending", 2], ["available", 1]])
+    );
+    assert_eq!(
+        info["members"][1]["depends_on"],
+        serde_json::json!([jobs[0]])
+    );
+    assert_eq!(info["members"][0]["kind"], format!("k{IMG}"));
+    let (status, _, body) = send(
+        &app,
+        get(&format!("/api/v1/workflows/{id}?after={}", jobs[1])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let rest: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(rest["members"].as_array().map(Vec::len), Some(1));
+    for (path, status) in [
+        (
+            format!("/api/v1/workflows/{}", id + 1000),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/api/v1/workflows?state=done".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/workflows?limit=201".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (got, headers, body) = send(&app, get(&path)).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    }
+    assert_eq!(
+        send(&app, get(&format!("/workflows/{}", id + 1000)))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// The state of every job of workflow `id`, and whether the workflow was marked cancelled.
+async fn workflow_states(pool: &PgPool, id: i64) -> (Vec<String>, bool) {
+    let states: Vec<String> = sqlx::query_scalar(
+        "SELECT state::text FROM skiplock.jobs WHERE workflow_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .expect("states");
+    let cancelled: bool =
+        sqlx::query_scalar("SELECT cancelled_at IS NOT NULL FROM skiplock.workflows WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .expect("workflow");
+    (states, cancelled)
+}
+
+#[tokio::test]
+async fn a_workflow_is_cancelled_only_with_full_access_the_same_origin_and_a_csrf_token() {
+    let db = database().await;
+    let pool = db.pool();
+    let (id, _) = hostile_workflow(pool).await;
+    let untouched = (
+        vec![
+            "available".to_owned(),
+            "pending".to_owned(),
+            "pending".to_owned(),
+        ],
+        false,
+    );
+    let path = format!("/workflows/{id}/cancel");
+
+    // Read-only: no button, and the post is refused, by page and by API.
+    let read_only = Dashboard::new(pool.clone()).router();
+    let (status, _, page) = send(&read_only, get(&format!("/workflows/{id}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !page.contains("data-action=\"cancel\""),
+        "a read-only page offers no cancel"
+    );
+    let (cookie, csrf) = token(&read_only, &format!("/workflows/{id}")).await;
+    let (status, _, _) = send(
+        &read_only,
+        post_form(
+            &path,
+            Some(&cookie),
+            &format!("csrf={csrf}"),
+            Some("http://dash.test"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let json = Request::post(format!("/api/v1/workflows/{id}/cancel"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(send(&read_only, json).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(workflow_states(pool, id).await, untouched);
+
+    // Full access: every post without the token, or from elsewhere, is refused.
+    let app = full(pool);
+    let (cookie, csrf) = token(&app, &format!("/workflows/{id}")).await;
+    let good = format!("csrf={csrf}");
+    let wrong = format!("csrf={}", "0".repeat(64));
+    let refused = [
+        (
+            "no token",
+            post_form(&path, Some(&cookie), "", Some("http://dash.test")),
+        ),
+        (
+            "no cookie",
+            post_form(&path, None, &good, Some("http://dash.test")),
+        ),
+        (
+            "wrong token",
+            post_form(&path, Some(&cookie), &wrong, Some("http://dash.test")),
+        ),
+        (
+            "another origin",
+            post_form(&path, Some(&cookie), &good, Some("http://evil.test")),
+        ),
+        ("cross-site fetch", {
+            let mut r = post_form(&path, Some(&cookie), &good, None);
+            r.headers_mut()
+                .insert("sec-fetch-site", "cross-site".parse().expect("value"));
+            r
+        }),
+        (
+            "JSON from a browser without the token",
+            Request::post(format!("/api/v1/workflows/{id}/cancel"))
+                .header(header::HOST, "dash.test")
+                .header(header::ORIGIN, "http://dash.test")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::empty())
+                .expect("request"),
+        ),
+    ];
+    for (what, request) in refused {
+        let (status, _, body) = send(&app, request).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {body}");
+        assert_eq!(
+            workflow_states(pool, id).await,
+            untouched,
+            "{what} cancelled"
+        );
+    }
+    assert_eq!(
+        send(&app, get(&path)).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+
+    // The right post cancels every job, and says so on the page it redirects to.
+    let (status, headers, _) = send(
+        &app,
+        post_form(&path, Some(&cookie), &good, Some("http://dash.test")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let location = headers[header::LOCATION]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert_eq!(location, format!("/workflows/{id}?cancelled=3&stopping=0"));
+    assert_eq!(
+        workflow_states(pool, id).await,
+        (vec!["cancelled".to_owned(); 3], true)
+    );
+    let (_, _, page) = send(&app, get(&location)).await;
+    assert!(page.contains("data-workflow-cancelled=\"3\""));
+    assert!(page.contains("data-workflow-state=\"cancelled\""));
+    assert!(
+        !page.contains("data-action=\"cancel\""),
+        "a finished workflow offers no cancel"
+    );
+
+    // A script cancels through the API; the answer is the counts.
+    let (other, _) = hostile_workflow(pool).await;
+    let script = |id: i64| {
+        Request::post(format!("/api/v1/workflows/{id}/cancel"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::empty())
+            .expect("request")
+    };
+    let (status, _, body) = send(&app, script(other)).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"cancelled":3,"stopping":0}"#)
+    );
+    assert_eq!(
+        workflow_states(pool, other).await.0,
+        vec!["cancelled".to_owned(); 3]
+    );
+    let (status, _, body) = send(&app, script(other + 1000)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, _) = send(
+        &app,
+        post_form(
+            &format!("/workflows/{}/cancel", other + 1000),
+            Some(&cookie),
+            &good,
+            Some("http://dash.test"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+// ----- job streams pushed by notifications -----
+
+async fn waiters_of(pool: &PgPool, id: i64) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM skiplock.job_waiters WHERE job_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("job_waiters")
+}
+
+#[tokio::test]
+async fn a_jobs_stream_is_pushed_between_polls_and_its_registration_goes_with_it() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(
+        pool,
+        "import",
+        "default",
+        "available",
+        serde_json::json!({}),
+    )
+    .await;
+    // Polled once a minute: what arrives sooner was pushed.
+    let app = Dashboard::new(pool.clone())
+        .live_interval(Duration::from_secs(60))
+        .router();
+    let path = format!("/api/v1/events?job={id}");
+    let mut tab = EventBody::open(&app, &path).await;
+    let mut other_tab = EventBody::open(&app, &path).await;
+    assert_eq!(
+        tab.event(Duration::from_secs(5)).await["state"],
+        "available"
+    );
+    assert_eq!(
+        other_tab.event(Duration::from_secs(5)).await["state"],
+        "available"
+    );
+    // Two tabs, one registration.
+    assert_eq!(waiters_of(pool, id).await, 1);
+
+    // A worker in another language claims the job and reports progress through the SQL
+    // protocol, which notifies for awaited jobs.
+    let token: i64 = sqlx::query_scalar(
+        "SELECT lease_token FROM skiplock.claim('sql-worker', ARRAY['default'], ARRAY['import'])",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("claim");
+    for (done, percent) in [(1, 25.0), (3, 75.0)] {
+        let stored: bool = sqlx::query_scalar(
+            "SELECT skiplock.set_progress($1, $2, jsonb_build_object('done', $3::int, 'total', 4))",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(done)
+        .fetch_one(pool)
+        .await
+        .expect("set_progress");
+        assert!(stored);
+        for stream in [&mut tab, &mut other_tab] {
+            let event = stream.event(Duration::from_secs(3)).await;
+            assert_eq!(
+                (event["state"].as_str(), event["percent"].as_f64()),
+                (Some("running"), Some(percent)),
+                "{event}"
+            );
+        }
+    }
+    let completed: bool = sqlx::query_scalar("SELECT skiplock.complete($1, $2, '\"done\"')")
+        .bind(id)
+        .bind(token)
+        .fetch_one(pool)
+        .await
+        .expect("complete");
+    assert!(completed);
+    for stream in [&mut tab, &mut other_tab] {
+        let event = stream.event(Duration::from_secs(3)).await;
+        assert_eq!(
+            (event["finished"].as_bool(), event["percent"].as_f64()),
+            (Some(true), Some(100.0)),
+            "{event}"
+        );
+        assert!(
+            event.get("result").is_none(),
+            "a job event carries no result: {event}"
+        );
+        assert_eq!(stream.next(Duration::from_secs(3)).await, Sse::End);
+    }
+    drop((tab, other_tab));
+    // The last stream gone, the dashboard's waiter registration goes too.
+    common::eventually(
+        Duration::from_secs(5),
+        "the registration removed",
+        || async { (waiters_of(pool, id).await == 0).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_hundred_streams_of_a_job_cost_what_one_does() {
+    let db = database().await;
+    let pool = db.pool();
+    let id = insert(
+        pool,
+        "import",
+        "default",
+        "available",
+        serde_json::json!({}),
+    )
+    .await;
+    let dashboard_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(db.connect_options().clone())
+        .await
+        .expect("dashboard pool");
+    let interval = Duration::from_millis(300);
+    let address = serve(
+        Dashboard::new(dashboard_pool.clone())
+            .live_interval(interval)
+            .router(),
+    )
+    .await;
+    let path = format!("/api/v1/events?job={id}");
+    let window = Duration::from_secs(4);
+    let mut load = Vec::new();
+    for tabs in [1_usize, 100] {
+        let before = transactions(pool).await;
+        let started = Instant::now();
+        let readers: Vec<_> = (0..tabs)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut stream = open_stream(address, &path);
+                    let first = next_event(&mut stream, "job");
+                    assert_eq!(first["state"], "available");
+                    let _ = stream
+                        .get_ref()
+                        .set_read_timeout(Some(Duration::from_millis(100)));
+                    while started.elapsed() < window {
+                        let mut line = String::new();
+                        let _ = stream.read_line(&mut line);
+                    }
+                })
+            })
+            .collect();
+        for reader in readers {
+            tokio::task::spawn_blocking(move || reader.join().expect("reader"))
+                .await
+                .expect("join");
+        }
+        tokio::time::sleep(interval * 3).await;
+        let after = transactions(pool).await;
+        load.push(after - before - 1);
+    }
+    eprintln!(
+        "database transactions in {window:?} of one job's stream: 1 stream {}, 100 streams {}",
+        load[0], load[1]
+    );
+    assert!(load[0] > 0, "the job was read");
+    assert!(
+        load[1] <= load[0] * 2 + 10,
+        "100 streams cost {} transactions, 1 stream {}",
+        load[1],
+        load[0]
+    );
+}
+
+#[tokio::test]
+async fn a_dashboard_connected_as_an_observer_shows_workflows_and_streams_pushed_progress() {
+    let db = database().await;
+    let pool = db.pool();
+    let (workflow, jobs) = hostile_workflow(pool).await;
+    let role = format!("{}_dashboard", db.name());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE ROLE {role} LOGIN")))
+        .execute(pool)
+        .await
+        .expect("create role");
+    sqlx::query("SELECT skiplock.grant_access($1::regrole, 'observer')")
+        .bind(&role)
+        .execute(pool)
+        .await
+        .expect("grant observer");
+    let observer = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(3)
+        .connect_with(db.connect_options().clone().username(&role))
+        .await
+        .expect("connect as the observer");
+    let app = Dashboard::new(observer.clone())
+        .live_interval(Duration::from_secs(60))
+        .router();
+    for path in [
+        "/workflows".to_owned(),
+        format!("/workflows/{workflow}"),
+        format!("/jobs?workflow={workflow}"),
+        format!("/api/v1/workflows/{workflow}"),
+    ] {
+        let (status, _, body) = send(&app, get(&path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    // The observer registers as a waiter (0017 lets it), so progress is pushed.
+    let mut stream = EventBody::open(&app, &format!("/api/v1/events?job={}", jobs[0])).await;
+    assert_eq!(
+        stream.event(Duration::from_secs(5)).await["state"],
+        "available"
+    );
+    let kind = format!("k{IMG}");
+    let token: i64 = sqlx::query_scalar(
+        "SELECT lease_token FROM skiplock.claim('sql-worker', ARRAY['default'], ARRAY[$1])",
+    )
+    .bind(&kind)
+    .fetch_one(pool)
+    .await
+    .expect("claim");
+    sqlx::query("SELECT skiplock.set_progress($1, $2, '{\"percent\": 40}')")
+        .bind(jobs[0])
+        .bind(token)
+        .execute(pool)
+        .await
+        .expect("set_progress");
+    let event = stream.event(Duration::from_secs(3)).await;
+    assert_eq!(event["percent"], 40.0, "{event}");
+    drop(stream);
+    drop(app);
+    common::eventually(
+        Duration::from_secs(5),
+        "the registration removed",
+        || async { (waiters_of(pool, jobs[0]).await == 0).then_some(()) },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(10), observer.close())
+        .await
+        .expect("the dashboard gave its connections back");
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .expect("drop the role");
+    }
+}

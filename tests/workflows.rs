@@ -333,6 +333,165 @@ async fn cancelling_a_workflow_cancels_its_unfinished_jobs_and_a_cancelled_job_c
     assert_eq!(info.state, WorkflowState::Cancelled);
 }
 
+/// Marks every unfinished job of workflow `id` finished in `state`, as workers would.
+async fn finish_all(pool: &PgPool, id: i64, state: &str) {
+    sqlx::query(
+        "UPDATE skiplock.jobs SET state = $2::text::skiplock.job_state, finished_at = now(),
+                lease_token = NULL, lease_expires_at = NULL
+         WHERE workflow_id = $1 AND finished_at IS NULL",
+    )
+    .bind(id)
+    .bind(state)
+    .execute(pool)
+    .await
+    .expect("finish");
+}
+
+#[tokio::test]
+async fn workflows_are_listed_newest_first_by_phase_and_jobs_filter_by_workflow() {
+    let db = database().await;
+    let pool = db.pool();
+    let three = || {
+        chain([
+            step(&Add { n: 1 }),
+            group([step(&AddInput { by: 1 }), step(&AddInput { by: 2 })]),
+        ])
+    };
+    let mut ids = Vec::new();
+    let mut jobs = Vec::new();
+    for name in ["done", "failed", "cancelled", "running"] {
+        // The failed one's dependents run anyway: one failure among completions.
+        let on_failure = if name == "failed" {
+            OnFailure::Run
+        } else {
+            OnFailure::Propagate
+        };
+        let enqueued = Workflow::new(name, three())
+            .on_failure(on_failure)
+            .enqueue(pool)
+            .await
+            .expect("enqueue");
+        ids.push(enqueued.id);
+        jobs.push(enqueued.jobs);
+    }
+    // A job outside any workflow, which no workflow filter may match.
+    let loose = skiplock::enqueue(pool, &Add { n: 0 })
+        .await
+        .expect("enqueue");
+    finish_all(pool, ids[0], "completed").await;
+    sqlx::query("UPDATE skiplock.jobs SET state = 'failed', finished_at = now() WHERE id = $1")
+        .bind(jobs[1][0])
+        .execute(pool)
+        .await
+        .expect("fail");
+    finish_all(pool, ids[1], "completed").await;
+    workflow::cancel(pool, ids[2]).await.expect("cancel");
+
+    let page = inspect::workflows(pool, &inspect::WorkflowQuery::new())
+        .await
+        .expect("list");
+    let listed: Vec<(i64, &str, WorkflowState, u64, u64)> = page
+        .workflows
+        .iter()
+        .map(|w| (w.id, w.name.as_str(), w.state, w.jobs, w.unfinished))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (ids[3], "running", WorkflowState::Running, 3, 3),
+            (ids[2], "cancelled", WorkflowState::Cancelled, 3, 0),
+            (ids[1], "failed", WorkflowState::Failed, 3, 0),
+            (ids[0], "done", WorkflowState::Completed, 3, 0),
+        ]
+    );
+    assert_eq!(page.next, None);
+    assert!(page.workflows[1].cancelled_at.is_some());
+    assert!(page.workflows[0].finished_at.is_none());
+
+    // Keyset pages of two, then the phases.
+    let first = inspect::workflows(pool, &inspect::WorkflowQuery::new().limit(2))
+        .await
+        .expect("page");
+    assert_eq!(first.next, Some(ids[2]));
+    let second = inspect::workflows(pool, &inspect::WorkflowQuery::new().limit(2).after(ids[2]))
+        .await
+        .expect("page");
+    let second: Vec<i64> = second.workflows.iter().map(|w| w.id).collect();
+    assert_eq!(second, vec![ids[1], ids[0]]);
+    let of = |phase| async move {
+        inspect::workflows(pool, &inspect::WorkflowQuery::new().phase(phase))
+            .await
+            .expect("phase")
+            .workflows
+            .iter()
+            .map(|w| w.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(inspect::WorkflowPhase::Running).await, vec![ids[3]]);
+    assert_eq!(
+        of(inspect::WorkflowPhase::Finished).await,
+        vec![ids[2], ids[1], ids[0]]
+    );
+    for limit in [0, inspect::MAX_WORKFLOWS_PAGE + 1] {
+        assert!(matches!(
+            inspect::workflows(pool, &inspect::WorkflowQuery::new().limit(limit)).await,
+            Err(inspect::InspectError::Invalid(_))
+        ));
+    }
+
+    // The jobs filter: lists, counts and bulk actions see one workflow's jobs only, in any
+    // state (pending included).
+    let filter = inspect::JobFilter::new().workflow(ids[3]);
+    let listed = inspect::jobs(pool, &inspect::JobQuery::new(filter.clone()))
+        .await
+        .expect("jobs");
+    let mut expected = jobs[3].clone();
+    expected.reverse();
+    assert_eq!(
+        listed.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(!listed.window_ended);
+    assert_eq!(
+        inspect::count_jobs(pool, &filter).await.expect("count"),
+        inspect::Count::Exact(3)
+    );
+    let pending = filter.clone().state(JobState::Pending);
+    assert_eq!(
+        inspect::count_jobs(pool, &pending).await.expect("count"),
+        inspect::Count::Exact(2)
+    );
+    let oldest = inspect::jobs(
+        pool,
+        &inspect::JobQuery::new(pending.clone())
+            .order(inspect::JobOrder::OldestFirst)
+            .limit(1),
+    )
+    .await
+    .expect("jobs");
+    assert_eq!(oldest.jobs[0].id, jobs[3][1]);
+    assert_eq!(oldest.next, Some(jobs[3][1]));
+    let finished = inspect::JobFilter::new()
+        .workflow(ids[1])
+        .state(JobState::Failed);
+    assert_eq!(
+        inspect::count_jobs(pool, &finished).await.expect("count"),
+        inspect::Count::Exact(1)
+    );
+    let report = inspect::cancel_jobs(pool, &filter).await.expect("cancel");
+    assert_eq!(report.changed, 3);
+    for &id in &jobs[3] {
+        assert_eq!(state(pool, id).await, JobState::Cancelled);
+    }
+    assert_eq!(state(pool, loose).await, JobState::Available);
+    assert_eq!(
+        inspect::count_jobs(pool, &inspect::JobFilter::new().workflow(ids[3] + 100))
+            .await
+            .expect("count"),
+        inspect::Count::Exact(0)
+    );
+}
+
 #[tokio::test]
 async fn a_workflow_is_enqueued_with_the_transaction_and_a_group_of_ten_thousand_in_one_statement()
 {

@@ -10,7 +10,9 @@
 //! primary key newest (or oldest) first, a window of ids per page. Conditions no index holds
 //! (tags, arguments, schedule, times) are tested on the rows so read, within a window of ids per
 //! page as well (`SCAN_WINDOW`). Counts of available jobs read the claim index, of running ones
-//! the lease index.
+//! the lease index. A filter on a workflow reads that workflow's jobs through
+//! `jobs_workflow_idx` (migration 0021), in id order, whatever else it asks: a workflow holds
+//! at most `MAX_WORKFLOW_JOBS` jobs.
 
 use serde_json::Value;
 use sqlx::postgres::PgRow;
@@ -86,6 +88,12 @@ pub(crate) fn reads_primary_key(filter: &JobFilter) -> bool {
         .any(|state| !INDEXED.contains(state))
 }
 
+/// Whether the statements read `j` directly (the primary key, or the workflow index for a
+/// workflow's jobs) rather than walking the inspection index's triples.
+fn reads_directly(filter: &JobFilter) -> bool {
+    filter.workflow.is_some() || reads_primary_key(filter)
+}
+
 /// `WITH RECURSIVE triples AS (...)`: the distinct (state, queue, kind) of `states` (indexed
 /// states only).
 fn push_triples(query: &mut QueryBuilder<Postgres>, states: Vec<JobState>) {
@@ -139,6 +147,10 @@ fn push_triple_filter(query: &mut QueryBuilder<Postgres>, filter: &JobFilter) {
 
 /// ` AND ...` for the row-level conditions, on `j`.
 fn push_row_filter(query: &mut QueryBuilder<Postgres>, filter: &JobFilter) {
+    if let Some(workflow) = filter.workflow {
+        query.push(" AND j.workflow_id = ");
+        query.push_bind(workflow);
+    }
     if let Some(min) = filter.min_id {
         query.push(" AND j.id >= ");
         query.push_bind(min);
@@ -214,7 +226,7 @@ pub(crate) async fn list<'e>(
 ) -> Result<Vec<PgRow>, sqlx::Error> {
     let dir = direction(scan.order);
     let mut query = QueryBuilder::new("");
-    if reads_primary_key(filter) {
+    if reads_directly(filter) {
         query.push(format_args!(
             "SELECT {columns} FROM skiplock.jobs AS j WHERE true",
             columns = summary_columns(),
@@ -257,6 +269,19 @@ pub(crate) async fn count_capped<'e>(
     };
     let rows = if index_only { &ids_only } else { filter };
     let states = filter.effective_states();
+    if let Some(workflow) = filter.workflow {
+        // The workflow's own index, whatever the states: its jobs are few enough to test.
+        let mut query = QueryBuilder::new(
+            "SELECT count(*) FROM (SELECT 1 FROM skiplock.jobs AS j WHERE j.workflow_id = ",
+        );
+        query.push_bind(workflow);
+        push_plain_filter(&mut query, filter, states);
+        push_row_filter(&mut query, rows);
+        query.push(" LIMIT ");
+        query.push_bind(cap + 1);
+        query.push(") AS c");
+        return query.build_query_scalar::<i64>().fetch_one(executor).await;
+    }
     let indexed = indexed_states(filter);
     let has_indexed = !indexed.is_empty();
     let mut query = QueryBuilder::new("");
@@ -355,7 +380,7 @@ pub(crate) async fn bulk_batch<'e>(
         limit,
     };
     let mut query = QueryBuilder::new("");
-    if reads_primary_key(filter) {
+    if reads_directly(filter) {
         query.push("WITH picked AS MATERIALIZED (SELECT j.id FROM skiplock.jobs AS j WHERE true");
         push_plain_filter(&mut query, filter, filter.effective_states());
         push_scan(&mut query, scan);

@@ -61,6 +61,7 @@ pub(crate) async fn delete_expired<'e>(executor: impl PgExecutor<'e>) -> Result<
 pub(crate) struct JobSnapshot {
     pub(crate) id: i64,
     pub(crate) kind: String,
+    pub(crate) queue: String,
     pub(crate) state: JobState,
     pub(crate) attempt: i32,
     pub(crate) max_attempts: i32,
@@ -79,7 +80,7 @@ pub(crate) async fn snapshots<'e>(
     sqlx::query_as!(
         JobSnapshot,
         r#"
-        SELECT j.id, j.kind, j.state AS "state: JobState", j.attempt, j.max_attempts,
+        SELECT j.id, j.kind, j.queue, j.state AS "state: JobState", j.attempt, j.max_attempts,
                j.progress::text AS progress,
                CASE WHEN j.state IN ('completed', 'failed', 'cancelled') THEN j.result::text END
                    AS result,

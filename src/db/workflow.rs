@@ -247,3 +247,57 @@ pub(crate) async fn prune<'e>(
     .fetch_one(executor)
     .await
 }
+
+/// One workflow of a list, with what its finished jobs ended as.
+pub(crate) struct WorkflowListRow {
+    pub(crate) id: i64,
+    pub(crate) name: String,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) on_failure: String,
+    pub(crate) jobs: i32,
+    pub(crate) unfinished: i32,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
+    pub(crate) cancelled_at: Option<DateTime<Utc>>,
+    /// Some job failed (read for finished workflows only: `false` while running).
+    pub(crate) any_failed: bool,
+    /// Some job was cancelled (likewise).
+    pub(crate) any_cancelled: bool,
+}
+
+/// Workflows newest first, of id below `before` (all when `None`), at most `limit`; with
+/// `running`, only those with unfinished jobs (`true`) or only finished ones (`false`). Walks
+/// the primary key backwards; a finished workflow's jobs are read (`jobs_workflow_idx`) to
+/// tell completed from failed or cancelled, a running one's are not.
+pub(crate) async fn list<'e>(
+    executor: impl PgExecutor<'e>,
+    before: Option<i64>,
+    running: Option<bool>,
+    limit: i64,
+) -> Result<Vec<WorkflowListRow>, sqlx::Error> {
+    sqlx::query_as!(
+        WorkflowListRow,
+        r#"
+        SELECT w.id, w.name, w.created_at, w.on_failure, w.jobs, w.unfinished,
+               CASE WHEN isfinite(w.finished_at) THEN w.finished_at END AS "finished_at?",
+               CASE WHEN isfinite(w.cancelled_at) THEN w.cancelled_at END AS "cancelled_at?",
+               coalesce(o.any_failed, false) AS "any_failed!",
+               coalesce(o.any_cancelled, false) AS "any_cancelled!"
+        FROM skiplock.workflows AS w
+        LEFT JOIN LATERAL (
+            SELECT bool_or(j.state = 'failed') AS any_failed,
+                   bool_or(j.state = 'cancelled') AS any_cancelled
+            FROM skiplock.jobs AS j
+            WHERE j.workflow_id = w.id AND w.unfinished = 0
+        ) AS o ON true
+        WHERE ($1::bigint IS NULL OR w.id < $1)
+          AND ($2::boolean IS NULL OR (w.unfinished > 0) = $2)
+        ORDER BY w.id DESC
+        LIMIT $3
+        "#,
+        before,
+        running,
+        limit,
+    )
+    .fetch_all(executor)
+    .await
+}

@@ -22,7 +22,9 @@ pub const SCAN_WINDOW: i64 = 25_000;
 ///
 /// For scheduled, retrying and finished jobs, states, queues and kinds are answered from an
 /// index whatever the table's size; lists of available or running jobs, and tags, arguments,
-/// schedule and time ranges, read a window of [`SCAN_WINDOW`] ids per page.
+/// schedule and time ranges, read a window of [`SCAN_WINDOW`] ids per page. A filter on a
+/// [`workflow`](Self::workflow) reads that workflow's jobs through their own index instead (at
+/// most [`MAX_WORKFLOW_JOBS`](crate::workflow::MAX_WORKFLOW_JOBS) of them), whatever else it asks.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct JobFilter {
@@ -69,6 +71,9 @@ pub struct JobFilter {
     /// `{"user": {"id": 7}}` matches `{"user": {"id": 7, "name": "ada"}, "n": 1}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Value>,
+    /// Jobs of this workflow (`skiplock.jobs.workflow_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<i64>,
 }
 
 impl JobFilter {
@@ -110,6 +115,12 @@ impl JobFilter {
     /// Only jobs whose arguments contain `args` (PostgreSQL's `@>`).
     pub fn args(mut self, args: Value) -> Self {
         self.args = Some(args);
+        self
+    }
+
+    /// Only jobs of workflow `id` ([`crate::workflow`]).
+    pub fn workflow(mut self, id: i64) -> Self {
+        self.workflow = Some(id);
         self
     }
 

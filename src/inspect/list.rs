@@ -124,7 +124,8 @@ where
     // A filter that tests rows reads one window of ids per page, from the cursor (or the
     // table's end) on.
     let mut window = None;
-    if filter.tests_rows() || job_list::reads_primary_key(filter) {
+    // A workflow's jobs are read through their own index, which bounds the search already.
+    if filter.workflow.is_none() && (filter.tests_rows() || job_list::reads_primary_key(filter)) {
         let (lowest, highest) = job_list::id_bounds(&mut *tx).await?;
         let (Some(lowest), Some(highest)) = (lowest, highest) else {
             tx.commit().await?;

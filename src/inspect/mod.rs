@@ -8,7 +8,8 @@
 //!   that holds it.
 //! - [`queues`], [`workers`], [`schedules`]: the fleet at a glance.
 //! - [`explain`]: why a job is not running, reason by reason.
-//! - [`workflow()`](workflow()): a workflow, where it stands, and its jobs with what each waits for.
+//! - [`workflows()`](workflows()): the recent workflows, newest first, a page at a time;
+//!   [`workflow()`](workflow()): a workflow, where it stands, and its jobs with what each waits for.
 //! - [`health()`](health()): the PostgreSQL checks that keep a queue fast for months (a pinned
 //!   xmin horizon, dead tuples, autovacuum, bloat) and the queue's own (stuck jobs, jobs no
 //!   worker runs, overdue schedules, pickup lag, pending migrations).
@@ -74,7 +75,10 @@ pub use self::overview::{
     LastJob, QUEUE_FINISHED_EXACT_UP_TO, QUEUE_WAITING_EXACT_UP_TO, QueueInfo, QueuePause,
     ScheduleInfo, WorkerInfo, WorkerQueue, WorkerStatus, queues, schedules, workers,
 };
-pub use self::workflow::{WORKFLOW_JOBS_PAGE, WorkflowInfo, WorkflowJob, WorkflowState, workflow};
+pub use self::workflow::{
+    MAX_WORKFLOWS_PAGE, WORKFLOW_JOBS_PAGE, WorkflowInfo, WorkflowJob, WorkflowPage, WorkflowPhase,
+    WorkflowQuery, WorkflowState, WorkflowSummary, workflow, workflows,
+};
 
 /// The longest one inspection statement may run: 10 seconds. A dashboard refreshing a slow
 /// page never piles up queries on the server.

@@ -1,7 +1,7 @@
-//! One workflow and its jobs.
+//! Workflows: the recent ones, and one with its jobs.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{Acquire, Postgres};
 
 use super::{InspectError, begin};
@@ -9,6 +9,9 @@ use crate::{JobState, db};
 
 /// The most jobs one call of [`workflow`] lists: 1,000 (the first, by id; `after` pages on).
 pub const WORKFLOW_JOBS_PAGE: i64 = 1_000;
+
+/// The most workflows one [`workflows`] page holds: 200.
+pub const MAX_WORKFLOWS_PAGE: u32 = 200;
 
 /// Where a workflow stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -23,6 +26,192 @@ pub enum WorkflowState {
     Failed,
     /// Every job finished, some cancelled and none failed.
     Cancelled,
+}
+
+impl WorkflowState {
+    /// Its name: `running`, `completed`, `failed` or `cancelled`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether every job of the workflow finished.
+    pub const fn is_finished(self) -> bool {
+        !matches!(self, Self::Running)
+    }
+
+    /// Running while some job is unfinished; once none is, failed if one failed, else
+    /// cancelled if one was cancelled, else completed.
+    fn derive(unfinished: i64, any_failed: bool, any_cancelled: bool) -> Self {
+        if unfinished > 0 {
+            Self::Running
+        } else if any_failed {
+            Self::Failed
+        } else if any_cancelled {
+            Self::Cancelled
+        } else {
+            Self::Completed
+        }
+    }
+}
+
+impl std::fmt::Display for WorkflowState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Which workflows [`workflows`] lists, by where they stand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum WorkflowPhase {
+    /// Those with a job that has not finished ([`WorkflowState::Running`]).
+    Running,
+    /// Those whose every job finished (completed, failed or cancelled).
+    Finished,
+}
+
+/// One page of the workflows list: which, from where, how many.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkflowQuery {
+    /// Only running, or only finished, workflows; all when `None` (the default).
+    #[serde(default)]
+    pub phase: Option<WorkflowPhase>,
+    /// Start after this workflow id (exclusive): the [`next`](WorkflowPage::next) of the page
+    /// before. Newest first, so the page holds lower ids.
+    #[serde(default)]
+    pub after: Option<i64>,
+    /// At most this many workflows, 1 to [`MAX_WORKFLOWS_PAGE`]. Default: 50.
+    #[serde(default = "default_workflows_limit")]
+    pub limit: u32,
+}
+
+fn default_workflows_limit() -> u32 {
+    WorkflowQuery::DEFAULT_LIMIT
+}
+
+impl Default for WorkflowQuery {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WorkflowQuery {
+    /// The page size when none is given: 50.
+    pub const DEFAULT_LIMIT: u32 = 50;
+
+    /// The first page of every workflow, newest first, 50 of them.
+    pub fn new() -> Self {
+        Self {
+            phase: None,
+            after: None,
+            limit: Self::DEFAULT_LIMIT,
+        }
+    }
+
+    /// Only workflows in `phase`.
+    pub fn phase(mut self, phase: WorkflowPhase) -> Self {
+        self.phase = Some(phase);
+        self
+    }
+
+    /// Continues after this id (a page's [`next`](WorkflowPage::next)).
+    pub fn after(mut self, id: i64) -> Self {
+        self.after = Some(id);
+        self
+    }
+
+    /// Sets the page size (1 to [`MAX_WORKFLOWS_PAGE`]).
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+}
+
+/// A workflow as a list shows it: its figures, without its jobs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct WorkflowSummary {
+    /// Its id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// Where it stands.
+    pub state: WorkflowState,
+    /// When it was enqueued.
+    pub created_at: DateTime<Utc>,
+    /// When its last job finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When somebody cancelled it.
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// What a failed job does to those waiting for it: `propagate` or `run`.
+    pub on_failure: String,
+    /// How many jobs it has.
+    pub jobs: u64,
+    /// How many of them have not finished.
+    pub unfinished: u64,
+}
+
+/// One page of workflows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct WorkflowPage {
+    /// The workflows, newest (highest id) first.
+    pub workflows: Vec<WorkflowSummary>,
+    /// Where the next page starts ([`WorkflowQuery::after`]); `None` when there is no more.
+    pub next: Option<i64>,
+}
+
+/// One page of the workflows `query` asks for, newest first (keyset pages on the id: a page
+/// costs the same however many workflows came before). One statement in a read-only
+/// transaction: it walks the workflows' primary key, and reads the jobs of each finished
+/// workflow on the page (through their index) to tell completed from failed and cancelled.
+///
+/// # Errors
+/// [`InspectError::Invalid`] for a limit of 0 or over [`MAX_WORKFLOWS_PAGE`];
+/// [`InspectError::Database`] when the statement fails.
+///
+/// # Cancel safety
+/// Cancel safe: it only reads.
+pub async fn workflows<'c, A>(conn: A, query: &WorkflowQuery) -> Result<WorkflowPage, InspectError>
+where
+    A: Acquire<'c, Database = Postgres>,
+{
+    if query.limit == 0 || query.limit > MAX_WORKFLOWS_PAGE {
+        return Err(InspectError::Invalid(format!(
+            "a page holds 1 to {MAX_WORKFLOWS_PAGE} workflows, not {}",
+            query.limit
+        )));
+    }
+    let running = query.phase.map(|phase| phase == WorkflowPhase::Running);
+    let mut tx = begin(conn, true).await?;
+    let rows = db::workflow::list(&mut *tx, query.after, running, i64::from(query.limit)).await?;
+    tx.commit().await?;
+    let count = |n: i32| u64::try_from(n).unwrap_or(0);
+    let workflows: Vec<WorkflowSummary> = rows
+        .into_iter()
+        .map(|row| WorkflowSummary {
+            id: row.id,
+            state: WorkflowState::derive(row.unfinished.into(), row.any_failed, row.any_cancelled),
+            name: row.name,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+            cancelled_at: row.cancelled_at,
+            on_failure: row.on_failure,
+            jobs: count(row.jobs),
+            unfinished: count(row.unfinished),
+        })
+        .collect();
+    let next = (workflows.len() == query.limit as usize)
+        .then(|| workflows.last().map(|w| w.id))
+        .flatten();
+    Ok(WorkflowPage { workflows, next })
 }
 
 /// A workflow, its figures and (a page of) its jobs.
@@ -102,15 +291,11 @@ where
         .map(|(state, n)| (state, count(n)))
         .collect();
     let has = |wanted: JobState| states.iter().any(|(state, n)| *state == wanted && *n > 0);
-    let state = if row.unfinished > 0 {
-        WorkflowState::Running
-    } else if has(JobState::Failed) {
-        WorkflowState::Failed
-    } else if has(JobState::Cancelled) {
-        WorkflowState::Cancelled
-    } else {
-        WorkflowState::Completed
-    };
+    let state = WorkflowState::derive(
+        row.unfinished.into(),
+        has(JobState::Failed),
+        has(JobState::Cancelled),
+    );
     Ok(Some(WorkflowInfo {
         id: row.id,
         name: row.name,

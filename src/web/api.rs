@@ -15,7 +15,7 @@ use super::Shared;
 use super::pages::job::{redact_detail, redact_explanation};
 use super::pages::jobs::redact_summary;
 use super::pages::{Ctx, overview};
-use super::params::{JobParams, check_args_len, matches_everything};
+use super::params::{JobParams, MembersParams, WorkflowParams, check_args_len, matches_everything};
 use crate::inspect::{self, BulkReport, HealthOptions, InspectError, JobFilter};
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
@@ -30,6 +30,9 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/jobs/delete", post(bulk_delete))
         .route("/api/v1/jobs/{id}/explain", get(explain))
         .route("/api/v1/jobs/{id}/{action}", post(act))
+        .route("/api/v1/workflows", get(workflows))
+        .route("/api/v1/workflows/{id}", get(workflow))
+        .route("/api/v1/workflows/{id}/cancel", post(workflow_cancel))
         .route("/api/v1/queues", get(queues))
         .route("/api/v1/queues/{name}/{action}", post(queue_act))
         .route("/api/v1/workers", get(workers))
@@ -99,6 +102,12 @@ impl From<InspectError> for ApiError {
 
 impl From<crate::JobQueryError> for ApiError {
     fn from(error: crate::JobQueryError) -> Self {
+        Self::unavailable(&error)
+    }
+}
+
+impl From<crate::workflow::WorkflowError> for ApiError {
+    fn from(error: crate::workflow::WorkflowError) -> Self {
         Self::unavailable(&error)
     }
 }
@@ -229,6 +238,42 @@ async fn bulk(State(shared): Shared_, action: &str, body: BulkJson) -> ApiResult
     };
     tracing::info!(action = %action, changed = report.changed, "dashboard API: bulk action");
     Ok(Json(report))
+}
+
+async fn workflows(
+    State(shared): Shared_,
+    Query(params): Query<WorkflowParams>,
+) -> ApiResult<inspect::WorkflowPage> {
+    let query = params.query().map_err(ApiError::bad)?;
+    Ok(Json(inspect::workflows(&shared.pool, &query).await?))
+}
+
+async fn workflow(
+    State(shared): Shared_,
+    Path(id): Path<i64>,
+    Query(params): Query<MembersParams>,
+) -> ApiResult<inspect::WorkflowInfo> {
+    let after = params.after().map_err(ApiError::bad)?;
+    let workflow = inspect::workflow(&shared.pool, id, after)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("workflow {id}")))?;
+    Ok(Json(workflow))
+}
+
+async fn workflow_cancel(
+    State(shared): Shared_,
+    Path(id): Path<i64>,
+) -> ApiResult<crate::workflow::Cancelled> {
+    let done = crate::workflow::cancel(&shared.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("workflow {id}")))?;
+    tracing::info!(
+        workflow = id,
+        cancelled = done.cancelled,
+        stopping = done.stopping,
+        "dashboard API: workflow cancelled"
+    );
+    Ok(Json(done))
 }
 
 async fn queues(State(shared): Shared_) -> ApiResult<Vec<inspect::QueueInfo>> {

@@ -30,8 +30,10 @@
 //!   is not running), `/queues`, `/workers`, `/schedules`, `/health`;
 //! - the JSON API under `/api/v1/` (see `docs/dashboard.md`), and Server-Sent Events at
 //!   `/api/v1/events` (the overview, every [`LIVE_INTERVAL`]) and `/api/v1/events?job=ID` (a
-//!   job's state and progress). One poller per [`Dashboard`] feeds every open browser: a
-//!   hundred open tabs cost the database what one does.
+//!   job's state and progress, pushed as it changes). One poller per [`Dashboard`] feeds every
+//!   open overview, and one [`Results`](crate::results::Results) (one `LISTEN` connection
+//!   while a job stream is open, polling as a fallback) every open job stream: a hundred open
+//!   tabs cost the database what one does.
 //!
 //! For the application's own pages, [`JobEvents`] streams one job's progress (and ships a
 //! script that draws it as a progress bar) without exposing the dashboard.
@@ -81,10 +83,11 @@ pub const LIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// The most jobs a dashboard page or API call lists: 200.
 pub const MAX_PAGE_SIZE: u32 = 200;
 
-/// The most jobs one [`Dashboard`] (or one [`JobEvents`]) streams at once: 10,000. The poller
-/// reads them [`inspect::MAX_PROGRESS_IDS`] per statement, so at most ten statements a round;
-/// a stream for one more job is refused with 503 until others end. One client opening
-/// thousands of streams is for your own middleware to limit (per user or per address).
+/// The most jobs one [`Dashboard`] (or one [`JobEvents`]) streams at once: 10,000. Their
+/// [`Results`](crate::results::Results) reads them 1,000 per statement, so at most ten
+/// statements a polling round; a stream for one more job is refused with 503 until others end.
+/// One client opening thousands of streams is for your own middleware to limit (per user or
+/// per address).
 pub const MAX_WATCHED_JOBS: usize = 10_000;
 
 /// What a request may do, as an [`authorizer`](Dashboard::authorizer) decides.
@@ -114,6 +117,7 @@ pub struct Dashboard {
     live_interval: Duration,
     title: String,
     shutdown: CancellationToken,
+    results: Option<crate::results::Results>,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -124,6 +128,7 @@ impl std::fmt::Debug for Dashboard {
             .field("allowed_hosts", &self.allowed_hosts)
             .field("live_interval", &self.live_interval)
             .field("title", &self.title)
+            .field("results", &self.results)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +146,7 @@ impl Dashboard {
             live_interval: LIVE_INTERVAL,
             title: "skiplock".to_owned(),
             shutdown: CancellationToken::new(),
+            results: None,
         }
     }
 
@@ -211,9 +217,22 @@ impl Dashboard {
     }
 
     /// How often the live view polls while someone watches (default [`LIVE_INTERVAL`]; at
-    /// least 200 ms).
+    /// least 200 ms): the overview, and the watched jobs whatever notifications say (a job's
+    /// progress and outcome are pushed as they are stored; a claim, or a change made by hand,
+    /// is seen at the next poll).
     pub fn live_interval(mut self, interval: Duration) -> Self {
         self.live_interval = interval.max(Duration::from_millis(200));
+        self
+    }
+
+    /// Watches jobs through the application's own [`Results`](crate::results::Results) (one
+    /// per process is the idea: it has one `LISTEN` connection for every wait and watch),
+    /// polled as its [`ResultsConfig`](crate::results::ResultsConfig) says. By default the
+    /// dashboard makes one of its own while a job's stream is open, polled every
+    /// [`live_interval`](Self::live_interval), and drops it (and its connection, taken from the
+    /// dashboard's pool) when the last stream ends.
+    pub fn results(mut self, results: crate::results::Results) -> Self {
+        self.results = Some(results);
         self
     }
 
@@ -297,6 +316,7 @@ impl Shared {
                 dashboard.pool.clone(),
                 dashboard.live_interval,
                 dashboard.shutdown,
+                dashboard.results,
             ),
             pool: dashboard.pool,
             authorizer: dashboard.authorizer,
@@ -410,19 +430,13 @@ async fn job_stream(
 ) -> Result<axum::response::Response, (axum::http::StatusCode, &'static str)> {
     use axum::http::StatusCode;
     use axum::response::IntoResponse as _;
-    match inspect::job_progress(&shared.pool, &[id]).await {
-        Ok(found) if found.is_empty() => return Err((StatusCode::NOT_FOUND, "no such job")),
-        Ok(_) => {}
-        Err(error) => {
-            tracing::warn!(error = %crate::handler::error_chain(&error), "dashboard: reading a job failed");
-            return Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the database did not answer: see the server's log",
-            ));
-        }
-    }
-    match shared.hub.job(shared, id) {
+    match shared.hub.job(shared, id).await {
         Ok(events) => Ok(axum::response::sse::Sse::new(events).into_response()),
+        Err(events::Refused::NotFound) => Err((StatusCode::NOT_FOUND, "no such job")),
+        Err(events::Refused::Unavailable) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database did not answer: see the server's log",
+        )),
         Err(events::Refused::TooManyJobs) => Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "too many jobs watched at once",

@@ -8,7 +8,9 @@ use serde_json::Value;
 
 use super::MAX_PAGE_SIZE;
 use crate::JobState;
-use crate::inspect::{JobFilter, JobOrder, JobQuery};
+use crate::inspect::{
+    JobFilter, JobOrder, JobQuery, MAX_WORKFLOWS_PAGE, WorkflowPhase, WorkflowQuery,
+};
 
 /// The longest `args` filter accepted: 8 KiB of JSON.
 pub(crate) const MAX_ARGS_FILTER: usize = 8 * 1024;
@@ -44,7 +46,7 @@ pub(crate) fn check_args_len(filter: &JobFilter) -> Result<(), String> {
     Ok(())
 }
 
-/// `?state=failed,retryable&queue=emails&kind=…&tag=…&schedule=…&args={"user":7}&order=oldest&after=123&limit=50`.
+/// `?state=failed,retryable&queue=emails&kind=…&tag=…&schedule=…&workflow=12&args={"user":7}&order=oldest&after=123&limit=50`.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub(crate) struct JobParams {
     /// States, comma-separated.
@@ -58,6 +60,9 @@ pub(crate) struct JobParams {
     pub(crate) tag: Option<String>,
     #[serde(default)]
     pub(crate) schedule: Option<String>,
+    /// A workflow's id.
+    #[serde(default)]
+    pub(crate) workflow: Option<String>,
     /// A JSON value the arguments contain (`@>`).
     #[serde(default)]
     pub(crate) args: Option<String>,
@@ -97,6 +102,12 @@ impl JobParams {
         }
         if let Some(schedule) = given(self.schedule.as_ref()) {
             filter = filter.schedule(schedule);
+        }
+        if let Some(workflow) = given(self.workflow.as_ref()) {
+            let id = workflow
+                .parse()
+                .map_err(|_| format!("workflow is a workflow id, not {workflow:?}"))?;
+            filter = filter.workflow(id);
         }
         if let Some(args) = given(self.args.as_ref()) {
             if args.len() > MAX_ARGS_FILTER {
@@ -146,6 +157,7 @@ impl JobParams {
             ("kind", &self.kind),
             ("tag", &self.tag),
             ("schedule", &self.schedule),
+            ("workflow", &self.workflow),
             ("args", &self.args),
             ("order", &self.order),
             ("limit", &self.limit),
@@ -159,6 +171,80 @@ impl JobParams {
             out.append_pair("after", &after.to_string());
         }
         out.finish()
+    }
+}
+
+/// `?state=running|finished&after=123&limit=50`: a page of the workflows list.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub(crate) struct WorkflowParams {
+    /// `running` or `finished`; any when absent or empty.
+    #[serde(default)]
+    pub(crate) state: Option<String>,
+    /// Continue after this workflow id.
+    #[serde(default)]
+    pub(crate) after: Option<String>,
+    #[serde(default)]
+    pub(crate) limit: Option<String>,
+}
+
+impl WorkflowParams {
+    /// The page these parameters ask for (at most [`MAX_WORKFLOWS_PAGE`] workflows).
+    pub(crate) fn query(&self) -> Result<WorkflowQuery, String> {
+        let mut query = WorkflowQuery::new();
+        match given(self.state.as_ref()) {
+            None => {}
+            Some("running") => query = query.phase(WorkflowPhase::Running),
+            Some("finished") => query = query.phase(WorkflowPhase::Finished),
+            Some(other) => return Err(format!("state is running or finished, not {other:?}")),
+        }
+        if let Some(after) = given(self.after.as_ref()) {
+            let after = after
+                .parse()
+                .map_err(|_| format!("after is a workflow id, not {after:?}"))?;
+            query = query.after(after);
+        }
+        if let Some(limit) = given(self.limit.as_ref()) {
+            let limit: u32 = limit
+                .parse()
+                .map_err(|_| format!("limit is a number, not {limit:?}"))?;
+            if limit == 0 || limit > MAX_WORKFLOWS_PAGE {
+                return Err(format!("limit is 1 to {MAX_WORKFLOWS_PAGE}"));
+            }
+            query = query.limit(limit);
+        }
+        Ok(query)
+    }
+
+    /// The query string of these parameters with `after` replaced (for the next page).
+    pub(crate) fn with_after(&self, after: Option<i64>) -> String {
+        let mut out = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in [("state", &self.state), ("limit", &self.limit)] {
+            if let Some(value) = given(value.as_ref()) {
+                out.append_pair(name, value);
+            }
+        }
+        if let Some(after) = after {
+            out.append_pair("after", &after.to_string());
+        }
+        out.finish()
+    }
+}
+
+/// `?after=ID`: where a workflow page's list of jobs starts (0, the first, when absent).
+#[derive(Debug, Default, Clone, Deserialize)]
+pub(crate) struct MembersParams {
+    #[serde(default)]
+    pub(crate) after: Option<String>,
+}
+
+impl MembersParams {
+    pub(crate) fn after(&self) -> Result<i64, String> {
+        match given(self.after.as_ref()) {
+            None => Ok(0),
+            Some(after) => after
+                .parse()
+                .map_err(|_| format!("after is a job id, not {after:?}")),
+        }
     }
 }
 
@@ -198,6 +284,48 @@ mod tests {
             order: Some("random()".into()),
             ..JobParams::default()
         });
+        bad(JobParams {
+            workflow: Some("1 OR true".into()),
+            ..JobParams::default()
+        });
+        let workflow = JobParams {
+            workflow: Some(" 12 ".into()),
+            ..JobParams::default()
+        };
+        assert_eq!(workflow.filter().expect("filter").workflow, Some(12));
+        assert!(!matches_everything(&workflow.filter().expect("filter")));
+        assert_eq!(workflow.with_after(Some(3)), "workflow=12&after=3");
+
+        let workflows = WorkflowParams {
+            state: Some("finished".into()),
+            after: Some("40".into()),
+            limit: Some("10".into()),
+        };
+        let query = workflows.query().expect("query");
+        assert_eq!(
+            (query.phase, query.after, query.limit),
+            (Some(WorkflowPhase::Finished), Some(40), 10)
+        );
+        assert_eq!(
+            workflows.with_after(Some(7)),
+            "state=finished&limit=10&after=7"
+        );
+        for bad in [
+            WorkflowParams {
+                state: Some("done".into()),
+                ..WorkflowParams::default()
+            },
+            WorkflowParams {
+                limit: Some("201".into()),
+                ..WorkflowParams::default()
+            },
+            WorkflowParams {
+                after: Some("x".into()),
+                ..WorkflowParams::default()
+            },
+        ] {
+            assert!(bad.query().is_err(), "{bad:?}");
+        }
         for empty in ["{}", "[]", "null", " {} "] {
             let filter = JobParams {
                 args: Some(empty.into()),

@@ -53,10 +53,12 @@ type Watcher = dyn Fn(&Parts, i64) -> bool + Send + Sync;
 ///
 /// The script sets the bar and the label, sets `data-state` on the element, dispatches
 /// `skiplock:job` events (the event's `detail` is the job's JSON) and `skiplock:finished`
-/// once, and reloads the page then if the element has `data-skiplock-reload`. One poller per
-/// router reads the watched jobs ([`MAX_PROGRESS_IDS`](crate::inspect::MAX_PROGRESS_IDS) per
-/// statement) each round, up to [`MAX_WATCHED_JOBS`](super::MAX_WATCHED_JOBS) at once. A
-/// stream ends after the event that says its job finished, and every stream ends when the
+/// once, and reloads the page then if the element has `data-skiplock-reload`. The streams watch
+/// their jobs through one [`Results`](crate::results::Results) per router (one `LISTEN`
+/// connection while a stream is open: progress and outcomes are pushed as they are stored, and
+/// every watched job is also read each [`interval`](Self::interval)), up to
+/// [`MAX_WATCHED_JOBS`](super::MAX_WATCHED_JOBS) jobs at once. A stream ends after the event
+/// that says its job finished (or when the job is deleted), and every stream ends when the
 /// [shutdown token](Self::shutdown_on) is cancelled.
 pub struct JobEvents {
     /// What the streams share with the dashboard: the pool, interval and shutdown token.
@@ -85,9 +87,17 @@ impl JobEvents {
         }
     }
 
-    /// How often watched jobs are read (default [`LIVE_INTERVAL`]; at least 200 ms).
+    /// How often watched jobs are read whatever notifications say (default
+    /// [`LIVE_INTERVAL`]; at least 200 ms).
     pub fn interval(mut self, interval: Duration) -> Self {
         self.dashboard = self.dashboard.live_interval(interval);
+        self
+    }
+
+    /// Watches jobs through the application's own [`Results`](crate::results::Results), as
+    /// [`Dashboard::results`] does.
+    pub fn results(mut self, results: crate::results::Results) -> Self {
+        self.dashboard = self.dashboard.results(results);
         self
     }
 

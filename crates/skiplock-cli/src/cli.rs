@@ -26,6 +26,9 @@ pub(crate) enum Command {
     /// List, show, explain, cancel, retry or delete jobs.
     #[command(subcommand)]
     Jobs(crate::cli_inspect::JobsCommand),
+    /// List, show or cancel workflows (chains, groups and chords of jobs).
+    #[command(subcommand)]
+    Workflows(crate::cli_inspect::WorkflowsCommand),
     /// The queues: jobs by state, lag, throughput, workers.
     #[command(subcommand)]
     Queues(crate::cli_inspect::QueuesCommand),

@@ -72,6 +72,10 @@ pub(crate) struct FilterArgs {
     /// Jobs enqueued by this schedule.
     #[arg(long, value_name = "NAME")]
     pub(crate) schedule: Option<String>,
+
+    /// Jobs of this workflow (`skiplock workflows list` gives the ids).
+    #[arg(long, value_name = "ID")]
+    pub(crate) workflow: Option<i64>,
 }
 
 fn state() -> impl clap::builder::TypedValueParser<Value = JobState> {
@@ -140,6 +144,75 @@ pub(crate) struct ActionArgs {
     pub(crate) yes: bool,
 
     /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WorkflowsCommand {
+    /// List workflows, newest first, as an aligned table (or JSON), a page at a time: id,
+    /// name, state (running, completed, failed, cancelled), jobs and how many are unfinished.
+    List(WorkflowListArgs),
+    /// One workflow: its state, times, jobs per state, and its jobs (1000 at a time) with
+    /// their states and the jobs each waits for.
+    Show(WorkflowShowArgs),
+    /// Cancel every unfinished job of a workflow (running ones are asked to stop). Says how
+    /// many jobs that is and asks `Proceed? [y/N]` on a terminal; --yes skips the question and
+    /// is needed without a terminal. Exit code 3 when there is no such workflow.
+    Cancel(WorkflowCancelArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum WorkflowPhaseArg {
+    /// A job has not finished.
+    Running,
+    /// Every job finished.
+    Finished,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkflowListArgs {
+    /// Only running or only finished workflows.
+    #[arg(long, value_enum)]
+    pub(crate) state: Option<WorkflowPhaseArg>,
+
+    /// Start after this workflow id: the `--after` the footer of the page before gives.
+    #[arg(long, value_name = "ID")]
+    pub(crate) after: Option<i64>,
+
+    /// At most this many workflows (1 to 200).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub(crate) limit: u32,
+
+    /// Print one JSON document, {"workflows": [...], "next": ID or null}, instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkflowShowArgs {
+    /// The workflow's id.
+    pub(crate) id: i64,
+
+    /// List its jobs of id above this (the footer gives it when there are more than 1000).
+    #[arg(long, value_name = "JOB_ID")]
+    pub(crate) after: Option<i64>,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkflowCancelArgs {
+    /// The workflow's id.
+    pub(crate) id: i64,
+
+    /// Do not ask for confirmation (needed without a terminal).
+    #[arg(long, short)]
+    pub(crate) yes: bool,
+
+    /// Print JSON, {"cancelled": N, "stopping": M}, instead of text.
     #[arg(long)]
     pub(crate) json: bool,
 }

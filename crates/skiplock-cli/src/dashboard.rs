@@ -161,7 +161,9 @@ pub(crate) async fn run(database_url: Option<String>, args: DashboardArgs) -> an
         !matches!(credentials, Credentials::None),
         args.insecure_public,
     )?;
-    let pool = crate::connect(database_url).await?;
+    // Two for pages and the overview's poller, one for the `LISTEN` connection job streams
+    // hold while open.
+    let pool = crate::connect_with(database_url, 3).await?;
     let dashboard = dashboard(pool, &args)?;
     let stop = crate::schedules::stop_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)

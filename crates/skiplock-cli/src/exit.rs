@@ -4,7 +4,7 @@ use std::fmt;
 
 /// An error: bad input, no database, a failed statement, an action refused or not confirmed.
 pub(crate) const ERROR: u8 = 1;
-/// No job (or schedule) by that id or name.
+/// No job (or schedule, or workflow) by that id or name.
 pub(crate) const NOT_FOUND: u8 = 3;
 /// `doctor --strict`: a check gave a warning.
 pub(crate) const WARNING: u8 = 4;
@@ -17,7 +17,7 @@ Exit codes:
   0  success (doctor: every check ok or info, or warnings without --strict)
   1  error: bad input, no database, a failed statement, an action refused or not confirmed
   2  the command line is wrong (clap's usage message)
-  3  not found: no job or schedule by that id or name
+  3  not found: no job, schedule or workflow by that id or name
   4  doctor --strict: a check gave a warning
   5  doctor: a check is critical";
 

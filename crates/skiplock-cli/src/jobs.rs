@@ -54,6 +54,9 @@ fn filter_of(args: &FilterArgs) -> JobFilter {
     if let Some(schedule) = &args.schedule {
         filter = filter.schedule(schedule);
     }
+    if let Some(workflow) = args.workflow {
+        filter = filter.workflow(workflow);
+    }
     filter
 }
 
@@ -334,6 +337,7 @@ impl Action {
     fn states(self) -> &'static [JobState] {
         match self {
             Self::Cancel => &[
+                JobState::Pending,
                 JobState::Scheduled,
                 JobState::Available,
                 JobState::Running,
@@ -356,7 +360,7 @@ async fn act(
     let mut filter = filter_of(&args.filter);
     if filter == JobFilter::new() && !args.all {
         bail!(
-            "refusing to {} every job without --all: give job ids or a filter (--state, --queue, --kind, --tag, --args, --schedule)",
+            "refusing to {} every job without --all: give job ids or a filter (--state, --queue, --kind, --tag, --args, --schedule, --workflow)",
             action.verb()
         );
     }
@@ -472,7 +476,7 @@ async fn bulk(
 }
 
 /// Asks on the terminal; whether the answer is yes.
-fn confirm(question: &str) -> anyhow::Result<bool> {
+pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
     use std::io::Write as _;
     let mut stderr = std::io::stderr().lock();
     stderr.write_all(question.as_bytes())?;
@@ -513,6 +517,9 @@ fn describe(filter: &JobFilter, action: Action, plural: bool) -> String {
     part("tagged", "tagged", quoted(&filter.tags), " and ");
     let schedule = filter.schedule.iter().cloned().collect::<Vec<_>>();
     part("of schedule", "of schedule", quoted(&schedule), "");
+    if let Some(workflow) = filter.workflow {
+        let _ = write!(text, " of workflow {workflow}");
+    }
     if let Some(args) = &filter.args {
         let _ = write!(text, " with arguments containing {args}");
     }

@@ -13,6 +13,7 @@ mod metrics;
 mod migrate;
 mod schedules;
 mod text;
+mod workflows;
 
 use std::error::Error as StdError;
 use std::io::IsTerminal as _;
@@ -62,6 +63,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             enqueue::run(&connect(cli.database_url).await?, job).await
         }
         Command::Jobs(command) => jobs::run(command, connect(cli.database_url)).await,
+        Command::Workflows(command) => {
+            workflows::run(command, &connect(cli.database_url).await?).await
+        }
         Command::Queues(cli_inspect::QueuesCommand::List(args)) => {
             fleet::queues(&connect(cli.database_url).await?, args).await
         }
@@ -101,6 +105,11 @@ fn server_options(url: Option<String>) -> anyhow::Result<PgConnectOptions> {
 }
 
 async fn connect(url: Option<String>) -> anyhow::Result<PgPool> {
+    connect_with(url, 2).await
+}
+
+/// [`connect`], with a pool of at most `max_connections`.
+async fn connect_with(url: Option<String>, max_connections: u32) -> anyhow::Result<PgPool> {
     let options = server_options(url)?;
     // One direct connection first: a pool retries until its acquire timeout, while a refused
     // or misconfigured connection should be reported at once.
@@ -112,7 +121,7 @@ async fn connect(url: Option<String>) -> anyhow::Result<PgPool> {
         .await
         .context("could not connect to the database")?;
     Ok(PgPoolOptions::new()
-        .max_connections(2)
+        .max_connections(max_connections)
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_lazy_with(options))
 }

@@ -765,3 +765,150 @@ async fn queues_pause_and_resume_and_explain_says_so() {
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("must be 1 to 128 characters"));
 }
+
+#[tokio::test]
+async fn workflows_list_show_and_cancel_and_jobs_filter_by_workflow() {
+    use skiplock::workflow::{Step, Workflow, chain, group};
+    let db = TestDatabase::new().await.expect("database");
+    let pool = db.pool();
+    let step = |kind: &str| {
+        Step::from(NewJob::untyped(
+            kind,
+            serde_json::json!({}),
+            EnqueueOptions::new(),
+        ))
+    };
+    let flow = || chain([step("fetch"), group([step("resize"), step("resize")])]);
+    let first = Workflow::new("thumbnails", flow())
+        .enqueue(pool)
+        .await
+        .expect("enqueue");
+    let second = Workflow::new("second", flow())
+        .enqueue(pool)
+        .await
+        .expect("enqueue");
+    let jobs = &first.jobs;
+    let id = first.id.to_string();
+
+    // The list: newest first, as a table and as JSON.
+    let table = ok(&db, &["workflows", "list"]).await;
+    let rows: String = table
+        .lines()
+        .filter(|line| !line.ends_with("newest first"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(ids(&rows), vec![second.id, first.id], "{table}");
+    assert!(
+        table.contains("thumbnails") && table.contains("running"),
+        "{table}"
+    );
+    assert!(table.ends_with("2 workflows, newest first"), "{table}");
+    let page = json(&db, &["workflows", "list", "--limit", "1", "--json"]).await;
+    assert_eq!(page["workflows"][0]["id"], second.id);
+    assert_eq!(page["next"], second.id);
+    let rest = json(
+        &db,
+        &[
+            "workflows",
+            "list",
+            "--json",
+            "--after",
+            &second.id.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(rest["workflows"][0]["name"], "thumbnails");
+    let finished = ok(&db, &["workflows", "list", "--state", "finished"]).await;
+    assert_eq!(finished, "no workflows");
+
+    // Show: the fields, and a table of jobs with what each waits for.
+    let shown = ok(&db, &["workflows", "show", &id]).await;
+    assert!(
+        shown.starts_with(&format!("workflow {id}: \"thumbnails\"\n")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("state         running, 3 of 3 jobs unfinished"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("jobs by state pending 2, available 1"),
+        "{shown}"
+    );
+    let rows: Vec<&str> = shown
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("id"))
+        .skip(1)
+        .collect();
+    assert_eq!(rows.len(), 3, "{shown}");
+    let waits = |row: &str| row.split_whitespace().last().map(str::to_owned);
+    assert!(
+        rows[0].contains("available") && rows[0].contains("fetch"),
+        "{shown}"
+    );
+    assert_eq!(waits(rows[0]), Some("-".to_owned()));
+    for row in &rows[1..] {
+        assert!(row.contains("pending") && row.contains("resize"), "{shown}");
+        assert_eq!(waits(row), Some(jobs[0].to_string()));
+    }
+    let detail = json(&db, &["workflows", "show", &id, "--json"]).await;
+    assert_eq!(
+        detail["members"][2]["depends_on"],
+        serde_json::json!([jobs[0]])
+    );
+    let missing = skiplock(&db, &["workflows", "show", "987654"]).await;
+    assert_eq!(code(&missing), Some(3));
+    assert_eq!(stderr(&missing), "error: no workflow 987654");
+
+    // `jobs list --workflow`: only its jobs.
+    let listed = ok(&db, &["jobs", "list", "--workflow", &id]).await;
+    let mut newest_first = jobs.clone();
+    newest_first.reverse();
+    assert_eq!(ids(&listed), newest_first, "{listed}");
+
+    // Cancel: refused without a terminal or --yes; exit 3 for no such workflow.
+    let refused = skiplock(&db, &["workflows", "cancel", &id]).await;
+    assert_eq!(code(&refused), Some(1));
+    assert_eq!(
+        stderr(&refused),
+        format!(
+            "error: refusing to cancel the 3 unfinished jobs of workflow {id} (\"thumbnails\") \
+             without confirmation: there is no terminal to ask on; pass --yes"
+        )
+    );
+    for job in jobs {
+        assert_ne!(state(pool, *job).await, Some(JobState::Cancelled));
+    }
+    let missing = skiplock(&db, &["workflows", "cancel", "987654", "--yes"]).await;
+    assert_eq!(code(&missing), Some(3));
+    assert_eq!(stderr(&missing), "error: no workflow 987654");
+    let cancelled = ok(&db, &["workflows", "cancel", &id, "--yes"]).await;
+    assert_eq!(
+        cancelled,
+        format!("workflow {id}: 3 jobs cancelled, 0 running asked to stop")
+    );
+    for job in jobs {
+        assert_eq!(state(pool, *job).await, Some(JobState::Cancelled));
+    }
+    for job in &second.jobs {
+        assert_ne!(state(pool, *job).await, Some(JobState::Cancelled));
+    }
+    let again = json(
+        &db,
+        &[
+            "workflows",
+            "cancel",
+            &second.id.to_string(),
+            "--yes",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(again, serde_json::json!({"cancelled": 3, "stopping": 0}));
+    let shown = ok(&db, &["workflows", "show", &id]).await;
+    assert!(
+        shown.contains("state         cancelled, 0 of 3 jobs unfinished"),
+        "{shown}"
+    );
+    assert!(shown.contains("cancelled     "), "{shown}");
+}

@@ -116,6 +116,9 @@ pub(crate) async fn page(state: State, ctx: Ctx, Path(id): Path<i64>) -> PageRes
                     @if let Some(schedule) = &job.schedule {
                         dt { "Schedule" } dd { a href=(ctx.link(&format!("/jobs?schedule={}", super::overview::urlencode(schedule)))) { (schedule) } }
                     }
+                    @if let Some(workflow) = job.workflow_id {
+                        dt { "Workflow" } dd { a href=(ctx.link(&format!("/workflows/{workflow}"))) data-workflow=(workflow) { "#" (workflow) } }
+                    }
                     @if !job.tags.is_empty() { dt { "Tags" } dd { @for tag in &job.tags { span.tag { (tag) } " " } } }
                     @if let Some(key) = &job.unique_key { dt { "Unique key" } dd { code { (key) } } }
                     @if let Some(timeout) = job.timeout_secs { dt { "Timeout" } dd { (format!("{timeout} s")) } }

@@ -15,7 +15,8 @@ use crate::web::params::{JobParams, matches_everything};
 use crate::web::security::CSRF_FIELD;
 use crate::web::{Field, Shared, State};
 
-const STATES: [JobState; 7] = [
+const STATES: [JobState; 8] = [
+    JobState::Pending,
     JobState::Scheduled,
     JobState::Available,
     JobState::Running,
@@ -164,6 +165,10 @@ fn filter_form(ctx: &Ctx, p: &JobParams) -> Markup {
                 }
             }
             @if let Some(schedule) = &p.schedule { input type="hidden" name="schedule" value=(schedule); }
+            @if let Some(workflow) = p.workflow.as_deref().map(str::trim).filter(|w| !w.is_empty()) {
+                input type="hidden" name="workflow" value=(workflow);
+                span.filter-chip { "workflow " a href=(ctx.link(&format!("/workflows/{}", super::overview::urlencode(workflow)))) { (workflow) } }
+            }
             button.btn.primary type="submit" { "Filter" }
             a.btn href=(ctx.link("/jobs")) { "Clear" }
         }
@@ -177,6 +182,7 @@ fn hidden_filter(p: &JobParams) -> Markup {
         ("kind", &p.kind),
         ("tag", &p.tag),
         ("schedule", &p.schedule),
+        ("workflow", &p.workflow),
         ("args", &p.args),
     ];
     html! {
@@ -225,7 +231,7 @@ pub(crate) async fn bulk(state: State, ctx: Ctx, Form(form): Form<BulkForm>) -> 
     let (verb, applies) = match form.action.as_str() {
         "cancel" => (
             "Cancel",
-            "scheduled, available, retryable and running jobs (running ones are asked to stop)",
+            "pending, scheduled, available, retryable and running jobs (running ones are asked to stop)",
         ),
         "retry" => (
             "Retry",

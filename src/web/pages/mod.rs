@@ -5,6 +5,7 @@ pub(crate) mod health;
 pub(crate) mod job;
 pub(crate) mod jobs;
 pub(crate) mod overview;
+pub(crate) mod workflows;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,9 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/jobs/bulk", post(jobs::bulk))
         .route("/jobs/{id}", get(job::page))
         .route("/jobs/{id}/{action}", post(job::act))
+        .route("/workflows", get(workflows::list))
+        .route("/workflows/{id}", get(workflows::page))
+        .route("/workflows/{id}/cancel", post(workflows::cancel))
         .route("/queues", get(fleet::queues))
         .route("/workers", get(fleet::workers))
         .route("/schedules", get(fleet::schedules))
@@ -103,6 +107,7 @@ impl Ctx {
 pub(crate) enum Nav {
     Overview,
     Jobs,
+    Workflows,
     Queues,
     Workers,
     Schedules,
@@ -121,6 +126,7 @@ pub(crate) fn layout(
     let entries = [
         (Nav::Overview, "/", "Overview"),
         (Nav::Jobs, "/jobs", "Jobs"),
+        (Nav::Workflows, "/workflows", "Workflows"),
         (Nav::Queues, "/queues", "Queues"),
         (Nav::Workers, "/workers", "Workers"),
         (Nav::Schedules, "/schedules", "Schedules"),
@@ -206,6 +212,16 @@ impl From<InspectError> for PageError {
 impl From<crate::JobQueryError> for PageError {
     fn from(error: crate::JobQueryError) -> Self {
         tracing::warn!(error = %crate::handler::error_chain(&error), "dashboard action failed");
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the database did not answer: see the server's log".to_owned(),
+        }
+    }
+}
+
+impl From<crate::workflow::WorkflowError> for PageError {
+    fn from(error: crate::workflow::WorkflowError) -> Self {
+        tracing::warn!(error = %crate::handler::error_chain(&error), "dashboard workflow action failed");
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "the database did not answer: see the server's log".to_owned(),

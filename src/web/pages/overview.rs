@@ -18,6 +18,7 @@ use crate::web::State;
 /// Counts over every queue.
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct Totals {
+    pending: u64,
     scheduled: u64,
     available: u64,
     running: u64,
@@ -68,6 +69,7 @@ pub(crate) async fn read(
     };
     for q in &queues {
         let add = |total: &mut u64, c: Count| *total += c.value();
+        add(&mut totals.pending, q.pending);
         add(&mut totals.scheduled, q.scheduled);
         add(&mut totals.available, q.available);
         add(&mut totals.running, q.running);
@@ -76,6 +78,7 @@ pub(crate) async fn read(
         add(&mut totals.failed, q.failed);
         add(&mut totals.cancelled, q.cancelled);
         totals.exact &= [
+            q.pending,
             q.scheduled,
             q.available,
             q.running,
@@ -127,6 +130,7 @@ pub(crate) async fn page(state: State, ctx: Ctx) -> PageResult {
         ("available", "Waiting", t.available),
         ("running", "Running", t.running),
         ("scheduled", "Scheduled", t.scheduled),
+        ("pending", "Waiting on jobs", t.pending),
         ("retryable", "Retrying", t.retryable),
         ("failed", "Failed", t.failed),
         ("completed", "Completed", t.completed),
@@ -194,7 +198,8 @@ pub(crate) fn queue_table(ctx: &Ctx, queues: &[QueueInfo], actions: bool) -> mau
         } @else {
             table.grid {
                 thead { tr {
-                    th { "Queue" } th.n { "Waiting" } th.n { "Running" } th.n { "Scheduled" } th.n { "Retrying" }
+                    th { "Queue" } th.n { "Waiting" } th.n { "Running" } th.n { "Scheduled" }
+                    th.n title="Workflow jobs waiting for the jobs they depend on" { "Pending" } th.n { "Retrying" }
                     th.n { "Failed" } th.n { "Completed" } th.n { "Done / min" } th.n { "Failed / h" } th.n { "Pickup lag" } th.n { "Workers" }
                     @if actions { th { "" } }
                 } }
@@ -213,6 +218,7 @@ pub(crate) fn queue_table(ctx: &Ctx, queues: &[QueueInfo], actions: bool) -> mau
                             td.n { a href=(jobs("available")) data-count="available" { (count(q.available)) } }
                             td.n { a href=(jobs("running")) data-count="running" { (count(q.running)) } }
                             td.n { a href=(jobs("scheduled")) data-count="scheduled" { (count(q.scheduled)) } }
+                            td.n { a href=(jobs("pending")) data-count="pending" { (count(q.pending)) } }
                             td.n { a href=(jobs("retryable")) data-count="retryable" { (count(q.retryable)) } }
                             td.n { a href=(jobs("failed")) class=[(q.failed.value() > 0).then_some("bad")] data-count="failed" { (count(q.failed)) } }
                             td.n { a href=(jobs("completed")) data-count="completed" { (count(q.completed)) } }
