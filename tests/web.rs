@@ -1968,6 +1968,62 @@ async fn a_workflow_is_cancelled_only_with_full_access_the_same_origin_and_a_csr
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The cancelled workflow offers a retry; posted without the token it is refused, with it
+    // the workflow runs on (its first job available again, the rest waiting).
+    assert!(
+        page.contains("data-action=\"retry\""),
+        "a cancelled workflow offers a retry"
+    );
+    let retry = format!("/workflows/{id}/retry");
+    let (status, _, _) = send(
+        &app,
+        post_form(&retry, Some(&cookie), "", Some("http://dash.test")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        workflow_states(pool, id).await.0,
+        vec!["cancelled".to_owned(); 3]
+    );
+    let (status, headers, _) = send(
+        &app,
+        post_form(&retry, Some(&cookie), &good, Some("http://dash.test")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        headers[header::LOCATION],
+        format!("/workflows/{id}").as_str()
+    );
+    assert_eq!(
+        workflow_states(pool, id).await,
+        (
+            vec![
+                "available".to_owned(),
+                "pending".to_owned(),
+                "pending".to_owned()
+            ],
+            false
+        )
+    );
+    let retried = Request::post(format!("/api/v1/workflows/{other}/retry"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::empty())
+        .expect("request");
+    let (status, _, body) = send(&app, retried).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"retried":3}"#)
+    );
+    let read_only_retry = Request::post(format!("/api/v1/workflows/{other}/retry"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(
+        send(&read_only, read_only_retry).await.0,
+        StatusCode::FORBIDDEN
+    );
 }
 
 // ----- job streams pushed by notifications -----

@@ -33,6 +33,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/workflows", get(workflows))
         .route("/api/v1/workflows/{id}", get(workflow))
         .route("/api/v1/workflows/{id}/cancel", post(workflow_cancel))
+        .route("/api/v1/workflows/{id}/retry", post(workflow_retry))
         .route("/api/v1/queues", get(queues))
         .route("/api/v1/queues/{name}/{action}", post(queue_act))
         .route("/api/v1/workers", get(workers))
@@ -274,6 +275,20 @@ async fn workflow_cancel(
         "dashboard API: workflow cancelled"
     );
     Ok(Json(done))
+}
+
+/// What `POST /api/v1/workflows/{id}/retry` answers.
+#[derive(serde::Serialize)]
+struct Retried {
+    retried: u64,
+}
+
+async fn workflow_retry(State(shared): Shared_, Path(id): Path<i64>) -> ApiResult<Retried> {
+    let retried = crate::workflow::retry(&shared.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("workflow {id}")))?;
+    tracing::info!(workflow = id, retried, "dashboard API: workflow retried");
+    Ok(Json(Retried { retried }))
 }
 
 async fn queues(State(shared): Shared_) -> ApiResult<Vec<inspect::QueueInfo>> {

@@ -160,6 +160,9 @@ pub(crate) enum WorkflowsCommand {
     /// many jobs that is and asks `Proceed? [y/N]` on a terminal; --yes skips the question and
     /// is needed without a terminal. Exit code 3 when there is no such workflow.
     Cancel(WorkflowCancelArgs),
+    /// Put a failed or cancelled workflow's failed and cancelled jobs back, so it runs on from
+    /// where it stopped (completed jobs keep their results).
+    Retry(WorkflowRetryArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -213,6 +216,20 @@ pub(crate) struct WorkflowCancelArgs {
     pub(crate) yes: bool,
 
     /// Print JSON, {"cancelled": N, "stopping": M}, instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkflowRetryArgs {
+    /// The workflow's id.
+    pub(crate) id: i64,
+
+    /// Do not ask for confirmation (needed without a terminal).
+    #[arg(long, short)]
+    pub(crate) yes: bool,
+
+    /// Print JSON, {"retried": N}, instead of text.
     #[arg(long)]
     pub(crate) json: bool,
 }

@@ -1,15 +1,17 @@
-//! `skiplock workflows ...`: list, show, cancel.
+//! `skiplock workflows ...`: list, show, cancel, retry.
 
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 
 use anyhow::bail;
 use chrono::Utc;
+use skiplock::JobState;
 use skiplock::inspect::{self, WorkflowInfo, WorkflowPhase, WorkflowQuery};
 use sqlx::PgPool;
 
 use crate::cli_inspect::{
-    WorkflowCancelArgs, WorkflowListArgs, WorkflowPhaseArg, WorkflowShowArgs, WorkflowsCommand,
+    WorkflowCancelArgs, WorkflowListArgs, WorkflowPhaseArg, WorkflowRetryArgs, WorkflowShowArgs,
+    WorkflowsCommand,
 };
 use crate::exit::{self, Exit};
 use crate::text::{self, Table, print, print_json};
@@ -22,6 +24,7 @@ pub(crate) async fn run(command: WorkflowsCommand, pool: &PgPool) -> anyhow::Res
         WorkflowsCommand::List(args) => list(pool, args).await,
         WorkflowsCommand::Show(args) => show(pool, args).await,
         WorkflowsCommand::Cancel(args) => cancel(pool, args).await,
+        WorkflowsCommand::Retry(args) => retry(pool, args).await,
     }
 }
 
@@ -198,5 +201,48 @@ async fn cancel(pool: &PgPool, args: WorkflowCancelArgs) -> anyhow::Result<()> {
         args.id,
         text::plural(done.cancelled, "job"),
         done.stopping
+    ))
+}
+
+async fn retry(pool: &PgPool, args: WorkflowRetryArgs) -> anyhow::Result<()> {
+    let Some(workflow) = inspect::workflow(pool, args.id, i64::MAX).await? else {
+        return Err(Exit::not_found(format!("no workflow {}", args.id)).into());
+    };
+    let stopped = workflow
+        .states
+        .iter()
+        .filter(|(state, _)| matches!(state, JobState::Failed | JobState::Cancelled))
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    let what = format!(
+        "the {} of workflow {} ({:?})",
+        text::plural(stopped, "failed or cancelled job"),
+        workflow.id,
+        workflow.name,
+    );
+    if stopped > 0 && !args.yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "refusing to retry {what} without confirmation: there is no terminal to ask on; pass --yes"
+            );
+        }
+        if !crate::jobs::confirm(&format!("{what} would run again. Proceed? [y/N] "))? {
+            return Err(Exit {
+                code: exit::ERROR,
+                message: Some("not confirmed: nothing changed".to_owned()),
+            }
+            .into());
+        }
+    }
+    let Some(retried) = skiplock::workflow::retry(pool, args.id).await? else {
+        return Err(Exit::not_found(format!("no workflow {}", args.id)).into());
+    };
+    if args.json {
+        return print_json(&serde_json::json!({ "retried": retried }));
+    }
+    print(&format!(
+        "workflow {}: {} put back\n",
+        args.id,
+        text::plural(retried, "job")
     ))
 }

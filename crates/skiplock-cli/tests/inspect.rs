@@ -911,4 +911,18 @@ async fn workflows_list_show_and_cancel_and_jobs_filter_by_workflow() {
         "{shown}"
     );
     assert!(shown.contains("cancelled     "), "{shown}");
+
+    // Retry: refused without a terminal or --yes, then the cancelled workflow runs on.
+    let refused = skiplock(&db, &["workflows", "retry", &id]).await;
+    assert_eq!(code(&refused), Some(1));
+    let missing = skiplock(&db, &["workflows", "retry", "987654", "--yes"]).await;
+    assert_eq!(code(&missing), Some(3));
+    let retried = ok(&db, &["workflows", "retry", &id, "--yes"]).await;
+    assert_eq!(retried, format!("workflow {id}: 3 jobs put back"));
+    assert_eq!(state(pool, jobs[0]).await, Some(JobState::Available));
+    for job in &jobs[1..] {
+        assert_eq!(state(pool, *job).await, Some(JobState::Pending));
+    }
+    let again = json(&db, &["workflows", "retry", &id, "--yes", "--json"]).await;
+    assert_eq!(again, serde_json::json!({"retried": 0}));
 }

@@ -33,6 +33,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/workflows", get(workflows::list))
         .route("/workflows/{id}", get(workflows::page))
         .route("/workflows/{id}/cancel", post(workflows::cancel))
+        .route("/workflows/{id}/retry", post(workflows::retry))
         .route("/queues", get(fleet::queues))
         .route("/workers", get(fleet::workers))
         .route("/schedules", get(fleet::schedules))

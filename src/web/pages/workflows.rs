@@ -132,6 +132,14 @@ pub(crate) async fn page(
                         Some("Cancel every unfinished job of this workflow? Running jobs are asked to stop."),
                     ))
                 }
+                @if matches!(workflow.state, WorkflowState::Failed | WorkflowState::Cancelled) {
+                    (ctx.action(
+                        &format!("/workflows/{id}/retry"),
+                        "retry",
+                        "Retry workflow",
+                        Some("Run this workflow on from where it stopped? Its failed and cancelled jobs are put back; completed ones keep their results."),
+                    ))
+                }
             }
         }
         @if let Some((cancelled, stopping)) = flash.message() {
@@ -210,6 +218,15 @@ pub(crate) async fn page(
         }
     };
     Ok(layout(&ctx, Nav::Workflows, &format!("Workflow {id}"), None, body).into_response())
+}
+
+pub(crate) async fn retry(state: State, ctx: Ctx, Path(id): Path<i64>) -> PageResult {
+    let shared = state.0;
+    let Some(retried) = crate::workflow::retry(&shared.pool, id).await? else {
+        return Err(PageError::not_found(&format!("workflow {id}")));
+    };
+    tracing::info!(workflow = id, retried, "dashboard: workflow retried");
+    Ok(see_other(&ctx, &format!("/workflows/{id}")))
 }
 
 pub(crate) async fn cancel(state: State, ctx: Ctx, Path(id): Path<i64>) -> PageResult {
