@@ -61,6 +61,23 @@ async fn state_of(pool: &PgPool, id: i64) -> String {
         .expect("the job's state")
 }
 
+/// Waits up to 10 s for job `id` to be in `want`: an action clicked on a page that posts back to
+/// the same URL may be awaited before its navigation has begun.
+async fn expect_state(pool: &PgPool, id: i64, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = state_of(pool, id).await;
+        if state == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} is {state}, not {want}, after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn paused(pool: &PgPool, name: &str) -> bool {
     sqlx::query_scalar("SELECT paused FROM skiplock.schedules WHERE name = $1")
         .bind(name)
@@ -357,20 +374,25 @@ async fn actions_clicked_in_the_browser_change_the_database() {
             .switch_to_window(job_tab)
             .await
             .expect("back to the job");
-        assert_eq!(state_of(&pool, waiting).await, "available");
+        expect_state(&pool, waiting, "available").await;
         click_action(&browser, "main", "cancel", &url).await;
-        assert_eq!(state_of(&pool, waiting).await, "cancelled");
-        assert!(
-            browser.text("#job-state").await.contains("cancelled"),
-            "the page shows the new state"
-        );
+        expect_state(&pool, waiting, "cancelled").await;
+        // The page shows the new state (once the post's navigation has landed).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !browser.text("#job-state").await.contains("cancelled") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the page shows the new state"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // Retry it, and the failed one.
         click_action(&browser, "main", "retry", &url).await;
-        assert_eq!(state_of(&pool, waiting).await, "available");
+        expect_state(&pool, waiting, "available").await;
         let url = page(&server, &format!("/jobs/{failed}"));
         browser.goto(&url).await;
         click_action(&browser, "main", "retry", &url).await;
-        assert_eq!(state_of(&pool, failed).await, "available");
+        expect_state(&pool, failed, "available").await;
 
         // Pause the schedule, then resume it.
         let url = page(&server, "/schedules");
@@ -443,7 +465,7 @@ async fn a_workflow_is_found_from_its_job_and_cancelled_from_its_page() {
         let done = format!("{url}?cancelled=3&stopping=0");
         click_action(&browser, "main", "cancel", &done).await;
         for job in &jobs {
-            assert_eq!(state_of(&pool, *job).await, "cancelled");
+            expect_state(&pool, *job, "cancelled").await;
         }
         let cancelled: bool = sqlx::query_scalar(
             "SELECT cancelled_at IS NOT NULL FROM skiplock.workflows WHERE id = $1",
@@ -533,7 +555,7 @@ async fn progress_advances_live_while_the_job_runs() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         running.shutdown().await.expect("shutdown");
-        assert_eq!(state_of(&pool, id).await, "completed");
+        expect_state(&pool, id, "completed").await;
         // Several steps between 0 and 100 were shown as they happened, never going back.
         let between = seen.iter().filter(|p| **p > 0.0 && **p < 100.0).count();
         assert!(between >= 3, "too few live progress updates: {seen:?}");
