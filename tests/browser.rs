@@ -99,6 +99,11 @@ async fn click_action(browser: &Browser, scope: &str, action: &str, then: &str) 
     let button = browser
         .element(&format!("{scope} button[data-action=\"{action}\"]"))
         .await;
+    // Marks this document: the post may come back to the same URL, so only a document
+    // without the mark is the answer.
+    browser
+        .eval("window.__skiplockBefore = true; return 'marked'")
+        .await;
     button
         .click()
         .await
@@ -108,7 +113,13 @@ async fn click_action(browser: &Browser, scope: &str, action: &str, then: &str) 
         // A confirm() the page's script opens: accept it (none is fine too).
         let _ = browser.client().accept_alert().await;
         let url = browser.url().await;
-        if url == then && browser.eval("return document.readyState").await == "complete" {
+        if url == then
+            && browser.eval("return document.readyState").await == "complete"
+            && browser
+                .eval("return window.__skiplockBefore === undefined ? 'new' : 'old'")
+                .await
+                == "new"
+        {
             return;
         }
         if tokio::time::Instant::now() > deadline {
