@@ -475,7 +475,6 @@ impl NewJob {
         }
     }
 
-    /// The job's `metadata` column: `{"traceparent": ...}`, or none.
     /// The job as one entry of `skiplock.enqueue_workflow`'s `jobs` array, waiting for the
     /// entries at `depends_on` (0-based, all earlier). Validated as [`enqueue_new`] validates;
     /// unique jobs are refused (a workflow's jobs are its own).
@@ -515,6 +514,7 @@ impl NewJob {
         Ok(entry)
     }
 
+    /// The job's `metadata` column: `{"traceparent": ...}`, or none.
     fn metadata(&self) -> Option<Value> {
         self.traceparent
             .map(|parent| serde_json::json!({ "traceparent": parent.as_str() }))

@@ -432,6 +432,11 @@ pub async fn cancel<'e>(
 /// `skiplock.retry(id)`; a job that had used all its attempts gets one more. Returns whether the
 /// job was put back (`false` for jobs in any other state, or no such job).
 ///
+/// A workflow job waits again (`pending`) for those of its dependencies that are unfinished.
+/// In a workflow that propagates failures ([`crate::workflow::OnFailure::Propagate`]), a job
+/// with a failed or cancelled dependency is not put back (`false`): retry the dependency first,
+/// or the whole workflow with [`crate::workflow::retry`].
+///
 /// # Errors
 /// [`JobQueryError`] when the query fails.
 ///

@@ -184,6 +184,12 @@ pub const MIGRATIONS: &[Migration] = &[
             name: "jobs_workflow_idx",
         },
     },
+    Migration {
+        version: 22,
+        name: "workflow_settling",
+        sql: include_str!("../migrations/0022_workflow_settling.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].

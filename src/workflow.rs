@@ -155,7 +155,7 @@ impl EnqueuedWorkflow {
     }
 }
 
-/// The error of [`Workflow::enqueue`] and [`cancel`].
+/// The error of [`Workflow::enqueue`], [`cancel`] and [`retry`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkflowError {
@@ -213,8 +213,9 @@ impl Workflow {
     /// checked before anything is sent), or a failed statement.
     ///
     /// # Cancel safety
-    /// Cancel safe: one statement, committed with the caller's transaction (or at once, on a
-    /// pool).
+    /// Cancel safe in a transaction: one statement, committed with the caller's transaction,
+    /// so dropping the future before the commit leaves nothing. Not cancel safe on a pool:
+    /// dropped after the statement was sent, the workflow may or may not exist.
     pub async fn enqueue<'e>(
         self,
         executor: impl PgExecutor<'e>,

@@ -606,12 +606,40 @@ async fn an_enqueuer_enqueues_and_cancels_workflows_a_worker_role_runs_them() {
         .expect("an enqueuer cancels a workflow")
         .expect("found");
     assert_eq!(done.cancelled, 4);
+    // The settings that steer the workflow triggers are the session's, so anyone can set them:
+    // the SECURITY DEFINER functions reset them. An enqueuer asking the trigger to skip its
+    // bookkeeping still cancels the callback with the member it cancels.
+    let smuggled = Workflow::new("smuggled", flow())
+        .enqueue(&enqueuer.pool)
+        .await
+        .expect("enqueue");
+    let mut tx = enqueuer.pool.begin().await.expect("begin");
+    sqlx::query("SELECT set_config('skiplock.workflow_settling', 'on', true), set_config('skiplock.workflow_changed', '1,2,x,', true)")
+        .execute(&mut *tx)
+        .await
+        .expect("set");
+    sqlx::query("SELECT skiplock.cancel($1)")
+        .bind(smuggled.jobs[0])
+        .execute(&mut *tx)
+        .await
+        .expect("an enqueuer cancels a member");
+    tx.commit().await.expect("commit");
+    let callback: String =
+        sqlx::query_scalar("SELECT state::text FROM skiplock.jobs WHERE id = $1")
+            .bind(smuggled.jobs[3])
+            .fetch_one(db.pool())
+            .await
+            .expect("state");
+    assert_eq!(callback, "cancelled");
     // The tables behind them are written only through the functions.
     for sql in [
         "INSERT INTO skiplock.workflows (name, jobs, unfinished) VALUES ('x', 1, 1)",
         "UPDATE skiplock.pending_jobs SET waiting_for = 0",
         "DELETE FROM skiplock.job_dependencies",
-        "SELECT skiplock.resolve_dependencies(1, 'completed')",
+        "SELECT skiplock.settle_jobs('{1}')",
+        "SELECT skiplock.settle_pending('{1}', '{1}')",
+        "SELECT skiplock.end_downstream('{1}', 'failed', 1)",
+        "SELECT skiplock.reconcile_workflows('{1}')",
         "SELECT skiplock.repair_workflows()",
         "UPDATE skiplock.jobs SET workflow_id = 1",
     ] {

@@ -560,6 +560,15 @@ async fn sql_clients_enqueue_workflows_and_bad_input_is_refused() {
         r#"[{"kind": "x"}, {"kind": "y", "depends_on": [-1]}]"#,
         r#"[{"kind": "x"}, {"kind": "y", "depends_on": [0.5]}]"#,
         r#"[{"kind": "x"}, {"kind": "y", "depends_on": "0"}]"#,
+        r#"[{"kind": "x"}, {"kind": "y", "depends_on": [0, 0]}]"#,
+        r#"[{"kind": "x", "tags": [null]}]"#,
+        r#"[{"kind": "x", "tags": [1]}]"#,
+        r#"[{"kind": "x", "queue": 5}]"#,
+        r#"[{"kind": "x", "timeout_secs": "NaN"}]"#,
+        r#"[{"kind": "x", "timeout_secs": "Infinity"}]"#,
+        r#"[{"kind": "x", "delay_secs": "1"}]"#,
+        r#"[{"kind": "x", "priority": "1"}]"#,
+        r#"[{"kind": "x", "metadata": [1]}]"#,
     ] {
         let refused = sqlx::query("SELECT skiplock.enqueue_workflow('bad', $1::jsonb)")
             .bind(bad)
@@ -997,4 +1006,238 @@ async fn retrying_a_failed_workflow_runs_it_on_from_where_it_stopped() {
         .expect("inspect")
         .expect("workflow");
     assert_eq!((info.state, info.unfinished), (WorkflowState::Completed, 0));
+}
+
+/// Enqueues `jobs` (JSON, as `skiplock.enqueue_workflow` takes them) from SQL.
+async fn enqueue_sql(pool: &PgPool, jobs: Value) -> (i64, Vec<i64>) {
+    sqlx::query_as("SELECT * FROM skiplock.enqueue_workflow('sql', $1)")
+        .bind(jobs)
+        .fetch_one(pool)
+        .await
+        .expect("enqueue")
+}
+
+/// Ends jobs as a worker would, in one statement.
+async fn end(pool: &PgPool, ids: &[i64], state: &str) {
+    sqlx::query(
+        "UPDATE skiplock.jobs SET state = $2::skiplock.job_state, finished_at = now() WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .bind(state)
+    .execute(pool)
+    .await
+    .expect("end");
+}
+
+async fn workflow_row(pool: &PgPool, id: i64) -> (i32, bool) {
+    sqlx::query_as(
+        "SELECT unfinished, finished_at IS NOT NULL FROM skiplock.workflows WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .expect("workflow")
+}
+
+#[tokio::test]
+async fn retrying_one_job_respects_its_dependencies() {
+    let db = database().await;
+    let pool = db.pool();
+    let (id, jobs) = enqueue_sql(
+        pool,
+        json!([{"kind": "a"}, {"kind": "b", "depends_on": [0]}, {"kind": "c", "depends_on": [1]}]),
+    )
+    .await;
+    end(pool, &jobs[..1], "failed").await;
+    assert_eq!(state(pool, jobs[2]).await, JobState::Failed, "propagated");
+    let retry = |job: i64| async move {
+        sqlx::query_scalar::<_, bool>("SELECT skiplock.retry($1)")
+            .bind(job)
+            .fetch_one(pool)
+            .await
+            .expect("retry")
+    };
+    assert!(
+        !retry(jobs[1]).await,
+        "a job whose dependency failed is not put back while the workflow propagates failures"
+    );
+    assert_eq!(state(pool, jobs[1]).await, JobState::Failed);
+    assert!(retry(jobs[0]).await);
+    assert_eq!(state(pool, jobs[0]).await, JobState::Available);
+    assert!(retry(jobs[1]).await, "its dependency runs again now");
+    assert_eq!(
+        state(pool, jobs[1]).await,
+        JobState::Pending,
+        "it waits for the dependency put back before it"
+    );
+    assert_eq!(workflow_row(pool, id).await, (2, false));
+    end(pool, &jobs[..1], "completed").await;
+    assert_eq!(state(pool, jobs[1]).await, JobState::Available);
+    end(pool, &jobs[1..2], "completed").await;
+    // c was failed by propagation and not put back: the workflow is finished again.
+    assert_eq!(state(pool, jobs[2]).await, JobState::Failed);
+    assert_eq!(workflow_row(pool, id).await, (0, true));
+    let retried: Option<i32> = sqlx::query_scalar("SELECT skiplock.retry_workflow($1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("retry workflow");
+    assert_eq!(retried, Some(1));
+    assert_eq!(
+        state(pool, jobs[2]).await,
+        JobState::Available,
+        "b completed"
+    );
+}
+
+#[tokio::test]
+async fn unfinished_jobs_deleted_by_hand_finish_their_workflow_and_release_what_waited() {
+    let db = database().await;
+    let pool = db.pool();
+    let (id, jobs) = enqueue_sql(
+        pool,
+        json!([{"kind": "a"}, {"kind": "b"}, {"kind": "c", "depends_on": [0, 1]}]),
+    )
+    .await;
+    end(pool, &jobs[..1], "completed").await;
+    sqlx::query("DELETE FROM skiplock.jobs WHERE id = $1")
+        .bind(jobs[1])
+        .execute(pool)
+        .await
+        .expect("delete");
+    // A deleted dependency counts as cancelled: the callback is cancelled in turn.
+    assert_eq!(state(pool, jobs[2]).await, JobState::Cancelled);
+    assert_eq!(workflow_row(pool, id).await, (0, true));
+
+    let (id, jobs) = enqueue_sql(pool, json!([{"kind": "a"}, {"kind": "b"}])).await;
+    end(pool, &jobs[..1], "completed").await;
+    sqlx::query("DELETE FROM skiplock.jobs WHERE id = $1")
+        .bind(jobs[1])
+        .execute(pool)
+        .await
+        .expect("delete");
+    assert_eq!(
+        workflow_row(pool, id).await,
+        (0, true),
+        "its last job deleted"
+    );
+}
+
+#[tokio::test]
+async fn long_chains_are_cancelled_failed_and_retried_in_one_pass() {
+    let db = database().await;
+    let pool = db.pool();
+    let n = 20_000;
+    let chain: Vec<Value> = (0..n)
+        .map(|i| match i {
+            0 => json!({"kind": "x"}),
+            i => json!({"kind": "x", "depends_on": [i - 1]}),
+        })
+        .collect();
+    let (id, jobs) = enqueue_sql(pool, Value::Array(chain.clone())).await;
+    end(pool, &jobs[..1], "failed").await;
+    let counts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state::text, count(*) FROM skiplock.jobs WHERE workflow_id = $1 GROUP BY 1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .expect("counts");
+    assert_eq!(counts, vec![("failed".to_owned(), i64::from(n))]);
+    assert_eq!(workflow_row(pool, id).await, (0, true));
+    let retried: Option<i32> = sqlx::query_scalar("SELECT skiplock.retry_workflow($1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("retry");
+    assert_eq!(retried, Some(n));
+    assert_eq!(state(pool, jobs[0]).await, JobState::Available);
+    assert_eq!(state(pool, jobs[1]).await, JobState::Pending);
+    assert_eq!(workflow_row(pool, id).await, (n, false));
+
+    let (id, _) = enqueue_sql(pool, Value::Array(chain)).await;
+    let cancelled: (Option<i32>, Option<i32>) =
+        sqlx::query_as("SELECT cancelled, stopping FROM skiplock.cancel_workflow($1)")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .expect("cancel");
+    assert_eq!(cancelled, (Some(n), Some(0)));
+    assert_eq!(workflow_row(pool, id).await, (0, true));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM skiplock.pending_jobs")
+        .fetch_one(pool)
+        .await
+        .expect("pending rows");
+    assert_eq!(
+        left,
+        i64::from(n) - 1,
+        "the retried chain waits, the cancelled one does not"
+    );
+}
+
+/// Two statements finishing jobs of the same two workflows, listed in opposite orders, while
+/// a third transaction holds the first workflow's row. With a row per finished job taking its
+/// workflow's lock in turn, the second statement would take B then wait for A, the first would
+/// take A then wait for B: a deadlock. Settled per statement, both take A first.
+#[tokio::test]
+async fn statements_finishing_jobs_of_the_same_workflows_in_opposite_orders_do_not_deadlock() {
+    let db = database().await;
+    let pool = db.pool();
+    let (a, a_jobs) = enqueue_sql(
+        pool,
+        json!([{"kind": "x"}, {"kind": "x"}, {"kind": "y", "depends_on": [0, 1]}]),
+    )
+    .await;
+    let (_, b_jobs) = enqueue_sql(
+        pool,
+        json!([{"kind": "x"}, {"kind": "x"}, {"kind": "y", "depends_on": [0, 1]}]),
+    )
+    .await;
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("SELECT FROM skiplock.workflows WHERE id = $1 FOR UPDATE")
+        .bind(a)
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    // Rows are updated (and their row triggers fire) in the order of the VALUES list.
+    let finish = |first: i64, second: i64| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            sqlx::query(
+                "UPDATE skiplock.jobs AS j SET state = 'completed', finished_at = now()
+                 FROM (VALUES (1, $1::bigint), (2, $2::bigint)) AS o(n, id)
+                 WHERE j.id = o.id",
+            )
+            .bind(first)
+            .bind(second)
+            .execute(&pool)
+            .await
+        })
+    };
+    let one = finish(a_jobs[0], b_jobs[0]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let two = finish(b_jobs[1], a_jobs[1]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.commit().await.expect("release");
+    one.await.expect("join").expect("the first statement");
+    two.await
+        .expect("join")
+        .expect("the second statement (no deadlock)");
+    assert_eq!(state(pool, a_jobs[2]).await, JobState::Available);
+    assert_eq!(state(pool, b_jobs[2]).await, JobState::Available);
+}
+
+#[tokio::test]
+async fn the_jobs_table_refuses_a_timeout_that_is_not_a_number_and_pending_jobs_outside_workflows()
+{
+    let db = database().await;
+    let pool = db.pool();
+    for sql in [
+        "INSERT INTO skiplock.jobs (kind, timeout_secs) VALUES ('x', 'NaN')",
+        "INSERT INTO skiplock.jobs (kind, timeout_secs) VALUES ('x', 'Infinity')",
+        "INSERT INTO skiplock.jobs (kind, state) VALUES ('x', 'pending')",
+    ] {
+        let refused = sqlx::query(sql).execute(pool).await;
+        assert!(refused.is_err(), "{sql} was accepted");
+    }
 }

@@ -848,7 +848,6 @@ pub(crate) async fn delete_finished<'e>(
     older_than_secs: f64,
     limit: i64,
     lock_key: i64,
-    workflow_older_than_secs: f64,
 ) -> Result<u64, sqlx::Error> {
     let deleted = sqlx::query!(
         r#"
@@ -876,10 +875,9 @@ pub(crate) async fn delete_finished<'e>(
                                 SELECT j.id, j.finished_at FROM skiplock.jobs AS j
                                 WHERE j.state = $1 AND j.state NOT IN ('available', 'running')
                                   AND j.queue = p.queue AND j.kind = p.kind
-                                  AND (j.workflow_id IS NULL
-                                       OR EXISTS (SELECT FROM skiplock.workflows AS w
-                                                  WHERE w.id = j.workflow_id
-                                                    AND w.finished_at < now() - make_interval(secs => $5)))
+                                  -- Workflow jobs go with their workflow, by
+                                  -- skiplock.prune_workflows: skipped here without a join.
+                                  AND j.workflow_id IS NULL
                                 ORDER BY j.id LIMIT $3) AS h
                             WHERE h.finished_at < now() - make_interval(secs => $2)
                             ORDER BY h.id
@@ -893,7 +891,6 @@ pub(crate) async fn delete_finished<'e>(
         older_than_secs,
         limit,
         lock_key,
-        workflow_older_than_secs,
     )
     .execute(executor)
     .await?

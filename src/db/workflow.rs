@@ -218,8 +218,8 @@ pub(crate) async fn state_counts<'e>(
     Ok(rows.into_iter().map(|row| (row.state, row.n)).collect())
 }
 
-/// `skiplock.repair_workflows`: resolves up to `max` dependencies whose end was missed; how
-/// many it resolved.
+/// `skiplock.repair_workflows`: recounts up to `max` workflows with dependencies whose end was
+/// missed; how many dependency rows it corrected.
 pub(crate) async fn repair<'e>(
     executor: impl PgExecutor<'e>,
     max: i32,
@@ -233,7 +233,7 @@ pub(crate) async fn repair<'e>(
 }
 
 /// `skiplock.prune_workflows`: deletes up to `max` workflows finished more than
-/// `older_than_secs` ago whose jobs are all gone; how many it deleted.
+/// `older_than_secs` ago, oldest first, with their jobs; how many it deleted.
 pub(crate) async fn prune<'e>(
     executor: impl PgExecutor<'e>,
     older_than_secs: f64,

@@ -139,10 +139,13 @@ pub struct PruneReport {
     pub failed: u64,
     /// `cancelled` jobs deleted.
     pub cancelled: u64,
+    /// Finished workflows deleted whole, with their jobs (which the three counts above do
+    /// not include).
+    pub workflows: u64,
 }
 
 impl PruneReport {
-    /// Jobs deleted, all states together.
+    /// Jobs deleted outside workflows, all states together.
     pub fn total(&self) -> u64 {
         self.completed + self.failed + self.cancelled
     }
@@ -222,14 +225,17 @@ impl Pruner {
     }
 }
 
-/// How many emptied workflows one round deletes at most: 1,000 (the rest go next round).
-const WORKFLOWS_PER_ROUND: i32 = 1_000;
+/// How many finished workflows one step deletes, with all their jobs: 100 (a workflow has up
+/// to 100,000 jobs; the round goes on until fewer are left).
+const WORKFLOWS_PER_STEP: i32 = 100;
 
-/// A round of the pruner in progress: what it deleted, and which states are done.
+/// A round of the pruner in progress: what it deleted, and which states (and whether the
+/// workflows) are done.
 #[derive(Debug, Default)]
 pub(crate) struct PruneRound {
     report: PruneReport,
     drained: [bool; 3],
+    workflows_drained: bool,
 }
 
 impl Service for Pruner {
@@ -280,36 +286,37 @@ impl Service for Pruner {
                 continue;
             };
             let older_than_secs = age.min(MAX_AGE).as_secs_f64();
-            let n = db::job::delete_finished(
-                &self.pool,
-                state,
-                older_than_secs,
-                batch,
-                LOCK_KEY,
-                workflow_age,
-            )
-            .await?;
+            let n = db::job::delete_finished(&self.pool, state, older_than_secs, batch, LOCK_KEY)
+                .await?;
             *deleted += n;
             *drained = n < batch as u64;
         }
         if !round.drained.iter().all(|done| *done) {
             return Ok(Step::More);
         }
+        if !round.workflows_drained {
+            // Finished workflows, whole: their jobs, dependency rows and own row.
+            let n = db::workflow::prune(&self.pool, workflow_age, WORKFLOWS_PER_STEP).await?;
+            round.report.workflows += u64::try_from(n).unwrap_or(0);
+            round.workflows_drained = n < WORKFLOWS_PER_STEP;
+            if !round.workflows_drained {
+                return Ok(Step::More);
+            }
+        }
         db::job::delete_old_job_stats(&self.pool, JOB_STATS_KEPT.as_secs_f64()).await?;
         // Registrations of waiters that died without removing them.
         db::waiter::delete_expired(&self.pool).await?;
-        // Workflows whose jobs are all gone, with their dependency rows.
-        db::workflow::prune(&self.pool, workflow_age, WORKFLOWS_PER_ROUND).await?;
         Ok(Step::Done)
     }
 
     fn log(round: &PruneRound) {
         let report = &round.report;
-        if report.total() > 0 {
+        if report.total() > 0 || report.workflows > 0 {
             tracing::debug!(
                 completed = report.completed,
                 failed = report.failed,
                 cancelled = report.cancelled,
+                workflows = report.workflows,
                 "pruned finished jobs"
             );
         }
@@ -354,6 +361,7 @@ mod tests {
             completed: 3,
             failed: 2,
             cancelled: 1,
+            workflows: 4,
         };
         assert_eq!(report.total(), 6);
     }

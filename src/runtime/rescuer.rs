@@ -36,8 +36,8 @@ pub(crate) struct RescuerConfig {
     pub(crate) timeout: Duration,
 }
 
-/// How many missed workflow dependencies one round resolves at most: 1,000.
-const REPAIRS_PER_ROUND: i32 = 1_000;
+/// How many workflows with missed dependencies one round recounts at most: 100.
+const REPAIRS_PER_ROUND: i32 = 100;
 
 /// What one round did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -46,8 +46,8 @@ pub(crate) struct RescuerReport {
     pub(crate) rescued: Vec<(i64, JobState)>,
     /// Workers forgotten.
     pub(crate) reaped_workers: Vec<String>,
-    /// Workflow dependencies whose end no trigger saw (a job deleted by hand while others
-    /// waited for it), resolved now.
+    /// Workflow dependency rows whose end no trigger saw (rows restored with triggers off),
+    /// corrected now.
     pub(crate) repaired_dependencies: i32,
 }
 
