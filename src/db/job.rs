@@ -1131,6 +1131,12 @@ mod tests {
             let mut read_claim_index = false;
             for node in nodes(&plan) {
                 let kind = node["Node Type"].as_str().unwrap_or_default();
+                // The one exception: the gate on `skiplock.throttles` (0020), an uncorrelated
+                // probe evaluated once per claim, of a table of a few rows (none here).
+                if node["Relation Name"] == "throttles" {
+                    assert_eq!(node["Actual Loops"].as_f64(), Some(1.0), "{mode}: {plan:#}");
+                    continue;
+                }
                 assert_ne!(kind, "Seq Scan", "{mode}: {plan:#}");
                 assert!(
                     node["Rows Removed by Filter"].as_f64().unwrap_or(0.0) == 0.0,
