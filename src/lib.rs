@@ -90,6 +90,7 @@ mod enqueue;
 mod handler;
 pub mod inspect;
 mod job;
+pub mod limits;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 #[cfg(not(feature = "metrics"))]

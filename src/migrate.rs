@@ -177,6 +177,12 @@ pub const MIGRATIONS: &[Migration] = &[
         kind: MigrationKind::Transaction,
     },
     Migration {
+        version: 20,
+        name: "limits",
+        sql: include_str!("../migrations/0020_limits.sql"),
+        kind: MigrationKind::Transaction,
+    },
+    Migration {
         version: 21,
         name: "workflow_index",
         sql: include_str!("../migrations/0021_workflow_index.sql"),

@@ -68,6 +68,7 @@ async fn a_drain_completes_every_job_and_times_it_in_the_database() {
         foreign: 500,
         // With a dashboard watching: the drain completes all the same.
         dashboard: true,
+        concurrency_limit: None,
     };
     let report = run(&db, Scenario::Drain(drain), true).await;
     assert_eq!((report.scenario, report.jobs), ("drain", 3_000));

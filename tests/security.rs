@@ -682,3 +682,60 @@ async fn an_enqueuer_enqueues_and_cancels_workflows_a_worker_role_runs_them() {
     enqueuer.remove(&db).await;
     worker_role.remove(&db).await;
 }
+
+/// Limits (0020): a worker role (operators' level, as for pausing a queue) sets, lists and clears
+/// them and claims under them from SQL; an observer reads them but cannot change them; an
+/// enqueuer can do neither.
+#[tokio::test]
+async fn a_worker_role_sets_limits_an_observer_reads_them_an_enqueuer_neither() {
+    let db = common::database().await;
+    let worker = Role::new(&db, "limiter", Some("worker")).await;
+    let observer = Role::new(&db, "limit_watcher", Some("observer")).await;
+    let enqueuer = Role::new(&db, "limit_enqueuer", Some("enqueuer")).await;
+    skiplock::limits::set(
+        &worker.pool,
+        &skiplock::limits::Limit::queue("q").max_running(1),
+    )
+    .await
+    .expect("a worker role sets a limit");
+    exec(
+        &worker.pool,
+        "SELECT skiplock.set_limit(kind => 'k', max_starts => 5, period_secs => 60)",
+    )
+    .await;
+    exec(
+        &worker.pool,
+        "SELECT * FROM skiplock.claim('w', '{q}', '{k}', 5)",
+    )
+    .await;
+    let listed = skiplock::limits::list(&observer.pool)
+        .await
+        .expect("an observer lists limits");
+    assert_eq!(listed.len(), 2);
+    for sql in [
+        "SELECT skiplock.set_limit(queue => 'q', max_running => 9)",
+        "SELECT skiplock.clear_limit(queue => 'q')",
+        "SELECT * FROM skiplock.claim_throttled('q', '{k}', 1, 'w', 30)",
+        "DELETE FROM skiplock.throttles",
+        "UPDATE skiplock.throttle_buckets SET tokens = 1000",
+    ] {
+        assert_eq!(
+            refused(&observer.pool, sql).await,
+            DENIED,
+            "observer: {sql}"
+        );
+        assert_eq!(
+            refused(&enqueuer.pool, sql).await,
+            DENIED,
+            "enqueuer: {sql}"
+        );
+    }
+    assert_eq!(
+        refused(&enqueuer.pool, "SELECT * FROM skiplock.throttles").await,
+        DENIED
+    );
+    exec(&worker.pool, "SELECT skiplock.clear_limit(queue => 'q')").await;
+    worker.remove(&db).await;
+    observer.remove(&db).await;
+    enqueuer.remove(&db).await;
+}

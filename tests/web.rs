@@ -2265,3 +2265,70 @@ async fn a_dashboard_connected_as_an_observer_shows_workflows_and_streams_pushed
             .expect("drop the role");
     }
 }
+
+/// The queues page lists the limits (escaped) with their running counts, `GET /api/v1/limits`
+/// answers them, and a held job's page says which limit holds it back.
+#[tokio::test]
+async fn limits_are_listed_on_the_queues_page_and_in_the_api_and_explained_on_a_job() {
+    let db = database().await;
+    let pool = db.pool();
+    let (_, _, page) = send(&full(pool), get("/queues")).await;
+    assert!(page.contains("No concurrency or rate limit"), "{page}");
+    let running = insert(pool, "email", "mail", "available", serde_json::json!({})).await;
+    sqlx::query(
+        "UPDATE skiplock.jobs SET state = 'running', attempt = 1, lease_token = 1,
+                attempted_at = now(), lease_expires_at = now() + interval '1 hour' WHERE id = $1",
+    )
+    .bind(running)
+    .execute(pool)
+    .await
+    .expect("running");
+    let waiting = insert(pool, "email", "mail", "available", serde_json::json!({})).await;
+    skiplock::limits::set(pool, &skiplock::limits::Limit::queue("mail").max_running(1))
+        .await
+        .expect("limit");
+    skiplock::limits::set(
+        pool,
+        &skiplock::limits::Limit::kind(SCRIPT)
+            .partition_by(IMG)
+            .max_running(2),
+    )
+    .await
+    .expect("limit");
+    let app = full(pool);
+    let (status, _, page) = send(&app, get("/queues")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(r#"id="limits""#), "{page}");
+    assert!(
+        !page.contains(SCRIPT) && !page.contains(IMG),
+        "escaped: {page}"
+    );
+    assert!(page.contains("full"), "the mail limit is reached: {page}");
+
+    let (status, _, api) = send(&app, get("/api/v1/limits")).await;
+    assert_eq!(status, StatusCode::OK);
+    let limits: serde_json::Value = serde_json::from_str(&api).expect("json");
+    assert_eq!(
+        limits[0]["scope"],
+        serde_json::json!({"type": "queue", "name": "mail"})
+    );
+    assert_eq!(limits[0]["max_running"], 1);
+    assert_eq!(limits[0]["running"], 1);
+    assert_eq!(limits[1]["partition_key"], IMG);
+
+    let (_, _, job) = send(&app, get(&format!("/jobs/{waiting}"))).await;
+    assert!(
+        job.contains("held back by the limit on queue mail"),
+        "{job}"
+    );
+    let (_, _, explained) = send(&app, get(&format!("/api/v1/jobs/{waiting}/explain"))).await;
+    let explained: serde_json::Value = serde_json::from_str(&explained).expect("json");
+    assert!(
+        explained["reasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .any(|r| r["reason"] == "throttled" && r["running"] == 1),
+        "{explained}"
+    );
+}

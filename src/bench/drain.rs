@@ -46,6 +46,9 @@ pub struct Drain {
     /// would (the dashboard polls every [`LIVE_INTERVAL`](crate::web::LIVE_INTERVAL) on
     /// connections of its own). Default off.
     pub dashboard: bool,
+    /// A cluster-wide concurrency limit ([`crate::limits`]) on the queue, set before the clock
+    /// starts, so the drain goes through the limited claim. Default none.
+    pub concurrency_limit: Option<u32>,
 }
 
 impl Default for Drain {
@@ -58,6 +61,7 @@ impl Default for Drain {
             finished: 0,
             foreign: 0,
             dashboard: false,
+            concurrency_limit: None,
         }
     }
 }
@@ -76,6 +80,20 @@ impl Drain {
         }
         let mut conn = database.connect().await?;
         self.fill(&mut conn, progress).await?;
+        if let Some(limit) = self.concurrency_limit {
+            crate::limits::set(
+                &mut conn,
+                &crate::limits::Limit::queue(QUEUE).max_running(limit),
+            )
+            .await
+            .map_err(|error| match error {
+                crate::limits::LimitError::Database(source) => BenchError::Database {
+                    action: "set the concurrency limit",
+                    source,
+                },
+                other => BenchError::Invalid(other.to_string()),
+            })?;
+        }
         let before = cost::Before::read(&mut conn).await?;
 
         let probe = Probe::counting();

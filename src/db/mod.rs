@@ -22,6 +22,7 @@ pub(crate) mod migration;
 pub(crate) mod queue;
 pub(crate) mod schedule;
 pub(crate) mod session;
+pub(crate) mod throttle;
 pub(crate) mod waiter;
 pub(crate) mod workflow;
 

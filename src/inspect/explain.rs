@@ -7,6 +7,7 @@ use serde::Serialize;
 use sqlx::{Acquire, Postgres};
 
 use super::{Count, InspectError, JobDetail, WorkerStatus, begin};
+use crate::limits::{Rate, Scope};
 use crate::{AttemptError, JobState, db};
 
 /// Counts in explanations (jobs running, jobs ahead) stop at this many: 10,000.
@@ -120,6 +121,24 @@ pub enum Reason {
     JobsAhead {
         /// How many.
         jobs: Count,
+    },
+    /// A cluster-wide limit ([`crate::limits`]) holds it back: its scope (or its partition) has
+    /// as many jobs running as the limit allows, or the limit's rate allows no start yet.
+    Throttled {
+        /// The limit's scope.
+        scope: Scope,
+        /// The arguments' key the limit holds per value of, if any.
+        partition_key: Option<String>,
+        /// The job's partition: the value of that key, as JSON (`null` without the key).
+        partition: Option<String>,
+        /// The limit's most running at once, if it has one.
+        max_running: Option<u32>,
+        /// Jobs of the scope (of the job's partition) running now.
+        running: u64,
+        /// The limit's rate, if it has one.
+        rate: Option<Rate>,
+        /// Seconds until the rate allows the next start, when it is what holds the job back.
+        next_start_in_secs: Option<f64>,
     },
 }
 
@@ -241,6 +260,32 @@ impl fmt::Display for Reason {
                 write!(f, "every slot is busy: {running} running in {slots} slots")
             }
             Self::JobsAhead { jobs } => write!(f, "{jobs} jobs ahead of it in its queue"),
+            Self::Throttled {
+                scope,
+                partition_key,
+                partition,
+                max_running,
+                running,
+                rate,
+                next_start_in_secs,
+            } => {
+                write!(f, "held back by the limit on {scope}")?;
+                if let (Some(key), Some(value)) = (partition_key, partition) {
+                    write!(f, " per {key} (here {value})")?;
+                }
+                if let Some(max) = max_running {
+                    write!(f, ": {running} running of {max}")?;
+                }
+                if let (Some(rate), Some(wait)) = (rate, next_start_in_secs) {
+                    write!(
+                        f,
+                        "; rate {} per {} s, next start in {wait:.1} s",
+                        rate.max_starts,
+                        rate.period.as_secs_f64()
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -261,6 +306,11 @@ where
         return Ok(None);
     };
     let facts = db::inspect::explain_facts(&mut *tx, id, CAP).await?;
+    let limits = if row.state == JobState::Available {
+        db::throttle::for_job(&mut *tx, id).await?
+    } else {
+        Vec::new()
+    };
     let awaited = if row.state == JobState::Pending {
         Some(db::workflow::awaited(&mut *tx, id, WAITING_FOR_SHOWN).await?)
     } else {
@@ -279,8 +329,35 @@ where
         let reasons = vec![Reason::WaitingForJobs { jobs, total }];
         return Ok(Some(Explanation { job, reasons }));
     }
-    let reasons = facts.map(|facts| reasons(&job, &facts)).unwrap_or_default();
+    let mut reasons = facts.map(|facts| reasons(&job, &facts)).unwrap_or_default();
+    reasons.extend(limits.into_iter().filter_map(throttled));
     Ok(Some(Explanation { job, reasons }))
+}
+
+/// The reason a limit holds an available job back, if it does.
+fn throttled(limit: db::throttle::JobLimit) -> Option<Reason> {
+    let scope = match (limit.queue, limit.kind) {
+        (Some(queue), _) => Scope::Queue(queue),
+        (None, Some(kind)) => Scope::Kind(kind),
+        (None, None) => return None,
+    };
+    let full = limit
+        .max_running
+        .is_some_and(|max| limit.running >= i64::from(max));
+    let waiting = limit.next_start_secs.filter(|wait| *wait > 0.0);
+    if !full && waiting.is_none() {
+        return None;
+    }
+    let rate = crate::limits::rate(limit.max_starts, limit.period_secs);
+    Some(Reason::Throttled {
+        scope,
+        partition_key: limit.partition_key,
+        partition: limit.partition,
+        max_running: limit.max_running.and_then(|max| u32::try_from(max).ok()),
+        running: u64::try_from(limit.running).unwrap_or(0),
+        rate,
+        next_start_in_secs: waiting,
+    })
 }
 
 fn reasons(job: &JobDetail, facts: &db::inspect::ExplainFacts) -> Vec<Reason> {

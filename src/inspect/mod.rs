@@ -79,6 +79,7 @@ pub use self::workflow::{
     MAX_WORKFLOWS_PAGE, WORKFLOW_JOBS_PAGE, WorkflowInfo, WorkflowJob, WorkflowPage, WorkflowPhase,
     WorkflowQuery, WorkflowState, WorkflowSummary, workflow, workflows,
 };
+pub use crate::limits::LimitStatus;
 
 /// The longest one inspection statement may run: 10 seconds. A dashboard refreshing a slow
 /// page never piles up queries on the server.
@@ -118,4 +119,23 @@ async fn set_timeouts(conn: &mut PgConnection, read_only: bool) -> Result<(), sq
         read_only,
     )
     .await
+}
+
+/// Every cluster-wide limit ([`crate::limits`]), queues first, with each scope's running jobs
+/// now: what the dashboard's Limits table, `GET /api/v1/limits` and `skiplock limits list`
+/// show. One statement.
+///
+/// # Errors
+/// [`InspectError::Database`] when the statement fails.
+///
+/// # Cancel safety
+/// Cancel safe: it only reads.
+pub async fn limits<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+) -> Result<Vec<LimitStatus>, InspectError> {
+    Ok(crate::db::throttle::list(executor)
+        .await?
+        .into_iter()
+        .filter_map(crate::limits::status)
+        .collect())
 }

@@ -4,8 +4,16 @@
 //! It claims again as soon as a slot frees up while the queue has work, and otherwise sleeps
 //! until a wake-up notification for its queue arrives or the poll interval passes, whichever
 //! comes first.
+//!
+//! A queue or kind with a cluster-wide limit ([`crate::limits`]) is claimed through the limited
+//! claim (`db::throttle::claim`). Which claim to use is remembered between claims and looked up
+//! again (one small probe) only after a claim that came back short: the plain claim refuses a
+//! limited queue, so a limit set meanwhile shows as an empty claim, followed by the probe and an
+//! immediate limited claim; a limit cleared shows at the next short limited claim. A claim held
+//! back by a rate sleeps until the next start is due (or a wake-up), never polling faster.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -50,6 +58,8 @@ pub(crate) struct Producer<S> {
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
+    /// Whether a limit applied at the last probe: claims go through `db::throttle::claim`.
+    throttled: AtomicBool,
 }
 
 impl<S: Clone + Send + Sync + 'static> Producer<S> {
@@ -68,6 +78,7 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
             wake,
             slots,
             tracker,
+            throttled: AtomicBool::new(false),
         }
     }
 
@@ -87,14 +98,19 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
                     claimed,
                     requested,
                     cut_by_bytes,
+                    retry_in,
                 }) => {
                     error_delay = FIRST_ERROR_DELAY;
                     if claimed == requested || cut_by_bytes {
                         // Every free slot got a job, or the byte bound left some behind, so
                         // more are probably waiting.
-                        Some(self.config.fetch_cooldown)
+                        Wait::Sleep(self.config.fetch_cooldown)
+                    } else if let Some(retry_in) = retry_in {
+                        // A limit was just found (claim again at once) or a rate holds the
+                        // queue back (until its next start is due).
+                        Wait::Idle(retry_in.min(self.config.poll_interval))
                     } else {
-                        None
+                        Wait::Idle(self.config.poll_interval)
                     }
                 }
                 Err(error) => {
@@ -106,20 +122,20 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
                     );
                     let delay = error_delay;
                     error_delay = (error_delay * 2).min(self.config.poll_interval);
-                    Some(delay)
+                    Wait::Sleep(delay)
                 }
             };
             match wait {
-                Some(delay) => tokio::select! {
+                Wait::Sleep(delay) => tokio::select! {
                     biased;
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}
                 },
-                None => tokio::select! {
+                Wait::Idle(delay) => tokio::select! {
                     biased;
                     () = stop.cancelled() => break,
                     () = self.wake.notified() => {}
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = tokio::time::sleep(delay) => {}
                 },
             }
         }
@@ -145,18 +161,32 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
         let mut conn = deadline(self.config.timeout, self.pool.acquire()).await?;
         // Taken before the statement is sent: the lease is at least this fresh.
         let leased_at = Instant::now();
-        let claim = db::job::claim(
-            &mut *conn,
-            &self.config.queue,
-            free as i64,
-            &self.executor.worker_id,
-            self.config.lease.as_secs_f64(),
-            &self.config.kinds,
-            self.config.max_claim_bytes,
-        );
-        // A claim that times out may still commit; its jobs then wait for their lease to expire
-        // and are rescued. Better than a producer hung on a dead connection.
-        let jobs = deadline(self.config.timeout, claim).await;
+        let throttled = self.throttled.load(Ordering::Relaxed);
+        let jobs = if throttled {
+            let claim = db::throttle::claim(
+                &mut *conn,
+                &self.config.queue,
+                i32::try_from(free).unwrap_or(i32::MAX),
+                &self.executor.worker_id,
+                self.config.lease.as_secs_f64(),
+                &self.config.kinds,
+                self.config.max_claim_bytes,
+            );
+            deadline(self.config.timeout, claim).await
+        } else {
+            let claim = db::job::claim(
+                &mut *conn,
+                &self.config.queue,
+                free as i64,
+                &self.executor.worker_id,
+                self.config.lease.as_secs_f64(),
+                &self.config.kinds,
+                self.config.max_claim_bytes,
+            );
+            // A claim that times out may still commit; its jobs then wait for their lease to
+            // expire and are rescued. Better than a producer hung on a dead connection.
+            deadline(self.config.timeout, claim).await
+        };
         if let Some(metrics) = &self.executor.metrics {
             let claimed = jobs.as_ref().map_or(0, Vec::len);
             metrics.claimed(&self.config.queue, claimed, leased_at.elapsed());
@@ -177,10 +207,28 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
         if claimed > 0 {
             tracing::trace!(queue = %self.config.queue, claimed, free, "claimed jobs");
         }
+        // Which claim to use next: looked up after a short limited claim (a limit cleared? a
+        // rate holding us back?) or an empty plain claim (a limit set?). A full plain claim, the
+        // unlimited hot path, costs nothing more.
+        let mut retry_in = None;
+        if (throttled && claimed < free) || claimed == 0 {
+            let probe = deadline(
+                self.config.timeout,
+                db::throttle::probe(&mut *conn, &self.config.queue, &self.config.kinds),
+            )
+            .await?;
+            self.throttled.store(probe.applies, Ordering::Relaxed);
+            if probe.applies && !throttled && claimed == 0 {
+                retry_in = Some(Duration::ZERO);
+            } else if let Some(wait) = probe.wait_secs.filter(|wait| *wait > 0.0) {
+                retry_in = Some(Duration::from_secs_f64(wait.min(86_400.0)));
+            }
+        }
         Ok(Claim {
             claimed,
             requested: free,
             cut_by_bytes,
+            retry_in,
         })
     }
 }
@@ -194,6 +242,17 @@ pub(crate) struct Claim {
     pub(crate) requested: usize,
     /// The claim's byte bound left out jobs it could otherwise have taken.
     pub(crate) cut_by_bytes: bool,
+    /// When to claim again although the claim came back short: at once after a limit was found,
+    /// or when a rate limit allows the next start.
+    pub(crate) retry_in: Option<Duration>,
+}
+
+/// How the producer waits before its next claim.
+enum Wait {
+    /// This long, whatever happens.
+    Sleep(Duration),
+    /// Until a wake-up for the queue, or this long.
+    Idle(Duration),
 }
 
 #[cfg(test)]
@@ -280,6 +339,7 @@ mod tests {
                 claimed: 3,
                 requested: 3,
                 cut_by_bytes: false,
+                retry_in: None,
             }
         );
         // Every slot is busy: nothing more is claimed, however much is waiting.
@@ -290,6 +350,7 @@ mod tests {
                 claimed: 0,
                 requested: 0,
                 cut_by_bytes: false,
+                retry_in: None,
             }
         );
         assert_eq!(available(db.pool()).await, 2);
@@ -309,6 +370,7 @@ mod tests {
                 claimed: 1,
                 requested: 1,
                 cut_by_bytes: false,
+                retry_in: None,
             }
         );
         assert_eq!(available(db.pool()).await, 1);

@@ -36,6 +36,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/workflows/{id}/retry", post(workflow_retry))
         .route("/api/v1/queues", get(queues))
         .route("/api/v1/queues/{name}/{action}", post(queue_act))
+        .route("/api/v1/limits", get(limits))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/schedules", get(schedules))
         .route("/api/v1/schedules/{name}/{action}", post(schedule_act))
@@ -293,6 +294,10 @@ async fn workflow_retry(State(shared): Shared_, Path(id): Path<i64>) -> ApiResul
 
 async fn queues(State(shared): Shared_) -> ApiResult<Vec<inspect::QueueInfo>> {
     Ok(Json(inspect::queues(&shared.pool).await?))
+}
+
+async fn limits(State(shared): Shared_) -> ApiResult<Vec<inspect::LimitStatus>> {
+    Ok(Json(inspect::limits(&shared.pool).await?))
 }
 
 async fn workers(State(shared): Shared_) -> ApiResult<Vec<inspect::WorkerInfo>> {

@@ -128,6 +128,7 @@ fn scenario(args: BenchScenario) -> Scenario {
             finished: args.finished,
             foreign: args.foreign,
             dashboard: args.dashboard,
+            concurrency_limit: args.concurrency_limit,
         }),
         BenchScenario::Steady(args) => Scenario::Steady(Steady {
             rate: args.rate,

@@ -32,6 +32,9 @@ pub(crate) enum Command {
     /// The queues: jobs by state, lag, throughput, workers.
     #[command(subcommand)]
     Queues(crate::cli_inspect::QueuesCommand),
+    /// Cluster-wide concurrency and rate limits on queues and kinds: list, set, clear.
+    #[command(subcommand)]
+    Limits(crate::limits::LimitsCommand),
     /// The worker processes: status, heartbeat, jobs running, queues.
     #[command(subcommand)]
     Workers(crate::cli_inspect::WorkersCommand),
@@ -215,6 +218,11 @@ pub(crate) struct BenchDrainArgs {
     /// browser tab would), to measure what watching costs.
     #[arg(long)]
     pub(crate) dashboard: bool,
+
+    /// Set a cluster-wide concurrency limit of N running jobs on the queue before the drain,
+    /// to measure the limited claim.
+    #[arg(long, value_name = "N")]
+    pub(crate) concurrency_limit: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ mod enqueue;
 mod exit;
 mod fleet;
 mod jobs;
+mod limits;
 mod metrics;
 mod migrate;
 mod schedules;
@@ -75,6 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queues(cli_inspect::QueuesCommand::Resume(args)) => {
             fleet::resume(&connect(cli.database_url).await?, args).await
         }
+        Command::Limits(command) => limits::run(command, &connect(cli.database_url).await?).await,
         Command::Workers(cli_inspect::WorkersCommand::List(args)) => {
             fleet::workers(&connect(cli.database_url).await?, args).await
         }

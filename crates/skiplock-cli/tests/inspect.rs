@@ -1,4 +1,4 @@
-//! `skiplock jobs|queues|workers|stats|top|doctor`, run as a real process against a real
+//! `skiplock jobs|queues|limits|workers|stats|top|doctor`, run as a real process against a real
 //! database, reading what it prints.
 
 use std::process::{Output, Stdio};
@@ -925,4 +925,138 @@ async fn workflows_list_show_and_cancel_and_jobs_filter_by_workflow() {
     }
     let again = json(&db, &["workflows", "retry", &id, "--yes", "--json"]).await;
     assert_eq!(again, serde_json::json!({"retried": 0}));
+}
+
+#[tokio::test]
+async fn limits_set_list_and_clear_refuse_without_yes_off_a_terminal_and_explain_says_so() {
+    let db = TestDatabase::new().await.expect("database");
+    let pool = db.pool();
+    assert_eq!(ok(&db, &["limits", "list"]).await, "no limits");
+
+    // No terminal and no --yes: refused, nothing changed.
+    let refused = skiplock(
+        &db,
+        &["limits", "set", "--queue", "exports", "--max-running", "1"],
+    )
+    .await;
+    assert_eq!(code(&refused), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("pass --yes"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(ok(&db, &["limits", "list"]).await, "no limits");
+
+    let set = ok(
+        &db,
+        &[
+            "limits",
+            "set",
+            "--queue",
+            "exports",
+            "--max-running",
+            "1",
+            "--yes",
+        ],
+    )
+    .await;
+    assert_eq!(set, "the limit on queue exports is set");
+    ok(
+        &db,
+        &[
+            "limits",
+            "set",
+            "--kind",
+            "charge",
+            "--max-starts",
+            "10",
+            "--period",
+            "60",
+            "--yes",
+        ],
+    )
+    .await;
+    ok(
+        &db,
+        &[
+            "limits",
+            "set",
+            "--kind",
+            "charge",
+            "--partition-key",
+            "customer_id",
+            "--max-running",
+            "2",
+            "--yes",
+        ],
+    )
+    .await;
+    let bad = skiplock(
+        &db,
+        &[
+            "limits",
+            "set",
+            "--queue",
+            "exports",
+            "--max-running",
+            "0",
+            "--yes",
+        ],
+    )
+    .await;
+    assert_eq!(code(&bad), Some(1), "{}", stderr(&bad));
+
+    let running: i64 = sqlx::query_scalar("SELECT skiplock.enqueue('report', '{}', 'exports')")
+        .fetch_one(pool)
+        .await
+        .expect("enqueue");
+    let waiting: i64 = sqlx::query_scalar("SELECT skiplock.enqueue('report', '{}', 'exports')")
+        .fetch_one(pool)
+        .await
+        .expect("enqueue");
+    let claimed: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM skiplock.claim('w', '{exports}', '{report}', 5)")
+            .fetch_all(pool)
+            .await
+            .expect("claim");
+    assert_eq!(claimed, [running], "the limit of 1 holds");
+
+    let table = ok(&db, &["limits", "list"]).await;
+    let row = table
+        .lines()
+        .find(|line| line.starts_with("queue ") && line.contains("exports"))
+        .unwrap_or_else(|| panic!("no exports row in {table}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[..5], ["queue", "exports", "-", "1", "1"], "{table}");
+    assert!(table.contains("10/60s"), "{table}");
+    let listed = json(&db, &["limits", "list", "--json"]).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    assert_eq!(listed[0]["scope"]["name"], "exports");
+    assert_eq!(listed[0]["running"], 1);
+
+    let explained = ok(&db, &["jobs", "explain", &waiting.to_string()]).await;
+    assert!(
+        explained.contains("held back by the limit on queue exports: 1 running of 1"),
+        "{explained}"
+    );
+
+    let cleared = ok(&db, &["limits", "clear", "--queue", "exports", "--yes"]).await;
+    assert_eq!(cleared, "the limit on queue exports is cleared");
+    let missing = skiplock(&db, &["limits", "clear", "--queue", "exports", "--yes"]).await;
+    assert_eq!(code(&missing), Some(3), "{}", stderr(&missing));
+    ok(
+        &db,
+        &[
+            "limits",
+            "clear",
+            "--kind",
+            "charge",
+            "--partition-key",
+            "customer_id",
+            "--yes",
+        ],
+    )
+    .await;
+    let listed = json(&db, &["limits", "list", "--json"]).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
 }

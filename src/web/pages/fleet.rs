@@ -13,9 +13,37 @@ pub(crate) async fn queues(state: State, ctx: Ctx) -> PageResult {
     let shared = state.0;
     let ctx = ctx.with_title(&shared);
     let queues = inspect::queues(&shared.pool).await?;
+    let limits = inspect::limits(&shared.pool).await?;
     let body = html! {
         div.page-head { h1 { "Queues" } span.muted { (queues.len()) " queues" } }
         section.card { (queue_table(&ctx, &queues, true)) }
+        h2 id="limits" { "Limits" }
+        @if limits.is_empty() {
+            p.empty { "No concurrency or rate limit. Set one with skiplock::limits::set, skiplock.set_limit(…) in SQL, or skiplock limits set." }
+        } @else {
+            section.card {
+                table.grid.limits {
+                    thead { tr { th { "Scope" } th { "Partition key" } th.n { "Max running" } th.n { "Running" } th.n { "Busiest partition" } th { "Rate" } th { "Set" } } }
+                    tbody {
+                        @for l in &limits {
+                            tr data-limit=(l.id) {
+                                td { @match &l.scope {
+                                    crate::limits::Scope::Queue(q) => { span.muted { "queue " } strong { (q) } },
+                                    crate::limits::Scope::Kind(k) => { span.muted { "kind " } strong.kind { (k) } },
+                                } }
+                                td { @if let Some(key) = &l.partition_key { code { (key) } } @else { span.muted { "-" } } }
+                                td.n { @if let Some(n) = l.max_running { (n) } @else { span.muted { "-" } } }
+                                td.n { (l.running) @if l.max_running.is_some_and(|n| l.partition_key.is_none() && l.running >= i64::from(n)) { " " span.badge.warn { "full" } } }
+                                td.n { @if l.partition_key.is_some() { (l.busiest_partition) } @else { span.muted { "-" } } }
+                                td { @if let Some(r) = l.rate { (r.max_starts) " per " (r.period.as_secs_f64()) " s" } @else { span.muted { "-" } } }
+                                td { (when(Some(l.updated_at))) @if let Some(by) = &l.updated_by { " " span.muted { "by " (by) } } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p.muted { "Limits hold across every worker: at most Max running of the scope's jobs at once (per value of the partition key in the jobs' arguments, if set), at most Rate starts per period. Running: the scope's jobs running now." }
         p.muted { "Counts of waiting jobs are exact up to " (super::grouped(inspect::QUEUE_WAITING_EXACT_UP_TO as u64))
             ", of finished jobs up to " (super::grouped(inspect::QUEUE_FINISHED_EXACT_UP_TO as u64))
             "; past that they are PostgreSQL's estimates (shown with ~). Pickup lag: how long the oldest runnable job has waited." }
