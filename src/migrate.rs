@@ -196,6 +196,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0022_workflow_settling.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 23,
+        name: "waiter_handshake",
+        sql: include_str!("../migrations/0023_waiter_handshake.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].

@@ -430,8 +430,23 @@ impl Results {
         };
         if !fresh.is_empty() {
             let ttl = inner.config.registration_ttl.as_secs_f64();
-            db::waiter::register(&inner.pool, &inner.waiter, &fresh, ttl).await?;
-            inner.read(&fresh).await?;
+            // A connection that broke while idle in the pool (a server restart, or a pool
+            // shared with a Tokio runtime that has ended) fails once; the pool replaces it.
+            let mut retry_in = Duration::from_millis(50);
+            loop {
+                let first_read = async {
+                    db::waiter::register(&inner.pool, &inner.waiter, &fresh, ttl).await?;
+                    inner.read(&fresh).await
+                };
+                match first_read.await {
+                    Err(error) if is_connection_error(&error) && retry_in < SUBSCRIBE_RETRY_FOR => {
+                        tracing::debug!(%error, "could not register a wait; retrying");
+                        tokio::time::sleep(retry_in).await;
+                        retry_in *= 4;
+                    }
+                    done => break done?,
+                }
+            }
             // Not listening yet (first use, or reconnecting): a change notified meanwhile
             // would wait for the next poll. Unless every job has finished already, wait a
             // little for the listener and read once more after it is up.
@@ -733,6 +748,22 @@ async fn listen(started: Started, stop: CancellationToken) {
             tracing::warn!(%error, "could not renew waiter registrations");
         }
     }
+}
+
+/// How long [`Results::subscribe`] retries an error of the connection rather than the query
+/// (50 ms, then 200 ms, 800 ms: about a second in all).
+const SUBSCRIBE_RETRY_FOR: Duration = Duration::from_secs(1);
+
+/// Whether `error` broke the connection rather than the statement: I/O, TLS, protocol, a pool
+/// that gave no connection in time.
+fn is_connection_error(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+    )
 }
 
 async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fail, Record, database, enqueue_records, start, worker};
+use common::{Fail, Record, Sleep, database, enqueue_records, eventually, start, worker};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use skiplock::results::{Outcome, Results, ResultsConfig, WaitError};
@@ -116,8 +116,9 @@ async fn wait_times_out_and_knows_missing_and_cancelled_jobs() {
     let waiting = skiplock::enqueue(pool, &Record { n: 1 })
         .await
         .expect("enqueue");
+    // Long enough for a loaded machine to read the job once (else the state is None).
     let timed_out = results
-        .wait::<i64>(waiting, Duration::from_millis(300))
+        .wait::<i64>(waiting, Duration::from_millis(1500))
         .await;
     assert!(
         matches!(timed_out, Err(WaitError::TimedOut { id, state: Some(JobState::Available), .. }) if id == waiting),
@@ -294,6 +295,125 @@ async fn only_awaited_jobs_notify_and_forged_notifications_change_nothing() {
         ),
         "{outcome:?}"
     );
+}
+
+/// Whether a statement recording an outcome waits for a row lock (the test's blocker).
+async fn completion_blocked(pool: &PgPool) -> Option<()> {
+    let blocked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'
+           AND query LIKE '%WITH done AS%'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_stat_activity");
+    (blocked > 0).then_some(())
+}
+
+async fn waiters(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM skiplock.job_waiters")
+        .fetch_one(pool)
+        .await
+        .expect("count waiters")
+}
+
+/// The completer's statement began (and waits behind a row lock) before the waiter registered
+/// and read the job as running: it looks for waiters after its update, in a fresh snapshot, and
+/// notifies. With polling once a minute, only that notification ends the wait in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_registering_while_its_job_is_being_finished_is_notified() {
+    let db = database().await;
+    let pool = db.pool();
+    let results = pushed_only(pool);
+    let running = start(worker(pool).queue("default", 1).register::<Sleep>());
+    let id = skiplock::enqueue(
+        pool,
+        &Sleep {
+            millis: 500,
+            stubborn: true,
+        },
+    )
+    .await
+    .expect("enqueue");
+    eventually(Duration::from_secs(10), "the job running", || async {
+        let state: String =
+            sqlx::query_scalar("SELECT state::text FROM skiplock.jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .expect("state");
+        (state == "running").then_some(())
+    })
+    .await;
+    let mut blocker = pool.begin().await.expect("begin");
+    sqlx::query("SELECT FROM skiplock.jobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *blocker)
+        .await
+        .expect("lock the row");
+    eventually(Duration::from_secs(10), "the completion blocked", || {
+        completion_blocked(pool)
+    })
+    .await;
+
+    let waiting = tokio::spawn({
+        let results = results.clone();
+        async move { results.wait::<()>(id, Duration::from_secs(15)).await }
+    });
+    eventually(Duration::from_secs(10), "the waiter registered", || async {
+        (waiters(pool).await > 0).then_some(())
+    })
+    .await;
+    // Its first read (the job still running) is done by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the job cannot have finished yet");
+    blocker.commit().await.expect("release the row");
+    let outcome = waiting
+        .await
+        .expect("join")
+        .expect("notified, not timed out");
+    assert_eq!(outcome, Outcome::Completed(()));
+    running.shutdown().await.expect("shutdown");
+}
+
+/// A waiter registering while a transaction that finished its job has looked for waiters but
+/// not yet committed waits for that commit, then reads the outcome: neither side misses the
+/// other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_registering_before_a_finish_commits_reads_the_outcome() {
+    let db = database().await;
+    let pool = db.pool();
+    let results = pushed_only(pool);
+    let id = skiplock::enqueue(pool, &Record { n: 1 })
+        .await
+        .expect("enqueue");
+    let mut finishing = pool.begin().await.expect("begin");
+    sqlx::query("UPDATE skiplock.jobs SET state = 'cancelled', finished_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *finishing)
+        .await
+        .expect("cancel by hand");
+    let notified: i64 = sqlx::query_scalar("SELECT skiplock.notify_waiters(ARRAY[$1::bigint])")
+        .bind(id)
+        .fetch_one(&mut *finishing)
+        .await
+        .expect("look for waiters");
+    assert_eq!(notified, 0, "nobody waits yet");
+
+    let waiting = tokio::spawn({
+        let results = results.clone();
+        async move { results.wait::<i64>(id, Duration::from_secs(15)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        waiters(pool).await,
+        0,
+        "the registration waits for the finish"
+    );
+    assert!(!waiting.is_finished());
+    finishing.commit().await.expect("commit");
+    let outcome = waiting.await.expect("join").expect("read, not timed out");
+    assert_eq!(outcome, Outcome::Cancelled(None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

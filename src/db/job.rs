@@ -432,11 +432,11 @@ pub(crate) async fn complete_many<'e>(
         woken AS (
             SELECT skiplock.wake(array_agg(queue)) FROM done WHERE state = 'available'
         ),
-        -- Jobs somebody waits on (skiplock::results): one notification each. A probe of a
-        -- table that is empty unless somebody waits.
+        -- Jobs somebody waits on (skiplock::results): one notification each. Looked up
+        -- after the update, in a fresh snapshot, under a lock a registering waiter takes
+        -- (0023): a registration racing this statement is either seen or waits for it.
         waited AS (
-            SELECT count(pg_notify('skiplock_job', d.id::text)) FROM done AS d
-            WHERE EXISTS (SELECT FROM skiplock.job_waiters AS w WHERE w.job_id = d.id)
+            SELECT skiplock.notify_waiters(array_agg(d.id)) FROM done AS d
         ),
         -- Jobs of a limited queue or kind (0020) free a slot: their queues' workers are woken
         -- to claim again. Gated by one probe of a table that is empty without limits.
@@ -538,8 +538,7 @@ pub(crate) async fn complete_one<'e>(
             RETURNING id
         ),
         waited AS (
-            SELECT count(pg_notify('skiplock_job', d.id::text)) FROM done AS d
-            WHERE EXISTS (SELECT FROM skiplock.job_waiters AS w WHERE w.job_id = d.id)
+            SELECT skiplock.notify_waiters(array_agg(d.id)) FROM done AS d
         )
         SELECT count(*) AS "changed!" FROM done, waited
         "#,
@@ -567,10 +566,10 @@ pub(crate) async fn set_progress<'e>(
             WHERE id = $1 AND lease_token = $2 AND state = 'running'
             RETURNING id
         ),
-        -- Watchers (skiplock::results) hear of it; nobody else pays more than a probe.
+        -- Watchers (skiplock::results) hear of it (race-free, see complete_many); nobody
+        -- else pays more than a probe.
         waited AS (
-            SELECT count(pg_notify('skiplock_job', c.id::text)) FROM changed AS c
-            WHERE EXISTS (SELECT FROM skiplock.job_waiters AS w WHERE w.job_id = c.id)
+            SELECT skiplock.notify_waiters(array_agg(c.id)) FROM changed AS c
         )
         SELECT count(*) AS "changed!" FROM changed, waited
         "#,

@@ -7,6 +7,10 @@ use crate::JobState;
 
 /// Registers `waiter` for `ids` until `now() + ttl_secs`, renewing existing registrations and
 /// restoring lost ones.
+///
+/// Holds the waiters' lock (0023) exclusively until it commits: a statement finishing one of
+/// the jobs either sees the registration or has committed before it, so the read that follows
+/// sees its outcome. No notification is lost to that race.
 pub(crate) async fn register<'e>(
     executor: impl PgExecutor<'e>,
     waiter: &str,
@@ -15,9 +19,10 @@ pub(crate) async fn register<'e>(
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"
+        WITH handshake AS (SELECT pg_advisory_xact_lock(1936419956, -1))
         INSERT INTO skiplock.job_waiters (job_id, waiter, expires_at)
         SELECT DISTINCT id, $1, now() + make_interval(secs => $3)
-        FROM unnest($2::bigint[]) AS id
+        FROM unnest($2::bigint[]) AS id, handshake
         ON CONFLICT (job_id, waiter) DO UPDATE SET expires_at = excluded.expires_at
         "#,
         waiter,

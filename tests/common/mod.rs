@@ -13,6 +13,7 @@ use sqlx::PgPool;
 
 /// A fresh database with the skiplock schema and a `ledger` table.
 pub async fn database() -> TestDatabase {
+    log_when_asked();
     let db = TestDatabase::new().await.expect("test database");
     sqlx::raw_sql(
         "CREATE TABLE ledger (
@@ -28,6 +29,17 @@ pub async fn database() -> TestDatabase {
     .await
     .expect("ledger table");
     db
+}
+
+/// With `RUST_LOG` set (`RUST_LOG=skiplock=debug cargo test ...`), the library's logs are
+/// shown with a failing test's output; without it, nothing is installed.
+pub fn log_when_asked() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
 }
 
 /// A worker builder with test-friendly timings: quick polling, short shutdown.
