@@ -224,13 +224,18 @@ async fn a_hundred_waiters_share_one_listening_connection() {
         (registered == 100).then_some(())
     })
     .await;
-    let listening: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND query ILIKE 'LISTEN%skiplock_job%'",
-    )
-    .fetch_one(pool)
-    .await
-    .expect("sessions");
+    // The listener may connect after the registrations (a loaded machine): wait for it.
+    let listening = common::eventually(Duration::from_secs(10), "the listener", || async {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%skiplock_job%'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("sessions");
+        (listening > 0).then_some(listening)
+    })
+    .await;
     assert_eq!(listening, 1, "one LISTEN connection for every waiter");
 
     let running = start(worker(pool).queue("default", 8).register::<Record>());
