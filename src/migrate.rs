@@ -202,6 +202,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0023_waiter_handshake.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 24,
+        name: "throttle_running_count",
+        sql: include_str!("../migrations/0024_throttle_running_count.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].

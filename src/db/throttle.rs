@@ -66,7 +66,7 @@ pub(crate) struct Row {
 }
 
 /// Every limit, by scope, with its running counts: one statement, counting the running jobs once
-/// (through `jobs_state_queue_kind_idx`, `running` rows only).
+/// (through `jobs_lease_expiry_idx`, which holds the running rows and only them; see 0024).
 pub(crate) async fn list<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as!(
         Row,
@@ -74,7 +74,7 @@ pub(crate) async fn list<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<Row>, 
         WITH running AS MATERIALIZED (
             SELECT j.queue, j.kind, j.args
             FROM skiplock.jobs AS j
-            WHERE j.state = 'running'
+            WHERE j.lease_expires_at >= '-infinity' AND j.state = 'running'
               AND EXISTS (SELECT FROM skiplock.throttles AS t
                           WHERE t.queue = j.queue OR t.kind = j.kind)
         )
