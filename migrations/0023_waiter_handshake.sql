@@ -41,8 +41,11 @@ COMMENT ON FUNCTION skiplock.notify_waiters(bigint[]) IS
 
 REVOKE ALL ON FUNCTION skiplock.notify_waiters(bigint[]) FROM PUBLIC;
 
--- The SQL worker protocol (0018) looks for waiters the same way. Only the `waited` step of
--- each function changes.
+-- The SQL worker protocol (0018) looks for waiters the same way. And an outcome recorded in
+-- SQL now frees a slot of a concurrency limit (0020) at once, as the Rust completer's do: the
+-- `freed` step wakes the queue of a job whose queue or kind is limited, so workers held back
+-- by the limit claim again now instead of at their next poll (1 s). Only the `waited` and
+-- `freed` steps change.
 
 CREATE OR REPLACE FUNCTION skiplock.complete(job_id bigint, lease_token bigint, result jsonb DEFAULT NULL)
 RETURNS boolean
@@ -59,10 +62,15 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         SELECT date_trunc('minute', now()), d.queue, d.kind, 'completed', 1 FROM done AS d
         ON CONFLICT (minute, queue, kind, outcome) DO UPDATE SET jobs = s.jobs + 1
     ),
+    -- A slot of a limited queue or kind is free: wake its workers.
+    freed AS (
+        SELECT skiplock.wake(array_agg(d.queue)) FROM done AS d
+        WHERE EXISTS (SELECT FROM skiplock.throttles AS t WHERE t.queue = d.queue OR t.kind = d.kind)
+    ),
     waited AS (
         SELECT skiplock.notify_waiters(array_agg(d.id)) FROM done AS d
     )
-    SELECT count(*) = 1 FROM done, waited
+    SELECT count(*) = 1 FROM done, freed, waited
 $$;
 
 CREATE OR REPLACE FUNCTION skiplock.fail(
@@ -119,10 +127,15 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         FROM done AS d
         ON CONFLICT (minute, queue, kind, outcome) DO UPDATE SET jobs = s.jobs + 1
     ),
+    -- A slot of a limited queue or kind is free: wake its workers.
+    freed AS (
+        SELECT skiplock.wake(array_agg(d.queue)) FROM done AS d
+        WHERE EXISTS (SELECT FROM skiplock.throttles AS t WHERE t.queue = d.queue OR t.kind = d.kind)
+    ),
     waited AS (
         SELECT skiplock.notify_waiters(array_agg(d.id)) FROM done AS d
     )
-    SELECT d.state FROM done AS d, waited
+    SELECT d.state FROM done AS d, freed, waited
 $$;
 
 CREATE OR REPLACE FUNCTION skiplock.snooze(job_id bigint, lease_token bigint, delay_secs double precision)
@@ -162,15 +175,20 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
             lease_expires_at = NULL, lease_token = NULL
         FROM decided AS d
         WHERE j.id = d.id AND j.lease_token = snooze.lease_token
-        RETURNING j.id, j.queue, j.state
+        RETURNING j.id, j.queue, j.kind, j.state
     ),
     woken AS (
         SELECT skiplock.wake(array_agg(d.queue)) FROM done AS d WHERE d.state = 'available'
     ),
+    -- A slot of a limited queue or kind is free: wake its workers.
+    freed AS (
+        SELECT skiplock.wake(array_agg(d.queue)) FROM done AS d
+        WHERE EXISTS (SELECT FROM skiplock.throttles AS t WHERE t.queue = d.queue OR t.kind = d.kind)
+    ),
     waited AS (
         SELECT skiplock.notify_waiters(array_agg(d.id)) FROM done AS d
     )
-    SELECT count(*) = 1 FROM done, woken, waited
+    SELECT count(*) = 1 FROM done, woken, freed, waited
 $$;
 
 CREATE OR REPLACE FUNCTION skiplock.set_progress(job_id bigint, lease_token bigint, progress jsonb)

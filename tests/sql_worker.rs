@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{Record, database, start, worker};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 
 /// One claimed job: id, lease token.
 type Claimed = (i64, i64);
@@ -397,4 +398,64 @@ async fn fail_and_snooze_honour_cancel_requests_and_unique_keys_like_the_rust_wo
     .await
     .expect("lease");
     assert!(lease_days <= 1.0, "lease {lease_days} days");
+}
+
+/// An outcome recorded in SQL frees a slot of a concurrency limit at once: complete, fail and
+/// snooze wake the limited queue's workers (`skiplock_wake`), as the Rust completer's batches
+/// do, rather than leave them to their next poll. Outcomes in an unlimited queue wake nobody.
+#[tokio::test]
+async fn sql_outcomes_in_a_limited_queue_wake_its_workers() {
+    let db = database().await;
+    let pool = db.pool();
+    for n in 0..4 {
+        enqueue(pool, n).await;
+    }
+    let claimed = claim(pool, "py-1", 4, 30.0).await;
+    assert_eq!(claimed.len(), 4);
+    let mut listener = PgListener::connect_with(pool).await.expect("listener");
+    listener.listen("skiplock_wake").await.expect("listen");
+    let (id, token) = claimed[0];
+    sqlx::query("SELECT skiplock.complete($1, $2)")
+        .bind(id)
+        .bind(token)
+        .execute(pool)
+        .await
+        .expect("complete");
+    assert_eq!(woken(&mut listener).await, None, "no limit, no wake-up");
+
+    sqlx::query("SELECT skiplock.set_limit(queue => 'default', max_running => 2)")
+        .execute(pool)
+        .await
+        .expect("set limit");
+    let (id, token) = claimed[1];
+    sqlx::query("SELECT skiplock.complete($1, $2)")
+        .bind(id)
+        .bind(token)
+        .execute(pool)
+        .await
+        .expect("complete");
+    assert_eq!(woken(&mut listener).await.as_deref(), Some("default"));
+    let (id, token) = claimed[2];
+    sqlx::query("SELECT skiplock.fail($1, $2, 'boom')")
+        .bind(id)
+        .bind(token)
+        .execute(pool)
+        .await
+        .expect("fail");
+    assert_eq!(woken(&mut listener).await.as_deref(), Some("default"));
+    let (id, token) = claimed[3];
+    sqlx::query("SELECT skiplock.snooze($1, $2, 60)")
+        .bind(id)
+        .bind(token)
+        .execute(pool)
+        .await
+        .expect("snooze");
+    assert_eq!(woken(&mut listener).await.as_deref(), Some("default"));
+}
+
+/// The payload of the next notification within 1.5 s, if one comes.
+async fn woken(listener: &mut PgListener) -> Option<String> {
+    let next = tokio::time::timeout(Duration::from_millis(1500), listener.recv()).await;
+    next.ok()
+        .map(|received| received.expect("notification").payload().to_owned())
 }
