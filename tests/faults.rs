@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::child::{self, ChildWorker};
 use common::database;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use skiplock::{Handler, Job, JobContext, JobError, NewJob, Worker};
 use skiplock_testing::embedded::{EmbeddedPostgres, ShutdownMode};
@@ -94,10 +93,8 @@ impl Handler<PgPool> for Effect {
 #[test]
 #[ignore = "entry point of the worker processes the fault tests start"]
 fn child_worker() {
-    let config: ChildConfig =
-        serde_json::from_str(&std::env::var(CHILD_ENV).expect("child config")).expect("config");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async move {
+    child::run(CHILD_ENV, |config| {
+        let config: ChildConfig = serde_json::from_str(&config).expect("config");
         let options = config
             .url
             .parse::<sqlx::postgres::PgConnectOptions>()
@@ -116,75 +113,22 @@ fn child_worker() {
             .shutdown_timeout(Duration::from_secs(5))
             .register::<Work>()
             .register::<Effect>()
-            .build()
-            .expect("worker")
-            .run()
-            .await
-            .expect("worker run");
     });
 }
 
-/// A worker process, SIGKILLed when dropped unless it was stopped.
-struct ChildWorker(Child);
-
-impl ChildWorker {
-    fn start(url: &str, id: &str, concurrency: usize) -> Self {
-        let config = ChildConfig {
-            url: url.to_owned(),
-            id: id.to_owned(),
-            concurrency,
-            lease_ms: LEASE_MS,
-        };
-        let child = Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "child_worker",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, serde_json::to_string(&config).expect("config"))
-            .env("RUST_LOG", "off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn worker");
-        Self(child)
-    }
-
-    fn signal(&self, signal: Signal) {
-        let pid = Pid::from_raw(i32::try_from(self.0.id()).expect("pid"));
-        kill(pid, signal).expect("signal");
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.0.try_wait().expect("wait").is_none()
-    }
-
-    /// SIGTERM, then the exit status must be success within 15 s.
-    fn stop(mut self) {
-        self.signal(Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.0.try_wait().expect("wait") {
-                assert!(status.success(), "worker exited with {status}");
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "worker did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ChildWorker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Starts a worker process with the id `id` and `concurrency` slots.
+fn start_worker(url: &str, id: &str, concurrency: usize) -> ChildWorker {
+    let config = ChildConfig {
+        url: url.to_owned(),
+        id: id.to_owned(),
+        concurrency,
+        lease_ms: LEASE_MS,
+    };
+    ChildWorker::start(
+        "child_worker",
+        CHILD_ENV,
+        &serde_json::to_string(&config).expect("config"),
+    )
 }
 
 /// `sql` as an i64, or `None` while the database is unreachable (during a restart).
@@ -218,8 +162,8 @@ async fn sigkill_mid_flight_loses_nothing_and_reruns_only_what_was_in_flight() {
         .collect::<Result<_, _>>()
         .expect("jobs");
     skiplock::enqueue_many(pool, jobs).await.expect("enqueue");
-    let a = ChildWorker::start(&db.url(), "a", 16);
-    let b = ChildWorker::start(&db.url(), "b", 16);
+    let a = start_worker(&db.url(), "a", 16);
+    let b = start_worker(&db.url(), "b", 16);
     until_at_least(
         pool,
         "SELECT count(*) FROM ledger",
@@ -252,7 +196,7 @@ async fn sigkill_mid_flight_loses_nothing_and_reruns_only_what_was_in_flight() {
     );
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let a2 = ChildWorker::start(&db.url(), "a2", 16);
+    let a2 = start_worker(&db.url(), "a2", 16);
     until_at_least(pool, COMPLETED, 1_000, Duration::from_secs(120)).await;
 
     let rerun: Vec<i64> = sqlx::query_scalar(
@@ -336,7 +280,7 @@ async fn a_frozen_worker_cannot_complete_a_job_another_worker_took_over() {
     let id = skiplock::enqueue(pool, &Work { millis: 1_500 })
         .await
         .expect("enqueue");
-    let mut a = ChildWorker::start(&db.url(), "a", 1);
+    let mut a = start_worker(&db.url(), "a", 1);
     until_at_least(
         pool,
         "SELECT count(*) FROM ledger",
@@ -347,7 +291,7 @@ async fn a_frozen_worker_cannot_complete_a_job_another_worker_took_over() {
     a.signal(Signal::SIGSTOP);
 
     // `b` rescues the job once a's lease expires, and runs attempt 2 to completion.
-    let b = ChildWorker::start(&db.url(), "b", 1);
+    let b = start_worker(&db.url(), "b", 1);
     until_at_least(pool, COMPLETED, 1, Duration::from_secs(30)).await;
     a.signal(Signal::SIGCONT);
     // a's handler finishes its sleep and tries to complete; give it time to fail to.
@@ -385,8 +329,8 @@ async fn transactional_completion_has_exactly_one_effect_per_job_under_faults() 
         .collect::<Result<_, _>>()
         .expect("jobs");
     skiplock::enqueue_many(pool, jobs).await.expect("enqueue");
-    let a = ChildWorker::start(&db.url(), "a", 8);
-    let b = ChildWorker::start(&db.url(), "b", 8);
+    let a = start_worker(&db.url(), "a", 8);
+    let b = start_worker(&db.url(), "b", 8);
 
     until_at_least(
         pool,
@@ -417,7 +361,7 @@ async fn transactional_completion_has_exactly_one_effect_per_job_under_faults() 
             .expect("terminate");
         terminated += killed;
     }
-    let a2 = ChildWorker::start(&db.url(), "a2", 8);
+    let a2 = start_worker(&db.url(), "a2", 8);
     until_at_least(pool, COMPLETED, 300, Duration::from_secs(120)).await;
 
     let (effects, distinct): (i64, i64) =
@@ -461,7 +405,7 @@ async fn postgres_restarts_during_a_drain_lose_nothing_and_the_worker_stays_up()
         .collect::<Result<_, _>>()
         .expect("jobs");
     skiplock::enqueue_many(&pool, jobs).await.expect("enqueue");
-    let mut worker = ChildWorker::start(&url, "w", 16);
+    let mut worker = start_worker(&url, "w", 16);
 
     let server = std::sync::Arc::new(server);
     for (threshold, mode) in [

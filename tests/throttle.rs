@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
+use common::child::{self, ChildWorker};
 use common::{count_state, database, eventually, with_worker, worker};
 use serde::{Deserialize, Serialize};
 use skiplock::inspect::{self, Reason};
@@ -106,9 +106,7 @@ async fn enqueue_holds(pool: &PgPool, customers: i64, per_customer: i64, millis:
 #[test]
 #[ignore = "entry point of the worker processes the limit tests start"]
 fn child_worker() {
-    let url = std::env::var(CHILD_ENV).expect("child config");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async move {
+    child::run(CHILD_ENV, |url| {
         let pool = PgPoolOptions::new()
             .max_connections(12)
             .connect_lazy(&url)
@@ -118,61 +116,11 @@ fn child_worker() {
             .poll_interval(Duration::from_millis(500))
             .shutdown_timeout(Duration::from_secs(5))
             .register::<Hold>()
-            .build()
-            .expect("worker")
-            .run()
-            .await
-            .expect("worker run");
     });
 }
 
-struct ChildWorker(Child);
-
-impl ChildWorker {
-    fn start(url: &str) -> Self {
-        let child = Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "child_worker",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, url)
-            .env("RUST_LOG", "off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn worker");
-        Self(child)
-    }
-}
-
-impl Drop for ChildWorker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn four_workers(pool: &PgPool, url: &str) -> Vec<ChildWorker> {
-    let children: Vec<ChildWorker> = (0..4).map(|_| ChildWorker::start(url)).collect();
-    eventually(
-        Duration::from_secs(60),
-        "four live worker processes",
-        || async {
-            let live: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM skiplock.workers WHERE stopped_at IS NULL",
-            )
-            .fetch_one(pool)
-            .await
-            .expect("workers");
-            (live == 4).then_some(())
-        },
-    )
-    .await;
-    children
+    child::start_live(pool, 4, "child_worker", CHILD_ENV, url).await
 }
 
 /// Samples, every 10 ms until stopped, the most running jobs of the queue and the most running

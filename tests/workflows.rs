@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::child;
 use common::{database, eventually, start, with_worker, worker};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -720,9 +720,7 @@ impl Handler<PgPool> for Callback {
 #[test]
 #[ignore = "entry point of the worker processes the workflow race test starts"]
 fn child_worker() {
-    let url = std::env::var(CHILD_ENV).expect("child config");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async move {
+    child::run(CHILD_ENV, |url| {
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .connect_lazy(&url)
@@ -733,42 +731,7 @@ fn child_worker() {
             .shutdown_timeout(Duration::from_secs(5))
             .register::<Member>()
             .register::<Callback>()
-            .build()
-            .expect("worker")
-            .run()
-            .await
-            .expect("worker run");
     });
-}
-
-struct ChildWorker(Child);
-
-impl ChildWorker {
-    fn start(url: &str) -> Self {
-        let child = Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "child_worker",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, url)
-            .env("RUST_LOG", "off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn worker");
-        Self(child)
-    }
-}
-
-impl Drop for ChildWorker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The test: 1,000-member chords whose members finish on 4 worker processes at once,
@@ -785,21 +748,7 @@ async fn chord_callbacks_run_exactly_once_when_members_finish_together_on_four_p
         .expect("table");
     // The four processes are up first; every chord is then committed at once, so their
     // members race from the first claim.
-    let children: Vec<ChildWorker> = (0..4).map(|_| ChildWorker::start(&db.url())).collect();
-    eventually(
-        Duration::from_secs(60),
-        "four live worker processes",
-        || async {
-            let live: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM skiplock.workers WHERE stopped_at IS NULL",
-            )
-            .fetch_one(pool)
-            .await
-            .expect("workers");
-            (live == 4).then_some(())
-        },
-    )
-    .await;
+    let children = child::start_live(pool, 4, "child_worker", CHILD_ENV, &db.url()).await;
     let mut tx = pool.begin().await.expect("begin");
     let mut callbacks = Vec::new();
     for run in 0..CHORDS {

@@ -2,6 +2,8 @@
 //! helpers to wait for the database to reach a state.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod child;
+
 use std::future::Future;
 use std::time::Duration;
 
