@@ -13,7 +13,7 @@ use common::{database, eventually, start, with_worker, worker};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use skiplock::inspect::{self, Reason, WorkflowState};
-use skiplock::workflow::{self, OnFailure, Step, Workflow, chain, chord, group};
+use skiplock::workflow::{self, EnqueuedWorkflow, OnFailure, Step, Workflow, chain, chord, group};
 use skiplock::{
     EnqueueOptions, Handler, Job, JobContext, JobError, JobState, NewJob, PrunerConfig, Retention,
     Worker,
@@ -127,21 +127,84 @@ async fn result(pool: &PgPool, id: i64) -> Value {
 }
 
 async fn finished(pool: &PgPool, ids: &[i64]) {
-    eventually(
-        Duration::from_secs(30),
-        "the workflow to finish",
-        || async {
-            let unfinished: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM skiplock.jobs WHERE id = ANY($1) AND finished_at IS NULL",
-            )
-            .bind(ids)
-            .fetch_one(pool)
-            .await
-            .expect("count");
-            (unfinished == 0).then_some(())
-        },
-    )
+    finished_within(pool, ids, Duration::from_secs(30), "the workflow to finish").await;
+}
+
+/// Waits until every job of `ids` is finished; panics after `timeout`.
+async fn finished_within(pool: &PgPool, ids: &[i64], timeout: Duration, what: &str) {
+    eventually(timeout, what, || async {
+        let unfinished: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM skiplock.jobs WHERE id = ANY($1) AND finished_at IS NULL",
+        )
+        .bind(ids)
+        .fetch_one(pool)
+        .await
+        .expect("count");
+        (unfinished == 0).then_some(())
+    })
     .await;
+}
+
+/// Job `id`, which must have ended in `state` because of a job it depended on.
+async fn ended_by_dependency(pool: &PgPool, id: i64, state: JobState) -> skiplock::JobRow {
+    let row = common::job(pool, id).await;
+    assert_eq!(row.state, state);
+    assert_eq!(
+        row.errors.last().expect("error").kind.as_str(),
+        "dependency"
+    );
+    row
+}
+
+/// Enqueues workflow `name`, which runs `flow`.
+async fn enqueue_flow(pool: &PgPool, name: &str, flow: Step) -> EnqueuedWorkflow {
+    Workflow::new(name, flow)
+        .enqueue(pool)
+        .await
+        .expect("enqueue")
+}
+
+/// What inspection shows of workflow `id`.
+async fn workflow_info(pool: &PgPool, id: i64) -> inspect::WorkflowInfo {
+    inspect::workflow(pool, id, 0)
+        .await
+        .expect("inspect")
+        .expect("workflow")
+}
+
+/// The runs of jobs of `kind` the ledger recorded.
+async fn runs_of(pool: &PgPool, kind: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = $1")
+        .bind(kind)
+        .fetch_one(pool)
+        .await
+        .expect("ledger")
+}
+
+/// Deletes job `id` by hand.
+async fn delete_job(pool: &PgPool, id: i64) {
+    sqlx::query("DELETE FROM skiplock.jobs WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .expect("delete");
+}
+
+/// The rows of `skiplock.pending_jobs`: jobs that wait for others.
+async fn pending_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM skiplock.pending_jobs")
+        .fetch_one(pool)
+        .await
+        .expect("pending rows")
+}
+
+/// `skiplock.retry_workflow(id)`, from SQL: how many jobs it put back.
+async fn retry_workflow_sql(pool: &PgPool, id: i64) -> Option<i32> {
+    sqlx::query_scalar("SELECT skiplock.retry_workflow($1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("retry workflow")
 }
 
 #[tokio::test]
@@ -153,10 +216,7 @@ async fn a_chain_passes_each_output_to_the_next_step() {
         step(&AddInput { by: 10 }),
         step(&AddInput { by: 100 }),
     ]);
-    let enqueued = Workflow::new("sum", flow)
-        .enqueue(pool)
-        .await
-        .expect("enqueue");
+    let enqueued = enqueue_flow(pool, "sum", flow).await;
     let jobs = enqueued.jobs.clone();
     assert_eq!(state(pool, jobs[0]).await, JobState::Available);
     assert_eq!(state(pool, jobs[1]).await, JobState::Pending);
@@ -181,10 +241,7 @@ async fn a_chain_passes_each_output_to_the_next_step() {
         .expect("ledger");
     assert_eq!(order, jobs);
 
-    let info = inspect::workflow(pool, enqueued.id, 0)
-        .await
-        .expect("inspect")
-        .expect("workflow");
+    let info = workflow_info(pool, enqueued.id).await;
     assert_eq!(info.state, WorkflowState::Completed);
     assert_eq!((info.jobs, info.unfinished), (3, 0));
     assert_eq!(info.members[2].depends_on, vec![jobs[1]]);
@@ -202,10 +259,7 @@ async fn a_chord_callback_gets_every_output_in_order_and_nests_in_a_chain() {
         chord(members, step(&Collect)),
         group([step(&Report), step(&Report)]),
     ]);
-    let enqueued = Workflow::new("fan", flow)
-        .enqueue(pool)
-        .await
-        .expect("enqueue");
+    let enqueued = enqueue_flow(pool, "fan", flow).await;
     assert_eq!(enqueued.jobs.len(), 9);
     with_worker(workers(pool), finished(pool, &enqueued.jobs)).await;
     let callback = enqueued.jobs[6];
@@ -215,11 +269,7 @@ async fn a_chord_callback_gets_every_output_in_order_and_nests_in_a_chain() {
     // The steps after the chord waited for its callback alone.
     assert_eq!(result(pool, last[0]).await, json!(["completed"]));
     assert_eq!(result(pool, last[1]).await, json!(["completed"]));
-    let callbacks: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'collect'")
-        .fetch_one(pool)
-        .await
-        .expect("ledger");
-    assert_eq!(callbacks, 1);
+    assert_eq!(runs_of(pool, "collect").await, 1);
 }
 
 #[tokio::test]
@@ -232,10 +282,7 @@ async fn a_failed_member_fails_what_waits_on_it_downstream_unless_the_workflow_r
             step(&Report),
         ])
     };
-    let failing = Workflow::new("fails", flow())
-        .enqueue(pool)
-        .await
-        .expect("enqueue");
+    let failing = enqueue_flow(pool, "fails", flow()).await;
     let running = Workflow::new("runs anyway", flow())
         .on_failure(OnFailure::Run)
         .enqueue(pool)
@@ -248,29 +295,17 @@ async fn a_failed_member_fails_what_waits_on_it_downstream_unless_the_workflow_r
     // Propagated: the callback and the step after it failed without running.
     let (callback, after) = (failing.jobs[2], failing.jobs[3]);
     for id in [callback, after] {
-        let row = common::job(pool, id).await;
-        assert_eq!(row.state, JobState::Failed);
+        let row = ended_by_dependency(pool, id, JobState::Failed).await;
         assert_eq!(row.attempt, 0, "never ran");
-        assert_eq!(
-            row.errors.last().expect("error").kind.as_str(),
-            "dependency"
-        );
     }
-    let info = inspect::workflow(pool, failing.id, 0)
-        .await
-        .expect("inspect")
-        .expect("workflow");
+    let info = workflow_info(pool, failing.id).await;
     assert_eq!(info.state, WorkflowState::Failed);
 
     // Run anyway: the callback ran and could not read a failed input; the report after it
     // ran and saw the callback's failure.
     assert_eq!(state(pool, running.jobs[2]).await, JobState::Failed);
     assert_eq!(result(pool, running.jobs[3]).await, json!(["failed"]));
-    let reports: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'report'")
-        .fetch_one(pool)
-        .await
-        .expect("ledger");
-    assert_eq!(reports, 1);
+    assert_eq!(runs_of(pool, "report").await, 1);
 }
 
 #[tokio::test]
@@ -278,15 +313,14 @@ async fn cancelling_a_workflow_cancels_its_unfinished_jobs_and_a_cancelled_job_c
  {
     let db = database().await;
     let pool = db.pool();
-    let flow = chain([
-        step(&Add { n: 1 }),
-        step(&AddInput { by: 1 }),
-        step(&AddInput { by: 1 }),
-    ]);
-    let enqueued = Workflow::new("cancel me", flow)
-        .enqueue(pool)
-        .await
-        .expect("enqueue");
+    let flow = || {
+        chain([
+            step(&Add { n: 1 }),
+            step(&AddInput { by: 1 }),
+            step(&AddInput { by: 1 }),
+        ])
+    };
+    let enqueued = enqueue_flow(pool, "cancel me", flow()).await;
     let cancelled = workflow::cancel(pool, enqueued.id)
         .await
         .expect("cancel")
@@ -303,15 +337,7 @@ async fn cancelling_a_workflow_cancels_its_unfinished_jobs_and_a_cancelled_job_c
     );
 
     // One job cancelled by hand: the rest of the chain is cancelled with it.
-    let flow = chain([
-        step(&Add { n: 1 }),
-        step(&AddInput { by: 1 }),
-        step(&AddInput { by: 1 }),
-    ]);
-    let enqueued = Workflow::new("cancel one", flow)
-        .enqueue(pool)
-        .await
-        .expect("enqueue");
+    let enqueued = enqueue_flow(pool, "cancel one", flow()).await;
     assert_eq!(
         skiplock::cancel(pool, enqueued.jobs[0])
             .await
@@ -319,17 +345,9 @@ async fn cancelling_a_workflow_cancels_its_unfinished_jobs_and_a_cancelled_job_c
         Some(JobState::Cancelled)
     );
     for &id in &enqueued.jobs[1..] {
-        let row = common::job(pool, id).await;
-        assert_eq!(row.state, JobState::Cancelled);
-        assert_eq!(
-            row.errors.last().expect("error").kind.as_str(),
-            "dependency"
-        );
+        ended_by_dependency(pool, id, JobState::Cancelled).await;
     }
-    let info = inspect::workflow(pool, enqueued.id, 0)
-        .await
-        .expect("inspect")
-        .expect("workflow");
+    let info = workflow_info(pool, enqueued.id).await;
     assert_eq!(info.state, WorkflowState::Cancelled);
 }
 
@@ -514,10 +532,7 @@ async fn a_workflow_is_enqueued_with_the_transaction_and_a_group_of_ten_thousand
     assert_eq!(left, 0, "a rolled back workflow leaves nothing");
 
     let members = (0..10_000).map(|n| step(&Add { n }));
-    let enqueued = Workflow::new("big", chord(members, step(&Collect)))
-        .enqueue(pool)
-        .await
-        .expect("enqueue");
+    let enqueued = enqueue_flow(pool, "big", chord(members, step(&Collect))).await;
     assert_eq!(enqueued.jobs.len(), 10_001);
     let pending: i32 =
         sqlx::query_scalar("SELECT waiting_for FROM skiplock.pending_jobs WHERE job_id = $1")
@@ -587,17 +602,9 @@ async fn sql_clients_enqueue_workflows_and_bad_input_is_refused() {
 async fn retention_prunes_a_workflow_whole_and_a_deleted_dependency_is_repaired() {
     let db = database().await;
     let pool = db.pool();
-    let done = Workflow::new(
-        "done",
-        chain([step(&Add { n: 1 }), step(&AddInput { by: 1 })]),
-    )
-    .enqueue(pool)
-    .await
-    .expect("enqueue");
-    let open = Workflow::new("open", group([step(&Add { n: 1 }), step(&Collect)]))
-        .enqueue(pool)
-        .await
-        .expect("enqueue");
+    let two_steps = || chain([step(&Add { n: 1 }), step(&AddInput { by: 1 })]);
+    let done = enqueue_flow(pool, "done", two_steps()).await;
+    let open = enqueue_flow(pool, "open", group([step(&Add { n: 1 }), step(&Collect)])).await;
     // `done` finishes; of `open`, only the add completes (collect's kind has no worker).
     let builder = worker(pool)
         .queue("default", 4)
@@ -643,18 +650,8 @@ async fn retention_prunes_a_workflow_whole_and_a_deleted_dependency_is_repaired(
 
     // A dependency deleted by hand while its dependent waits: the rescuer resolves it (as
     // cancelled), and the dependent does not wait forever.
-    let stranded = Workflow::new(
-        "stranded",
-        chain([step(&Add { n: 1 }), step(&AddInput { by: 1 })]),
-    )
-    .enqueue(pool)
-    .await
-    .expect("enqueue");
-    sqlx::query("DELETE FROM skiplock.jobs WHERE id = $1")
-        .bind(stranded.jobs[0])
-        .execute(pool)
-        .await
-        .expect("delete");
+    let stranded = enqueue_flow(pool, "stranded", two_steps()).await;
+    delete_job(pool, stranded.jobs[0]).await;
     let running = start(worker(pool).queue("other", 1).register::<Add>());
     eventually(
         Duration::from_secs(20),
@@ -761,19 +758,11 @@ async fn chord_callbacks_run_exactly_once_when_members_finish_together_on_four_p
         callbacks.extend(enqueued.last_jobs());
     }
     tx.commit().await.expect("commit");
-    eventually(
+    finished_within(
+        pool,
+        &callbacks,
         Duration::from_secs(240),
         "every callback to finish",
-        || async {
-            let open: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM skiplock.jobs WHERE id = ANY($1) AND finished_at IS NULL",
-            )
-            .bind(&callbacks)
-            .fetch_one(pool)
-            .await
-            .expect("count");
-            (open == 0).then_some(())
-        },
     )
     .await;
     drop(children);
@@ -834,13 +823,12 @@ async fn chord_callbacks_run_exactly_once_when_members_finish_together_on_four_p
 async fn the_last_two_members_finishing_in_concurrent_transactions_release_the_callback_once() {
     let db = database().await;
     let pool = db.pool();
-    let enqueued = Workflow::new(
+    let enqueued = enqueue_flow(
+        pool,
         "pair",
         chord([step(&Add { n: 1 }), step(&Add { n: 2 })], step(&Collect)),
     )
-    .enqueue(pool)
-    .await
-    .expect("enqueue");
+    .await;
     let (a, b, callback) = (enqueued.jobs[0], enqueued.jobs[1], enqueued.jobs[2]);
     let finish = "UPDATE skiplock.jobs SET state = 'completed', finished_at = now(), result = '1'
                   WHERE id = $1";
@@ -882,11 +870,7 @@ async fn the_last_two_members_finishing_in_concurrent_transactions_release_the_c
     first.commit().await.expect("commit a");
     second.await.expect("second");
     assert_eq!(state(pool, callback).await, JobState::Available);
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM skiplock.pending_jobs")
-        .fetch_one(pool)
-        .await
-        .expect("pending");
-    assert_eq!(left, 0);
+    assert_eq!(pending_rows(pool).await, 0);
 }
 
 #[tokio::test]
@@ -905,10 +889,7 @@ async fn retrying_a_failed_workflow_runs_it_on_from_where_it_stopped() {
         chord([step(&Add { n: 1 }), Step::from(flaky)], step(&Report)),
         step(&Report),
     ]);
-    let enqueued = Workflow::new("flaky", flow)
-        .enqueue(pool)
-        .await
-        .expect("enqueue");
+    let enqueued = enqueue_flow(pool, "flaky", flow).await;
     let builder = || workers(pool).register::<common::Fail>();
     with_worker(builder(), finished(pool, &enqueued.jobs)).await;
     let states = |ids: Vec<i64>| async move {
@@ -945,15 +926,8 @@ async fn retrying_a_failed_workflow_runs_it_on_from_where_it_stopped() {
         json!(["completed", "completed"])
     );
     // The completed member did not run again.
-    let adds: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'add'")
-        .fetch_one(pool)
-        .await
-        .expect("ledger");
-    assert_eq!(adds, 1);
-    let info = inspect::workflow(pool, enqueued.id, 0)
-        .await
-        .expect("inspect")
-        .expect("workflow");
+    assert_eq!(runs_of(pool, "add").await, 1);
+    let info = workflow_info(pool, enqueued.id).await;
     assert_eq!((info.state, info.unfinished), (WorkflowState::Completed, 0));
 }
 
@@ -1026,12 +1000,7 @@ async fn retrying_one_job_respects_its_dependencies() {
     // c was failed by propagation and not put back: the workflow is finished again.
     assert_eq!(state(pool, jobs[2]).await, JobState::Failed);
     assert_eq!(workflow_row(pool, id).await, (0, true));
-    let retried: Option<i32> = sqlx::query_scalar("SELECT skiplock.retry_workflow($1)")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .expect("retry workflow");
-    assert_eq!(retried, Some(1));
+    assert_eq!(retry_workflow_sql(pool, id).await, Some(1));
     assert_eq!(
         state(pool, jobs[2]).await,
         JobState::Available,
@@ -1049,22 +1018,14 @@ async fn unfinished_jobs_deleted_by_hand_finish_their_workflow_and_release_what_
     )
     .await;
     end(pool, &jobs[..1], "completed").await;
-    sqlx::query("DELETE FROM skiplock.jobs WHERE id = $1")
-        .bind(jobs[1])
-        .execute(pool)
-        .await
-        .expect("delete");
+    delete_job(pool, jobs[1]).await;
     // A deleted dependency counts as cancelled: the callback is cancelled in turn.
     assert_eq!(state(pool, jobs[2]).await, JobState::Cancelled);
     assert_eq!(workflow_row(pool, id).await, (0, true));
 
     let (id, jobs) = enqueue_sql(pool, json!([{"kind": "a"}, {"kind": "b"}])).await;
     end(pool, &jobs[..1], "completed").await;
-    sqlx::query("DELETE FROM skiplock.jobs WHERE id = $1")
-        .bind(jobs[1])
-        .execute(pool)
-        .await
-        .expect("delete");
+    delete_job(pool, jobs[1]).await;
     assert_eq!(
         workflow_row(pool, id).await,
         (0, true),
@@ -1094,12 +1055,7 @@ async fn long_chains_are_cancelled_failed_and_retried_in_one_pass() {
     .expect("counts");
     assert_eq!(counts, vec![("failed".to_owned(), i64::from(n))]);
     assert_eq!(workflow_row(pool, id).await, (0, true));
-    let retried: Option<i32> = sqlx::query_scalar("SELECT skiplock.retry_workflow($1)")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .expect("retry");
-    assert_eq!(retried, Some(n));
+    assert_eq!(retry_workflow_sql(pool, id).await, Some(n));
     assert_eq!(state(pool, jobs[0]).await, JobState::Available);
     assert_eq!(state(pool, jobs[1]).await, JobState::Pending);
     assert_eq!(workflow_row(pool, id).await, (n, false));
@@ -1113,12 +1069,8 @@ async fn long_chains_are_cancelled_failed_and_retried_in_one_pass() {
             .expect("cancel");
     assert_eq!(cancelled, (Some(n), Some(0)));
     assert_eq!(workflow_row(pool, id).await, (0, true));
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM skiplock.pending_jobs")
-        .fetch_one(pool)
-        .await
-        .expect("pending rows");
     assert_eq!(
-        left,
+        pending_rows(pool).await,
         i64::from(n) - 1,
         "the retried chain waits, the cancelled one does not"
     );
