@@ -288,6 +288,54 @@ mod tests {
             workflow: Some("1 OR true".into()),
             ..JobParams::default()
         });
+        // The messages, word for word.
+        let refused = [
+            (
+                JobParams {
+                    limit: Some("0".into()),
+                    ..JobParams::default()
+                },
+                format!("limit is 1 to {MAX_PAGE_SIZE}"),
+            ),
+            (
+                JobParams {
+                    limit: Some("x".into()),
+                    ..JobParams::default()
+                },
+                r#"limit is a number, not "x""#.to_owned(),
+            ),
+            (
+                JobParams {
+                    after: Some("x".into()),
+                    ..JobParams::default()
+                },
+                r#"after is a job id, not "x""#.to_owned(),
+            ),
+            (
+                JobParams {
+                    workflow: Some("x".into()),
+                    ..JobParams::default()
+                },
+                r#"workflow is a workflow id, not "x""#.to_owned(),
+            ),
+            (
+                JobParams {
+                    args: Some("1".repeat(MAX_ARGS_FILTER + 1)),
+                    ..JobParams::default()
+                },
+                format!("the args filter is limited to {MAX_ARGS_FILTER} bytes"),
+            ),
+        ];
+        for (params, message) in refused {
+            assert_eq!(bad(params), message);
+        }
+        let members = MembersParams {
+            after: Some("x".into()),
+        };
+        assert_eq!(
+            members.after().expect_err("refused"),
+            r#"after is a job id, not "x""#
+        );
         let workflow = JobParams {
             workflow: Some(" 12 ".into()),
             ..JobParams::default()
@@ -310,6 +358,20 @@ mod tests {
             workflows.with_after(Some(7)),
             "state=finished&limit=10&after=7"
         );
+        let refused = WorkflowParams {
+            after: Some("x".into()),
+            ..WorkflowParams::default()
+        }
+        .query()
+        .expect_err("refused");
+        assert_eq!(refused, r#"after is a workflow id, not "x""#);
+        let refused = WorkflowParams {
+            limit: Some("201".into()),
+            ..WorkflowParams::default()
+        }
+        .query()
+        .expect_err("refused");
+        assert_eq!(refused, format!("limit is 1 to {MAX_WORKFLOWS_PAGE}"));
         for bad in [
             WorkflowParams {
                 state: Some("done".into()),
