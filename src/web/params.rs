@@ -37,7 +37,11 @@ pub(crate) fn check_args_len(filter: &JobFilter) -> Result<(), String> {
     let Some(args) = &filter.args else {
         return Ok(());
     };
-    let len = serde_json::to_string(args).map_or(usize::MAX, |text| text.len());
+    check_len(serde_json::to_string(args).map_or(usize::MAX, |text| text.len()))
+}
+
+/// Refuses an `args` filter of `len` bytes if that is more than [`MAX_ARGS_FILTER`].
+fn check_len(len: usize) -> Result<(), String> {
     if len > MAX_ARGS_FILTER {
         return Err(format!(
             "the args filter is limited to {MAX_ARGS_FILTER} bytes"
@@ -80,6 +84,39 @@ fn given(value: Option<&String>) -> Option<&str> {
     value.map(|v| v.trim()).filter(|v| !v.is_empty())
 }
 
+/// `value` as an id; else the error `"{what}, not {value:?}"` (`what`: "after is a job id").
+fn id(value: &str, what: &str) -> Result<i64, String> {
+    value.parse().map_err(|_| format!("{what}, not {value:?}"))
+}
+
+/// `value` as a page size from 1 to `max`.
+fn limit(value: &str, max: u32) -> Result<u32, String> {
+    let limit: u32 = value
+        .parse()
+        .map_err(|_| format!("limit is a number, not {value:?}"))?;
+    if limit == 0 || limit > max {
+        return Err(format!("limit is 1 to {max}"));
+    }
+    Ok(limit)
+}
+
+/// The query string of the `fields` given, then `after` (for the next page).
+fn query_string<'a>(
+    fields: impl IntoIterator<Item = (&'a str, &'a Option<String>)>,
+    after: Option<i64>,
+) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in fields {
+        if let Some(value) = given(value.as_ref()) {
+            out.append_pair(name, value);
+        }
+    }
+    if let Some(after) = after {
+        out.append_pair("after", &after.to_string());
+    }
+    out.finish()
+}
+
 impl JobParams {
     /// The filter these parameters describe.
     pub(crate) fn filter(&self) -> Result<JobFilter, String> {
@@ -104,17 +141,10 @@ impl JobParams {
             filter = filter.schedule(schedule);
         }
         if let Some(workflow) = given(self.workflow.as_ref()) {
-            let id = workflow
-                .parse()
-                .map_err(|_| format!("workflow is a workflow id, not {workflow:?}"))?;
-            filter = filter.workflow(id);
+            filter = filter.workflow(id(workflow, "workflow is a workflow id")?);
         }
         if let Some(args) = given(self.args.as_ref()) {
-            if args.len() > MAX_ARGS_FILTER {
-                return Err(format!(
-                    "the args filter is limited to {MAX_ARGS_FILTER} bytes"
-                ));
-            }
+            check_len(args.len())?;
             let value: Value = serde_json::from_str(args)
                 .map_err(|error| format!("the args filter is not JSON: {error}"))?;
             filter = filter.args(value);
@@ -131,26 +161,16 @@ impl JobParams {
             Some(other) => return Err(format!("order is newest or oldest, not {other:?}")),
         }
         if let Some(after) = given(self.after.as_ref()) {
-            let after = after
-                .parse()
-                .map_err(|_| format!("after is a job id, not {after:?}"))?;
-            query = query.after(after);
+            query = query.after(id(after, "after is a job id")?);
         }
-        if let Some(limit) = given(self.limit.as_ref()) {
-            let limit: u32 = limit
-                .parse()
-                .map_err(|_| format!("limit is a number, not {limit:?}"))?;
-            if limit == 0 || limit > MAX_PAGE_SIZE {
-                return Err(format!("limit is 1 to {MAX_PAGE_SIZE}"));
-            }
-            query = query.limit(limit);
+        if let Some(value) = given(self.limit.as_ref()) {
+            query = query.limit(limit(value, MAX_PAGE_SIZE)?);
         }
         Ok(query)
     }
 
     /// The query string of these parameters with `after` replaced (for the next page).
     pub(crate) fn with_after(&self, after: Option<i64>) -> String {
-        let mut out = form_urlencoded::Serializer::new(String::new());
         let fields = [
             ("state", &self.state),
             ("queue", &self.queue),
@@ -162,15 +182,7 @@ impl JobParams {
             ("order", &self.order),
             ("limit", &self.limit),
         ];
-        for (name, value) in fields {
-            if let Some(value) = given(value.as_ref()) {
-                out.append_pair(name, value);
-            }
-        }
-        if let Some(after) = after {
-            out.append_pair("after", &after.to_string());
-        }
-        out.finish()
+        query_string(fields, after)
     }
 }
 
@@ -198,35 +210,17 @@ impl WorkflowParams {
             Some(other) => return Err(format!("state is running or finished, not {other:?}")),
         }
         if let Some(after) = given(self.after.as_ref()) {
-            let after = after
-                .parse()
-                .map_err(|_| format!("after is a workflow id, not {after:?}"))?;
-            query = query.after(after);
+            query = query.after(id(after, "after is a workflow id")?);
         }
-        if let Some(limit) = given(self.limit.as_ref()) {
-            let limit: u32 = limit
-                .parse()
-                .map_err(|_| format!("limit is a number, not {limit:?}"))?;
-            if limit == 0 || limit > MAX_WORKFLOWS_PAGE {
-                return Err(format!("limit is 1 to {MAX_WORKFLOWS_PAGE}"));
-            }
-            query = query.limit(limit);
+        if let Some(value) = given(self.limit.as_ref()) {
+            query = query.limit(limit(value, MAX_WORKFLOWS_PAGE)?);
         }
         Ok(query)
     }
 
     /// The query string of these parameters with `after` replaced (for the next page).
     pub(crate) fn with_after(&self, after: Option<i64>) -> String {
-        let mut out = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in [("state", &self.state), ("limit", &self.limit)] {
-            if let Some(value) = given(value.as_ref()) {
-                out.append_pair(name, value);
-            }
-        }
-        if let Some(after) = after {
-            out.append_pair("after", &after.to_string());
-        }
-        out.finish()
+        query_string([("state", &self.state), ("limit", &self.limit)], after)
     }
 }
 
@@ -241,9 +235,7 @@ impl MembersParams {
     pub(crate) fn after(&self) -> Result<i64, String> {
         match given(self.after.as_ref()) {
             None => Ok(0),
-            Some(after) => after
-                .parse()
-                .map_err(|_| format!("after is a job id, not {after:?}")),
+            Some(after) => id(after, "after is a job id"),
         }
     }
 }
