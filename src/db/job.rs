@@ -238,6 +238,12 @@ pub(crate) struct Claimed {
 /// - `picked` bounds the bytes of one claim: a running sum of the stored size of `args`
 ///   (`pg_column_size`, the size on disk, which is compressed for large values) in claim order;
 ///   the first job is always taken, so a job larger than the bound still runs.
+/// - It runs on a generic plan (the producers' connections set `plan_cache_mode`; see
+///   `db::session::configure`): planned once per connection, not at every execution. Its shape
+///   must therefore be right whatever the parameters: the UPDATE finds its rows through the
+///   primary key from an array (`id = ANY (ARRAY(...))`), because a join against `picked`,
+///   whose size a generic plan cannot know, was planned as a hash join over a sequential scan
+///   of the whole table (40 ms instead of 12 ms for 1,000 jobs among 100,000).
 /// - One statement claims the whole batch (as many jobs as the producer has free slots): one
 ///   round trip and one commit for N jobs instead of N.
 /// - Each claimed row gets a fresh `lease_token`: every later write on the job (heartbeat,
@@ -295,8 +301,7 @@ pub(crate) async fn claim<'e>(
                                [greatest(cardinality(j.attempted_by) + 2 - $7::int, 1):],
             lease_expires_at = now() + make_interval(secs => $4),
             lease_token = nextval('skiplock.lease_token_seq')
-        FROM picked
-        WHERE j.id = picked.id
+        WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
         RETURNING j.id, j.kind, j.queue, j.args::text AS "args!", j.priority, j.attempt,
                   j.max_attempts,
                   CASE WHEN isfinite(j.created_at) AND j.created_at < '262000-01-01'

@@ -296,7 +296,10 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
     /// in transaction mode (PgBouncer), where LISTEN does not work: the worker then finds jobs
     /// by polling every [`poll_interval`](Self::poll_interval), and hears of cancel requests at
     /// its next lease renewal. Without LISTEN the worker also takes no part in the maintenance
-    /// election (it needs a session, as LISTEN does) and runs the maintenance roles itself.
+    /// election (it needs a session, as LISTEN does) and runs the maintenance roles itself, and
+    /// its claim connections do not `SET plan_cache_mode` (a session setting that would outlive
+    /// the transaction behind such a pooler), so each claim is planned anew (about 0.3 ms of
+    /// server time more per claim).
     pub fn listen(mut self, listen: bool) -> Self {
         self.config.listen = listen;
         self
@@ -517,6 +520,10 @@ fn internal_pool(pool: &PgPool, config: &Config, queues: usize) -> WorkerPools {
     let settings = SessionSettings {
         db_timeout: config.db_timeout,
         synchronous_commit: config.synchronous_commit,
+        // Without LISTEN the worker is presumably behind a transaction-mode pooler, where a
+        // session setting lands on a server connection other clients use next: the claims then
+        // keep the server's plan choice rather than hand generic plans to the application.
+        generic_claim_plans: config.listen,
     };
     WorkerPools::new(pool, &settings, queues)
 }

@@ -210,8 +210,13 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 kinds: kinds.clone(),
                 max_claim_bytes: i64::try_from(config.max_claim_bytes).unwrap_or(i64::MAX),
             };
-            let (pool, executor, jobs, stop) =
-                (pool.clone(), executor.clone(), jobs.clone(), stop.clone());
+            // The claims' own pool, on generic plans (see `connections`).
+            let (pool, executor, jobs, stop) = (
+                self.pools.claims.clone(),
+                executor.clone(),
+                jobs.clone(),
+                stop.clone(),
+            );
             let health = monitor.role(format!("producer:{queue}"));
             // A restarted producer starts with all its slots free: until the jobs of the one
             // that panicked finish, the queue may run up to twice its concurrency.
