@@ -2,7 +2,9 @@
 //! *current* connect options and configured after connecting.
 //!
 //! - `claims`: the producers' claims and limit probes, one connection per queue. Its sessions
-//!   run with `plan_cache_mode = force_generic_plan`: the claim is planned once per connection
+//!   run with `plan_cache_mode = force_generic_plan` (and `enable_seqscan`, `jit` off, so
+//!   that plan is the same index-driven one whenever it was made; see
+//!   `db::session::configure`): the claim is planned once per connection
 //!   instead of at every execution, which was most of its server time on an idle queue (0.5 ms
 //!   for a claim planned anew; 0.15 ms on a generic plan). Only statements whose best plan does
 //!   not depend on their parameters run here; everything else keeps the server's choice. Not
