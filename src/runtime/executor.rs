@@ -104,6 +104,7 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
         };
         // The attempt stays registered, its lease renewed, until the completer has recorded the
         // outcome: a slow or retrying write must not let the job be rescued and run again.
+        attempt.mark_finished();
         let completion = Completion {
             id: attempt.id,
             lease_token: attempt.lease_token,

@@ -70,6 +70,8 @@ pub(crate) struct HeartbeatReport {
     pub(crate) cancel_requested: usize,
     /// Attempts whose row stayed locked by another statement: neither renewed nor lost.
     pub(crate) busy: usize,
+    /// Attempts not renewed because their outcome was recorded meanwhile.
+    pub(crate) finished: usize,
 }
 
 pub(crate) struct Heartbeat {
@@ -223,6 +225,13 @@ impl Heartbeat {
                     Some(row) if row.busy => busy.push(attempt),
                     // Completed in the handler's own transaction: not running, and not lost.
                     _ if attempt.completed_in_tx() => {}
+                    // Its outcome went to the completer, whose batch committed between the
+                    // snapshot above and this statement (the completer forgets an attempt only
+                    // after its commit). Not lost: and were the lease really gone, the
+                    // completer's fenced write would say so. At thousands of jobs a second
+                    // this race is common; reporting it as lost flooded the log with false
+                    // warnings.
+                    _ if attempt.finished() => report.finished += 1,
                     _ => {
                         report.lost += 1;
                         tracing::warn!(job.id = attempt.id, "job is no longer ours; stopping it");
@@ -282,5 +291,93 @@ pub(crate) fn identity(
             .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
             .collect(),
         kinds,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use skiplock_testing::TestDatabase;
+
+    use super::*;
+    use crate::runtime::running::Attempt;
+    use crate::{EnqueueOptions, NewJob};
+
+    /// One claimed job, its attempt registered, its outcome committed as the completer would
+    /// between the heartbeat's snapshot and its statement: lost only if the handler was not
+    /// done.
+    async fn renew_after_completion(finished: bool) -> HeartbeatReport {
+        let db = TestDatabase::new().await.expect("database");
+        let job = NewJob::untyped("noop", json!(null), EnqueueOptions::new());
+        crate::enqueue_many(db.pool(), [job])
+            .await
+            .expect("enqueue");
+        let (id, token): (i64, i64) = sqlx::query_as(
+            "SELECT id, lease_token FROM skiplock.claim('w', ARRAY['default'], ARRAY['noop'])",
+        )
+        .fetch_one(db.pool())
+        .await
+        .expect("claim");
+        let running = Arc::new(RunningAttempts::default());
+        let attempt = Arc::new(Attempt::new(id, token, Instant::now()));
+        if finished {
+            attempt.mark_finished();
+        }
+        running.insert(attempt.clone());
+        let completed: bool = sqlx::query_scalar("SELECT skiplock.complete($1, $2)")
+            .bind(id)
+            .bind(token)
+            .fetch_one(db.pool())
+            .await
+            .expect("complete");
+        assert!(completed);
+
+        let heartbeat = Heartbeat::new(
+            db.pool().clone(),
+            HeartbeatConfig {
+                lease: Duration::from_secs(30),
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(10),
+                connect_timeout: Duration::from_secs(10),
+            },
+            running,
+            WorkerIdentity {
+                id: "w".into(),
+                host: "test".into(),
+                pid: 1,
+                queues: vec!["default".into()],
+                concurrency: vec![1],
+                kinds: vec!["noop".into()],
+            },
+            Arc::default(),
+            db.pool().clone(),
+        );
+        let report = heartbeat.run_once().await.expect("renew");
+        assert_eq!(attempt.is_lease_lost(), !finished);
+        report
+    }
+
+    #[tokio::test]
+    async fn an_outcome_recorded_during_a_renewal_is_not_a_lost_lease() {
+        let report = renew_after_completion(true).await;
+        assert_eq!(
+            report,
+            HeartbeatReport {
+                finished: 1,
+                ..HeartbeatReport::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_running_attempt_whose_job_moved_on_is_lost() {
+        let report = renew_after_completion(false).await;
+        assert_eq!(
+            report,
+            HeartbeatReport {
+                lost: 1,
+                ..HeartbeatReport::default()
+            }
+        );
     }
 }

@@ -38,6 +38,9 @@ pub(crate) struct Attempt {
     renewed_at: Mutex<Instant>,
     /// The handler completed the job in its own transaction.
     completed_in_tx: AtomicBool,
+    /// The handler is done and its outcome handed to the completer, which may record it at
+    /// any moment.
+    finished: AtomicBool,
 }
 
 impl Attempt {
@@ -50,6 +53,7 @@ impl Attempt {
             reason: OnceLock::new(),
             renewed_at: Mutex::new(leased_at),
             completed_in_tx: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
         }
     }
 
@@ -92,6 +96,16 @@ impl Attempt {
 
     pub(crate) fn completed_in_tx(&self) -> bool {
         self.completed_in_tx.load(Ordering::Acquire)
+    }
+
+    /// Marks the handler done: its outcome goes to the completer next.
+    pub(crate) fn mark_finished(&self) {
+        self.finished.store(true, Ordering::Release);
+    }
+
+    /// Whether the handler is done and its outcome on its way to the completer.
+    pub(crate) fn finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
     }
 }
 
