@@ -32,7 +32,11 @@ use crate::cli::{Cli, Command};
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            // Not sqlx's slow-statement warnings (a statement over 1 s, printed whole, tens of
+            // lines): on a big or busy table an inspection query may take that long, and the
+            // command's own output says what it found. `RUST_LOG=warn` shows them again.
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("warn,sqlx::query=error")),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, never in a log file or a pipe.
