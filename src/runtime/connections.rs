@@ -4,12 +4,11 @@
 //! - `claims`: the producers' claims and limit probes, one connection per queue. Its sessions
 //!   run with `plan_cache_mode = force_generic_plan` (and `enable_seqscan`, `jit` off, so
 //!   that plan is the same index-driven one whenever it was made; see
-//!   `db::session::configure`): the claim is planned once per connection
-//!   instead of at every execution, which was most of its server time on an idle queue (0.5 ms
-//!   for a claim planned anew; 0.15 ms on a generic plan). Only statements whose best plan does
-//!   not depend on their parameters run here; everything else keeps the server's choice. Not
-//!   for workers without LISTEN (behind a transaction-mode pooler, a session setting would be
-//!   left on a server connection the application uses next).
+//!   `db::session::configure`): the claim is planned once per connection instead of at every
+//!   execution, which was most of its server time on an idle queue. Only statements whose best
+//!   plan does not depend on their parameters run here; everything else keeps the server's
+//!   choice. Not for workers without LISTEN (behind a transaction-mode pooler, a session
+//!   setting would be left on a server connection the application uses next).
 //! - `internal`: completions, promotion, rescue, pruning, the scheduler, and the LISTEN
 //!   connection.
 //! - `keeper`: lease renewals and cancel checks only. Nothing a handler calls can take its
@@ -19,7 +18,8 @@
 //!   connections, not for the others.
 //!
 //! Session settings (`statement_timeout`, `synchronous_commit` when turned off, and the claims'
-//! plan cache mode) are `SET` after each connect rather than sent as startup `options`, which PgBouncer refuses.
+//! plan settings) are `SET` after each connect rather than sent as startup `options`, which
+//! PgBouncer refuses.
 //!
 //! The application may replace its pool's connect options at any time
 //! ([`Pool::set_connect_options`](sqlx::Pool::set_connect_options), for a credential refresh):
