@@ -25,6 +25,13 @@
 //! [`health()`](health()) that read other sessions need `pg_read_all_stats` as well, and say so
 //! when they cannot see.
 //!
+//! # Cancel safety
+//! Not cancel safe when given a pool, through a flaw of sqlx 0.9: a call dropped while its
+//! `BEGIN` is on the wire returns the connection to the pool inside a transaction sqlx does not
+//! know about, and whatever runs on that connection next is never committed. Let calls finish:
+//! to bound one, spawn it (`tokio::spawn`) and put the timeout on the handle. The dashboard
+//! runs each request on a task of its own for this reason.
+//!
 //! ```no_run
 //! # async fn example(pool: sqlx::PgPool) -> Result<(), skiplock::inspect::InspectError> {
 //! use skiplock::JobState;

@@ -253,7 +253,7 @@ impl DatabaseGauges {
 /// server as well, so an abandoned query does not run on) and wait at most [`LOCK_TIMEOUT`] for
 /// a lock. Rolled back: it writes nothing.
 async fn read(pool: &PgPool, timeout: Duration) -> Result<Vec<GaugeRow>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db::begin(pool).await?;
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1);
     db::metrics::limit_transaction(&mut tx, ms(timeout), ms(LOCK_TIMEOUT.min(timeout))).await?;
     let rows = db::metrics::gauges(&mut *tx).await?;

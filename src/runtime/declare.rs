@@ -78,7 +78,7 @@ async fn try_declare(
     kinds: &[String],
     timeout: Duration,
 ) -> Result<(), DeclareError> {
-    let mut tx = deadline(timeout, pool.begin()).await?;
+    let mut tx = deadline(timeout, db::begin(pool)).await?;
     let claim = db::schedule::claim_owner(&mut tx, &owner.name, owner.generation);
     if !deadline(timeout, claim).await? {
         tracing::warn!(

@@ -221,7 +221,7 @@ impl Scheduler {
         report: &mut SchedulerReport,
     ) -> Result<bool, SchedulerError> {
         let limit = self.config.timeout;
-        let mut tx = deadline(limit, self.pool.begin()).await?;
+        let mut tx = deadline(limit, db::begin(&self.pool)).await?;
         let now = match now {
             Some(now) => now,
             None => deadline(limit, db::schedule::now(&mut tx)).await?,

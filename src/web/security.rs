@@ -62,7 +62,12 @@ async fn guard(
             let (parts, body) = request.into_parts();
             let https = over_https(&parts);
             let request = Request::from_parts(parts, body);
-            let mut response = next.run(request).await;
+            // On a task of its own, so a client that goes away cannot drop a handler midway:
+            // a dropped `begin()` can leave the application's pooled connection inside a
+            // transaction nobody ends (see `db::begin`). A handler that panics is a 500.
+            let mut response = tokio::spawn(next.run(request))
+                .await
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
             // Pages only: their forms carry the token (an asset, which caches may keep, or
             // an API answer never sets it).
             let page = response
