@@ -779,6 +779,19 @@ async fn health_finds_every_problem_for_real() {
             .unwrap_or_default()
             .contains(&pid.to_string())
     );
+    // Younger than the plain threshold, the holder is a warning only while dead rows pile up.
+    let mut busy = options.clone();
+    busy.horizon_warning = Duration::from_secs(3600);
+    busy.horizon_busy_warning = Duration::ZERO;
+    let horizon = inspect::health(pool, &busy).await.expect("health");
+    let horizon = horizon.check("xmin_horizon").expect("horizon");
+    assert_eq!(horizon.severity, Severity::Warning, "{horizon:?}");
+    assert!(horizon.summary.contains("dead rows"), "{}", horizon.summary);
+    busy.dead_rows_warning = i64::MAX;
+    let quiet = inspect::health(pool, &busy).await.expect("health");
+    let quiet = quiet.check("xmin_horizon").expect("horizon");
+    assert_eq!(quiet.severity, Severity::Ok, "{quiet:?}");
+
     assert_eq!(check("autovacuum").severity, Severity::Warning);
     assert!(check("dead_rows").summary.contains("bloated"));
     let bloat = check("bloat");

@@ -114,6 +114,11 @@ pub struct HealthOptions {
     pub horizon_warning: Duration,
     /// ... and this long critical. Default: 30 minutes.
     pub horizon_critical: Duration,
+    /// A holder this old is a warning already while skiplock's tables hold more than
+    /// [`dead_rows_warning`](Self::dead_rows_warning) dead rows: a busy queue. Default: 1
+    /// minute: on a stock server at 17,000 jobs/s, a snapshot held for two minutes had cut
+    /// throughput to a quarter (`docs/performance.md`), long before the 5-minute threshold.
+    pub horizon_busy_warning: Duration,
     /// An available job waiting this long is a warning (pickup lag). Default: 5 minutes.
     pub pickup_lag_warning: Duration,
     /// A running job past its lease for this long means nobody rescues it. Default: 1
@@ -132,6 +137,7 @@ impl Default for HealthOptions {
         Self {
             horizon_warning: Duration::from_secs(5 * 60),
             horizon_critical: Duration::from_secs(30 * 60),
+            horizon_busy_warning: Duration::from_secs(60),
             pickup_lag_warning: Duration::from_secs(5 * 60),
             stuck_grace: Duration::from_secs(60),
             dead_rows_warning: 100_000,
@@ -169,7 +175,7 @@ where
     tx.commit().await?;
 
     let checks = vec![
-        horizon_check(holder, &settings, options),
+        horizon_check(holder, &settings, &tables, options),
         autovacuum_check(&settings, &tables),
         dead_rows_check(&tables, options),
         bloat_check(&tables, options),
@@ -186,6 +192,7 @@ where
 fn horizon_check(
     holder: Option<db::inspect::HorizonHolder>,
     settings: &db::inspect::ServerSettings,
+    tables: &[db::inspect::TableRow],
     options: &HealthOptions,
 ) -> Check {
     let unseen = (!settings.sees_all_sessions).then_some(
@@ -206,9 +213,13 @@ fn horizon_check(
     let age = holder
         .age_secs
         .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX));
+    // What the holder keeps from being vacuumed, when the queue is busy enough to matter.
+    let dead_rows: i64 = tables.iter().map(|table| table.dead_rows).sum();
+    let busy = dead_rows > options.dead_rows_warning;
     let severity = match age {
         Some(age) if age >= options.horizon_critical => Severity::Critical,
         Some(age) if age >= options.horizon_warning => Severity::Warning,
+        Some(age) if busy && age >= options.horizon_busy_warning => Severity::Warning,
         // Slots have no age in time; their transaction-id age speaks for them.
         None if holder.xid_age.unwrap_or(0) > 10_000_000 => Severity::Critical,
         None if holder.xid_age.unwrap_or(0) > 1_000_000 => Severity::Warning,
@@ -250,7 +261,12 @@ fn horizon_check(
         "xmin_horizon",
         severity,
         format!(
-            "oldest xmin holder: {who}, for {age_text}{}",
+            "oldest xmin holder: {who}, for {age_text}{}{}",
+            if busy && severity > Severity::Ok {
+                format!(", while skiplock's tables hold {dead_rows} dead rows")
+            } else {
+                String::new()
+            },
             unseen.unwrap_or_default()
         ),
     )

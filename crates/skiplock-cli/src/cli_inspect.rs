@@ -300,6 +300,11 @@ pub(crate) struct DoctorArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub(crate) horizon_critical: Option<Duration>,
 
+    /// A transaction holding back the xmin horizon this long is a warning already while
+    /// skiplock's tables hold over 100,000 dead rows (a busy queue) [default: 1m].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) horizon_busy_warning: Option<Duration>,
+
     /// An available job waiting this long for a worker is a warning [default: 5m].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub(crate) pickup_lag_warning: Option<Duration>,

@@ -17,6 +17,7 @@ pub(crate) async fn run(pool: &PgPool, args: DoctorArgs) -> anyhow::Result<()> {
     let thresholds = [
         (&mut options.horizon_warning, args.horizon_warning),
         (&mut options.horizon_critical, args.horizon_critical),
+        (&mut options.horizon_busy_warning, args.horizon_busy_warning),
         (&mut options.pickup_lag_warning, args.pickup_lag_warning),
         (&mut options.stuck_grace, args.stuck_grace),
     ];
