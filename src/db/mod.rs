@@ -62,8 +62,8 @@ mod tests {
     use skiplock_testing::TestDatabase;
     use sqlx::postgres::PgPoolOptions;
 
-    /// A `begin` abandoned after its first poll (its `BEGIN` sent, the answer not yet read)
-    /// leaves no transaction open on the pooled connection: a statement run next on that same
+    /// A `begin` abandoned midway (its `BEGIN` perhaps sent, the answer not yet read) leaves
+    /// no transaction open on the pooled connection: a statement run next on that same
     /// connection commits. With `pool.begin()` in place of [`super::begin`], rows go missing.
     #[tokio::test]
     async fn an_abandoned_begin_leaves_no_transaction_behind() {
