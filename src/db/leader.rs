@@ -1,5 +1,5 @@
-//! The maintenance leadership: a session-level advisory lock held on one dedicated connection
-//! (see `runtime::leader`).
+//! The maintenance leadership: a session-level advisory lock, asked for on a borrowed pooled
+//! connection and held on the leader's own session (see `runtime::leader`).
 
 use sqlx::PgConnection;
 

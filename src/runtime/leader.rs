@@ -5,15 +5,18 @@
 //! ```text
 //!             try the lock every interval               holds() fails or times out,
 //!   follower ─────────────────────────────▶ leader ─────────────────────────────────▶ follower
-//!      ▲      pg_try_advisory_lock = true     │      or stop: close the connection      (new
-//!      └──────────────────────────────────────┘                                    connection)
+//!      ▲      pg_try_advisory_lock = true     │      or stop: close the connection
+//!      └──────────────────────────────────────┘
 //! ```
 //!
 //! Leadership is a session-level advisory lock (key `"sl-leadr"`, per database; see
-//! [`KEY_WITHOUT_SCHEDULER`] for workers that do not run the scheduler) on one dedicated
-//! connection per worker. A follower tries to take it every interval (the worker's rescue
-//! interval, 5 s by default); the leader checks every interval that its session still holds
-//! it, and runs maintenance until a check fails or times out (`db_timeout`), then drops the
+//! [`KEY_WITHOUT_SCHEDULER`] for workers that do not run the scheduler). A follower tries to
+//! take it every interval (the worker's rescue interval, 5 s by default) on a connection
+//! borrowed from the worker's internal pool, which it gives back when another worker holds the
+//! lock: followers keep no connection for the election (with 16 workers on a stock server's
+//! 100 connections, one per worker mattered). The worker that takes the lock keeps that
+//! connection as its own session; it checks every interval that the session still holds the
+//! lock, and runs maintenance until a check fails or times out (`db_timeout`), then closes the
 //! connection, which frees the lock. The lock is freed by the server when:
 //! - the leader stops or its process dies: at once (its connection closes), so a follower
 //!   takes over within one interval;
@@ -33,7 +36,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::{Connection as _, PgConnection, PgPool, Postgres};
 use tokio_util::sync::CancellationToken;
 
 use super::deadline::{DbCallError, deadline};
@@ -128,26 +131,36 @@ impl Leader {
         }
     }
 
-    /// Tries to take the lock, opening the dedicated connection first if needed.
+    /// Tries to take the lock. The leader asks on its own session; a follower asks on a
+    /// connection borrowed from the pool and gives it back when the lock is taken by another
+    /// worker, so that only the leader keeps a connection for the election.
     async fn try_lead(&self, session: &mut Option<PgConnection>) -> Result<bool, DbCallError> {
-        if session.is_none() {
-            let acquire = async { self.pool.acquire().await.map(PoolConnection::detach) };
-            let mut conn: PgConnection = deadline(self.timeout, acquire).await?;
-            let idle = self.interval.saturating_mul(IDLE_INTERVALS).as_millis();
-            let idle = i64::try_from(idle).unwrap_or(i64::MAX);
-            if let Err(error) =
-                deadline(self.timeout, db::leader::end_when_idle(&mut conn, idle)).await
-            {
-                // Before PostgreSQL 14: a hung leader's lock stays until the server notices the
-                // dead connection.
-                tracing::debug!(%error, "idle_session_timeout not available");
-            }
-            *session = Some(conn);
+        if let Some(conn) = session.as_mut() {
+            return deadline(self.timeout, db::leader::try_lock(conn, self.key)).await;
         }
-        let Some(conn) = session.as_mut() else {
+        let mut borrowed = Borrowed(Some(deadline(self.timeout, self.pool.acquire()).await?));
+        let Some(conn) = borrowed.0.as_mut() else {
             return Ok(false);
         };
-        deadline(self.timeout, db::leader::try_lock(conn, self.key)).await
+        if !deadline(self.timeout, db::leader::try_lock(conn, self.key)).await? {
+            // Not taken: the connection holds nothing and goes back to the pool.
+            borrowed.give_back();
+            return Ok(false);
+        }
+        let Some(conn) = borrowed.0.take() else {
+            return Ok(false);
+        };
+        let mut conn = conn.detach();
+        let idle = self.interval.saturating_mul(IDLE_INTERVALS).as_millis();
+        let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+        if let Err(error) = deadline(self.timeout, db::leader::end_when_idle(&mut conn, idle)).await
+        {
+            // Before PostgreSQL 14: a hung leader's lock stays until the server notices the
+            // dead connection.
+            tracing::debug!(%error, "idle_session_timeout not available");
+        }
+        *session = Some(conn);
+        Ok(true)
     }
 
     /// While leading: checks every interval that the session still holds the lock; returns
@@ -191,9 +204,116 @@ impl Leader {
     }
 }
 
+/// A pooled connection asking for the lock. Unless given back after a refusal, it is closed
+/// when dropped (a failed or timed-out call, or the election abandoned mid-call): it may hold
+/// the lock, and a pooled connection holding it would keep the leadership from every worker
+/// while running nothing.
+struct Borrowed(Option<PoolConnection<Postgres>>);
+
+impl Borrowed {
+    fn give_back(&mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Borrowed {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use skiplock_testing::TestDatabase;
+    use sqlx::postgres::PgPoolOptions;
+
     use super::*;
+    use crate::runtime::service::Monitor;
+
+    /// Two workers' elections on one database: the leader keeps one session; the follower asks
+    /// every interval on a borrowed connection, gives it back each time, and takes over when
+    /// the leader stops.
+    #[tokio::test]
+    async fn only_the_leader_keeps_a_session() {
+        let db = TestDatabase::new().await.expect("database");
+        let options = (*db.pool().connect_options()).clone();
+        let pool = || {
+            PgPoolOptions::new()
+                .max_connections(2)
+                .connect_lazy_with(options.clone())
+        };
+        let (first_pool, second_pool) = (pool(), pool());
+        let interval = Duration::from_millis(40);
+        let timeout = Duration::from_secs(10);
+        let first = Leader::new(first_pool.clone(), KEY, interval, timeout);
+        let second = Leader::new(second_pool.clone(), KEY, interval, timeout);
+        let monitor = Monitor::new(None);
+        let (first_leads, second_leads) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (first_stop, second_stop) = (CancellationToken::new(), CancellationToken::new());
+        let run = |leader: Leader, stop: CancellationToken, leads: Arc<AtomicBool>| {
+            let health = monitor.role("leader");
+            async move {
+                leader
+                    .run(
+                        &stop,
+                        &health,
+                        |now| leads.store(now, Ordering::SeqCst),
+                        |term| async move {
+                            term.cancelled().await;
+                        },
+                    )
+                    .await;
+            }
+        };
+        let first_task = tokio::spawn(run(first, first_stop.clone(), first_leads.clone()));
+        wait_until(|| first_leads.load(Ordering::SeqCst)).await;
+        let second_task = tokio::spawn(run(second, second_stop.clone(), second_leads.clone()));
+        // Many intervals: the follower asks again and again and is refused each time.
+        tokio::time::sleep(interval * 15).await;
+        assert!(!second_leads.load(Ordering::SeqCst), "two leaders at once");
+        // The leader's session was taken out of its pool; the follower's connection was
+        // given back every time: it is idle in its pool, not kept aside.
+        assert_eq!(first_pool.size(), 0, "the leader's session is its own");
+        assert_eq!(
+            second_pool.size(),
+            1,
+            "the follower borrowed one connection"
+        );
+        assert_eq!(second_pool.num_idle(), 1, "and gave it back");
+        let sessions: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND classid::int8 = ($1::int8 >> 32) & 4294967295 AND objid::int8 = $1::int8 & 4294967295",
+        )
+        .bind(KEY)
+        .fetch_one(db.pool())
+        .await
+        .expect("locks");
+        assert_eq!(sessions, 1, "one session holds the lock");
+        first_stop.cancel();
+        first_task.await.expect("first election");
+        wait_until(|| second_leads.load(Ordering::SeqCst)).await;
+        assert_eq!(second_pool.size(), 0, "the new leader keeps its session");
+        second_stop.cancel();
+        second_task.await.expect("second election");
+    }
+
+    async fn wait_until(done: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("waited 20 s");
+    }
 
     #[test]
     fn the_key_is_its_name() {
