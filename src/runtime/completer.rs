@@ -12,7 +12,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use tokio::sync::mpsc;
 
 use super::running::RunningAttempts;
@@ -26,6 +27,13 @@ pub(crate) const DEFAULT_MAX_BATCH: usize = 2_000;
 /// How long a failed write is retried before the batch is given up (its jobs then stay
 /// `running` until their lease expires and they are rescued).
 pub(crate) const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// How long the completer keeps its connection without outcomes to write.
+const KEEP_IDLE: Duration = Duration::from_secs(1);
+
+/// The longest the completer keeps one checkout, busy or not: the pool then sees the
+/// connection again (its `max_lifetime`, a credential change the worker follows).
+const KEEP_AT_MOST: Duration = Duration::from_secs(60);
 
 /// The first retry delay of a failed write; it doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -99,6 +107,12 @@ pub(crate) struct CompleterReport {
 
 pub(crate) struct Completer {
     pool: PgPool,
+    /// The connection kept between writes while outcomes keep coming, and when it was taken;
+    /// given back to the pool after [`KEEP_IDLE`] without outcomes or [`KEEP_AT_MOST`] after it
+    /// was taken. A checkout per write would cost a round trip more (sqlx pings a connection it
+    /// takes back), and the next checkout would often find the last connection not yet back
+    /// and open another: busy workers held three for one completer.
+    conn: Option<(PoolConnection<Postgres>, tokio::time::Instant)>,
     config: CompleterConfig,
     receiver: mpsc::Receiver<Completion>,
     /// Attempts are unregistered (their leases no longer renewed) once their outcome is written.
@@ -118,6 +132,7 @@ impl Completer {
     ) -> Self {
         Self {
             pool,
+            conn: None,
             config,
             receiver,
             running,
@@ -138,18 +153,14 @@ impl Completer {
     pub(crate) async fn run(mut self, health: super::service::RoleMonitor) {
         use futures_util::FutureExt as _;
         let mut batch = Vec::with_capacity(self.config.max_batch);
-        while self
-            .receiver
-            .recv_many(&mut batch, self.config.max_batch)
-            .await
-            > 0
-        {
+        while self.receive(&mut batch).await > 0 {
             let attempts: Vec<(i64, i64)> = batch.iter().map(|c| (c.id, c.lease_token)).collect();
             let flush = std::panic::AssertUnwindSafe(self.flush(&mut batch));
             if flush.catch_unwind().await.is_ok() {
                 health.succeeded();
                 continue;
             }
+            self.conn = None;
             batch.clear();
             health.failed("panicked while recording outcomes".to_owned(), true);
             tracing::error!(job.ids = ?attempts.iter().map(|(id, _)| id).collect::<Vec<_>>(), "panicked while recording outcomes; their jobs run again once their leases lapse");
@@ -158,6 +169,26 @@ impl Completer {
             }
         }
         tracing::debug!("completer finished");
+    }
+
+    /// Waits for the next outcomes (at most one batch); 0 once every sender is gone. The kept
+    /// connection goes back to the pool after [`KEEP_IDLE`] without any.
+    async fn receive(&mut self, batch: &mut Vec<Completion>) -> usize {
+        let max = self.config.max_batch;
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|(_, taken)| taken.elapsed() >= KEEP_AT_MOST)
+        {
+            self.conn = None;
+        }
+        if self.conn.is_some() {
+            match tokio::time::timeout(KEEP_IDLE, self.receiver.recv_many(batch, max)).await {
+                Ok(received) => return received,
+                Err(_) => self.conn = None,
+            }
+        }
+        self.receiver.recv_many(batch, max).await
     }
 
     /// Writes what is waiting in the channel now (at most one batch); for tests.
@@ -176,7 +207,7 @@ impl Completer {
     /// Writes `batch` (draining it). A batch the database refuses for its data (one outcome it
     /// cannot store must not hold back the others) is written row by row; a row that still
     /// cannot be stored is recorded as failed with kind `unrecordable_outcome`.
-    async fn flush(&self, batch: &mut Vec<Completion>) -> CompleterReport {
+    async fn flush(&mut self, batch: &mut Vec<Completion>) -> CompleterReport {
         let outcomes = to_columns(batch.drain(..));
         let started = self.metrics.as_ref().map(|_| tokio::time::Instant::now());
         let report = self.write_all(&outcomes).await;
@@ -189,7 +220,7 @@ impl Completer {
         report
     }
 
-    async fn write_all(&self, outcomes: &db::job::Outcomes) -> CompleterReport {
+    async fn write_all(&mut self, outcomes: &db::job::Outcomes) -> CompleterReport {
         match self.write(outcomes).await {
             Ok(report) => report,
             Err(error) if is_data_error(&error) && outcomes.len() > 1 => {
@@ -226,14 +257,24 @@ impl Completer {
 
     /// Writes `outcomes` in one statement, retrying connection-level failures for up to
     /// [`RETRY_FOR`]; a data error is returned at once, for [`flush`](Self::flush) to split.
-    async fn write(&self, outcomes: &db::job::Outcomes) -> Result<CompleterReport, sqlx::Error> {
+    async fn write(
+        &mut self,
+        outcomes: &db::job::Outcomes,
+    ) -> Result<CompleterReport, sqlx::Error> {
         let started = tokio::time::Instant::now();
         let mut delay = FIRST_RETRY_DELAY;
         loop {
             // A client-side deadline too: a half-open connection never answers, and the
             // server's statement_timeout cannot help with that.
             let limit = self.config.timeout;
-            let write = db::job::complete_many(&self.pool, outcomes);
+            let (pool, kept) = (&self.pool, &mut self.conn);
+            let write = async {
+                let (conn, _) = match kept {
+                    Some(kept) => kept,
+                    None => kept.insert((pool.acquire().await?, tokio::time::Instant::now())),
+                };
+                db::job::complete_many(&mut **conn, outcomes).await
+            };
             let written = tokio::time::timeout(limit, write)
                 .await
                 .unwrap_or_else(|_| {
@@ -243,6 +284,12 @@ impl Completer {
                     );
                     Err(sqlx::Error::Io(timeout))
                 });
+            if written.as_ref().is_err_and(|error| !is_data_error(error)) {
+                // Timed out mid-statement or broken: never reused.
+                if let Some((mut conn, _)) = self.conn.take() {
+                    conn.close_on_drop();
+                }
+            }
             match written {
                 Ok(recorded) => {
                     self.stats.add(&recorded);
@@ -498,6 +545,44 @@ mod tests {
         for (id, _) in jobs {
             assert_eq!(row(&db, id).await.lease_expires_at, None);
         }
+    }
+
+    /// Outcomes arriving one at a time, each just after the last was written: one connection
+    /// writes them all. (Checked out per write, the next checkout found the last connection
+    /// still on its way back to the pool and opened another.)
+    #[tokio::test]
+    async fn a_busy_completer_keeps_one_connection() {
+        let db = TestDatabase::new().await.expect("database");
+        let jobs = claimed(&db, 30).await;
+        let options = (*db.pool().connect_options()).clone();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(5)
+            .connect_lazy_with(options);
+        let (sender, receiver) = mpsc::channel(8);
+        let running = Arc::new(RunningAttempts::default());
+        let completer = Completer::new(
+            pool.clone(),
+            CompleterConfig::default(),
+            receiver,
+            running.clone(),
+            Arc::default(),
+        );
+        let health = crate::runtime::service::Monitor::default().role("completer");
+        let task = tokio::spawn(completer.run(health));
+        for (id, lease_token) in jobs {
+            let completion = Completion {
+                id,
+                lease_token,
+                outcome: Outcome::Completed(json!(null)),
+            };
+            sender.send(completion).await.expect("send");
+            while row(&db, id).await.state == JobState::Running {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(pool.size(), 1, "connections opened for 30 writes");
+        drop(sender);
+        task.await.expect("completer");
     }
 
     #[tokio::test]
