@@ -1,7 +1,8 @@
 //! The worker's own connections: four small pools, connected with the application pool's
 //! *current* connect options and configured after connecting.
 //!
-//! - `claims`: the producers' claims and limit probes, one connection per queue. Its sessions
+//! - `claims`: the producers' claims and limit probes, one connection per queue, and the
+//!   followers' tries of the maintenance election (`runtime::leader`). Its sessions
 //!   run with `plan_cache_mode = force_generic_plan` (and `enable_seqscan`, `jit` off, so
 //!   that plan is the same index-driven one whenever it was made; see
 //!   `db::session::configure`): the claim is planned once per connection instead of at every
@@ -9,8 +10,8 @@
 //!   plan does not depend on their parameters run here; everything else keeps the server's
 //!   choice. Not for workers without LISTEN (behind a transaction-mode pooler, a session
 //!   setting would be left on a server connection the application uses next).
-//! - `internal`: completions, promotion, rescue, pruning, the scheduler, and the LISTEN
-//!   connection.
+//! - `internal`: completions (the completer keeps one connection while it has outcomes to
+//!   write), promotion, rescue, pruning, the scheduler, and the LISTEN connection.
 //! - `keeper`: lease renewals and cancel checks only. Nothing a handler calls can take its
 //!   connections, so handler work cannot delay a renewal (and make a lease lapse).
 //! - `progress`: [`JobContext::set_progress`](crate::JobContext::set_progress), the one worker

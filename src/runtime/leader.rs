@@ -12,9 +12,10 @@
 //! Leadership is a session-level advisory lock (key `"sl-leadr"`, per database; see
 //! [`KEY_WITHOUT_SCHEDULER`] for workers that do not run the scheduler). A follower tries to
 //! take it every interval (the worker's rescue interval, 5 s by default) on a connection
-//! borrowed from the worker's internal pool, which it gives back when another worker holds the
-//! lock: followers keep no connection for the election (with 16 workers on a stock server's
-//! 100 connections, one per worker mattered). The worker that takes the lock keeps that
+//! borrowed from the worker's claims pool, which it gives back when another worker holds the
+//! lock: followers open no connection for the election (with 16 workers on a stock server's
+//! 100 connections, one per worker mattered). The claims pool's connections are open anyway,
+//! and a claim waits at most one short statement for one. The worker that takes the lock keeps that
 //! connection as its own session; it checks every interval that the session still holds the
 //! lock, and runs maintenance until a check fails or times out (`db_timeout`), then closes the
 //! connection, which frees the lock. The lock is freed by the server when:

@@ -291,9 +291,16 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             let stop = &unrunnable_stop;
             service::supervise(health, stop.clone(), || unrunnable.run(stop.clone())).await;
         });
-        let leader = config
-            .listen
-            .then(|| Leader::new(pool.clone(), key, config.rescue_interval, config.db_timeout));
+        // Followers ask on a claims connection, which is open anyway (see `runtime::leader`).
+        let claims = &self.pools.claims;
+        let leader = config.listen.then(|| {
+            Leader::new(
+                claims.clone(),
+                key,
+                config.rescue_interval,
+                config.db_timeout,
+            )
+        });
         claimers.spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => return,
