@@ -11,6 +11,12 @@
 //! limited queue, so a limit set meanwhile shows as an empty claim, followed by the probe and an
 //! immediate limited claim; a limit cleared shows at the next short limited claim. A claim held
 //! back by a rate sleeps until the next start is due (or a wake-up), never polling faster.
+//!
+//! An empty plain claim is the idle queue's poll, once a second per queue and worker: probing
+//! after each one doubled what an idle fleet costs the server (50 idle workers: 128 statements/s
+//! instead of 75). `skiplock.set_limit` wakes the workers of its scope, so an empty claim is
+//! followed by a probe when a wake-up came since the last claim, and otherwise only once per
+//! [`ProducerConfig::idle_probe_interval`] (a limit written by hand, a lost wake-up).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,7 +55,14 @@ pub(crate) struct ProducerConfig {
     pub(crate) kinds: Vec<String>,
     /// The most bytes of stored arguments one claim takes (at least one job whatever its size).
     pub(crate) max_claim_bytes: i64,
+    /// How often an empty claim without a wake-up since the last one looks for a new limit
+    /// (see the [module docs](self)); zero after every empty claim, as a worker without LISTEN
+    /// does, whose wake-ups never come. Default: [`IDLE_PROBE_INTERVAL`].
+    pub(crate) idle_probe_interval: Duration,
 }
+
+/// How often an idle producer of a worker with LISTEN looks for a limit set without a wake-up.
+pub(crate) const IDLE_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
 pub(crate) struct Producer<S> {
     config: ProducerConfig,
@@ -60,6 +73,10 @@ pub(crate) struct Producer<S> {
     tracker: TaskTracker,
     /// Whether a limit applied at the last probe: claims go through `db::throttle::claim`.
     throttled: AtomicBool,
+    /// A wake-up came since the last claim (perhaps from `skiplock.set_limit`).
+    woken: AtomicBool,
+    /// When the last probe ran; `None` before the first.
+    probed_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl<S: Clone + Send + Sync + 'static> Producer<S> {
@@ -79,6 +96,8 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
             slots,
             tracker,
             throttled: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+            probed_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -134,7 +153,7 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
                 Wait::Idle(delay) => tokio::select! {
                     biased;
                     () = stop.cancelled() => break,
-                    () = self.wake.notified() => {}
+                    () = self.wake.notified() => self.woken.store(true, Ordering::Relaxed),
                     () = tokio::time::sleep(delay) => {}
                 },
             }
@@ -211,7 +230,9 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
         // rate holding us back?) or an empty plain claim (a limit set?). A full plain claim, the
         // unlimited hot path, costs nothing more.
         let mut retry_in = None;
-        if (throttled && claimed < free) || claimed == 0 {
+        let woken = self.woken.swap(false, Ordering::Relaxed);
+        if (throttled && claimed < free) || (claimed == 0 && self.probe_due(woken)) {
+            self.probed(Instant::now());
             let probe = deadline(
                 self.config.timeout,
                 db::throttle::probe(&mut *conn, &self.config.queue, &self.config.kinds),
@@ -230,6 +251,24 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
             cut_by_bytes,
             retry_in,
         })
+    }
+}
+
+impl<S> Producer<S> {
+    /// Whether an empty plain claim should look for a new limit.
+    fn probe_due(&self, woken: bool) -> bool {
+        let probed_at = *self
+            .probed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        woken || probed_at.is_none_or(|at| at.elapsed() >= self.config.idle_probe_interval)
+    }
+
+    fn probed(&self, at: Instant) {
+        *self
+            .probed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(at);
     }
 }
 
@@ -290,16 +329,21 @@ mod tests {
             .expect("count")
     }
 
-    #[tokio::test]
-    async fn claims_no_more_than_its_free_slots() {
-        let db = TestDatabase::new().await.expect("database");
-        let jobs = (0..5).map(|_| NewJob::untyped("hold", json!(null), EnqueueOptions::new()));
-        crate::enqueue_many(db.pool(), jobs).await.expect("enqueue");
-
+    /// A producer of `hold` jobs on the default queue with `concurrency` slots.
+    fn producer(
+        db: &TestDatabase,
+        concurrency: usize,
+        idle_probe_interval: Duration,
+    ) -> (
+        Producer<Arc<Notify>>,
+        Arc<Notify>,
+        mpsc::Receiver<super::super::completer::Completion>,
+        TaskTracker,
+    ) {
         let mut registry = Registry::new();
         registry.register::<Hold>();
         let release = Arc::new(Notify::new());
-        let (completions, mut outcomes) = mpsc::channel(8);
+        let (completions, outcomes) = mpsc::channel(8);
         let executor = Arc::new(Executor {
             registry: Arc::new(registry),
             state: release.clone(),
@@ -315,13 +359,14 @@ mod tests {
         });
         let config = ProducerConfig {
             queue: "default".into(),
-            concurrency: 3,
+            concurrency,
             poll_interval: Duration::from_secs(1),
             fetch_cooldown: Duration::ZERO,
             lease: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
             kinds: vec!["hold".to_owned()],
             max_claim_bytes: i64::MAX,
+            idle_probe_interval,
         };
         let tracker = TaskTracker::new();
         let producer = Producer::new(
@@ -331,6 +376,43 @@ mod tests {
             Arc::new(Notify::new()),
             tracker.clone(),
         );
+        (producer, release, outcomes, tracker)
+    }
+
+    /// An idle queue's empty claims look for a new limit only after a wake-up (which
+    /// `skiplock.set_limit` sends) or once per `idle_probe_interval`, not at every poll.
+    #[tokio::test]
+    async fn an_idle_queue_looks_for_limits_after_a_wake_up() {
+        let db = TestDatabase::new().await.expect("database");
+        let (producer, _release, _outcomes, _tracker) = producer(&db, 3, Duration::from_secs(3600));
+        producer.run_once().await.expect("first claim");
+        assert!(!producer.throttled.load(Ordering::Relaxed));
+        // A limit, its wake-up lost: the polls do not look for it within the interval.
+        let limit = crate::limits::Limit::queue("default").max_running(1);
+        crate::limits::set(db.pool(), &limit).await.expect("limit");
+        for _ in 0..3 {
+            producer.run_once().await.expect("idle claim");
+        }
+        assert!(
+            !producer.throttled.load(Ordering::Relaxed),
+            "probed without a wake-up"
+        );
+        // The wake-up arrives (the run loop records it): the next empty claim looks.
+        producer.woken.store(true, Ordering::Relaxed);
+        producer.run_once().await.expect("woken claim");
+        assert!(
+            producer.throttled.load(Ordering::Relaxed),
+            "the limit was not found"
+        );
+    }
+
+    #[tokio::test]
+    async fn claims_no_more_than_its_free_slots() {
+        let db = TestDatabase::new().await.expect("database");
+        let jobs = (0..5).map(|_| NewJob::untyped("hold", json!(null), EnqueueOptions::new()));
+        crate::enqueue_many(db.pool(), jobs).await.expect("enqueue");
+
+        let (producer, release, mut outcomes, tracker) = producer(&db, 3, Duration::ZERO);
 
         let first = producer.run_once().await.expect("claim");
         assert_eq!(

@@ -16,7 +16,7 @@ use super::executor::Executor;
 use super::heartbeat::{Heartbeat, HeartbeatConfig};
 use super::leader::Leader;
 use super::listener::Listener;
-use super::producer::{Producer, ProducerConfig};
+use super::producer::{IDLE_PROBE_INTERVAL, Producer, ProducerConfig};
 use super::promoter::{Promoter, PromoterConfig};
 use super::pruner::{DEFAULT_PRUNE_BATCH, Pruner, PrunerConfig};
 use super::registry::Registry;
@@ -209,6 +209,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 timeout: config.db_timeout,
                 kinds: kinds.clone(),
                 max_claim_bytes: i64::try_from(config.max_claim_bytes).unwrap_or(i64::MAX),
+                // Without LISTEN no wake-up tells of a new limit: every empty claim looks.
+                idle_probe_interval: if config.listen {
+                    IDLE_PROBE_INTERVAL
+                } else {
+                    std::time::Duration::ZERO
+                },
             };
             // The claims' own pool, on generic plans (see `connections`).
             let (pool, executor, jobs, stop) = (
