@@ -9,12 +9,12 @@
 //!
 //! # Maintenance: one elected worker per database
 //! The promoter, the *rescuer*, the *pruner* and the embedded *scheduler* run in one worker of
-//! the database at a time: the one holding a session-level advisory lock on a dedicated
-//! connection. Others try to take it every [`WorkerBuilder::rescue_interval`], so when the
-//! leader stops or dies one of them takes over within that interval (within four intervals
-//! when the leader hangs or loses the network: the server ends its silent session). Measured:
-//! 50 idle workers cost the server 75 statements/s in all with election, 435 without; most
-//! of what is left is each producer's poll (`docs/performance.md`). Leadership saves work,
+//! the database at a time: the one holding a session-level advisory lock on a connection of its
+//! own. Others try to take it every [`WorkerBuilder::rescue_interval`] on a borrowed connection,
+//! so when the leader stops or dies one of them takes over within that interval (within four
+//! intervals when the leader hangs or loses the network: the server ends its silent session).
+//! Measured: 50 idle workers cost the server 83 statements/s in all with election, 435
+//! without; most of what is left is each producer's poll (`docs/performance.md`). Leadership saves work,
 //! nothing relies on it: every maintenance role is safe with several instances at once. A worker
 //! built with [`listen(false)`](WorkerBuilder::listen) does not elect and runs them itself.
 //!
