@@ -160,7 +160,10 @@ impl Completer {
                 health.succeeded();
                 continue;
             }
-            self.conn = None;
+            // Perhaps mid-statement: closed, not given back.
+            if let Some((mut conn, _)) = self.conn.take() {
+                conn.close_on_drop();
+            }
             batch.clear();
             health.failed("panicked while recording outcomes".to_owned(), true);
             tracing::error!(job.ids = ?attempts.iter().map(|(id, _)| id).collect::<Vec<_>>(), "panicked while recording outcomes; their jobs run again once their leases lapse");
