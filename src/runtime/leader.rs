@@ -16,10 +16,10 @@
 //! lock: followers open no connection for the election (with 16 workers on a stock server's
 //! 100 connections, one per worker mattered). The claims pool's connections are open anyway,
 //! and a claim waits for one at most one short statement (up to 5 s after an ask that failed:
-//! sqlx keeps the slot while it closes that connection, which may hold the lock). The worker that takes the lock keeps that
-//! connection as its own session; it checks every interval that the session still holds the
-//! lock, and runs maintenance until a check fails or times out (`db_timeout`), then closes the
-//! connection, which frees the lock. The lock is freed by the server when:
+//! sqlx keeps the slot while it closes that connection, which may hold the lock). The worker
+//! that takes the lock keeps that connection as its own session; it checks every interval that
+//! the session still holds the lock, and runs maintenance until a check fails or times out
+//! (`db_timeout`), then closes the connection, which frees the lock. The lock is freed by the server when:
 //! - the leader stops or its process dies: at once (its connection closes), so a follower
 //!   takes over within one interval;
 //! - the leader hangs or loses the network: its session was set to end after three idle
@@ -94,10 +94,11 @@ impl Leader {
         loop {
             let attempt = tokio::select! {
                 () = stop.cancelled() => break,
-                attempt = self.try_lead(&mut session) => attempt,
+                attempt = self.try_lead() => attempt,
             };
             match attempt {
-                Ok(true) => {
+                Ok(Some(won)) => {
+                    session = Some(won);
                     health.succeeded();
                     tracing::info!("this worker now runs the maintenance roles");
                     leading(true);
@@ -114,10 +115,8 @@ impl Leader {
                         );
                     }
                 }
-                Ok(false) => health.succeeded(),
+                Ok(None) => health.succeeded(),
                 Err(error) => {
-                    // Whatever the state of the connection, dropping it frees any lock.
-                    session = None;
                     health.failed(error.to_string(), false);
                     tracing::warn!(%error, "could not take part in the maintenance election; retrying");
                 }
@@ -133,30 +132,22 @@ impl Leader {
         }
     }
 
-    /// Tries to take the lock on a connection borrowed from the pool, and keeps it as this
-    /// worker's session when it does; gives it back when another worker holds the lock, so that
-    /// only the leader keeps a connection for the election. (`session` is `None` here whenever
-    /// the run loop asks: it is dropped when leadership ends. Were it open, it would be asked.)
-    async fn try_lead(&self, session: &mut Option<PgConnection>) -> Result<bool, DbCallError> {
+    /// Tries to take the lock on a connection borrowed from the pool; returns it, as this
+    /// worker's session, when it did. When another worker holds the lock the connection goes
+    /// back to the pool, so that only the leader keeps a connection for the election.
+    async fn try_lead(&self) -> Result<Option<PgConnection>, DbCallError> {
         let idle = self.interval.saturating_mul(IDLE_INTERVALS).as_millis();
         let idle = i64::try_from(idle).unwrap_or(i64::MAX);
-        if let Some(conn) = session.as_mut() {
-            return deadline(self.timeout, db::leader::try_lock(conn, self.key, idle)).await;
-        }
         let mut borrowed = Borrowed(Some(deadline(self.timeout, self.pool.acquire()).await?));
         let Some(conn) = borrowed.0.as_mut() else {
-            return Ok(false);
+            return Ok(None);
         };
         if !deadline(self.timeout, db::leader::try_lock(conn, self.key, idle)).await? {
             // Not taken: the connection holds nothing and goes back to the pool.
             borrowed.give_back();
-            return Ok(false);
+            return Ok(None);
         }
-        let Some(conn) = borrowed.0.take() else {
-            return Ok(false);
-        };
-        *session = Some(conn.detach());
-        Ok(true)
+        Ok(borrowed.0.take().map(PoolConnection::detach))
     }
 
     /// While leading: checks every interval that the session still holds the lock; returns

@@ -14,9 +14,10 @@
 //! so when the leader stops or dies one of them takes over within that interval (within four
 //! intervals when the leader hangs or loses the network: the server ends its silent session).
 //! Measured: 50 idle workers cost the server 83 statements/s in all with election, 435
-//! without; most of what is left is each producer's poll (`docs/performance.md`). Leadership saves work,
-//! nothing relies on it: every maintenance role is safe with several instances at once. A worker
-//! built with [`listen(false)`](WorkerBuilder::listen) does not elect and runs them itself.
+//! without; most of what is left is each producer's poll (`docs/performance.md`). Leadership
+//! saves work, nothing relies on it: every maintenance role is safe with several instances at
+//! once. A worker built with [`listen(false)`](WorkerBuilder::listen) does not elect and runs
+//! them itself.
 //!
 //! # Supervision and health
 //! Every role is supervised: the periodic ones share one loop (`service.rs`: interval, a

@@ -14,9 +14,9 @@
 //!
 //! An empty plain claim is the idle queue's poll, once a second per queue and worker: probing
 //! after each one made an idle fleet cost the server half as much again (50 idle workers: 128
-//! statements/s, 83 without). `skiplock.set_limit` wakes the workers of its scope, so an empty claim is
-//! followed by a probe when a wake-up came since the last claim, and otherwise only once per
-//! [`ProducerConfig::idle_probe_interval`] (a limit written by hand, a lost wake-up).
+//! statements/s, 83 without). `skiplock.set_limit` wakes the workers of its scope, so an empty
+//! claim is followed by a probe when a wake-up came since the last claim, and otherwise only
+//! once per [`ProducerConfig::idle_probe_interval`] (a limit written by hand, a lost wake-up).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
