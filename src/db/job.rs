@@ -201,13 +201,44 @@ pub(crate) struct Claimed {
     pub(crate) traceparent: Option<String>,
     /// Seconds from `run_at` to this claim (database time): how long the job waited while due.
     pub(crate) pickup_lag_secs: f64,
+    /// `run_at`, for the producer's [`Position`]; `None` when outside what `chrono` represents.
+    pub(crate) run_at: Option<DateTime<Utc>>,
     /// The byte bound left out jobs this claim could otherwise have taken (the same in every
     /// row of one claim): more are waiting.
     pub(crate) cut_by_bytes: bool,
 }
 
-/// Claims up to `limit` available jobs of `queue` of the given `kinds` for `worker_id`, and no
-/// more of them than fit in `max_bytes` of stored arguments (but always at least one).
+/// Where a claim's scan of one kind starts: the place in claim order (`priority, run_at, id`)
+/// of the last job of that kind the producer claimed. The scan reads the index from there on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Position {
+    pub(crate) priority: i16,
+    pub(crate) run_at: DateTime<Utc>,
+    pub(crate) id: i64,
+}
+
+impl Position {
+    /// The place of a claimed job; `None` when its `run_at` did not decode (such a job sorts
+    /// first or last, and the scan had better start from the head).
+    pub(crate) fn of(job: &Claimed) -> Option<Self> {
+        Some(Self {
+            priority: job.priority,
+            run_at: job.run_at?,
+            id: job.id,
+        })
+    }
+}
+
+/// The kinds one claim reads, each from its head or after a position.
+pub(crate) struct Scans<'a> {
+    pub(crate) kinds: &'a [String],
+    /// As many as `kinds`: where the scan of each starts (only jobs after it in claim order are
+    /// read); `None` reads the kind from its head.
+    pub(crate) after: &'a [Option<Position>],
+}
+
+/// Claims up to `limit` available jobs of `queue` of the kinds in `scans` for `worker_id`, and
+/// no more of them than fit in `max_bytes` of stored arguments (but always at least one).
 ///
 /// Why the statement looks like this:
 /// - `heads` reads, for each kind this worker runs, the head of that kind in the partial index
@@ -226,6 +257,14 @@ pub(crate) struct Claimed {
 ///   fewer jobs than are waiting; it claims again at its next wake-up or poll. Workers with
 ///   few kinds or small claims pay nearly nothing; one with dozens of busy kinds locks dozens of
 ///   times its claim size.
+/// - Each kind's scan may start after a position (`after`) rather than at the head of the index
+///   (see `runtime::cursor`): while a long transaction pins the xmin horizon, the index entries
+///   of every job claimed since cannot be marked dead, and a scan from the head visits the heap
+///   for each of them before it reaches a runnable job (millions after minutes at thousands of
+///   jobs a second: seconds per claim). The bound is a row comparison on the index's own
+///   columns after `queue, kind`, so the scan descends straight to it. The head is the same
+///   comparison against the smallest position there is (`-32768`, `-infinity`, the smallest
+///   id): one statement, one plan.
 /// - `MATERIALIZED` makes `heads` a fence: the LIMITs and the row locks are taken once, before
 ///   the UPDATE joins against the result. Inlined, the planner may turn it into a join that
 ///   re-evaluates the subquery and locks rows the UPDATE then skips.
@@ -256,19 +295,33 @@ pub(crate) async fn claim<'e>(
     limit: i64,
     worker_id: &str,
     lease_secs: f64,
-    kinds: &[String],
+    scans: Scans<'_>,
     max_bytes: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
+    debug_assert_eq!(scans.kinds.len(), scans.after.len());
+    let (priorities, run_ats, ids): (Vec<i16>, Vec<Option<DateTime<Utc>>>, Vec<i64>) = scans
+        .after
+        .iter()
+        .map(|after| match after {
+            // Just after the job: the next id on, or the job itself at the very last id (its
+            // entry is no longer a runnable row).
+            Some(at) => (at.priority, Some(at.run_at), at.id.saturating_add(1)),
+            None => (i16::MIN, None, i64::MIN),
+        })
+        .collect();
     sqlx::query_as!(
         Claimed,
         r#"
         WITH heads AS MATERIALIZED (
             SELECT head.id, head.priority, head.run_at, head.size
-            FROM unnest($5::text[]) AS k(kind)
+            FROM unnest($5::text[], $8::int2[], $9::timestamptz[], $10::int8[])
+                AS k(kind, priority, run_at, id)
             CROSS JOIN LATERAL (
                 SELECT j.id, j.priority, j.run_at, pg_column_size(j.args) AS size
                 FROM skiplock.jobs AS j
                 WHERE j.state = 'available' AND j.queue = $1 AND j.kind = k.kind
+                  AND (j.priority, j.run_at, j.id)
+                      >= (k.priority, coalesce(k.run_at, '-infinity'), k.id)
                 ORDER BY j.priority, j.run_at, j.id
                 LIMIT $2
                 FOR UPDATE SKIP LOCKED
@@ -311,15 +364,20 @@ pub(crate) async fn claim<'e>(
                   j.lease_token AS "lease_token!", j.timeout_secs,
                   j.metadata ->> 'traceparent' AS traceparent,
                   extract(epoch FROM now() - j.run_at)::float8 AS "pickup_lag_secs!",
+                  CASE WHEN isfinite(j.run_at) AND j.run_at < '262000-01-01'
+                       THEN j.run_at END AS "run_at?",
                   (SELECT count(*) FROM heads) > (SELECT count(*) FROM picked) AS "cut_by_bytes!"
         "#,
         queue,
         limit,
         worker_id,
         lease_secs,
-        kinds,
+        scans.kinds,
         max_bytes,
         ATTEMPTED_BY_KEPT,
+        &priorities,
+        &run_ats as &[Option<DateTime<Utc>>],
+        &ids,
     )
     .fetch_all(executor)
     .await
@@ -1069,6 +1127,10 @@ mod tests {
     use super::*;
     use skiplock_testing::TestDatabase;
 
+    fn scans<'a>(kinds: &'a [String], after: &'a [Option<Position>]) -> Scans<'a> {
+        Scans { kinds, after }
+    }
+
     /// Every node of a JSON plan, depth first.
     fn nodes(plan: &Value) -> Vec<&Value> {
         let mut all = vec![plan];
@@ -1080,8 +1142,9 @@ mod tests {
         all
     }
 
-    /// The plan (with actual row counts) of the claim as `conn` prepared it, run and rolled back.
-    async fn explain_claim(conn: &mut PgConnection, kinds: &str) -> Value {
+    /// The plan (with actual row counts and buffers) of the claim as `conn` prepared it, run
+    /// and rolled back. `starts` are the position arrays (`$8`, `$9`, `$10`), as literals.
+    async fn explain_claim(conn: &mut PgConnection, kinds: &str, starts: [&str; 3]) -> Value {
         let statement: String = sqlx::query_scalar(
             "SELECT name FROM pg_prepared_statements WHERE statement LIKE '%WITH heads AS MATERIALIZED%'",
         )
@@ -1089,8 +1152,10 @@ mod tests {
         .await
         .expect("the prepared claim");
         let mut tx = conn.begin().await.expect("begin");
+        let [priorities, run_ats, ids] = starts;
         let explain = format!(
-            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {statement}('default', 10, 'w', 60, '{kinds}', 1000000, 100)"
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {statement}('default', 10, 'w', 60, \
+             '{kinds}', 1000000, 100, '{priorities}', '{run_ats}', '{ids}')"
         );
         // A statement name and literals of this test's own.
         let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
@@ -1099,6 +1164,93 @@ mod tests {
             .expect("explain");
         tx.rollback().await.expect("rollback");
         plan[0]["Plan"].clone()
+    }
+
+    /// The node of `plan` that reads the claim index.
+    fn claim_index_scan(plan: &Value) -> &Value {
+        nodes(plan)
+            .into_iter()
+            .find(|node| node["Index Name"] == "jobs_claim_kind_idx")
+            .unwrap_or_else(|| panic!("no scan of the claim index: {plan:#}"))
+    }
+
+    /// While a snapshot pins the xmin horizon, the index entries of claimed jobs cannot be marked
+    /// dead: a claim from the head visits each of their rows, one from a position starts after
+    /// them (the index bound, not a filter), whichever plan the connection uses.
+    #[tokio::test]
+    async fn a_claim_from_a_position_skips_the_jobs_claimed_before_it() {
+        let db = TestDatabase::new().await.expect("database");
+        let mut conn = db.pool().acquire().await.expect("connection");
+        sqlx::raw_sql(
+            "INSERT INTO skiplock.jobs (kind) SELECT 'k' FROM generate_series(1, 5000);
+             ANALYZE skiplock.jobs;",
+        )
+        .execute(&mut *conn)
+        .await
+        .expect("fill");
+        let mut holder = db.pool().begin().await.expect("holder");
+        sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+            .execute(&mut *holder)
+            .await
+            .expect("snapshot");
+        let kinds = ["k".to_owned()];
+        let claimed = claim(
+            &mut *conn,
+            "default",
+            4000,
+            "w",
+            60.0,
+            scans(&kinds, &[None]),
+            i64::MAX,
+        )
+        .await
+        .expect("claim");
+        assert_eq!(claimed.len(), 4000);
+        let last = claimed
+            .iter()
+            .filter_map(Position::of)
+            .max()
+            .expect("positions");
+        assert_eq!(
+            last.id,
+            claimed.iter().map(|job| job.id).max().expect("ids")
+        );
+
+        let head = ["{-32768}", "{NULL}", "{-9223372036854775808}"];
+        let run_at = format!("{{\"{}\"}}", last.run_at.to_rfc3339());
+        let next = format!("{{{}}}", last.id + 1);
+        let after = ["{0}", run_at.as_str(), next.as_str()];
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+                .execute(&mut *conn)
+                .await
+                .expect("set");
+            let from_head = explain_claim(&mut conn, "{k}", head).await;
+            let from_after = explain_claim(&mut conn, "{k}", after).await;
+            let (head_scan, after_scan) =
+                (claim_index_scan(&from_head), claim_index_scan(&from_after));
+            assert_eq!(
+                head_scan["Actual Rows"].as_f64(),
+                Some(10.0),
+                "{from_head:#}"
+            );
+            assert_eq!(
+                after_scan["Actual Rows"].as_f64(),
+                Some(10.0),
+                "{from_after:#}"
+            );
+            let cond = after_scan["Index Cond"].as_str().unwrap_or_default();
+            assert!(
+                cond.contains("ROW(priority, run_at, id) >= ROW("),
+                "{mode}: {cond}"
+            );
+            let hits = |scan: &Value| scan["Shared Hit Blocks"].as_f64().unwrap_or(0.0);
+            // A page of the heap for every few dozen of the 4,000 claimed rows (a scan keeps the
+            // page pinned from one row to the next on it) against the index's descent and one page.
+            assert!(hits(head_scan) >= 40.0, "{mode}: {from_head:#}");
+            assert!(hits(after_scan) <= 10.0, "{mode}: {from_after:#}");
+        }
+        holder.rollback().await.expect("release");
     }
 
     /// With many jobs of other kinds at the head of the queue, the claim reads its own kinds'
@@ -1118,17 +1270,31 @@ mod tests {
         .await
         .expect("fill");
         let kinds = ["mine".to_owned(), "also_mine".to_owned()];
+        let heads = [None, None];
         // Prepares the statement on this connection (and claims two).
-        let claimed = claim(&mut *conn, "default", 2, "w", 60.0, &kinds, i64::MAX)
-            .await
-            .expect("claim");
+        let claimed = claim(
+            &mut *conn,
+            "default",
+            2,
+            "w",
+            60.0,
+            scans(&kinds, &heads),
+            i64::MAX,
+        )
+        .await
+        .expect("claim");
         assert_eq!(claimed.len(), 2);
         for mode in ["force_custom_plan", "force_generic_plan"] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
                 .execute(&mut *conn)
                 .await
                 .expect("set");
-            let plan = explain_claim(&mut conn, "{mine,also_mine}").await;
+            let head = [
+                "{-32768,-32768}",
+                "{NULL,NULL}",
+                "{-9223372036854775808,-9223372036854775808}",
+            ];
+            let plan = explain_claim(&mut conn, "{mine,also_mine}", head).await;
             let mut read_claim_index = false;
             for node in nodes(&plan) {
                 let kind = node["Node Type"].as_str().unwrap_or_default();
@@ -1185,25 +1351,50 @@ mod tests {
         .await
         .expect("fill");
         let kinds = ["big".to_owned()];
+        let heads = [None];
         let size = sizes(&mut conn).await;
         assert!(size[0] > 50_000, "{size:?}");
 
         // Room for two and a half: two.
         let bound = size[0] + size[1] + size[2] / 2;
-        let claimed = claim(&mut *conn, "default", 10, "w", 60.0, &kinds, bound)
-            .await
-            .expect("claim");
+        let claimed = claim(
+            &mut *conn,
+            "default",
+            10,
+            "w",
+            60.0,
+            scans(&kinds, &heads),
+            bound,
+        )
+        .await
+        .expect("claim");
         assert_eq!(claimed.len(), 2);
         assert!(claimed.iter().all(|job| job.cut_by_bytes));
         // Room for none: still one.
-        let claimed = claim(&mut *conn, "default", 10, "w", 60.0, &kinds, 1)
-            .await
-            .expect("claim");
+        let claimed = claim(
+            &mut *conn,
+            "default",
+            10,
+            "w",
+            60.0,
+            scans(&kinds, &heads),
+            1,
+        )
+        .await
+        .expect("claim");
         assert_eq!(claimed.len(), 1);
         // No bound: the rest.
-        let claimed = claim(&mut *conn, "default", 10, "w", 60.0, &kinds, i64::MAX)
-            .await
-            .expect("claim");
+        let claimed = claim(
+            &mut *conn,
+            "default",
+            10,
+            "w",
+            60.0,
+            scans(&kinds, &heads),
+            i64::MAX,
+        )
+        .await
+        .expect("claim");
         assert_eq!(claimed.len(), 2);
         assert!(!claimed[0].cut_by_bytes);
     }

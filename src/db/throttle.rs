@@ -122,6 +122,8 @@ pub(crate) async fn claim<'e>(
                j.lease_token AS "lease_token!", j.timeout_secs,
                j.metadata ->> 'traceparent' AS traceparent,
                extract(epoch FROM now() - j.run_at)::float8 AS "pickup_lag_secs!",
+               CASE WHEN isfinite(j.run_at) AND j.run_at < '262000-01-01'
+                    THEN j.run_at END AS "run_at?",
                false AS "cut_by_bytes!"
         FROM skiplock.claim_throttled($1, $2, $3, $4, $5, $6, $7) AS j
         "#,

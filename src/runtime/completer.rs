@@ -459,7 +459,11 @@ mod tests {
         let jobs = (0..n).map(|_| NewJob::untyped("k", json!({}), EnqueueOptions::new()));
         crate::enqueue_many(db.pool(), jobs).await.expect("enqueue");
         let kinds = ["k".to_owned()];
-        let claimed = db::job::claim(db.pool(), "default", n as i64, "w", 60.0, &kinds, i64::MAX)
+        let scans = db::job::Scans {
+            kinds: &kinds,
+            after: &[None],
+        };
+        let claimed = db::job::claim(db.pool(), "default", n as i64, "w", 60.0, scans, i64::MAX)
             .await
             .expect("claim");
         claimed

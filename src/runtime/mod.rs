@@ -56,6 +56,7 @@
 mod builder;
 mod completer;
 mod connections;
+mod cursor;
 mod deadline;
 mod declare;
 mod executor;

@@ -12,6 +12,10 @@
 //! immediate limited claim; a limit cleared shows at the next short limited claim. A claim held
 //! back by a rate sleeps until the next start is due (or a wake-up), never polling faster.
 //!
+//! A plain claim reads each kind from where this producer's last claim of it ended, and from
+//! the head of the queue whenever that costs no more ([`super::cursor`]): a long transaction
+//! pinning the xmin horizon then slows claims from the head only.
+//!
 //! An empty plain claim is the idle queue's poll, once a second per queue and worker: probing
 //! after each one made an idle fleet cost the server half as much again (50 idle workers: 128
 //! statements/s, 83 without). `skiplock.set_limit` wakes the workers of its scope, so an empty
@@ -28,6 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::cursor::Cursor;
 use super::deadline::{DbCallError, deadline};
 use super::executor::Executor;
 use crate::db;
@@ -77,6 +82,8 @@ pub(crate) struct Producer<S> {
     woken: AtomicBool,
     /// When the last probe ran; `None` before the first.
     probed_at: std::sync::Mutex<Option<Instant>>,
+    /// Where plain claims start.
+    cursor: std::sync::Mutex<Cursor>,
 }
 
 impl<S: Clone + Send + Sync + 'static> Producer<S> {
@@ -98,6 +105,7 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
             throttled: AtomicBool::new(false),
             woken: AtomicBool::new(false),
             probed_at: std::sync::Mutex::new(None),
+            cursor: std::sync::Mutex::new(Cursor::default()),
         }
     }
 
@@ -181,6 +189,7 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
         // Taken before the statement is sent: the lease is at least this fresh.
         let leased_at = Instant::now();
         let throttled = self.throttled.load(Ordering::Relaxed);
+        let mut head_due_in = None;
         let jobs = if throttled {
             let claim = db::throttle::claim(
                 &mut *conn,
@@ -193,18 +202,35 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
             );
             deadline(self.config.timeout, claim).await
         } else {
+            let (from_head, after) = {
+                let cursor = self.cursor();
+                let from_head = cursor.reads_head(leased_at);
+                (from_head, cursor.after(&self.config.kinds, from_head))
+            };
             let claim = db::job::claim(
                 &mut *conn,
                 &self.config.queue,
                 free as i64,
                 &self.executor.worker_id,
                 self.config.lease.as_secs_f64(),
-                &self.config.kinds,
+                db::job::Scans {
+                    kinds: &self.config.kinds,
+                    after: &after,
+                },
                 self.config.max_claim_bytes,
             );
             // A claim that times out may still commit; its jobs then wait for their lease to
             // expire and are rescued. Better than a producer hung on a dead connection.
-            deadline(self.config.timeout, claim).await
+            let jobs = deadline(self.config.timeout, claim).await;
+            let claimed = jobs.as_deref().unwrap_or_default();
+            let mut cursor = self.cursor();
+            cursor.record(from_head, leased_at, leased_at.elapsed(), claimed);
+            let short = claimed.len() < free && claimed.first().is_none_or(|job| !job.cut_by_bytes);
+            if !from_head && short {
+                // Jobs before the positions are not for the next poll to find.
+                head_due_in = Some(cursor.head_due_in(Instant::now()));
+            }
+            jobs
         };
         if let Some(metrics) = &self.executor.metrics {
             let claimed = jobs.as_ref().map_or(0, Vec::len);
@@ -229,7 +255,7 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
         // Which claim to use next: looked up after a short limited claim (a limit cleared? a
         // rate holding us back?) or an empty plain claim (a limit set?). A full plain claim, the
         // unlimited hot path, costs nothing more.
-        let mut retry_in = None;
+        let mut retry_in = head_due_in;
         let woken = self.woken.swap(false, Ordering::Relaxed);
         if (throttled && claimed < free) || (claimed == 0 && self.probe_due(woken)) {
             let probe = deadline(
@@ -246,7 +272,8 @@ impl<S: Clone + Send + Sync + 'static> Producer<S> {
             if probe.applies && !throttled && claimed == 0 {
                 retry_in = Some(Duration::ZERO);
             } else if let Some(wait) = probe.wait_secs.filter(|wait| *wait > 0.0) {
-                retry_in = Some(Duration::from_secs_f64(wait.min(86_400.0)));
+                let wait = Duration::from_secs_f64(wait.min(86_400.0));
+                retry_in = Some(retry_in.map_or(wait, |due| due.min(wait)));
             }
         }
         Ok(Claim {
@@ -268,6 +295,12 @@ impl<S> Producer<S> {
         woken || probed_at.is_none_or(|at| at.elapsed() >= self.config.idle_probe_interval)
     }
 
+    fn cursor(&self) -> std::sync::MutexGuard<'_, Cursor> {
+        self.cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn probed(&self, at: Instant) {
         *self
             .probed_at
@@ -286,7 +319,8 @@ pub(crate) struct Claim {
     /// The claim's byte bound left out jobs it could otherwise have taken.
     pub(crate) cut_by_bytes: bool,
     /// When to claim again although the claim came back short: at once after a limit was found,
-    /// or when a rate limit allows the next start.
+    /// when a rate limit allows the next start, or when a claim from the head is due after a
+    /// claim from the positions ([`super::cursor`]).
     pub(crate) retry_in: Option<Duration>,
 }
 
@@ -408,6 +442,44 @@ mod tests {
             producer.throttled.load(Ordering::Relaxed),
             "the limit was not found"
         );
+    }
+
+    /// A job that sorts before where the last claim ended (here: of a higher priority) is left
+    /// by claims from the positions, and taken by the next claim from the head, which a short
+    /// claim from the positions schedules instead of leaving it to the poll.
+    #[tokio::test]
+    async fn a_job_before_the_positions_waits_only_for_the_next_claim_from_the_head() {
+        let db = TestDatabase::new().await.expect("database");
+        let hold = || NewJob::untyped("hold", json!(null), EnqueueOptions::new());
+        crate::enqueue_many(db.pool(), [hold(), hold()])
+            .await
+            .expect("enqueue");
+        let (producer, release, mut outcomes, tracker) =
+            producer(&db, 10, Duration::from_secs(3600));
+        assert_eq!(producer.run_once().await.expect("claim").claimed, 2);
+        // As under a pinned horizon: the head cost 50 ms, so the next claims read from the
+        // positions for about half a second.
+        producer
+            .cursor()
+            .record(true, Instant::now(), Duration::from_millis(50), &[]);
+        let urgent = NewJob::untyped("hold", json!(null), EnqueueOptions::new().priority(-1));
+        crate::enqueue_many(db.pool(), [urgent])
+            .await
+            .expect("enqueue");
+
+        let short = producer.run_once().await.expect("claim");
+        assert_eq!(short.claimed, 0, "{short:?}");
+        let due = short.retry_in.expect("a claim from the head, scheduled");
+        assert!(due <= Duration::from_millis(500), "{due:?}");
+        tokio::time::sleep(due).await;
+        assert_eq!(producer.run_once().await.expect("claim").claimed, 1);
+
+        for _ in 0..3 {
+            release.notify_one();
+            outcomes.recv().await.expect("an outcome");
+        }
+        tracker.close();
+        tracker.wait().await;
     }
 
     #[tokio::test]
