@@ -1127,8 +1127,28 @@ mod tests {
     use super::*;
     use skiplock_testing::TestDatabase;
 
-    fn scans<'a>(kinds: &'a [String], after: &'a [Option<Position>]) -> Scans<'a> {
-        Scans { kinds, after }
+    /// A claim of the default queue by worker `w`, every kind read from its head.
+    async fn claim_heads(
+        conn: &mut PgConnection,
+        kinds: &[String],
+        limit: i64,
+        max_bytes: i64,
+    ) -> Vec<Claimed> {
+        let after = vec![None; kinds.len()];
+        claim(
+            &mut *conn,
+            "default",
+            limit,
+            "w",
+            60.0,
+            Scans {
+                kinds,
+                after: &after,
+            },
+            max_bytes,
+        )
+        .await
+        .expect("claim")
     }
 
     /// Every node of a JSON plan, depth first.
@@ -1194,17 +1214,7 @@ mod tests {
             .await
             .expect("snapshot");
         let kinds = ["k".to_owned()];
-        let claimed = claim(
-            &mut *conn,
-            "default",
-            4000,
-            "w",
-            60.0,
-            scans(&kinds, &[None]),
-            i64::MAX,
-        )
-        .await
-        .expect("claim");
+        let claimed = claim_heads(&mut conn, &kinds, 4000, i64::MAX).await;
         assert_eq!(claimed.len(), 4000);
         let last = claimed
             .iter()
@@ -1270,19 +1280,8 @@ mod tests {
         .await
         .expect("fill");
         let kinds = ["mine".to_owned(), "also_mine".to_owned()];
-        let heads = [None, None];
         // Prepares the statement on this connection (and claims two).
-        let claimed = claim(
-            &mut *conn,
-            "default",
-            2,
-            "w",
-            60.0,
-            scans(&kinds, &heads),
-            i64::MAX,
-        )
-        .await
-        .expect("claim");
+        let claimed = claim_heads(&mut conn, &kinds, 2, i64::MAX).await;
         assert_eq!(claimed.len(), 2);
         for mode in ["force_custom_plan", "force_generic_plan"] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
@@ -1351,50 +1350,19 @@ mod tests {
         .await
         .expect("fill");
         let kinds = ["big".to_owned()];
-        let heads = [None];
         let size = sizes(&mut conn).await;
         assert!(size[0] > 50_000, "{size:?}");
 
         // Room for two and a half: two.
         let bound = size[0] + size[1] + size[2] / 2;
-        let claimed = claim(
-            &mut *conn,
-            "default",
-            10,
-            "w",
-            60.0,
-            scans(&kinds, &heads),
-            bound,
-        )
-        .await
-        .expect("claim");
+        let claimed = claim_heads(&mut conn, &kinds, 10, bound).await;
         assert_eq!(claimed.len(), 2);
         assert!(claimed.iter().all(|job| job.cut_by_bytes));
         // Room for none: still one.
-        let claimed = claim(
-            &mut *conn,
-            "default",
-            10,
-            "w",
-            60.0,
-            scans(&kinds, &heads),
-            1,
-        )
-        .await
-        .expect("claim");
+        let claimed = claim_heads(&mut conn, &kinds, 10, 1).await;
         assert_eq!(claimed.len(), 1);
         // No bound: the rest.
-        let claimed = claim(
-            &mut *conn,
-            "default",
-            10,
-            "w",
-            60.0,
-            scans(&kinds, &heads),
-            i64::MAX,
-        )
-        .await
-        .expect("claim");
+        let claimed = claim_heads(&mut conn, &kinds, 10, i64::MAX).await;
         assert_eq!(claimed.len(), 2);
         assert!(!claimed[0].cut_by_bytes);
     }
