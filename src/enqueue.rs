@@ -168,8 +168,8 @@ impl EnqueueOptions {
     /// The priority; lower runs first within a queue. Default: [`Job::PRIORITY`].
     ///
     /// The order is strict while the database is healthy. While a long transaction pins the
-    /// xmin horizon, a job of a higher priority than those a worker just claimed may wait a few
-    /// seconds (docs/schema.md, "Order").
+    /// xmin horizon, a job that sorts before those a worker just claimed (a higher priority)
+    /// may wait a few seconds (docs/schema.md, "Order").
     pub fn priority(mut self, priority: i16) -> Self {
         self.priority = Some(priority);
         self

@@ -258,7 +258,7 @@ pub(crate) struct Scans<'a> {
 ///   few kinds or small claims pay nearly nothing; one with dozens of busy kinds locks dozens of
 ///   times its claim size.
 /// - Each kind's scan may start after a position (`after`) rather than at the head of the index
-///   (see `runtime::cursor`): while a long transaction pins the xmin horizon, the index entries
+///   (when and why: `runtime::cursor`): while a long transaction pins the xmin horizon, the index entries
 ///   of every job claimed since cannot be marked dead, and a scan from the head visits the heap
 ///   for each of them before it reaches a runnable job (millions after minutes at thousands of
 ///   jobs a second: seconds per claim). The bound is a row comparison on the index's own
@@ -298,7 +298,9 @@ pub(crate) async fn claim<'e>(
     scans: Scans<'_>,
     max_bytes: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    debug_assert_eq!(scans.kinds.len(), scans.after.len());
+    // Arrays of different lengths would pad with NULLs, and a kind compared with NULL is
+    // never claimed.
+    assert_eq!(scans.kinds.len(), scans.after.len(), "one start per kind");
     let (priorities, run_ats, ids): (Vec<i16>, Vec<Option<DateTime<Utc>>>, Vec<i64>) = scans
         .after
         .iter()
@@ -1254,12 +1256,28 @@ mod tests {
                 cond.contains("ROW(priority, run_at, id) >= ROW("),
                 "{mode}: {cond}"
             );
-            let hits = |scan: &Value| scan["Shared Hit Blocks"].as_f64().unwrap_or(0.0);
+            let hits = |scan: &Value| {
+                scan["Shared Hit Blocks"].as_f64().unwrap_or(0.0)
+                    + scan["Shared Read Blocks"].as_f64().unwrap_or(0.0)
+            };
             // A page of the heap for every few dozen of the 4,000 claimed rows (a scan keeps the
             // page pinned from one row to the next on it) against the index's descent and one page.
             assert!(hits(head_scan) >= 40.0, "{mode}: {from_head:#}");
             assert!(hits(after_scan) <= 10.0, "{mode}: {from_after:#}");
         }
+        // Through `claim` itself: the jobs just after the position, in order. All 5,000 share
+        // one `run_at` (one statement), so the id breaks the tie.
+        let after = [Some(last)];
+        let scans = Scans {
+            kinds: &kinds,
+            after: &after,
+        };
+        let next = claim(&mut *conn, "default", 3, "w", 60.0, scans, i64::MAX)
+            .await
+            .expect("claim");
+        let mut ids: Vec<i64> = next.iter().map(|job| job.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [last.id + 1, last.id + 2, last.id + 3]);
         holder.rollback().await.expect("release");
     }
 
