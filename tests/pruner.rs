@@ -236,6 +236,38 @@ async fn a_full_batch_is_followed_by_another_until_nothing_old_is_left() {
     assert_eq!(left(pool).await, young);
 }
 
+/// A round goes on in each (queue, kind) from where its last batch there ended, and a
+/// (queue, kind) whose old rows all come after another's still gets its turn in the same round.
+#[tokio::test]
+async fn a_round_prunes_every_queue_and_kind_however_their_ids_fall() {
+    let db = database().await;
+    let pool = db.pool();
+    sqlx::raw_sql(
+        "INSERT INTO skiplock.jobs (kind, queue, state, attempt, finished_at)
+         SELECT 'early', 'default', 'completed', 1, now() - interval '2 hours'
+         FROM generate_series(1, 15);
+         INSERT INTO skiplock.jobs (kind, queue, state, attempt, finished_at)
+         SELECT 'late', 'other', 'completed', 1, now() - interval '2 hours'
+         FROM generate_series(1, 17);",
+    )
+    .execute(pool)
+    .await
+    .expect("old jobs");
+    let young = job_in(pool, "completed", "10 minutes").await;
+    let pruner = Pruner::new(
+        pool.clone(),
+        PrunerConfig {
+            retention: all_after(HOUR),
+            batch_size: 10,
+            ..PrunerConfig::default()
+        },
+    );
+
+    let report = pruner.run_once().await.expect("prune");
+    assert_eq!(report.completed, 32);
+    assert_eq!(left(pool).await, [young]);
+}
+
 #[tokio::test]
 async fn rows_locked_by_others_are_skipped_not_waited_for() {
     let db = database().await;

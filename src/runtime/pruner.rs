@@ -5,8 +5,11 @@
 //! The maintenance leader runs one, every
 //! [`WorkerBuilder::prune_interval`](super::WorkerBuilder::prune_interval).
 //! A round deletes, state by state, in batches of [`PrunerConfig::batch_size`] rows, one short
-//! autocommit statement each, going on while a batch was full. It never blocks the queue: rows
-//! are chosen with `FOR UPDATE SKIP LOCKED`, only in final states, by database time. Several
+//! autocommit statement each, going on while a batch was full; each statement after a round's
+//! first reads every queue and kind just after the last row the round deleted there, so that a
+//! pinned xmin horizon does not make every batch walk the rows deleted before it. It never
+//! blocks the queue: rows are chosen with `FOR UPDATE SKIP LOCKED`, only in final states, by
+//! database time. Several
 //! pruners never conflict: a transaction-scoped advisory lock lets one statement of one pruner
 //! run at a time, and the others skip their turn (see `db::job::delete_finished`).
 
@@ -229,11 +232,12 @@ impl Pruner {
 /// to 100,000 jobs; the round goes on until fewer are left).
 const WORKFLOWS_PER_STEP: i32 = 100;
 
-/// A round of the pruner in progress: what it deleted, and which states (and whether the
-/// workflows) are done.
+/// A round of the pruner in progress: what it deleted, where each state's deletes stand (see
+/// `db::job::delete_finished`), and which states (and whether the workflows) are done.
 #[derive(Debug, Default)]
 pub(crate) struct PruneRound {
     report: PruneReport,
+    positions: [Vec<db::job::PrunePosition>; 3],
     drained: [bool; 3],
     workflows_drained: bool,
 }
@@ -265,7 +269,7 @@ impl Service for Pruner {
             .min(MAX_AGE)
             .as_secs_f64();
         let report = &mut round.report;
-        for ((state, age, deleted), drained) in [
+        for (((state, age, deleted), drained), positions) in [
             (
                 JobState::Completed,
                 retention.completed,
@@ -280,16 +284,25 @@ impl Service for Pruner {
         ]
         .into_iter()
         .zip(&mut round.drained)
+        .zip(&mut round.positions)
         {
             let Some(age) = age.filter(|_| !*drained) else {
                 *drained = true;
                 continue;
             };
             let older_than_secs = age.min(MAX_AGE).as_secs_f64();
-            let n = db::job::delete_finished(&self.pool, state, older_than_secs, batch, LOCK_KEY)
-                .await?;
-            *deleted += n;
-            *drained = n < batch as u64;
+            *positions = db::job::delete_finished(
+                &self.pool,
+                state,
+                older_than_secs,
+                batch,
+                LOCK_KEY,
+                positions,
+            )
+            .await?;
+            let n: i64 = positions.iter().map(|p| p.deleted).sum();
+            *deleted += u64::try_from(n).unwrap_or(0);
+            *drained = n < batch;
         }
         if !round.drained.iter().all(|done| *done) {
             return Ok(Step::More);
