@@ -211,6 +211,18 @@ async fn unfinished_jobs_are_never_deleted_whatever_their_age() {
     assert!(!unfinished.contains(&finished));
 }
 
+/// A pruner of everything older than an hour, ten jobs per statement.
+fn in_batches_of_ten(pool: &PgPool) -> Pruner {
+    Pruner::new(
+        pool.clone(),
+        PrunerConfig {
+            retention: all_after(HOUR),
+            batch_size: 10,
+            ..PrunerConfig::default()
+        },
+    )
+}
+
 #[tokio::test]
 async fn a_full_batch_is_followed_by_another_until_nothing_old_is_left() {
     let db = database().await;
@@ -222,14 +234,7 @@ async fn a_full_batch_is_followed_by_another_until_nothing_old_is_left() {
     for _ in 0..3 {
         young.push(job_in(pool, "completed", "10 minutes").await);
     }
-    let pruner = Pruner::new(
-        pool.clone(),
-        PrunerConfig {
-            retention: all_after(HOUR),
-            batch_size: 10,
-            ..PrunerConfig::default()
-        },
-    );
+    let pruner = in_batches_of_ten(pool);
 
     let report = pruner.run_once().await.expect("prune");
     assert_eq!(report.completed, 25, "batches of 10, 10 and 5");
@@ -254,14 +259,7 @@ async fn a_round_prunes_every_queue_and_kind_however_their_ids_fall() {
     .await
     .expect("old jobs");
     let young = job_in(pool, "completed", "10 minutes").await;
-    let pruner = Pruner::new(
-        pool.clone(),
-        PrunerConfig {
-            retention: all_after(HOUR),
-            batch_size: 10,
-            ..PrunerConfig::default()
-        },
-    );
+    let pruner = in_batches_of_ten(pool);
 
     let report = pruner.run_once().await.expect("prune");
     assert_eq!(report.completed, 32);

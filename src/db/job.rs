@@ -1241,17 +1241,17 @@ mod tests {
             .unwrap_or_else(|| panic!("no scan of the claim index: {plan:#}"))
     }
 
-    /// While a snapshot pins the xmin horizon, the index entries of claimed jobs cannot be marked
-    /// dead: a claim from the head visits each of their rows, one from a position starts after
-    /// them (the index bound, not a filter), whichever plan the connection uses.
-    #[tokio::test]
-    async fn a_claim_from_a_position_skips_the_jobs_claimed_before_it() {
-        let db = TestDatabase::new().await.expect("database");
-        let mut conn = db.pool().acquire().await.expect("connection");
-        sqlx::raw_sql(
-            "INSERT INTO skiplock.jobs (kind) SELECT 'k' FROM generate_series(1, 5000);
-             ANALYZE skiplock.jobs;",
-        )
+    /// Runs `fill` (and `ANALYZE`) on `conn`, then opens a `REPEATABLE READ` transaction on
+    /// another connection of `db` that holds its snapshot, and so the xmin horizon, until it
+    /// ends.
+    async fn fill_then_hold(
+        db: &TestDatabase,
+        conn: &mut PgConnection,
+        fill: &'static str,
+    ) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "{fill}; ANALYZE skiplock.jobs;"
+        )))
         .execute(&mut *conn)
         .await
         .expect("fill");
@@ -1260,6 +1260,22 @@ mod tests {
             .execute(&mut *holder)
             .await
             .expect("snapshot");
+        holder
+    }
+
+    /// While a snapshot pins the xmin horizon, the index entries of claimed jobs cannot be marked
+    /// dead: a claim from the head visits each of their rows, one from a position starts after
+    /// them (the index bound, not a filter), whichever plan the connection uses.
+    #[tokio::test]
+    async fn a_claim_from_a_position_skips_the_jobs_claimed_before_it() {
+        let db = TestDatabase::new().await.expect("database");
+        let mut conn = db.pool().acquire().await.expect("connection");
+        let holder = fill_then_hold(
+            &db,
+            &mut conn,
+            "INSERT INTO skiplock.jobs (kind) SELECT 'k' FROM generate_series(1, 5000)",
+        )
+        .await;
         let kinds = ["k".to_owned()];
         let claimed = claim_heads(&mut conn, &kinds, 4000, i64::MAX).await;
         assert_eq!(claimed.len(), 4000);
@@ -1333,19 +1349,13 @@ mod tests {
     async fn a_prune_from_a_position_skips_the_jobs_deleted_before_it() {
         let db = TestDatabase::new().await.expect("database");
         let mut conn = db.pool().acquire().await.expect("connection");
-        sqlx::raw_sql(
+        let holder = fill_then_hold(
+            &db,
+            &mut conn,
             "INSERT INTO skiplock.jobs (kind, state, attempt, finished_at)
-             SELECT 'k', 'completed', 1, now() - interval '1 hour' FROM generate_series(1, 5000);
-             ANALYZE skiplock.jobs;",
+             SELECT 'k', 'completed', 1, now() - interval '1 hour' FROM generate_series(1, 5000)",
         )
-        .execute(&mut *conn)
-        .await
-        .expect("fill");
-        let mut holder = db.pool().begin().await.expect("holder");
-        sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SELECT 1")
-            .execute(&mut *holder)
-            .await
-            .expect("snapshot");
+        .await;
         let completed = JobState::Completed;
         let first = delete_finished(&mut *conn, completed, 60.0, 4000, 1, &[])
             .await
