@@ -901,10 +901,11 @@ pub(crate) struct PrunePosition {
 
 /// Deletes up to `limit` jobs in final `state` (`completed`, `failed` or `cancelled`) whose
 /// `finished_at` is more than `older_than_secs` before the database's `now()`, lowest ids
-/// first, reading each (queue, kind) after its position in `from` (every (queue, kind) of
-/// the state from its start when `from` is empty). Returns the positions after the
-/// statement, one per (queue, kind) it read, with how many it deleted in each; nothing while
-/// another statement holding advisory lock `lock_key` runs (another worker's pruner).
+/// after each position first, reading the (queue, kind) pairs of `from` after their
+/// positions (`from` holds each pair once), or every pair of the state from its start when
+/// `from` is empty. Returns the positions after the statement, one per pair it read, with how
+/// many it deleted in each; nothing while another statement holding advisory lock `lock_key`
+/// runs (another worker's pruner).
 ///
 /// Why the statement looks like this:
 /// - Candidates come from `jobs_state_queue_kind_idx` (migration 0014): the distinct (queue,
@@ -916,14 +917,18 @@ pub(crate) struct PrunePosition {
 ///   can sit at a head while young; the rows behind it in the same window are still deleted,
 ///   and it goes once it is old enough itself.
 /// - Positions: within a round, each statement starts every (queue, kind) just after the
-///   largest id the round deleted there (`id > after`, an index bound). From the start, a
+///   largest id the round deleted there (`id > after`, an index bound; from the start where
+///   it has deleted none yet). From the start, a
 ///   statement would visit the index entries of every row deleted before it, and while a
 ///   snapshot pins the xmin horizon (a long `REPEATABLE READ` transaction, a replica's
 ///   feedback) those entries cannot be marked dead: each batch walked all of them again, up
 ///   to 0.7 s a statement, back to back, after a few minutes' hold at 10,000 jobs/s. Only the
 ///   first statement of a round reads from the start (and finds the (queue, kind) pairs);
 ///   rows passed over below a position (locked, or not yet old enough) are read again next
-///   round.
+///   round, and so is a pair whose first finished job came after the round's first
+///   statement. A pair in which the round has deleted nothing is still read from its start
+///   by every statement: during a hold, a queue whose jobs are all young or gone walks its
+///   dead entries once per batch of the others.
 /// - The literal `state NOT IN ('available', 'running')` lets the planner use the partial index
 ///   (a parameter alone cannot prove its predicate).
 /// - The candidates are then locked through the primary key with `FOR UPDATE SKIP LOCKED`,

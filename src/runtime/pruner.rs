@@ -6,8 +6,9 @@
 //! [`WorkerBuilder::prune_interval`](super::WorkerBuilder::prune_interval).
 //! A round deletes, state by state, in batches of [`PrunerConfig::batch_size`] rows, one short
 //! autocommit statement each, going on while a batch was full; each statement after a round's
-//! first reads every queue and kind just after the last row the round deleted there, so that a
-//! pinned xmin horizon does not make every batch walk the rows deleted before it. It never
+//! first reads the queues and kinds that first one found just after the last row the round
+//! deleted in each, so that a pinned xmin horizon does not make every batch walk the rows
+//! deleted before it. It never
 //! blocks the queue: rows are chosen with `FOR UPDATE SKIP LOCKED`, only in final states, by
 //! database time. Several
 //! pruners never conflict: a transaction-scoped advisory lock lets one statement of one pruner
