@@ -918,11 +918,11 @@ pub(crate) struct PrunePosition {
 ///   and it goes once it is old enough itself.
 /// - Positions: within a round, each statement starts every (queue, kind) just after the
 ///   largest id the round deleted there (`id > after`, an index bound; from the start where
-///   it has deleted none yet). From the start, a
-///   statement would visit the index entries of every row deleted before it, and while a
-///   snapshot pins the xmin horizon (a long `REPEATABLE READ` transaction, a replica's
-///   feedback) those entries cannot be marked dead: each batch walked all of them again, up
-///   to 0.7 s a statement, back to back, after a few minutes' hold at 10,000 jobs/s. Only the
+///   it has deleted none yet). From the start, a statement would visit the index entries of
+///   every row deleted before it, and while a snapshot pins the xmin horizon (a long
+///   `REPEATABLE READ` transaction, a replica's feedback) those entries cannot be marked dead:
+///   each batch walked all of them again, up to 0.7 s a statement, back to back, after a few
+///   minutes' hold at 10,000 jobs/s. Only the
 ///   first statement of a round reads from the start (and finds the (queue, kind) pairs);
 ///   rows passed over below a position (locked, or not yet old enough) are read again next
 ///   round, and so is a pair whose first finished job came after the round's first
@@ -1214,21 +1214,19 @@ mod tests {
         all
     }
 
-    /// The plan (with actual row counts and buffers) of the claim as `conn` prepared it, run
-    /// and rolled back. `starts` are the position arrays (`$8`, `$9`, `$10`), as literals.
-    async fn explain_claim(conn: &mut PgConnection, kinds: &str, starts: [&str; 3]) -> Value {
+    /// The plan (with actual row counts and buffers) of the statement `conn` prepared whose text
+    /// contains `marker`, executed with `args` (literals) and rolled back.
+    async fn explain_prepared(conn: &mut PgConnection, marker: &str, args: &str) -> Value {
         let statement: String = sqlx::query_scalar(
-            "SELECT name FROM pg_prepared_statements WHERE statement LIKE '%WITH heads AS MATERIALIZED%'",
+            "SELECT name FROM pg_prepared_statements WHERE strpos(statement, $1) > 0",
         )
+        .bind(marker)
         .fetch_one(&mut *conn)
         .await
-        .expect("the prepared claim");
+        .expect("the prepared statement");
         let mut tx = conn.begin().await.expect("begin");
-        let [priorities, run_ats, ids] = starts;
-        let explain = format!(
-            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {statement}('default', 10, 'w', 60, \
-             '{kinds}', 1000000, 100, '{priorities}', '{run_ats}', '{ids}')"
-        );
+        let explain =
+            format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {statement}({args})");
         // A statement name and literals of this test's own.
         let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
             .fetch_one(&mut *tx)
@@ -1236,6 +1234,16 @@ mod tests {
             .expect("explain");
         tx.rollback().await.expect("rollback");
         plan[0]["Plan"].clone()
+    }
+
+    /// The plan of the claim as `conn` prepared it (see [`explain_prepared`]). `starts` are the
+    /// position arrays (`$8`, `$9`, `$10`), as literals.
+    async fn explain_claim(conn: &mut PgConnection, kinds: &str, starts: [&str; 3]) -> Value {
+        let [priorities, run_ats, ids] = starts;
+        let args = format!(
+            "'default', 10, 'w', 60, '{kinds}', 1000000, 100, '{priorities}', '{run_ats}', '{ids}'"
+        );
+        explain_prepared(conn, "WITH heads AS MATERIALIZED", &args).await
     }
 
     /// The node of `plan` that reads the claim index.
@@ -1378,34 +1386,18 @@ mod tests {
             .expect("left");
         assert_eq!(left, [position.after + 1, position.after + 2]);
 
-        let statement: String = sqlx::query_scalar(
-            "SELECT name FROM pg_prepared_statements WHERE statement LIKE '%RETURNING queue, kind, id%'",
-        )
-        .fetch_one(&mut *conn)
-        .await
-        .expect("the prepared delete");
         for mode in ["force_custom_plan", "force_generic_plan"] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+                .execute(&mut *conn)
+                .await
+                .expect("set");
             let mut scans = Vec::new();
             for (queues, kinds, after) in [
                 ("{}", "{}", "{}".to_owned()),
                 ("{default}", "{k}", format!("{{{}}}", position.after)),
             ] {
-                let mut tx = conn.begin().await.expect("begin");
-                // A statement name, a mode and literals of this test's own.
-                let explain = format!(
-                    "SET LOCAL plan_cache_mode = {mode};
-                     EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {statement}('completed', 60, \
-                     10, 1, '{queues}', '{kinds}', '{after}')"
-                );
-                let plan: Value = sqlx::raw_sql(sqlx::AssertSqlSafe(explain))
-                    .fetch_all(&mut *tx)
-                    .await
-                    .expect("explain")
-                    .last()
-                    .map(|row| sqlx::Row::get::<Value, _>(row, 0))
-                    .expect("a plan");
-                tx.rollback().await.expect("rollback");
-                scans.push(plan[0]["Plan"].clone());
+                let args = format!("'completed', 60, 10, 1, '{queues}', '{kinds}', '{after}'");
+                scans.push(explain_prepared(&mut conn, "RETURNING queue, kind, id", &args).await);
             }
             let [from_start, from_position] = scans.as_slice() else {
                 unreachable!("two plans");
