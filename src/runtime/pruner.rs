@@ -8,11 +8,10 @@
 //! autocommit statement each, going on while a batch was full; each statement after a round's
 //! first reads the queues and kinds that first one found just after the last row the round
 //! deleted in each, so that a pinned xmin horizon does not make every batch walk the rows
-//! deleted before it. It never
-//! blocks the queue: rows are chosen with `FOR UPDATE SKIP LOCKED`, only in final states, by
-//! database time. Several
-//! pruners never conflict: a transaction-scoped advisory lock lets one statement of one pruner
-//! run at a time, and the others skip their turn (see `db::job::delete_finished`).
+//! deleted before it. It never blocks the queue: rows are chosen with `FOR UPDATE SKIP LOCKED`,
+//! only in final states, by database time. Several pruners never conflict: a
+//! transaction-scoped advisory lock lets one statement of one pruner run at a time, and the
+//! others skip their turn (see `db::job::delete_finished`).
 
 use std::future::Future;
 use std::time::Duration;
