@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Raw-SQL drain rates of storage shapes for a SKIP LOCKED queue, each with the indexes skiplock
+# needs, through pgbench (prepared statements, one client): what "write less per job" can buy
+# before any of it is built (issue 13; docs/performance.md, "Storage shapes").
+#
+#   ceiling   the raw ceiling of ../shared/bench/pg-limit.sh: one table, its primary key and the
+#             claim index; claim UPDATE + completion UPDATE, rows kept.
+#   inplace   the same statements with skiplock's two other indexes that every job enters:
+#             the rescuer's (lease expiry of running jobs) and the pruner's and inspection's
+#             (state, queue, kind, id of finished jobs).
+#   inplace-lease, inplace-finished   `inplace` with only one of the two, to tell their costs apart.
+#   finish-moves   claims update in place (with the lease index); the completion moves the row
+#             into a `done` table (primary key, finished index) with DELETE ... RETURNING.
+#   move      no updates: a narrow `ready` table (primary key, claim index); the claim moves rows
+#             with DELETE ... RETURNING into `running` (primary key, lease index), the completion
+#             moves them into `done` (primary key, finished index), where they stay queryable.
+#   move-bare `move` without the lease and finished indexes (../shared/bench/design-ceilings.sh
+#             move): what the shape costs before skiplock's needs.
+#
+# Usage: scripts/storage-shapes.sh SHAPE...   (default: all four, in turn)
+# Env: PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres), BATCH=1000 DURATION=10 ROWS=1000000.
+# Prints one JSON line per shape. Run it against scripts/stock-cluster.sh for stock settings.
+set -euo pipefail
+export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
+BATCH=${BATCH:-1000} DURATION=${DURATION:-10} ROWS=${ROWS:-1000000}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+columns="queue text NOT NULL DEFAULT 'default', kind text NOT NULL, args jsonb NOT NULL DEFAULT '{}',
+  priority smallint NOT NULL DEFAULT 0, attempt int NOT NULL DEFAULT 0,
+  run_at timestamptz NOT NULL DEFAULT now(), attempted_at timestamptz, finished_at timestamptz,
+  lease_expires_at timestamptz"
+
+one_table() { # $1: extra indexes
+  cat <<SQL
+CREATE TABLE jobs (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, $columns,
+  state text NOT NULL DEFAULT 'available');
+INSERT INTO jobs (kind, args) SELECT 'noop', jsonb_build_object('i', g) FROM generate_series(1, $ROWS) g;
+CREATE INDEX jobs_claim ON jobs (queue, priority, run_at, id) WHERE state = 'available';
+$1
+VACUUM ANALYZE jobs;
+SQL
+}
+
+one_table_step() {
+  cat <<SQL
+WITH c AS (
+  SELECT id FROM jobs WHERE state = 'available' AND queue = 'default' AND run_at <= now()
+  ORDER BY priority, run_at, id LIMIT $BATCH FOR UPDATE SKIP LOCKED
+), u AS (
+  UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
+                    lease_expires_at = now() + interval '30 s'
+  FROM c WHERE j.id = c.id RETURNING j.id
+)
+SELECT coalesce(array_agg(id), '{}') AS ids FROM u \gset
+UPDATE jobs SET state = 'completed', finished_at = now(), lease_expires_at = NULL
+WHERE id = ANY (:ids::bigint[]) AND state = 'running';
+SQL
+}
+
+moved() { # $1: extra indexes
+  cat <<SQL
+CREATE TABLE ready (id bigint PRIMARY KEY, $columns);
+CREATE TABLE running (id bigint PRIMARY KEY, $columns);
+CREATE TABLE done (id bigint PRIMARY KEY, $columns, state text NOT NULL);
+INSERT INTO ready (id, kind, args) SELECT g, 'noop', jsonb_build_object('i', g) FROM generate_series(1, $ROWS) g;
+CREATE INDEX ready_claim ON ready (queue, priority, run_at, id);
+$1
+VACUUM ANALYZE ready;
+SQL
+}
+
+moved_step() {
+  cat <<SQL
+WITH c AS (
+  SELECT id FROM ready WHERE queue = 'default' AND run_at <= now()
+  ORDER BY priority, run_at, id LIMIT $BATCH FOR UPDATE SKIP LOCKED
+), d AS (
+  DELETE FROM ready r USING c WHERE r.id = c.id RETURNING r.*
+), i AS (
+  INSERT INTO running
+  SELECT id, queue, kind, args, priority, attempt + 1, run_at, now(), NULL, now() + interval '30 s'
+  FROM d RETURNING id
+)
+SELECT coalesce(array_agg(id), '{}') AS ids FROM i \gset
+WITH d AS (DELETE FROM running WHERE id = ANY (:ids::bigint[]) RETURNING *)
+INSERT INTO done
+SELECT id, queue, kind, args, priority, attempt, run_at, attempted_at, now(), NULL, 'completed' FROM d;
+SQL
+}
+
+run() {
+  local shape=$1 db="skiplock_shape_${1//-/_}" count
+  case $shape in
+    ceiling) one_table "" >"$work/setup.sql"; one_table_step >"$work/step.sql"
+      count="SELECT count(*) FROM jobs WHERE state = 'completed'" ;;
+    inplace)
+      one_table "CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+CREATE INDEX jobs_finished ON jobs (state, queue, kind, id) WHERE state NOT IN ('available', 'running');" \
+        >"$work/setup.sql"
+      one_table_step >"$work/step.sql"
+      count="SELECT count(*) FROM jobs WHERE state = 'completed'" ;;
+    inplace-lease)
+      one_table "CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;" \
+        >"$work/setup.sql"
+      one_table_step >"$work/step.sql"
+      count="SELECT count(*) FROM jobs WHERE state = 'completed'" ;;
+    inplace-finished)
+      one_table "CREATE INDEX jobs_finished ON jobs (state, queue, kind, id) WHERE state NOT IN ('available', 'running');" \
+        >"$work/setup.sql"
+      one_table_step >"$work/step.sql"
+      count="SELECT count(*) FROM jobs WHERE state = 'completed'" ;;
+    finish-moves)
+      one_table "CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+CREATE TABLE done (id bigint PRIMARY KEY, $columns, state text NOT NULL);
+CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
+      one_table_step | sed '/^UPDATE jobs SET state = .completed./,$d' >"$work/step.sql"
+      cat >>"$work/step.sql" <<SQL
+WITH d AS (DELETE FROM jobs WHERE id = ANY (:ids::bigint[]) AND state = 'running' RETURNING *)
+INSERT INTO done
+SELECT id, queue, kind, args, priority, attempt, run_at, attempted_at, now(), NULL, 'completed' FROM d;
+SQL
+      count="SELECT count(*) FROM done" ;;
+    move)
+      moved "CREATE INDEX running_lease ON running (lease_expires_at);
+CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
+      moved_step >"$work/step.sql"
+      count="SELECT count(*) FROM done" ;;
+    move-bare) moved "" >"$work/setup.sql"; moved_step >"$work/step.sql"
+      count="SELECT count(*) FROM done" ;;
+    *) echo "unknown shape $shape: ceiling, inplace, inplace-lease, inplace-finished, finish-moves, move or move-bare" >&2; exit 2 ;;
+  esac
+  dropdb --if-exists "$db" 2>/dev/null
+  createdb "$db"
+  psql -qX -v ON_ERROR_STOP=1 -d "$db" -f "$work/setup.sql"
+  psql -qX -d "$db" -c CHECKPOINT
+  local before done_rows wal
+  before=$(psql -AtqX -d "$db" -c "SELECT pg_current_wal_insert_lsn()")
+  pgbench -n -M prepared -c 1 -j 1 -T "$DURATION" -f "$work/step.sql" "$db" >"$work/out" 2>&1 ||
+    { cat "$work/out" >&2; exit 1; }
+  done_rows=$(psql -AtqX -d "$db" -c "$count")
+  wal=$(psql -AtqX -d "$db" -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$before')")
+  python3 -c "import json; print(json.dumps({'shape': '$shape', 'batch': $BATCH, 'seconds': $DURATION,
+    'done': $done_rows, 'jobs_per_s': round($done_rows / $DURATION, 1),
+    'wal_bytes_per_job': round($wal / max($done_rows, 1))}))"
+  dropdb "$db"
+}
+
+shapes=("$@")
+[ ${#shapes[@]} -gt 0 ] || shapes=(ceiling inplace move move-bare)
+for shape in "${shapes[@]}"; do run "$shape"; done
