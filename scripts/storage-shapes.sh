@@ -3,8 +3,9 @@
 # needs, through pgbench (prepared statements, one client): what "write less per job" can buy
 # before any of it is built (issue 13; docs/performance.md, "Storage shapes").
 #
-#   ceiling   the raw ceiling of ../shared/bench/pg-limit.sh: one table, its primary key and the
-#             claim index; claim UPDATE + completion UPDATE, rows kept.
+#   ceiling   the shape of ../shared/bench/pg-limit.sh's raw ceiling: one table, its primary key
+#             and the claim index; claim UPDATE + completion UPDATE, rows kept (here with a lease
+#             column that the claim sets and the completion clears, as in every shape below).
 #   inplace   the same statements with skiplock's two other indexes that every job enters:
 #             the rescuer's (lease expiry of running jobs) and the pruner's and inspection's
 #             (state, queue, kind, id of finished jobs).
@@ -14,10 +15,12 @@
 #   move      no updates: a narrow `ready` table (primary key, claim index); the claim moves rows
 #             with DELETE ... RETURNING into `running` (primary key, lease index), the completion
 #             moves them into `done` (primary key, finished index), where they stay queryable.
-#   move-bare `move` without the lease and finished indexes (../shared/bench/design-ceilings.sh
-#             move): what the shape costs before skiplock's needs.
+#   move-bare `move` with primary keys only (no lease or finished index; close to
+#             ../shared/bench/design-ceilings.sh move, whose `done` has no index at all).
+# Rows are narrow (10 columns, not skiplock's 26) and the claim index has no `kind`: the shapes
+# differ in what they write per job, not in skiplock's statements.
 #
-# Usage: scripts/storage-shapes.sh SHAPE...   (default: all four, in turn)
+# Usage: scripts/storage-shapes.sh SHAPE...   (default: ceiling inplace move move-bare, in turn)
 # Env: PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres), BATCH=1000 DURATION=10 ROWS=1000000.
 # Prints one JSON line per shape. Run it against scripts/stock-cluster.sh for stock settings.
 set -euo pipefail
@@ -130,7 +133,7 @@ CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
       count="SELECT count(*) FROM done" ;;
     *) echo "unknown shape $shape: ceiling, inplace, inplace-lease, inplace-finished, finish-moves, move or move-bare" >&2; exit 2 ;;
   esac
-  dropdb --if-exists "$db" 2>/dev/null
+  dropdb --if-exists "$db"
   createdb "$db"
   psql -qX -v ON_ERROR_STOP=1 -d "$db" -f "$work/setup.sql"
   psql -qX -d "$db" -c CHECKPOINT
@@ -140,6 +143,9 @@ CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
     { cat "$work/out" >&2; exit 1; }
   done_rows=$(psql -AtqX -d "$db" -c "$count")
   wal=$(psql -AtqX -d "$db" -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$before')")
+  if [ "$done_rows" -ge "$ROWS" ]; then
+    echo "$shape: all $ROWS jobs drained before $DURATION s: the rate is a floor; raise ROWS" >&2
+  fi
   python3 -c "import json; print(json.dumps({'shape': '$shape', 'batch': $BATCH, 'seconds': $DURATION,
     'done': $done_rows, 'jobs_per_s': round($done_rows / $DURATION, 1),
     'wal_bytes_per_job': round($wal / max($done_rows, 1))}))"
