@@ -133,7 +133,7 @@ CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
       count="SELECT count(*) FROM done" ;;
     *) echo "unknown shape $shape: ceiling, inplace, inplace-lease, inplace-finished, finish-moves, move or move-bare" >&2; exit 2 ;;
   esac
-  dropdb --if-exists "$db"
+  PGOPTIONS="-c client_min_messages=warning" dropdb --if-exists "$db"
   createdb "$db"
   psql -qX -v ON_ERROR_STOP=1 -d "$db" -f "$work/setup.sql"
   psql -qX -d "$db" -c CHECKPOINT
