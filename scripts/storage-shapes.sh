@@ -21,11 +21,12 @@
 # differ in what they write per job, not in skiplock's statements.
 #
 # Usage: scripts/storage-shapes.sh SHAPE...   (default: ceiling inplace move move-bare, in turn)
-# Env: PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres), BATCH=1000 DURATION=10 ROWS=1000000.
+# Env: PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres), BATCH=1000 DURATION=10 ROWS=1000000,
+# FILLFACTOR=100 (of the one-table shapes' jobs table; the moving shapes never update a row).
 # Prints one JSON line per shape. Run it against scripts/stock-cluster.sh for stock settings.
 set -euo pipefail
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
-BATCH=${BATCH:-1000} DURATION=${DURATION:-10} ROWS=${ROWS:-1000000}
+BATCH=${BATCH:-1000} DURATION=${DURATION:-10} ROWS=${ROWS:-1000000} FILLFACTOR=${FILLFACTOR:-100}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -37,7 +38,7 @@ columns="queue text NOT NULL DEFAULT 'default', kind text NOT NULL, args jsonb N
 one_table() { # $1: extra indexes
   cat <<SQL
 CREATE TABLE jobs (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, $columns,
-  state text NOT NULL DEFAULT 'available');
+  state text NOT NULL DEFAULT 'available') WITH (fillfactor = $FILLFACTOR);
 INSERT INTO jobs (kind, args) SELECT 'noop', jsonb_build_object('i', g) FROM generate_series(1, $ROWS) g;
 CREATE INDEX jobs_claim ON jobs (queue, priority, run_at, id) WHERE state = 'available';
 $1
@@ -147,7 +148,7 @@ CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
     echo "$shape: all $ROWS jobs drained before $DURATION s: the rate is a floor; raise ROWS" >&2
   fi
   python3 -c "import json; print(json.dumps({'shape': '$shape', 'batch': $BATCH, 'seconds': $DURATION,
-    'done': $done_rows, 'jobs_per_s': round($done_rows / $DURATION, 1),
+    'fillfactor': $FILLFACTOR, 'done': $done_rows, 'jobs_per_s': round($done_rows / $DURATION, 1),
     'wal_bytes_per_job': round($wal / max($done_rows, 1))}))"
   dropdb "$db"
 }
