@@ -93,29 +93,26 @@ SELECT id, queue, kind, args, priority, attempt, run_at, attempted_at, now(), NU
 SQL
 }
 
+# skiplock's lease index (0005) and finished index (0014), on the one-table shapes' jobs table.
+lease_index="CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;"
+finished_index="CREATE INDEX jobs_finished ON jobs (state, queue, kind, id)
+  WHERE state NOT IN ('available', 'running');"
+
 run() {
-  local shape=$1 db="skiplock_shape_${1//-/_}" count
+  local shape=$1 db="skiplock_shape_${1//-/_}"
+  local count="SELECT count(*) FROM jobs WHERE state = 'completed'"
   case $shape in
-    ceiling) one_table "" >"$work/setup.sql"; one_table_step >"$work/step.sql"
-      count="SELECT count(*) FROM jobs WHERE state = 'completed'" ;;
-    inplace)
-      one_table "CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
-CREATE INDEX jobs_finished ON jobs (state, queue, kind, id) WHERE state NOT IN ('available', 'running');" \
-        >"$work/setup.sql"
-      one_table_step >"$work/step.sql"
-      count="SELECT count(*) FROM jobs WHERE state = 'completed'" ;;
-    inplace-lease)
-      one_table "CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;" \
-        >"$work/setup.sql"
-      one_table_step >"$work/step.sql"
-      count="SELECT count(*) FROM jobs WHERE state = 'completed'" ;;
-    inplace-finished)
-      one_table "CREATE INDEX jobs_finished ON jobs (state, queue, kind, id) WHERE state NOT IN ('available', 'running');" \
-        >"$work/setup.sql"
-      one_table_step >"$work/step.sql"
-      count="SELECT count(*) FROM jobs WHERE state = 'completed'" ;;
+    ceiling | inplace | inplace-lease | inplace-finished)
+      case $shape in
+        ceiling) one_table "" ;;
+        inplace) one_table "$lease_index
+$finished_index" ;;
+        inplace-lease) one_table "$lease_index" ;;
+        inplace-finished) one_table "$finished_index" ;;
+      esac >"$work/setup.sql"
+      one_table_step >"$work/step.sql" ;;
     finish-moves)
-      one_table "CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+      one_table "$lease_index
 CREATE TABLE done (id bigint PRIMARY KEY, $columns, state text NOT NULL);
 CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
       one_table_step | sed '/^UPDATE jobs SET state = .completed./,$d' >"$work/step.sql"

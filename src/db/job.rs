@@ -1563,8 +1563,9 @@ mod tests {
         assert!(!claimed[0].cut_by_bytes);
     }
 
-    /// A batch of outcomes wakes, once each, the queues it made a job runnable in (a retry
-    /// due at once) and the limited queues it freed a slot of; nobody else.
+    /// A batch of outcomes wakes the queues it made a job runnable in (a retry due at once) and
+    /// the limited queues it freed a slot of; nobody else. (Once each cannot be observed:
+    /// PostgreSQL delivers identical notifications of one transaction once.)
     #[tokio::test]
     async fn outcomes_wake_the_queues_they_made_runnable_or_freed_a_limit_of() {
         let db = TestDatabase::new().await.expect("database");
