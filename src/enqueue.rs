@@ -687,7 +687,9 @@ pub async fn enqueue_many<'e>(
         columns.max_attempts.push(job.max_attempts);
         columns.run_ats.push(job.run_at);
         columns.delay_secs.push(job.delay_secs);
-        columns.tags.push(Value::from(job.tags));
+        columns
+            .tags
+            .push((!job.tags.is_empty()).then(|| Value::from(job.tags)));
     }
     if columns.kinds.is_empty() {
         return Ok(Vec::new());
