@@ -9,10 +9,24 @@
 //! line, with counts per new state and the first ids, however many jobs it took back. A job's lease expires at
 //! most `lease` after its worker's last renewal, and a rescuer looks every `interval`, so a job
 //! whose worker died is runnable again within `lease + interval` (plus its backoff).
+//!
+//! A round reads the expired leases from the lease index. While a long transaction pins the xmin
+//! horizon (a `pg_dump`, a forgotten session), that index keeps an entry for every lease given
+//! since, none of which can be marked dead, and a read from its head visits the heap for each:
+//! 50 ms a round for 300,000 jobs run meanwhile, seconds after an hour at thousands a second.
+//! So a round reads only the leases that expired since [`REACH_BACK`] before the previous
+//! round began: every lease that expired before that was already there for the previous round
+//! to read. What such a round cannot see (a row another transaction had locked, a lease whose
+//! writer committed more than `REACH_BACK` after it expired, a row written by hand with a lease
+//! long past) waits for a round from the head: one every [`HEAD_EVERY`], or [`HEAD_SPACING`]
+//! times as long as the last one took, whichever is longer. A leader's first round reads from
+//! the head.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::PgPool;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::deadline::DbCallError;
@@ -39,9 +53,59 @@ pub(crate) struct RescuerConfig {
 /// How many workflows with missed dependencies one round recounts at most: 100.
 const REPAIRS_PER_ROUND: i32 = 100;
 
+/// How long before the previous round began a round reads leases from: 10 s.
+pub(crate) const REACH_BACK: Duration = Duration::from_secs(10);
+
+/// The longest time between two rounds from the head of the lease index: 60 s.
+pub(crate) const HEAD_EVERY: Duration = Duration::from_secs(60);
+
+/// How many times as long as the last round from the head took the next one waits, at least.
+pub(crate) const HEAD_SPACING: u32 = 10;
+
+/// Where rounds read the lease index from.
+#[derive(Debug, Default)]
+struct Reach {
+    /// When the last round that finished began.
+    last_round: Option<Instant>,
+    /// When the next round from the head is due.
+    head_due: Option<Instant>,
+}
+
+impl Reach {
+    /// How a round beginning at `now` reads.
+    fn plan(&self, now: Instant) -> Scan {
+        let back = match (self.last_round, self.head_due) {
+            (Some(last), Some(due)) if now < due => {
+                Some(now.saturating_duration_since(last) + REACH_BACK)
+            }
+            _ => None,
+        };
+        Scan { began: now, back }
+    }
+
+    /// Records that the round of `scan` finished at `now`.
+    fn finished(&mut self, scan: Scan, now: Instant) {
+        self.last_round = Some(scan.began);
+        if scan.back.is_none() {
+            let took = now.saturating_duration_since(scan.began);
+            self.head_due = Some(now + HEAD_EVERY.max(took.saturating_mul(HEAD_SPACING)));
+        }
+    }
+}
+
+/// How one round reads the lease index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Scan {
+    began: Instant,
+    /// How long before its beginning the leases it reads may have expired; `None` from the head.
+    back: Option<Duration>,
+}
+
 /// What one round did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct RescuerReport {
+    /// How the round read the lease index; set by its first step.
+    pub(crate) scan: Option<Scan>,
     /// Jobs taken back, with the state they got.
     pub(crate) rescued: Vec<(i64, JobState)>,
     /// Workers forgotten.
@@ -54,11 +118,21 @@ pub(crate) struct RescuerReport {
 pub(crate) struct Rescuer {
     pool: PgPool,
     config: RescuerConfig,
+    reach: Mutex<Reach>,
 }
 
 impl Rescuer {
     pub(crate) fn new(pool: PgPool, config: RescuerConfig) -> Self {
-        Self { pool, config }
+        Self {
+            pool,
+            config,
+            reach: Mutex::default(),
+        }
+    }
+
+    fn reach(&self) -> std::sync::MutexGuard<'_, Reach> {
+        // The guard is never held across a panic that matters: the data is two instants.
+        self.reach.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Rescues every interval until `stop` fires.
@@ -86,7 +160,11 @@ impl Service for Rescuer {
     }
 
     async fn step(&self, report: &mut RescuerReport) -> Result<Step, DbCallError> {
-        let batch = db::job::rescue_expired(&self.pool, BATCH).await?;
+        let scan = *report
+            .scan
+            .get_or_insert_with(|| self.reach().plan(Instant::now()));
+        let back = scan.back.map(|back| back.as_secs_f64());
+        let batch = db::job::rescue_expired(&self.pool, BATCH, back).await?;
         let full = batch.len() as i64 == BATCH;
         report
             .rescued
@@ -98,6 +176,8 @@ impl Service for Rescuer {
         report.reaped_workers = db::job::reap_dead_workers(&self.pool, ttl).await?;
         // No workflow job waits forever for a dependency that is gone.
         report.repaired_dependencies = db::workflow::repair(&self.pool, REPAIRS_PER_ROUND).await?;
+        // Only a round that read all its leases moves the position.
+        self.reach().finished(scan, Instant::now());
         Ok(Step::Done)
     }
 
@@ -199,10 +279,85 @@ mod tests {
             .expect("rescued");
         // One line for the round, not one per job.
         assert_eq!(warnings.load(Ordering::SeqCst), 1);
+        let again = rescuer.run_once().await.expect("rescue");
         assert_eq!(
-            rescuer.run_once().await.expect("rescue"),
-            RescuerReport::default()
+            (
+                again.rescued,
+                again.reaped_workers,
+                again.repaired_dependencies
+            ),
+            (vec![], vec![], 0)
         );
+    }
+
+    /// A round reads the leases that expired since shortly before the previous round; one
+    /// that expired long before (here written by hand) waits for a round from the head.
+    #[tokio::test]
+    async fn rounds_read_from_the_last_one_and_from_the_head_when_due() {
+        let db = TestDatabase::new().await.expect("database");
+        let pool = db.pool();
+        let rescuer = Rescuer::new(
+            pool.clone(),
+            RescuerConfig {
+                interval: Duration::from_secs(5),
+                worker_ttl: Duration::from_secs(60),
+                timeout: Duration::from_secs(10),
+            },
+        );
+        let first = rescuer.run_once().await.expect("first round");
+        assert_eq!(first.scan.map(|scan| scan.back), Some(None), "the head");
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO skiplock.jobs (kind, args, state, attempt, attempted_at,
+                                        lease_expires_at, lease_token)
+             VALUES ('k', '{}', 'running', 1, now(), now() - interval '1 hour', 1),
+                    ('k', '{}', 'running', 1, now(), now() - interval '1 second', 2)
+             RETURNING id",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("insert");
+
+        let second = rescuer.run_once().await.expect("second round");
+        let back = second.scan.and_then(|scan| scan.back).expect("a position");
+        assert!(back >= REACH_BACK && back < REACH_BACK * 2, "{back:?}");
+        assert_eq!(second.rescued, [(ids[1], JobState::Available)]);
+
+        rescuer.reach().head_due = Some(Instant::now());
+        let third = rescuer.run_once().await.expect("third round");
+        assert_eq!(third.scan.map(|scan| scan.back), Some(None), "the head");
+        assert_eq!(third.rescued, [(ids[0], JobState::Available)]);
+    }
+
+    /// Rounds from the head come every `HEAD_EVERY`, or `HEAD_SPACING` times as long as the
+    /// last one took; a round that did not finish moves nothing.
+    #[test]
+    fn the_head_is_read_first_then_when_due() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut reach = Reach::default();
+        let head = reach.plan(at(0));
+        assert_eq!(head.back, None);
+        reach.finished(head, at(1));
+
+        let next = reach.plan(at(6));
+        assert_eq!(next.back, Some(Duration::from_secs(6) + REACH_BACK));
+        // It failed: the next reaches back to the last round that finished.
+        assert_eq!(
+            reach.plan(at(11)).back,
+            Some(Duration::from_secs(11) + REACH_BACK)
+        );
+        reach.finished(reach.plan(at(11)), at(12));
+        assert_eq!(
+            reach.plan(at(16)).back,
+            Some(Duration::from_secs(5) + REACH_BACK)
+        );
+        assert_eq!(reach.plan(at(1) + HEAD_EVERY).back, None);
+
+        // A head round of 20 s: the next one 200 s after it ended.
+        let mut reach = Reach::default();
+        reach.finished(reach.plan(at(0)), at(20));
+        assert!(reach.plan(at(219)).back.is_some());
+        assert_eq!(reach.plan(at(220)).back, None);
     }
 
     /// Jobs still running.
