@@ -840,15 +840,14 @@ pub(crate) struct Rescued {
 /// requested. Each gets a `worker_lost` entry in `errors`. Safe with several rescuers: rows are
 /// locked and skipped.
 ///
-/// With `reach_back_secs`, only leases that expired at most that many seconds before the
-/// database's `now()` are read (the rescuer's position, see `runtime::rescuer`); without, the
-/// lease index is read from its head. While a long transaction pins the xmin horizon, the
+/// With `expired_since`, only leases that expired at or after it are read (the rescuer's
+/// position, see `runtime::rescuer`); without, the lease index is read from its head. While a long transaction pins the xmin horizon, the
 /// index keeps an entry for every lease given since, and a read from the head visits the heap
 /// for each of them.
 pub(crate) async fn rescue_expired<'e>(
     executor: impl PgExecutor<'e>,
     limit: i64,
-    reach_back_secs: Option<f64>,
+    expired_since: Option<DateTime<Utc>>,
 ) -> Result<Vec<Rescued>, sqlx::Error> {
     sqlx::query_as!(
         Rescued,
@@ -861,8 +860,7 @@ pub(crate) async fn rescue_expired<'e>(
                         ELSE 'retryable' END::skiplock.job_state AS new_state
             FROM skiplock.jobs AS j
             WHERE state = 'running' AND lease_expires_at < now()
-              AND lease_expires_at >= coalesce(now() - make_interval(secs => $2::float8),
-                                               '-infinity')
+              AND lease_expires_at >= coalesce($2::timestamptz, '-infinity')
               -- As in promote_due: a unique job going back to a state it is unique in waits
               -- while its duplicate holds the key (finishing it needs no wait).
               AND NOT (j.unique_key IS NOT NULL AND j.cancel_requested_at IS NULL
@@ -909,7 +907,7 @@ pub(crate) async fn rescue_expired<'e>(
         SELECT id AS "id!", state AS "state!: JobState" FROM rescued, woken
         "#,
         limit,
-        reach_back_secs,
+        expired_since,
     )
     .fetch_all(executor)
     .await

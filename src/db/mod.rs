@@ -26,6 +26,15 @@ pub(crate) mod throttle;
 pub(crate) mod waiter;
 pub(crate) mod workflow;
 
+/// The database's time: that of the transaction `executor` is in, or of the statement.
+pub(crate) async fn now<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+) -> Result<chrono::DateTime<chrono::Utc>, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
+        .fetch_one(executor)
+        .await
+}
+
 /// Begins a transaction on a connection of `pool`; cancel safe, unlike `pool.begin()`.
 ///
 /// sqlx (0.9) counts a transaction as open only once the server has confirmed its `BEGIN`. A

@@ -251,13 +251,6 @@ pub(crate) async fn run_now<'e>(
     .await
 }
 
-/// The transaction's database time.
-pub(crate) async fn now(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
-        .fetch_one(conn)
-        .await
-}
-
 /// Locks up to `limit` active, unpaused schedules that are due at `now` (or have no next fire
 /// time yet). Rows another scheduler holds are skipped: it is handling them.
 pub(crate) async fn lock_due(

@@ -12,19 +12,23 @@
 //!
 //! A round reads the expired leases from the lease index. While a long transaction pins the xmin
 //! horizon (a `pg_dump`, a forgotten session), that index keeps an entry for every lease given
-//! since, none of which can be marked dead, and a read from its head visits the heap for each:
-//! 50 ms a round for 300,000 jobs run meanwhile, seconds after an hour at thousands a second.
-//! So a round reads only the leases that expired since [`REACH_BACK`] before the previous
-//! round began: every lease that expired before that was already there for the previous round
-//! to read. What such a round cannot see (a row another transaction had locked, a lease whose
-//! writer committed more than `REACH_BACK` after it expired, a row written by hand with a lease
-//! long past) waits for a round from the head: one every [`HEAD_EVERY`], or [`HEAD_SPACING`]
-//! times as long as the last one took, whichever is longer. A leader's first round reads from
-//! the head.
+//! since, none of which can be marked dead, and a read from its head visits the heap for each
+//! (54–66 ms a round after 300,000 jobs, growing for as long as the hold lasts). So a round
+//! reads only the leases that expired since [`REACH_BACK`] before the previous round began
+//! (database time): a lease that expired before that was already there for the previous round
+//! to read, unless its writer committed more than `REACH_BACK` after it ran out. Under load
+//! during a hold, such a round still visits the entries of the leases that ran out in its
+//! window: about (interval + `REACH_BACK`) × jobs per second.
+//!
+//! What such rounds cannot see waits for a read of the whole index: a row another transaction
+//! had locked, a unique job that waited for its duplicate, a lease written late or by hand long
+//! past. That read comes every [`HEAD_EVERY`], or [`HEAD_SPACING`] times as long as the last
+//! one took, whichever is longer. A rescuer's first round reads the whole index.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -54,41 +58,44 @@ pub(crate) struct RescuerConfig {
 const REPAIRS_PER_ROUND: i32 = 100;
 
 /// How long before the previous round began a round reads leases from: 10 s.
-pub(crate) const REACH_BACK: Duration = Duration::from_secs(10);
+pub(crate) const REACH_BACK: TimeDelta = TimeDelta::seconds(10);
 
-/// The longest time between two rounds from the head of the lease index: 60 s.
-pub(crate) const HEAD_EVERY: Duration = Duration::from_secs(60);
+/// The longest time between two reads of the whole lease index: 30 s (well within the 60 s
+/// after which `skiplock doctor` calls an expired lease stuck).
+pub(crate) const HEAD_EVERY: Duration = Duration::from_secs(30);
 
-/// How many times as long as the last round from the head took the next one waits, at least.
+/// How many times as long as the last read of the whole index took the next one waits, at
+/// least: 10.
 pub(crate) const HEAD_SPACING: u32 = 10;
 
 /// Where rounds read the lease index from.
 #[derive(Debug, Default)]
 struct Reach {
-    /// When the last round that finished began.
-    last_round: Option<Instant>,
-    /// When the next round from the head is due.
+    /// The database's time when the last round that finished began.
+    last_round: Option<DateTime<Utc>>,
+    /// When the next read of the whole index is due.
     head_due: Option<Instant>,
 }
 
 impl Reach {
-    /// How a round beginning at `now` reads.
-    fn plan(&self, now: Instant) -> Scan {
-        let back = match (self.last_round, self.head_due) {
-            (Some(last), Some(due)) if now < due => {
-                Some(now.saturating_duration_since(last) + REACH_BACK)
-            }
+    /// How a round that begins at `now`, `db_now` in the database's time, reads.
+    fn plan(&self, now: Instant, db_now: DateTime<Utc>) -> Scan {
+        let from = match (self.last_round, self.head_due) {
+            (Some(last), Some(due)) if now < due => last.checked_sub_signed(REACH_BACK),
             _ => None,
         };
-        Scan { began: now, back }
+        Scan {
+            began: db_now,
+            from,
+            read: Duration::ZERO,
+        }
     }
 
     /// Records that the round of `scan` finished at `now`.
     fn finished(&mut self, scan: Scan, now: Instant) {
         self.last_round = Some(scan.began);
-        if scan.back.is_none() {
-            let took = now.saturating_duration_since(scan.began);
-            self.head_due = Some(now + HEAD_EVERY.max(took.saturating_mul(HEAD_SPACING)));
+        if scan.from.is_none() {
+            self.head_due = Some(now + HEAD_EVERY.max(scan.read.saturating_mul(HEAD_SPACING)));
         }
     }
 }
@@ -96,9 +103,12 @@ impl Reach {
 /// How one round reads the lease index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Scan {
-    began: Instant,
-    /// How long before its beginning the leases it reads may have expired; `None` from the head.
-    back: Option<Duration>,
+    /// The database's time when the round began.
+    began: DateTime<Utc>,
+    /// The earliest expiry the round reads; `None` for the whole index.
+    from: Option<DateTime<Utc>>,
+    /// How long its reads of the index took (with the rescues they made).
+    read: Duration,
 }
 
 /// What one round did.
@@ -160,11 +170,18 @@ impl Service for Rescuer {
     }
 
     async fn step(&self, report: &mut RescuerReport) -> Result<Step, DbCallError> {
-        let scan = *report
-            .scan
-            .get_or_insert_with(|| self.reach().plan(Instant::now()));
-        let back = scan.back.map(|back| back.as_secs_f64());
-        let batch = db::job::rescue_expired(&self.pool, BATCH, back).await?;
+        let mut scan = match report.scan {
+            Some(scan) => scan,
+            None => {
+                // Read before the round's first statement: its bound is no later than that.
+                let db_now = db::now(&self.pool).await?;
+                self.reach().plan(Instant::now(), db_now)
+            }
+        };
+        let started = Instant::now();
+        let batch = db::job::rescue_expired(&self.pool, BATCH, scan.from).await?;
+        scan.read += started.elapsed();
+        report.scan = Some(scan);
         let full = batch.len() as i64 == BATCH;
         report
             .rescued
@@ -305,7 +322,8 @@ mod tests {
             },
         );
         let first = rescuer.run_once().await.expect("first round");
-        assert_eq!(first.scan.map(|scan| scan.back), Some(None), "the head");
+        let first = first.scan.expect("a scan");
+        assert_eq!(first.from, None, "the whole index");
         let ids: Vec<i64> = sqlx::query_scalar(
             "INSERT INTO skiplock.jobs (kind, args, state, attempt, attempted_at,
                                         lease_expires_at, lease_token)
@@ -318,46 +336,53 @@ mod tests {
         .expect("insert");
 
         let second = rescuer.run_once().await.expect("second round");
-        let back = second.scan.and_then(|scan| scan.back).expect("a position");
-        assert!(back >= REACH_BACK && back < REACH_BACK * 2, "{back:?}");
+        let from = second.scan.and_then(|scan| scan.from);
+        assert_eq!(from, Some(first.began - REACH_BACK));
         assert_eq!(second.rescued, [(ids[1], JobState::Available)]);
 
         rescuer.reach().head_due = Some(Instant::now());
         let third = rescuer.run_once().await.expect("third round");
-        assert_eq!(third.scan.map(|scan| scan.back), Some(None), "the head");
+        assert_eq!(
+            third.scan.map(|scan| scan.from),
+            Some(None),
+            "the whole index"
+        );
         assert_eq!(third.rescued, [(ids[0], JobState::Available)]);
     }
 
-    /// Rounds from the head come every `HEAD_EVERY`, or `HEAD_SPACING` times as long as the
-    /// last one took; a round that did not finish moves nothing.
+    /// The whole index is read first, then every `HEAD_EVERY`, or `HEAD_SPACING` times as
+    /// long as its last read took; other rounds read from `REACH_BACK` before the last round
+    /// that finished.
     #[test]
-    fn the_head_is_read_first_then_when_due() {
+    fn the_whole_index_is_read_first_then_when_due() {
         let start = Instant::now();
         let at = |secs: u64| start + Duration::from_secs(secs);
+        let db_start = Utc::now();
+        let db_at = |secs: i64| db_start + TimeDelta::seconds(secs);
         let mut reach = Reach::default();
-        let head = reach.plan(at(0));
-        assert_eq!(head.back, None);
-        reach.finished(head, at(1));
+        let mut whole = reach.plan(at(0), db_at(0));
+        assert_eq!(whole.from, None);
+        whole.read = Duration::from_secs(1);
+        reach.finished(whole, at(1));
 
-        let next = reach.plan(at(6));
-        assert_eq!(next.back, Some(Duration::from_secs(6) + REACH_BACK));
-        // It failed: the next reaches back to the last round that finished.
+        let next = reach.plan(at(6), db_at(6));
+        assert_eq!(next.from, Some(db_at(0) - REACH_BACK));
+        // It failed: the one after reaches back as far.
+        assert_eq!(reach.plan(at(11), db_at(11)).from, next.from);
+        reach.finished(reach.plan(at(11), db_at(11)), at(12));
         assert_eq!(
-            reach.plan(at(11)).back,
-            Some(Duration::from_secs(11) + REACH_BACK)
+            reach.plan(at(16), db_at(16)).from,
+            Some(db_at(11) - REACH_BACK)
         );
-        reach.finished(reach.plan(at(11)), at(12));
-        assert_eq!(
-            reach.plan(at(16)).back,
-            Some(Duration::from_secs(5) + REACH_BACK)
-        );
-        assert_eq!(reach.plan(at(1) + HEAD_EVERY).back, None);
+        assert_eq!(reach.plan(at(1) + HEAD_EVERY, db_at(31)).from, None);
 
-        // A head round of 20 s: the next one 200 s after it ended.
+        // A read of the whole index that took 20 s: the next one 200 s after the round.
         let mut reach = Reach::default();
-        reach.finished(reach.plan(at(0)), at(20));
-        assert!(reach.plan(at(219)).back.is_some());
-        assert_eq!(reach.plan(at(220)).back, None);
+        let mut slow = reach.plan(at(0), db_at(0));
+        slow.read = Duration::from_secs(20);
+        reach.finished(slow, at(25));
+        assert!(reach.plan(at(224), db_at(224)).from.is_some());
+        assert_eq!(reach.plan(at(225), db_at(225)).from, None);
     }
 
     /// Jobs still running.

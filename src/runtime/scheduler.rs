@@ -224,7 +224,7 @@ impl Scheduler {
         let mut tx = deadline(limit, db::begin(&self.pool)).await?;
         let now = match now {
             Some(now) => now,
-            None => deadline(limit, db::schedule::now(&mut tx)).await?,
+            None => deadline(limit, db::now(&mut *tx)).await?,
         };
         let due = deadline(limit, db::schedule::lock_due(&mut tx, now, BATCH)).await?;
         let full = due.len() as i64 == BATCH;
