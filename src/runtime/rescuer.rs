@@ -14,16 +14,19 @@
 //! horizon (a `pg_dump`, a forgotten session), that index keeps an entry for every lease given
 //! since, none of which can be marked dead, and a read from its head visits the heap for each
 //! (54–66 ms a round after 300,000 jobs, growing for as long as the hold lasts). So a round
-//! reads only the leases that expired since [`REACH_BACK`] before the previous round began
-//! (database time): a lease that expired before that was already there for the previous round
-//! to read, unless its writer committed more than `REACH_BACK` after it ran out. Under load
-//! during a hold, such a round still visits the entries of the leases that ran out in its
-//! window: about (interval + `REACH_BACK`) × jobs per second.
+//! reads only the leases that expired since [`REACH_BACK`] before the last round that finished
+//! began (database time): a lease that expired before that was already there for that round to
+//! read, unless its writer committed more than `REACH_BACK` after it ran out. Under load during
+//! a hold, such a round still visits the entries of the leases that ran out in its window:
+//! about (interval + round time + `REACH_BACK`) × leases given per second (claims and renewals).
 //!
 //! What such rounds cannot see waits for a read of the whole index: a row another transaction
 //! had locked, a unique job that waited for its duplicate, a lease written late or by hand long
 //! past. That read comes every [`HEAD_EVERY`], or [`HEAD_SPACING`] times as long as the last
-//! one took, whichever is longer. A rescuer's first round reads the whole index.
+//! one took, whichever is longer. A rescuer's first round reads the whole index. A read of the
+//! whole index that fails or times out (it may, after hours of a hold) leaves the rounds after
+//! it reading from a position, so that fresh leases are still taken back, and is tried again
+//! `HEAD_EVERY` later.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -57,11 +60,11 @@ pub(crate) struct RescuerConfig {
 /// How many workflows with missed dependencies one round recounts at most: 100.
 const REPAIRS_PER_ROUND: i32 = 100;
 
-/// How long before the previous round began a round reads leases from: 10 s.
+/// How long before the last round that finished began a round reads leases from: 10 s.
 pub(crate) const REACH_BACK: TimeDelta = TimeDelta::seconds(10);
 
-/// The longest time between two reads of the whole lease index: 30 s (well within the 60 s
-/// after which `skiplock doctor` calls an expired lease stuck).
+/// The longest time between two reads of the whole lease index while they take under 3 s:
+/// 30 s (within the 60 s after which `skiplock doctor` calls an expired lease stuck).
 pub(crate) const HEAD_EVERY: Duration = Duration::from_secs(30);
 
 /// How many times as long as the last read of the whole index took the next one waits, at
@@ -89,6 +92,13 @@ impl Reach {
             from,
             read: Duration::ZERO,
         }
+    }
+
+    /// Records that a read of the whole index begins at `now`: should it fail or time out, the
+    /// rounds after it read from its beginning on, and the next is tried `HEAD_EVERY` later.
+    fn whole_read_begins(&mut self, scan: &Scan, now: Instant) {
+        self.last_round.get_or_insert(scan.began);
+        self.head_due = Some(now + HEAD_EVERY);
     }
 
     /// Records that the round of `scan` finished at `now`.
@@ -141,7 +151,7 @@ impl Rescuer {
     }
 
     fn reach(&self) -> std::sync::MutexGuard<'_, Reach> {
-        // The guard is never held across a panic that matters: the data is two instants.
+        // Nothing panics while holding the guard; and the data stays valid whatever happens.
         self.reach.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -179,6 +189,9 @@ impl Service for Rescuer {
             }
         };
         let started = Instant::now();
+        if scan.from.is_none() && report.scan.is_none() {
+            self.reach().whole_read_begins(&scan, started);
+        }
         let batch = db::job::rescue_expired(&self.pool, BATCH, scan.from).await?;
         scan.read += started.elapsed();
         report.scan = Some(scan);
@@ -375,6 +388,17 @@ mod tests {
             Some(db_at(11) - REACH_BACK)
         );
         assert_eq!(reach.plan(at(1) + HEAD_EVERY, db_at(31)).from, None);
+
+        // A read of the whole index that never finished: positions from its beginning on, and
+        // another try `HEAD_EVERY` later.
+        let mut reach = Reach::default();
+        let failed = reach.plan(at(0), db_at(0));
+        reach.whole_read_begins(&failed, at(0));
+        assert_eq!(
+            reach.plan(at(10), db_at(10)).from,
+            Some(db_at(0) - REACH_BACK)
+        );
+        assert_eq!(reach.plan(at(0) + HEAD_EVERY, db_at(30)).from, None);
 
         // A read of the whole index that took 20 s: the next one 200 s after the round.
         let mut reach = Reach::default();
