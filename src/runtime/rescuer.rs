@@ -286,14 +286,7 @@ mod tests {
         .execute(pool)
         .await
         .expect("insert");
-        let rescuer = Rescuer::new(
-            pool.clone(),
-            RescuerConfig {
-                interval: Duration::from_secs(5),
-                worker_ttl: Duration::from_secs(60),
-                timeout: Duration::from_secs(10),
-            },
-        );
+        let rescuer = rescuer(pool);
         let stop = CancellationToken::new();
         let health = super::super::service::Monitor::default().role("rescuer");
         let run = rescuer.run(&stop, &health);
@@ -326,14 +319,7 @@ mod tests {
     async fn rounds_read_from_the_last_one_and_from_the_head_when_due() {
         let db = TestDatabase::new().await.expect("database");
         let pool = db.pool();
-        let rescuer = Rescuer::new(
-            pool.clone(),
-            RescuerConfig {
-                interval: Duration::from_secs(5),
-                worker_ttl: Duration::from_secs(60),
-                timeout: Duration::from_secs(10),
-            },
-        );
+        let rescuer = rescuer(pool);
         let first = rescuer.run_once().await.expect("first round");
         let first = first.scan.expect("a scan");
         assert_eq!(first.from, None, "the whole index");
@@ -407,6 +393,18 @@ mod tests {
         reach.finished(slow, at(25));
         assert!(reach.plan(at(224), db_at(224)).from.is_some());
         assert_eq!(reach.plan(at(225), db_at(225)).from, None);
+    }
+
+    /// A rescuer that looks every 5 s, forgets workers silent for 60 s, and gives a step 10 s.
+    fn rescuer(pool: &PgPool) -> Rescuer {
+        Rescuer::new(
+            pool.clone(),
+            RescuerConfig {
+                interval: Duration::from_secs(5),
+                worker_ttl: Duration::from_secs(60),
+                timeout: Duration::from_secs(10),
+            },
+        )
     }
 
     /// Jobs still running.
