@@ -841,9 +841,9 @@ pub(crate) struct Rescued {
 /// locked and skipped.
 ///
 /// With `expired_since`, only leases that expired at or after it are read (the rescuer's
-/// position, see `runtime::rescuer`); without, the lease index is read from its head. While a long transaction pins the xmin horizon, the
-/// index keeps an entry for every lease given since, and a read from the head visits the heap
-/// for each of them.
+/// position, see `runtime::rescuer`); without, the lease index is read from its head. While a
+/// long transaction pins the xmin horizon, the index keeps an entry for every lease given
+/// since, and a read from the head visits the heap for each of them.
 pub(crate) async fn rescue_expired<'e>(
     executor: impl PgExecutor<'e>,
     limit: i64,

@@ -185,13 +185,15 @@ impl Service for Rescuer {
             None => {
                 // Read before the round's first statement: its bound is no later than that.
                 let db_now = db::now(&self.pool).await?;
-                self.reach().plan(Instant::now(), db_now)
+                let mut reach = self.reach();
+                let scan = reach.plan(Instant::now(), db_now);
+                if scan.from.is_none() {
+                    reach.whole_read_begins(&scan, Instant::now());
+                }
+                scan
             }
         };
         let started = Instant::now();
-        if scan.from.is_none() && report.scan.is_none() {
-            self.reach().whole_read_begins(&scan, started);
-        }
         let batch = db::job::rescue_expired(&self.pool, BATCH, scan.from).await?;
         scan.read += started.elapsed();
         report.scan = Some(scan);
@@ -347,6 +349,46 @@ mod tests {
             "the whole index"
         );
         assert_eq!(third.rescued, [(ids[0], JobState::Available)]);
+    }
+
+    /// A read of the whole index that times out (here blocked by a lock on the table) leaves
+    /// the next round reading from a position: fresh leases are still taken back.
+    #[tokio::test]
+    async fn a_whole_read_that_times_out_leaves_the_next_round_a_position() {
+        let db = TestDatabase::new().await.expect("database");
+        let pool = db.pool();
+        let rescuer = Rescuer::new(
+            pool.clone(),
+            RescuerConfig {
+                timeout: Duration::from_millis(500),
+                ..rescuer(pool).config
+            },
+        );
+        let mut blocker = pool.begin().await.expect("begin");
+        sqlx::raw_sql("LOCK TABLE skiplock.jobs IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *blocker)
+            .await
+            .expect("lock");
+        let timed_out = rescuer.run_once().await;
+        assert!(
+            matches!(timed_out, Err(DbCallError::Timeout(_))),
+            "{timed_out:?}"
+        );
+        blocker.rollback().await.expect("rollback");
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO skiplock.jobs (kind, args, state, attempt, attempted_at,
+                                        lease_expires_at, lease_token)
+             VALUES ('k', '{}', 'running', 1, now(), now() - interval '1 hour', 1),
+                    ('k', '{}', 'running', 1, now(), now() - interval '1 second', 2)
+             RETURNING id",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("insert");
+
+        let next = rescuer.run_once().await.expect("next round");
+        assert!(next.scan.and_then(|scan| scan.from).is_some(), "{next:?}");
+        assert_eq!(next.rescued, [(ids[1], JobState::Available)]);
     }
 
     /// The whole index is read first, then every `HEAD_EVERY`, or `HEAD_SPACING` times as
