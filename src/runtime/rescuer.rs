@@ -325,16 +325,7 @@ mod tests {
         let first = rescuer.run_once().await.expect("first round");
         let first = first.scan.expect("a scan");
         assert_eq!(first.from, None, "the whole index");
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO skiplock.jobs (kind, args, state, attempt, attempted_at,
-                                        lease_expires_at, lease_token)
-             VALUES ('k', '{}', 'running', 1, now(), now() - interval '1 hour', 1),
-                    ('k', '{}', 'running', 1, now(), now() - interval '1 second', 2)
-             RETURNING id",
-        )
-        .fetch_all(pool)
-        .await
-        .expect("insert");
+        let ids = expired_an_hour_and_a_second_ago(pool).await;
 
         let second = rescuer.run_once().await.expect("second round");
         let from = second.scan.and_then(|scan| scan.from);
@@ -375,16 +366,7 @@ mod tests {
             "{timed_out:?}"
         );
         blocker.rollback().await.expect("rollback");
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO skiplock.jobs (kind, args, state, attempt, attempted_at,
-                                        lease_expires_at, lease_token)
-             VALUES ('k', '{}', 'running', 1, now(), now() - interval '1 hour', 1),
-                    ('k', '{}', 'running', 1, now(), now() - interval '1 second', 2)
-             RETURNING id",
-        )
-        .fetch_all(pool)
-        .await
-        .expect("insert");
+        let ids = expired_an_hour_and_a_second_ago(pool).await;
 
         let next = rescuer.run_once().await.expect("next round");
         assert!(next.scan.and_then(|scan| scan.from).is_some(), "{next:?}");
@@ -447,6 +429,20 @@ mod tests {
                 timeout: Duration::from_secs(10),
             },
         )
+    }
+
+    /// Two running jobs, written by hand: one whose lease ran out an hour ago, one a second ago.
+    async fn expired_an_hour_and_a_second_ago(pool: &PgPool) -> Vec<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO skiplock.jobs (kind, args, state, attempt, attempted_at,
+                                        lease_expires_at, lease_token)
+             VALUES ('k', '{}', 'running', 1, now(), now() - interval '1 hour', 1),
+                    ('k', '{}', 'running', 1, now(), now() - interval '1 second', 2)
+             RETURNING id",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("insert")
     }
 
     /// Jobs still running.
