@@ -274,7 +274,9 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
     /// How long finished jobs are kept before this worker's pruner deletes them, per state,
     /// counted from their `finished_at` (database time). Default: [`Retention::default`]:
     /// completed jobs 24 hours, failed and cancelled jobs 7 days. [`Retention::keep_forever`]
-    /// turns pruning off.
+    /// turns pruning off. A job that finished after jobs enqueued later were deleted may
+    /// outlive its retention by up to the shortest retention, at most 5 minutes (see
+    /// [`Pruner`](crate::Pruner)).
     ///
     /// The pruner runs in the worker holding the maintenance leadership (in every worker with
     /// `listen(false)`), with that worker's retention: give all the workers of a database the

@@ -74,6 +74,7 @@ mod service;
 mod shutdown;
 mod stats;
 mod unrunnable;
+mod whole_reads;
 mod worker;
 
 pub use self::builder::{

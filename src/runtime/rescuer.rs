@@ -2,13 +2,14 @@
 //! lost the database — and forgets workers that stopped sending heartbeats.
 //!
 //! A rescued job runs again after `min(2^(attempt-1) - 1, 600)` seconds: at once after a first
-//! attempt (keeping its place at the head of its queue), later and later when a job keeps losing its workers (so that a job that kills its
-//! worker every time cannot crash-loop a fleet). On its last attempt it becomes `failed`, and
-//! `cancelled` if a cancel was pending; each gets a `worker_lost` entry in `errors`. The
-//! maintenance leader runs it; concurrent rescuers skip each other's rows. A round logs one
-//! line, with counts per new state and the first ids, however many jobs it took back. A job's lease expires at
-//! most `lease` after its worker's last renewal, and a rescuer looks every `interval`, so a job
-//! whose worker died is runnable again within `lease + interval` (plus its backoff).
+//! attempt (keeping its place at the head of its queue), later and later when a job keeps losing
+//! its workers (so that a job that kills its worker every time cannot crash-loop a fleet). On its
+//! last attempt it becomes `failed`, and `cancelled` if a cancel was pending; each gets a
+//! `worker_lost` entry in `errors`. The maintenance leader runs it; concurrent rescuers skip each
+//! other's rows. A round logs one line, with counts per new state and the first ids, however many
+//! jobs it took back. A job's lease expires at most `lease` after its worker's last renewal, and a
+//! rescuer looks every `interval`, so a job whose worker died is runnable again within `lease +
+//! interval` (plus its backoff).
 //!
 //! A round reads the expired leases from the lease index. While a long transaction pins the xmin
 //! horizon (a `pg_dump`, a forgotten session), that index keeps an entry for every lease given
@@ -20,12 +21,12 @@
 //! a hold, such a round still visits the entries of the leases that ran out in its window:
 //! about (interval + round time + `REACH_BACK`) × leases given per second (claims and renewals).
 //!
-//! What such rounds cannot see waits for a read of the whole index: a row another transaction
-//! had locked, a unique job that waited for its duplicate, a lease written late or by hand long
-//! past. That read comes every [`HEAD_EVERY`], or [`HEAD_SPACING`] times as long as the last
-//! one took, whichever is longer. A rescuer's first round reads the whole index. A read of the
-//! whole index that fails or times out (it may, after hours of a hold) leaves the rounds after
-//! it reading from a position, so that fresh leases are still taken back, and is tried again
+//! What such rounds cannot see waits for a read of the whole index: a row another transaction had
+//! locked, a unique job that waited for its duplicate, a lease written late or by hand long past.
+//! That read comes every [`HEAD_EVERY`], or [`SPACING`](super::whole_reads::SPACING) times as long
+//! as the last one took, whichever is longer. A rescuer's first round reads the whole index. A read
+//! of the whole index that fails or times out (it may, after hours of a hold) leaves the rounds
+//! after it reading from a position, so that fresh leases are still taken back, and is tried again
 //! `HEAD_EVERY` later.
 
 use std::sync::{Mutex, PoisonError};
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::deadline::DbCallError;
 use super::service::{self, RoleMonitor, Service, Step};
+use super::whole_reads::WholeReads;
 use crate::{JobState, db};
 
 /// How many jobs one statement rescues; more take several.
@@ -67,24 +69,29 @@ pub(crate) const REACH_BACK: TimeDelta = TimeDelta::seconds(10);
 /// 30 s (within the 60 s after which `skiplock doctor` calls an expired lease stuck).
 pub(crate) const HEAD_EVERY: Duration = Duration::from_secs(30);
 
-/// How many times as long as the last read of the whole index took the next one waits, at
-/// least: 10.
-pub(crate) const HEAD_SPACING: u32 = 10;
-
 /// Where rounds read the lease index from.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Reach {
     /// The database's time when the last round that finished began.
     last_round: Option<DateTime<Utc>>,
-    /// When the next read of the whole index is due.
-    head_due: Option<Instant>,
+    /// When the whole index is read next.
+    whole_reads: WholeReads,
+}
+
+impl Default for Reach {
+    fn default() -> Self {
+        Self {
+            last_round: None,
+            whole_reads: WholeReads::new(HEAD_EVERY),
+        }
+    }
 }
 
 impl Reach {
     /// How a round that begins at `now`, `db_now` in the database's time, reads.
     fn plan(&self, now: Instant, db_now: DateTime<Utc>) -> Scan {
-        let from = match (self.last_round, self.head_due) {
-            (Some(last), Some(due)) if now < due => last.checked_sub_signed(REACH_BACK),
+        let from = match self.last_round {
+            Some(last) if !self.whole_reads.due(now) => last.checked_sub_signed(REACH_BACK),
             _ => None,
         };
         Scan {
@@ -98,14 +105,14 @@ impl Reach {
     /// rounds after it read from its beginning on, and the next is tried `HEAD_EVERY` later.
     fn whole_read_begins(&mut self, scan: &Scan, now: Instant) {
         self.last_round.get_or_insert(scan.began);
-        self.head_due = Some(now + HEAD_EVERY);
+        self.whole_reads.begins(now);
     }
 
     /// Records that the round of `scan` finished at `now`.
     fn finished(&mut self, scan: Scan, now: Instant) {
         self.last_round = Some(scan.began);
         if scan.from.is_none() {
-            self.head_due = Some(now + HEAD_EVERY.max(scan.read.saturating_mul(HEAD_SPACING)));
+            self.whole_reads.finished(now, scan.read);
         }
     }
 }
@@ -193,9 +200,12 @@ impl Service for Rescuer {
                 scan
             }
         };
+        // Timed from the statement on: a wait for a pooled connection is not the index's cost.
+        let mut conn = self.pool.acquire().await?;
         let started = Instant::now();
-        let batch = db::job::rescue_expired(&self.pool, BATCH, scan.from).await?;
+        let batch = db::job::rescue_expired(&mut *conn, BATCH, scan.from).await?;
         scan.read += started.elapsed();
+        drop(conn);
         report.scan = Some(scan);
         let full = batch.len() as i64 == BATCH;
         report
@@ -332,7 +342,7 @@ mod tests {
         assert_eq!(from, Some(first.began - REACH_BACK));
         assert_eq!(second.rescued, [(ids[1], JobState::Available)]);
 
-        rescuer.reach().head_due = Some(Instant::now());
+        rescuer.reach().whole_reads.make_due();
         let third = rescuer.run_once().await.expect("third round");
         assert_eq!(
             third.scan.map(|scan| scan.from),
@@ -355,17 +365,11 @@ mod tests {
                 ..rescuer(pool).config
             },
         );
-        let mut blocker = pool.begin().await.expect("begin");
-        sqlx::raw_sql("LOCK TABLE skiplock.jobs IN ACCESS EXCLUSIVE MODE")
-            .execute(&mut *blocker)
-            .await
-            .expect("lock");
-        let timed_out = rescuer.run_once().await;
+        let timed_out = service::while_jobs_are_locked(pool, rescuer.run_once()).await;
         assert!(
             matches!(timed_out, Err(DbCallError::Timeout(_))),
             "{timed_out:?}"
         );
-        blocker.rollback().await.expect("rollback");
         let ids = expired_an_hour_and_a_second_ago(pool).await;
 
         let next = rescuer.run_once().await.expect("next round");
@@ -373,7 +377,7 @@ mod tests {
         assert_eq!(next.rescued, [(ids[1], JobState::Available)]);
     }
 
-    /// The whole index is read first, then every `HEAD_EVERY`, or `HEAD_SPACING` times as
+    /// The whole index is read first, then every `HEAD_EVERY`, or `whole_reads::SPACING` times as
     /// long as its last read took; other rounds read from `REACH_BACK` before the last round
     /// that finished.
     #[test]

@@ -372,6 +372,39 @@ impl RoleMonitor {
     }
 }
 
+/// Runs `call` while another transaction holds an `ACCESS EXCLUSIVE` lock on `skiplock.jobs`
+/// (tests of roles whose statements time out). Before the lock is released, the statements
+/// left waiting for it are cancelled: one whose call timed out would still run once the lock
+/// is released.
+#[cfg(test)]
+pub(crate) async fn while_jobs_are_locked<T>(
+    pool: &sqlx::PgPool,
+    call: impl Future<Output = T>,
+) -> T {
+    let mut blocker = pool.begin().await.expect("begin");
+    sqlx::raw_sql("LOCK TABLE skiplock.jobs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let result = call.await;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *blocker)
+        .await
+        .expect("cancel the statements waiting for the lock");
+        if waiting == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    blocker.rollback().await.expect("rollback");
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicU32;
