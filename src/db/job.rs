@@ -947,8 +947,8 @@ pub(crate) struct PrunePosition {
 ///   every row deleted before it, and while a snapshot pins the xmin horizon (a long
 ///   `REPEATABLE READ` transaction, a replica's feedback) those entries cannot be marked dead:
 ///   with positions only within a round, each round's first statement walked all of them
-///   (those seen running for over 150 ms took 1.2 s on average, during and after a 5-minute
-///   hold at 10,000 jobs/s), and from the start every batch did (up to 0.7 s a statement,
+///   (those seen running for over 150 ms took 1.6–2.0 s on average during a 5-minute hold at
+///   10,000 jobs/s), and from the start every batch did (up to 0.7 s a statement,
 ///   back to back). A statement with no positions (the first of a pruner's round that reads
 ///   from the start, and any for a state in which the pruner knows no pair yet) reads every
 ///   pair of the state from its start, and is the only one that finds the (queue, kind)
@@ -1382,9 +1382,9 @@ mod tests {
         holder.rollback().await.expect("release");
     }
 
-    /// While a snapshot pins the xmin horizon, the pruner's statements after a round's first
-    /// start after the rows it deleted (whose index entries cannot be marked dead) instead of
-    /// visiting each of them again, and skip the search for (queue, kind) pairs.
+    /// While a snapshot pins the xmin horizon, a pruning statement given positions starts after
+    /// the rows deleted before (whose index entries cannot be marked dead) instead of visiting
+    /// each of them again, and skips the search for (queue, kind) pairs.
     #[tokio::test]
     async fn a_prune_from_a_position_skips_the_jobs_deleted_before_it() {
         let db = TestDatabase::new().await.expect("database");

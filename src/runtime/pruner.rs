@@ -14,11 +14,11 @@
 //! has deleted there, across rounds: while a long transaction pins the xmin horizon, the index
 //! keeps an entry for every job deleted since, none of which can be marked dead, and a read
 //! from its start visits the heap for each (the rounds' first statements seen running for over
-//! 150 ms took 1.2 s on average, during and after a 5-minute hold at 10,000 jobs/s). What such
+//! 150 ms took 1.6–2.0 s on average, during a 5-minute hold at 10,000 jobs/s). What such
 //! reads cannot see waits for a round that reads every (queue, kind) from its start (see
 //! [`Pruner`]). The next such round is due the shortest retention after the last one finished
 //! (at most [`WHOLE_READ_EVERY`]), or [`SPACING`](super::whole_reads::SPACING) times as long as
-//! its first step took if that is longer (which takes a step timeout above 30 s). One that
+//! its first step took if that is longer (a first step over a tenth of the spacing). One that
 //! fails or times out (after hours of a hold it may) is tried again as long after it began, and
 //! the rounds in between read from the positions. Jobs finish out of id order all the time (a
 //! long run next to short ones), so some are always passed over: with rounds from the start
@@ -209,7 +209,9 @@ impl From<DbCallError> for PruneError {
 /// run, a retry, a delay, or only a slower neighbour), one another transaction had locked, and
 /// the jobs of a queue or kind new to a state in which the pruner already knows others. Such
 /// jobs outlive their retention by up to that much more (and a prune interval): with a
-/// retention of zero, every round reads from the start. Clones share where they stand.
+/// retention of zero, every round reads from the start. While such rounds are slow (a first
+/// step over a tenth of that spacing), they come ten times as long as their first step took
+/// apart instead. Clones share where they stand.
 #[derive(Clone, Debug)]
 pub struct Pruner {
     pool: PgPool,
@@ -232,6 +234,39 @@ impl Pruner {
     fn reach(&self) -> MutexGuard<'_, Reach> {
         // Nothing panics while holding the guard; and the data stays valid whatever happens.
         self.reach.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The end of a round, once every state is done: finished workflows, old statistics and
+    /// expired waiters, then the schedule of rounds from the start.
+    async fn finish(&self, round: &mut PruneRound) -> Result<Step, DbCallError> {
+        if !round.workflows_drained {
+            let retention = &self.config.retention;
+            // A workflow's jobs go together, once the workflow finished longer ago than the
+            // longest retention (never, if a state is kept forever): no workflow is half pruned.
+            let workflow_age = [retention.completed, retention.failed, retention.cancelled]
+                .into_iter()
+                .try_fold(Duration::ZERO, |longest, age| {
+                    age.map(|age| longest.max(age))
+                })
+                .unwrap_or(MAX_AGE)
+                .min(MAX_AGE)
+                .as_secs_f64();
+            // Finished workflows, whole: their jobs, dependency rows and own row.
+            let n = db::workflow::prune(&self.pool, workflow_age, WORKFLOWS_PER_STEP).await?;
+            round.report.workflows += u64::try_from(n).unwrap_or(0);
+            round.workflows_drained = n < WORKFLOWS_PER_STEP;
+            if !round.workflows_drained {
+                return Ok(Step::More);
+            }
+        }
+        db::job::delete_old_job_stats(&self.pool, JOB_STATS_KEPT.as_secs_f64()).await?;
+        // Registrations of waiters that died without removing them.
+        db::waiter::delete_expired(&self.pool).await?;
+        if round.whole == Some(true) {
+            let took = round.first_step;
+            self.reach().whole_reads.finished(Instant::now(), took);
+        }
+        Ok(Step::Done)
     }
 
     /// Runs rounds every [`PrunerConfig::interval`] until `shutdown` completes; errors are
@@ -372,17 +407,10 @@ impl Service for Pruner {
     async fn step(&self, round: &mut PruneRound) -> Result<Step, DbCallError> {
         let retention = &self.config.retention;
         let batch = i64::try_from(self.config.batch_size.max(1)).unwrap_or(i64::MAX);
-        // A workflow's jobs go together, once the workflow finished longer ago than the
-        // longest retention (never, if a state is kept forever): no workflow is half pruned.
-        let workflow_age = [retention.completed, retention.failed, retention.cancelled]
-            .into_iter()
-            .try_fold(Duration::ZERO, |longest, age| {
-                age.map(|age| longest.max(age))
-            })
-            .unwrap_or(MAX_AGE)
-            .min(MAX_AGE)
-            .as_secs_f64();
         let first = round.whole.is_none();
+        if round.drained.iter().all(|done| *done) {
+            return self.finish(round).await;
+        }
         // Timed from the statements on: a wait for a pooled connection is not the index's cost.
         let mut conn = self.pool.acquire().await?;
         let started = Instant::now();
@@ -440,30 +468,14 @@ impl Service for Pruner {
             *deleted += u64::try_from(n).unwrap_or(0);
             *drained = n < batch;
         }
-        if first {
+        if first && whole {
             round.first_step = started.elapsed();
         }
         drop(conn);
         if !round.drained.iter().all(|done| *done) {
             return Ok(Step::More);
         }
-        if !round.workflows_drained {
-            // Finished workflows, whole: their jobs, dependency rows and own row.
-            let n = db::workflow::prune(&self.pool, workflow_age, WORKFLOWS_PER_STEP).await?;
-            round.report.workflows += u64::try_from(n).unwrap_or(0);
-            round.workflows_drained = n < WORKFLOWS_PER_STEP;
-            if !round.workflows_drained {
-                return Ok(Step::More);
-            }
-        }
-        db::job::delete_old_job_stats(&self.pool, JOB_STATS_KEPT.as_secs_f64()).await?;
-        // Registrations of waiters that died without removing them.
-        db::waiter::delete_expired(&self.pool).await?;
-        if whole {
-            let took = round.first_step;
-            self.reach().whole_reads.finished(Instant::now(), took);
-        }
-        Ok(Step::Done)
+        self.finish(round).await
     }
 
     fn log(round: &PruneRound) {
@@ -660,11 +672,11 @@ mod tests {
             ..Retention::default()
         };
         assert_eq!(whole_read_every(&short), minute);
-        let none = Retention {
+        let zero = Retention {
             cancelled: Some(Duration::ZERO),
             ..Retention::keep_forever()
         };
-        assert_eq!(whole_read_every(&none), Duration::ZERO);
+        assert_eq!(whole_read_every(&zero), Duration::ZERO);
     }
 
     #[test]

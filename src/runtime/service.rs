@@ -387,11 +387,13 @@ pub(crate) async fn while_jobs_are_locked<T>(
         .await
         .expect("lock");
     let result = call.await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
+        // The sessions are those of this transaction's snapshot of pg_stat_activity (taken
+        // once); who blocks whom is read from the lock manager each time.
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity
-             WHERE datname = current_database() AND pid <> pg_backend_pid()
-               AND wait_event_type = 'Lock'",
+             WHERE pg_backend_pid() = ANY (pg_blocking_pids(pid))",
         )
         .fetch_one(&mut *blocker)
         .await
@@ -399,6 +401,10 @@ pub(crate) async fn while_jobs_are_locked<T>(
         if waiting == 0 {
             break;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "statements still wait for the lock"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     blocker.rollback().await.expect("rollback");
