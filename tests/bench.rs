@@ -77,6 +77,12 @@ async fn a_drain_completes_every_job_and_times_it_in_the_database() {
     // Claims and completions are batched: far fewer than two commits per job.
     assert!(report.commits_per_job < 1.0, "{report:?}");
     assert_eq!(report.details["workers"], 2);
+    // The job table's own settings, as migrated.
+    let settings = report.details["jobs_settings"].to_string();
+    assert!(
+        settings.contains("autovacuum_vacuum_cost_delay=0"),
+        "{settings}"
+    );
 }
 
 #[tokio::test]
@@ -121,9 +127,17 @@ async fn a_steady_load_reports_rates_backlog_and_the_held_snapshot() {
         samples: Some(dir.join("samples.jsonl")),
         chart: Some(dir.join("soak.svg")),
         retention: Some(Duration::from_secs(1)),
+        finished: 500,
+        server_autovacuum: true,
     };
     let report = run(&db, Scenario::Steady(steady), false).await;
     assert_eq!(report.scenario, "steady");
+    assert_eq!(report.details["finished"], 500, "counted in the table");
+    assert_eq!(
+        report.details["jobs_settings"],
+        serde_json::json!([]),
+        "the server's autovacuum settings"
+    );
     assert_eq!(report.details["enqueued"], 600);
     assert!(report.jobs > 400 && report.jobs <= 600, "{report:?}");
     assert!(report.p50_ms.is_some());

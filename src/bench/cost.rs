@@ -1,4 +1,5 @@
-//! The database's cost of a run: commits, WAL bytes and dead tuples, from `pg_stat_*`.
+//! The database's cost of a run: commits, WAL bytes and dead tuples, from `pg_stat_*`, and the
+//! job table's storage settings it ran with.
 
 use std::time::Duration;
 
@@ -11,17 +12,27 @@ use crate::db::bench::{self, Counters};
 /// second, and an exiting one at once.
 const STATS_DELAY: Duration = Duration::from_millis(1_100);
 
-/// Counters read before the timed part.
-pub(super) struct Before(Counters);
+/// Counters and settings read before the timed part.
+pub(super) struct Before {
+    counters: Counters,
+    /// `skiplock.jobs`' `reloptions` (`name=value`).
+    settings: Vec<String>,
+}
 
 impl Before {
-    /// Reads the counters on `conn` (the benchmark's own connection, idle during the run).
+    /// Reads the counters and the job table's settings on `conn` (the benchmark's own
+    /// connection, idle during the run).
     pub(super) async fn read(conn: &mut PgConnection) -> Result<Self, BenchError> {
-        read(conn).await.map(Self)
+        let settings = bench::jobs_settings(&mut *conn)
+            .await
+            .map_err(BenchError::database("read the job table's settings"))?;
+        let counters = read(conn).await?;
+        Ok(Self { counters, settings })
     }
 
     /// Waits for the run's backends to report, reads the counters again and puts the
-    /// difference, per job, into `report`. Call it after the run's pools are closed.
+    /// difference, per job, into `report`, with the settings as `jobs_settings`. Call it after
+    /// the run's pools are closed.
     pub(super) async fn finish(
         self,
         conn: &mut PgConnection,
@@ -31,7 +42,7 @@ impl Before {
         let after = read(conn).await?;
         // Includes the handful of commits of the benchmark's own connection (its readings and,
         // reported late, its set-up): noise next to thousands of jobs.
-        let commits = after.commits - self.0.commits;
+        let commits = after.commits - self.counters.commits;
         let per_job = |total: i64| {
             if report.jobs == 0 {
                 0.0
@@ -41,9 +52,9 @@ impl Before {
         };
         Ok(Report {
             commits_per_job: per_job(commits),
-            wal_bytes_per_job: per_job(after.wal_bytes - self.0.wal_bytes),
+            wal_bytes_per_job: per_job(after.wal_bytes - self.counters.wal_bytes),
             dead_tuples: after.dead_tuples,
-            ..report
+            ..report.detail("jobs_settings", self.settings)
         })
     }
 }

@@ -16,7 +16,7 @@ use crate::{Retention, Worker, WorkerHandle};
 const SCRAPE_EVERY: Duration = Duration::from_secs(1);
 
 /// The kind of filler rows, which no benchmark worker runs.
-const FILLER_KIND: &str = "bench_filler";
+pub(super) const FILLER_KIND: &str = "bench_filler";
 
 /// How long the completer may take to record the last outcomes once every handler has run.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);

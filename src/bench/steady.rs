@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection as _, PgPool};
+use sqlx::{Connection as _, PgConnection, PgPool};
 
-use super::drain::{start_workers, stop_all};
+use super::drain::{FILLER_KIND, start_workers, stop_all};
 use super::probe::{KIND, Noop, Probe};
 use super::soak::{self, Commits, Sample};
 use super::{BenchConfig, BenchDatabase, BenchError, Progress, QUEUE, Report, reporting};
@@ -42,6 +42,16 @@ pub struct Steady {
     /// `min(retention, 30 s)`). Default `None`: the worker's default retention (24 hours), so
     /// nothing is pruned during a run shorter than that.
     pub retention: Option<Duration>,
+    /// Completed jobs put in the table before the run, as a history like a production table's
+    /// (of another kind, so not counted in the results), then vacuumed and, if the role may,
+    /// checkpointed. They all finish as the fill ends: with a `retention`, the pruner deletes
+    /// them all at once, one retention into the run, and the run's cost and samples include
+    /// it. Default 0.
+    pub finished: u64,
+    /// Whether to reset `skiplock.jobs`' own autovacuum settings (the migrations' scale factors
+    /// and cost delay) to the server's before the run, to measure what those settings buy.
+    /// Default `false`: the table as migrated.
+    pub server_autovacuum: bool,
 }
 
 impl Default for Steady {
@@ -56,6 +66,8 @@ impl Default for Steady {
             samples: None,
             chart: None,
             retention: None,
+            finished: 0,
+            server_autovacuum: false,
         }
     }
 }
@@ -103,6 +115,7 @@ impl Steady {
             )));
         }
         let mut conn = database.connect().await?;
+        let finished = self.prepare_table(&mut conn, progress).await?;
         let before = super::cost::Before::read(&mut conn).await?;
         let probe = Probe::recording();
         let worker_pool = database.pool(2).await?;
@@ -208,7 +221,42 @@ impl Steady {
             );
             soak::chart(path, &title, &samples)?;
         }
-        before.finish(&mut conn, report).await
+        before
+            .finish(&mut conn, report.detail("finished", finished))
+            .await
+    }
+
+    /// Resets the table's autovacuum settings and puts in the history, if asked, before anything
+    /// is timed or sampled. Returns how many completed jobs it put in.
+    async fn prepare_table(
+        &self,
+        conn: &mut PgConnection,
+        progress: &(dyn Fn(&Progress) + Sync),
+    ) -> Result<u64, BenchError> {
+        if self.server_autovacuum {
+            db::bench::reset_autovacuum(&mut *conn)
+                .await
+                .map_err(BenchError::database(
+                    "reset the table's autovacuum settings",
+                ))?;
+        }
+        if self.finished == 0 {
+            return Ok(0);
+        }
+        let count = i64::try_from(self.finished)
+            .map_err(|_| BenchError::Invalid(format!("{} is too many", self.finished)))?;
+        let fill = async {
+            let filled = db::bench::fill_completed(&mut *conn, FILLER_KIND, QUEUE, count).await?;
+            db::bench::vacuum_jobs(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(filled)
+        };
+        let filled = reporting("filling", Some(self.finished), || 0, progress, fill)
+            .await
+            .map_err(BenchError::database("fill and vacuum the history"))?;
+        if let Err(error) = db::bench::checkpoint(&mut *conn).await {
+            tracing::info!(%error, "no CHECKPOINT before the timed part");
+        }
+        Ok(filled)
     }
 }
 

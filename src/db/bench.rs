@@ -82,6 +82,34 @@ pub(crate) async fn vacuum_jobs<'e>(executor: impl PgExecutor<'e>) -> Result<(),
     Ok(())
 }
 
+/// Resets the autovacuum settings the migrations give `skiplock.jobs` to the server's, for a
+/// benchmark that measures what they buy.
+pub(crate) async fn reset_autovacuum<'e>(executor: impl PgExecutor<'e>) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(
+        "ALTER TABLE skiplock.jobs RESET (autovacuum_vacuum_scale_factor, \
+         autovacuum_analyze_scale_factor, autovacuum_vacuum_cost_delay)",
+    )
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// `skiplock.jobs`' storage parameters (`reloptions`, as `name=value`), for a report to say
+/// which autovacuum settings it ran with.
+pub(crate) async fn jobs_settings<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT coalesce(reloptions, '{}') AS "settings!"
+        FROM pg_class
+        WHERE oid = 'skiplock.jobs'::regclass
+        "#
+    )
+    .fetch_one(executor)
+    .await
+}
+
 /// Flushes dirty pages now, so that a checkpoint triggered by the fill does not land inside the
 /// timed part. Needs superuser or `pg_checkpoint`; callers ignore a refusal.
 pub(crate) async fn checkpoint<'e>(executor: impl PgExecutor<'e>) -> Result<(), sqlx::Error> {

@@ -143,6 +143,8 @@ fn scenario(args: BenchScenario) -> Scenario {
             samples: args.samples,
             chart: args.chart,
             retention: args.retention,
+            finished: args.finished,
+            server_autovacuum: args.server_autovacuum,
         }),
         BenchScenario::Latency(args) => Scenario::Latency(Latency {
             samples: args.samples,

@@ -268,6 +268,16 @@ pub(crate) struct BenchSteadyArgs {
     /// production worker configured so would.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) retention: Option<Duration>,
+
+    /// Completed jobs put in the table before the run, as a history like a production table's
+    /// (with --retention, all pruned at once, one retention into the run).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) finished: u64,
+
+    /// Reset the job table's own autovacuum settings to the server's before the run, to
+    /// measure what skiplock's settings buy.
+    #[arg(long)]
+    pub(crate) server_autovacuum: bool,
 }
 
 #[derive(Debug, Args)]
