@@ -35,6 +35,28 @@ async fn migrate_is_idempotent_and_keeps_to_its_schema() {
     assert!(outside.is_empty(), "{outside:?}");
 }
 
+/// The settings 0001 gives the job table, each with its measured reason in a comment there: a
+/// change to one has to change its reason too (docs/performance.md has the runs).
+#[tokio::test]
+async fn the_job_table_carries_its_storage_settings() {
+    let db = TestDatabase::new().await.expect("database");
+    let mut settings: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(reloptions) FROM pg_class WHERE oid = 'skiplock.jobs'::regclass",
+    )
+    .fetch_all(db.pool())
+    .await
+    .expect("reloptions");
+    settings.sort();
+    assert_eq!(
+        settings,
+        [
+            "autovacuum_analyze_scale_factor=0.02",
+            "autovacuum_vacuum_cost_delay=0",
+            "autovacuum_vacuum_scale_factor=0.02",
+        ]
+    );
+}
+
 #[tokio::test]
 async fn concurrent_migrations_on_a_fresh_database_apply_once() {
     let db = TestDatabase::new().await.expect("database");
