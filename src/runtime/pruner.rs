@@ -16,11 +16,12 @@
 //! from its start visits the heap for each (the rounds' first statements seen running for over
 //! 150 ms took 1.6–2.0 s on average, during a 5-minute hold at 10,000 jobs/s). What such
 //! reads cannot see waits for a round that reads every (queue, kind) from its start (see
-//! [`Pruner`]). The next such round is due the shortest retention after the last one finished
-//! (at most [`WHOLE_READ_EVERY`]), or [`SPACING`](super::whole_reads::SPACING) times as long as
-//! its first step took if that is longer (a first step over a tenth of the spacing). One that
-//! fails or times out (after hours of a hold it may) is tried again as long after it began, and
-//! the rounds in between read from the positions. Jobs finish out of id order all the time (a
+//! [`Pruner`]). The next such round is due the shortest retention after the last one's read
+//! from the start (its first step) finished (at most [`WHOLE_READ_EVERY`]), or
+//! [`SPACING`](super::whole_reads::SPACING) times as long as that step took if that is longer
+//! (a first step over a tenth of the spacing). One that fails or times out (after hours of a
+//! hold it may) is spaced the same way, by how long it ran (a step that timed out after 10 s:
+//! 100 s later at least), and the rounds in between read from the positions. Jobs finish out of id order all the time (a
 //! long run next to short ones), so some are always passed over: with rounds from the start
 //! at most a retention apart, a job goes within about twice its retention, at most 5 minutes
 //! (and a prune interval) late. A statement that found another pruner at work returns nothing, as
@@ -203,8 +204,8 @@ impl From<DbCallError> for PruneError {
 /// A pruner remembers, per state, queue and kind, the largest id it deleted, and its next
 /// rounds read on from there, so that a long transaction pinning the xmin horizon does not
 /// make every round walk all the jobs deleted since it began. In its first round, and in the
-/// first round at least the shortest retention (at most 5 minutes) after the last such one
-/// finished, it reads every queue and kind from its start, which deletes what the other
+/// first round at least the shortest retention (at most 5 minutes) after the last such one's
+/// read from the start finished, it reads every queue and kind from its start, which deletes what the other
 /// rounds passed over: a job that finished after jobs enqueued later were deleted (a long
 /// run, a retry, a delay, or only a slower neighbour), one another transaction had locked, and
 /// the jobs of a queue or kind new to a state in which the pruner already knows others. Such
@@ -237,7 +238,7 @@ impl Pruner {
     }
 
     /// The end of a round, once every state is done: finished workflows, old statistics and
-    /// expired waiters, then the schedule of rounds from the start.
+    /// expired waiters.
     async fn finish(&self, round: &mut PruneRound) -> Result<Step, DbCallError> {
         if !round.workflows_drained {
             let retention = &self.config.retention;
@@ -262,10 +263,6 @@ impl Pruner {
         db::job::delete_old_job_stats(&self.pool, JOB_STATS_KEPT.as_secs_f64()).await?;
         // Registrations of waiters that died without removing them.
         db::waiter::delete_expired(&self.pool).await?;
-        if round.whole == Some(true) {
-            let took = round.first_step;
-            self.reach().whole_reads.finished(Instant::now(), took);
-        }
         Ok(Step::Done)
     }
 
@@ -384,8 +381,8 @@ pub(crate) struct PruneRound {
     report: PruneReport,
     /// Whether the round reads every (queue, kind) from its start; set by its first step.
     whole: Option<bool>,
-    /// How long the round's first step took.
-    first_step: Duration,
+    /// When its read from the start (the first step) began, until that step ends.
+    whole_read: Option<Instant>,
     positions: [Vec<PrunePosition>; 3],
     drained: [bool; 3],
     workflows_drained: bool,
@@ -421,6 +418,7 @@ impl Service for Pruner {
                 let whole = reach.whole_reads.due(started);
                 if whole {
                     reach.whole_reads.begins(started);
+                    round.whole_read = Some(started);
                 } else {
                     round.positions = [0, 1, 2].map(|index| reach.starts(index));
                 }
@@ -469,13 +467,24 @@ impl Service for Pruner {
             *drained = n < batch;
         }
         if first && whole {
-            round.first_step = started.elapsed();
+            // The read from the start is its first step's: the steps after it read on from
+            // where it stopped, as positioned rounds do.
+            let took = started.elapsed();
+            self.reach().whole_reads.finished(Instant::now(), took);
+            round.whole_read = None;
         }
         drop(conn);
         if !round.drained.iter().all(|done| *done) {
             return Ok(Step::More);
         }
         self.finish(round).await
+    }
+
+    /// A read from the start that failed or timed out is spaced by how long it ran.
+    fn round_failed(&self, round: &PruneRound) {
+        if let Some(began) = round.whole_read {
+            self.reach().whole_reads.failed(Instant::now(), began);
+        }
     }
 
     fn log(round: &PruneRound) {
@@ -554,6 +563,8 @@ mod tests {
             matches!(timed_out, Err(PruneError::Timeout(_))),
             "{timed_out:?}"
         );
+        // Spaced by how long it ran, as one that finished.
+        assert!(!pruner.reach().whole_reads.under_way());
 
         finish_two_hours_ago(pool, straggler).await;
         finished_two_hours_ago(pool, 1).await;

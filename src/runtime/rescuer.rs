@@ -26,8 +26,8 @@
 //! That read comes every [`HEAD_EVERY`], or [`SPACING`](super::whole_reads::SPACING) times as long
 //! as the last one took, whichever is longer. A rescuer's first round reads the whole index. A read
 //! of the whole index that fails or times out (it may, after hours of a hold) leaves the rounds
-//! after it reading from a position, so that fresh leases are still taken back, and is tried again
-//! `HEAD_EVERY` later.
+//! after it reading from a position, so that fresh leases are still taken back, and is spaced as
+//! one that finished, by how long it ran.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -102,7 +102,8 @@ impl Reach {
     }
 
     /// Records that a read of the whole index begins at `now`: should it fail or time out, the
-    /// rounds after it read from its beginning on, and the next is tried `HEAD_EVERY` later.
+    /// rounds after it read from its beginning on, and the next is spaced by how long it ran
+    /// (`Rescuer::round_failed`).
     fn whole_read_begins(&mut self, scan: &Scan, now: Instant) {
         self.last_round.get_or_insert(scan.began);
         self.whole_reads.begins(now);
@@ -133,6 +134,8 @@ pub(crate) struct Scan {
 pub(crate) struct RescuerReport {
     /// How the round read the lease index; set by its first step.
     pub(crate) scan: Option<Scan>,
+    /// When its read of the whole index began, until it read to the end.
+    pub(crate) whole_read: Option<Instant>,
     /// Jobs taken back, with the state they got.
     pub(crate) rescued: Vec<(i64, JobState)>,
     /// Workers forgotten.
@@ -187,22 +190,22 @@ impl Service for Rescuer {
     }
 
     async fn step(&self, report: &mut RescuerReport) -> Result<Step, DbCallError> {
+        let first = report.scan.is_none();
         let mut scan = match report.scan {
             Some(scan) => scan,
+            // Read before the round's first statement: its bound is no later than that.
             None => {
-                // Read before the round's first statement: its bound is no later than that.
                 let db_now = db::now(&self.pool).await?;
-                let mut reach = self.reach();
-                let scan = reach.plan(Instant::now(), db_now);
-                if scan.from.is_none() {
-                    reach.whole_read_begins(&scan, Instant::now());
-                }
-                scan
+                self.reach().plan(Instant::now(), db_now)
             }
         };
         // Timed from the statement on: a wait for a pooled connection is not the index's cost.
         let mut conn = self.pool.acquire().await?;
         let started = Instant::now();
+        if first && scan.from.is_none() {
+            self.reach().whole_read_begins(&scan, started);
+            report.whole_read = Some(started);
+        }
         let batch = db::job::rescue_expired(&mut *conn, BATCH, scan.from).await?;
         scan.read += started.elapsed();
         drop(conn);
@@ -214,6 +217,8 @@ impl Service for Rescuer {
         if full {
             return Ok(Step::More);
         }
+        // Read to its end: what fails from here on is not the read's.
+        report.whole_read = None;
         let ttl = self.config.worker_ttl.as_secs_f64();
         report.reaped_workers = db::job::reap_dead_workers(&self.pool, ttl).await?;
         // No workflow job waits forever for a dependency that is gone.
@@ -221,6 +226,13 @@ impl Service for Rescuer {
         // Only a round that read all its leases moves the position.
         self.reach().finished(scan, Instant::now());
         Ok(Step::Done)
+    }
+
+    /// A read of the whole index that failed or timed out is spaced by how long it ran.
+    fn round_failed(&self, report: &RescuerReport) {
+        if let Some(began) = report.whole_read {
+            self.reach().whole_reads.failed(Instant::now(), began);
+        }
     }
 
     /// One line per round, however many jobs it rescued.
@@ -370,6 +382,8 @@ mod tests {
             matches!(timed_out, Err(DbCallError::Timeout(_))),
             "{timed_out:?}"
         );
+        // Spaced by how long it ran, as one that finished.
+        assert!(!rescuer.reach().whole_reads.under_way());
         let ids = expired_an_hour_and_a_second_ago(pool).await;
 
         let next = rescuer.run_once().await.expect("next round");
@@ -403,8 +417,8 @@ mod tests {
         );
         assert_eq!(reach.plan(at(1) + HEAD_EVERY, db_at(31)).from, None);
 
-        // A read of the whole index that never finished: positions from its beginning on, and
-        // another try `HEAD_EVERY` later.
+        // A read of the whole index still under way (or cut off unreported): positions from
+        // its beginning on, and another try `HEAD_EVERY` later.
         let mut reach = Reach::default();
         let failed = reach.plan(at(0), db_at(0));
         reach.whole_read_begins(&failed, at(0));

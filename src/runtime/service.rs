@@ -83,6 +83,13 @@ pub(crate) trait Service: Send + Sync {
 
     /// Logs what a successful round did (quietly: rounds run every second).
     fn log(report: &Self::Report);
+
+    /// Called with what the round did when one of its steps fails or times out, before the
+    /// error is returned; not after a panic, nor when the round is stopped or dropped.
+    /// Default: nothing.
+    fn round_failed(&self, report: &Self::Report) {
+        let _ = report;
+    }
 }
 
 /// Runs one round: steps, each within the service's deadline, until one says [`Step::Done`] or
@@ -94,12 +101,14 @@ pub(crate) async fn round<S: Service>(
     let mut report = S::Report::default();
     let limit = service.timeout();
     while !stop.is_cancelled() {
-        match tokio::time::timeout(limit, service.step(&mut report)).await {
-            Ok(Ok(Step::More)) => {}
+        let error = match tokio::time::timeout(limit, service.step(&mut report)).await {
+            Ok(Ok(Step::More)) => continue,
             Ok(Ok(Step::Done)) => break,
-            Ok(Err(error)) => return Err(error),
-            Err(_) => return Err(DbCallError::Timeout(limit)),
-        }
+            Ok(Err(error)) => error,
+            Err(_) => DbCallError::Timeout(limit),
+        };
+        service.round_failed(&report);
+        return Err(error);
     }
     Ok(report)
 }
@@ -421,6 +430,7 @@ mod tests {
     #[derive(Default)]
     struct Flaky {
         rounds: AtomicU32,
+        failed: AtomicU32,
     }
 
     impl Service for Flaky {
@@ -444,6 +454,10 @@ mod tests {
         }
 
         fn log(_: &()) {}
+
+        fn round_failed(&self, _: &()) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     #[tokio::test]
@@ -466,6 +480,11 @@ mod tests {
         let role = report.role("flaky").expect("registered");
         assert_eq!(role.failures, 2);
         assert_eq!(role.panics, 1);
+        assert_eq!(
+            flaky.failed.load(Ordering::SeqCst),
+            1,
+            "told of the failed round"
+        );
         assert_eq!(role.consecutive_failures, 0);
         assert!(role.last_success.is_some());
         assert!(report.is_healthy());

@@ -6,7 +6,9 @@
 //! each. What a positioned read cannot see (a row locked at the time, one that changed behind
 //! the position) waits for a read of the whole index, which comes now and then: every
 //! `every`, or [`SPACING`] times as long as the last whole read took, whichever is longer, so
-//! that a hold that makes them slow also makes them rare.
+//! that a hold that makes them slow also makes them rare. A whole read that fails or times out
+//! counts the same way, for as long as it ran: under a hold, one that ran into its 10-s step
+//! timeout is not tried again before 100 s.
 
 use std::time::Duration;
 
@@ -21,12 +23,18 @@ pub(crate) const SPACING: u32 = 10;
 pub(crate) struct WholeReads {
     every: Duration,
     due: Option<Instant>,
+    /// When the whole read under way began; `None` once it finished or failed.
+    began: Option<Instant>,
 }
 
 impl WholeReads {
     /// Whole reads at least `every` apart; the first is due at once.
     pub(crate) const fn new(every: Duration) -> Self {
-        Self { every, due: None }
+        Self {
+            every,
+            due: None,
+            began: None,
+        }
     }
 
     /// Whether a round that begins at `now` reads the whole index.
@@ -34,21 +42,39 @@ impl WholeReads {
         self.due.is_none_or(|due| now >= due)
     }
 
-    /// Records that a whole read begins at `now`: should it fail or time out, the next is
-    /// tried `every` later, and the rounds in between read from positions.
+    /// Records that a whole read begins at `now`. Until it finishes or fails, the next is due
+    /// `every` later, and the rounds in between read from positions.
     pub(crate) fn begins(&mut self, now: Instant) {
+        self.began = Some(now);
         self.due = Some(now + self.every);
     }
 
     /// Records that a whole read which took `took` finished at `now`.
     pub(crate) fn finished(&mut self, now: Instant, took: Duration) {
+        self.began = None;
         self.due = Some(now + self.every.max(took.saturating_mul(SPACING)));
+    }
+
+    /// Records that the whole read which began at `began` failed or timed out at `now`: the
+    /// next is spaced as after one that finished, by how long it ran. Nothing changes when
+    /// another whole read began since (a clone's, or one after a read cut off by a panic or a
+    /// cancel, which nobody reports): that one's schedule stands.
+    pub(crate) fn failed(&mut self, now: Instant, began: Instant) {
+        if self.began == Some(began) {
+            self.finished(now, now.saturating_duration_since(began));
+        }
     }
 
     /// Makes the next round read the whole index (tests).
     #[cfg(test)]
     pub(crate) fn make_due(&mut self) {
         self.due = None;
+    }
+
+    /// Whether a whole read began and has not finished or failed (tests).
+    #[cfg(test)]
+    pub(crate) fn under_way(&self) -> bool {
+        self.began.is_some()
     }
 }
 
@@ -67,7 +93,7 @@ mod tests {
         assert!(!reads.due(at(30)));
         assert!(reads.due(at(31)));
 
-        // One that never finished: tried again `every` after it began.
+        // One still under way, or cut off unreported: tried again `every` after it began.
         reads.begins(at(31));
         assert!(!reads.due(at(60)));
         assert!(reads.due(at(61)));
@@ -77,5 +103,34 @@ mod tests {
         reads.finished(at(81), Duration::from_secs(20));
         assert!(!reads.due(at(280)));
         assert!(reads.due(at(281)));
+
+        // A failure reported late, for a read that finished, changes nothing.
+        reads.failed(at(290), at(61));
+        assert!(reads.due(at(281)));
+    }
+
+    #[test]
+    fn one_that_fails_is_spaced_by_how_long_it_ran() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut reads = WholeReads::new(Duration::from_secs(30));
+        reads.begins(at(0));
+        reads.failed(at(10), at(0));
+        assert!(!reads.due(at(109)));
+        assert!(reads.due(at(110)));
+
+        // A quick failure: `every` after it.
+        reads.begins(at(110));
+        reads.failed(at(111), at(110));
+        assert!(!reads.due(at(140)));
+        assert!(reads.due(at(141)));
+
+        // A read cut off at 141 and never reported; one begun at 150 stands whatever a
+        // failure of the first would say.
+        reads.begins(at(141));
+        reads.begins(at(150));
+        reads.failed(at(200), at(141));
+        assert!(!reads.due(at(179)));
+        assert!(reads.due(at(180)));
     }
 }
