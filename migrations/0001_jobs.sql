@@ -50,8 +50,8 @@ CREATE INDEX jobs_due_idx ON skiplock.jobs (run_at)
 
 -- A busy queue table produces dead tuples fast; vacuum it early and without throttling. Each
 -- setting was measured against the server's default on a stock PostgreSQL 15 (autovacuum on,
--- 1-minute naptime) with `skiplock bench steady` with and without `--server-autovacuum`, one
--- run of each (2026-12-06; docs/performance.md, "The job table's storage settings"). These
+-- 1-minute naptime) with `skiplock bench steady` with and without `--server-autovacuum`, runs
+-- in turn (2026-12-06; docs/performance.md, "The job table's storage settings"). These
 -- comments were added then; the settings are the ones this migration always made.
 ALTER TABLE skiplock.jobs SET (
     -- Vacuum after 2 % of the rows are dead, not 20 %. A production table keeps its history

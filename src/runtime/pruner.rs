@@ -21,12 +21,13 @@
 //! [`SPACING`](super::whole_reads::SPACING) times as long as that step took if that is longer
 //! (a first step over a tenth of the spacing). One that fails or times out (after hours of a
 //! hold it may) is spaced the same way, by how long it ran (a step that timed out after 10 s:
-//! 100 s later at least), and the rounds in between read from the positions. Jobs finish out of id order all the time (a
-//! long run next to short ones), so some are always passed over: with rounds from the start
-//! at most a retention apart, a job goes within about twice its retention, at most 5 minutes
-//! (and a prune interval) late. A statement that found another pruner at work returns nothing, as
-//! one that found no finished job does: a round from the start counts as one all the same, and
-//! what it would have deleted waits for the next (or for the other pruner's).
+//! 100 s later at least), and the rounds in between read from the positions. Jobs finish out
+//! of id order all the time (a long run next to short ones), so some are always passed over:
+//! with rounds from the start at most a retention apart, a job goes within about twice its
+//! retention, at most 5 minutes (and a prune interval) late. A statement that found another
+//! pruner at work returns nothing, as one that found no finished job does: a round from the
+//! start counts as one all the same, and what it would have deleted waits for the next (or
+//! for the other pruner's).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -205,10 +206,11 @@ impl From<DbCallError> for PruneError {
 /// rounds read on from there, so that a long transaction pinning the xmin horizon does not
 /// make every round walk all the jobs deleted since it began. In its first round, and in the
 /// first round at least the shortest retention (at most 5 minutes) after the last such one's
-/// read from the start finished, it reads every queue and kind from its start, which deletes what the other
-/// rounds passed over: a job that finished after jobs enqueued later were deleted (a long
-/// run, a retry, a delay, or only a slower neighbour), one another transaction had locked, and
-/// the jobs of a queue or kind new to a state in which the pruner already knows others. Such
+/// read from the start finished, it reads every queue and kind from its start, which deletes
+/// what the other rounds passed over: a job that finished after jobs enqueued later were
+/// deleted (a long run, a retry, a delay, or only a slower neighbour), one another transaction
+/// had locked, and the jobs of a queue or kind new to a state in which the pruner already
+/// knows others. Such
 /// jobs outlive their retention by up to that much more (and a prune interval): with a
 /// retention of zero, every round reads from the start. While such rounds are slow (a first
 /// step over a tenth of that spacing), they come ten times as long as their first step took
