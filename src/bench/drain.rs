@@ -79,7 +79,7 @@ impl Drain {
             ));
         }
         let mut conn = database.connect().await?;
-        self.fill(&mut conn, progress).await?;
+        let finished = self.fill(&mut conn, progress).await?;
         if let Some(limit) = self.concurrency_limit {
             crate::limits::set(
                 &mut conn,
@@ -173,7 +173,7 @@ impl Drain {
             .detail("workers", self.workers)
             .detail("concurrency", self.concurrency)
             .detail("scheduled", self.scheduled)
-            .detail("finished", self.finished)
+            .detail("finished", finished)
             .detail("foreign", self.foreign)
             .detail("scrapes", scrapes)
             .detail("dashboard", self.dashboard);
@@ -181,12 +181,12 @@ impl Drain {
     }
 
     /// Inserts the jobs (and any filler) untimed, then vacuums and checkpoints so the timed part
-    /// starts from a clean table.
+    /// starts from a clean table. Returns how many completed jobs it put in.
     async fn fill(
         &self,
         conn: &mut PgConnection,
         progress: &(dyn Fn(&Progress) + Sync),
-    ) -> Result<(), BenchError> {
+    ) -> Result<u64, BenchError> {
         let action = "fill the queue";
         let to_i64 =
             |n: u64| i64::try_from(n).map_err(|_| BenchError::Invalid(format!("{n} is too many")));
@@ -197,8 +197,10 @@ impl Drain {
             to_i64(self.foreign)?,
         );
         let fill = async {
+            let mut inserted = 0;
             if finished > 0 {
-                db::bench::fill_completed(&mut *conn, FILLER_KIND, QUEUE, finished).await?;
+                inserted = db::bench::fill_completed(&mut *conn, FILLER_KIND, QUEUE, finished, 0.0)
+                    .await?;
             }
             if scheduled > 0 {
                 db::bench::fill_scheduled(&mut *conn, FILLER_KIND, QUEUE, scheduled).await?;
@@ -207,16 +209,17 @@ impl Drain {
                 db::bench::fill_available(&mut *conn, FILLER_KIND, QUEUE, foreign).await?;
             }
             db::bench::fill_available(&mut *conn, KIND, QUEUE, jobs).await?;
-            db::bench::vacuum_jobs(&mut *conn).await
+            db::bench::vacuum_jobs(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(inserted)
         };
         let total = self.jobs + self.scheduled + self.finished + self.foreign;
-        reporting("filling", Some(total), || 0, progress, fill)
+        let finished = reporting("filling", Some(total), || 0, progress, fill)
             .await
             .map_err(BenchError::database(action))?;
         if let Err(error) = db::bench::checkpoint(&mut *conn).await {
             tracing::info!(%error, "no CHECKPOINT before the timed part");
         }
-        Ok(())
+        Ok(finished)
     }
 }
 

@@ -11,6 +11,7 @@ use super::drain::{FILLER_KIND, start_workers, stop_all};
 use super::probe::{KIND, Noop, Probe};
 use super::soak::{self, Commits, Sample};
 use super::{BenchConfig, BenchDatabase, BenchError, Progress, QUEUE, Report, reporting};
+use crate::runtime::DEFAULT_COMPLETED_RETENTION;
 use crate::{NewJob, db, enqueue_many};
 
 /// How often the enqueuer inserts what is due, in one statement.
@@ -44,9 +45,9 @@ pub struct Steady {
     pub retention: Option<Duration>,
     /// Completed jobs put in the table before the run, as a history like a production table's
     /// (of another kind, so not counted in the results), then vacuumed and, if the role may,
-    /// checkpointed. They all finish as the fill ends: with a `retention`, the pruner deletes
-    /// them all at once, one retention into the run, and the run's cost and samples include
-    /// it. Default 0.
+    /// checkpointed. They finished evenly over one retention (`retention`, or 24 hours) before
+    /// the run, the newest as it starts: the pruner deletes them at the pace a table in its
+    /// steady state would, all of them by one retention into the run. Default 0.
     pub finished: u64,
     /// Whether to reset `skiplock.jobs`' own autovacuum settings (the migrations' scale factors
     /// and cost delay) to the server's before the run, to measure what those settings buy.
@@ -246,7 +247,12 @@ impl Steady {
         let count = i64::try_from(self.finished)
             .map_err(|_| BenchError::Invalid(format!("{} is too many", self.finished)))?;
         let fill = async {
-            let filled = db::bench::fill_completed(&mut *conn, FILLER_KIND, QUEUE, count).await?;
+            let spread = self
+                .retention
+                .unwrap_or(DEFAULT_COMPLETED_RETENTION)
+                .as_secs_f64();
+            let filled =
+                db::bench::fill_completed(&mut *conn, FILLER_KIND, QUEUE, count, spread).await?;
             db::bench::vacuum_jobs(&mut *conn).await?;
             Ok::<_, sqlx::Error>(filled)
         };

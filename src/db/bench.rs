@@ -49,24 +49,30 @@ pub(crate) async fn fill_scheduled<'e>(
     Ok(done.rows_affected())
 }
 
-/// Inserts `count` completed jobs: the finished history a long-running queue retains.
+/// Inserts `count` completed jobs: the finished history a long-running queue retains, finished
+/// evenly over the `spread_secs` seconds before now (created, run and attempted as they finished).
 pub(crate) async fn fill_completed<'e>(
     executor: impl PgExecutor<'e>,
     kind: &str,
     queue: &str,
     count: i64,
+    spread_secs: f64,
 ) -> Result<u64, sqlx::Error> {
+    // The oldest first, `spread_secs` ago; the newest now.
     let done = sqlx::query!(
         r#"
-        INSERT INTO skiplock.jobs (kind, queue, args, state, attempt, attempted_at, finished_at,
-                                   attempted_by, result)
-        SELECT $1, $2, jsonb_build_object('n', g), 'completed', 1, now(), now(),
-               '{bench-filler}', 'null'::jsonb
-        FROM generate_series(1, $3::bigint) AS g
+        INSERT INTO skiplock.jobs (kind, queue, args, state, attempt, created_at, run_at,
+                                   attempted_at, finished_at, attempted_by, result)
+        SELECT $1, $2, jsonb_build_object('n', g), 'completed', 1, finished, finished, finished,
+               finished, '{bench-filler}', 'null'::jsonb
+        FROM generate_series(1, $3::bigint) AS g,
+             LATERAL (SELECT now() - make_interval(secs => $4::float8 * ($3 - g) / $3))
+                 AS at(finished)
         "#,
         kind,
         queue,
         count,
+        spread_secs,
     )
     .execute(executor)
     .await?;
@@ -315,4 +321,38 @@ pub(crate) async fn table_health<'e>(
     )
     .fetch_one(executor)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use skiplock_testing::TestDatabase;
+
+    use super::*;
+
+    /// A history finishes evenly over its spread, the newest as it is put in, each job created,
+    /// run and attempted as it finished.
+    #[tokio::test]
+    async fn a_history_is_spread_over_the_seconds_asked() {
+        let db = TestDatabase::new().await.expect("database");
+        let filled = fill_completed(db.pool(), "history", "default", 10, 100.0)
+            .await
+            .expect("fill");
+        assert_eq!(filled, 10);
+        let (oldest, newest, apart, whole): (f64, f64, f64, bool) = sqlx::query_as(
+            "SELECT extract(epoch FROM now() - min(finished_at))::float8,
+                    extract(epoch FROM now() - max(finished_at))::float8,
+                    extract(epoch FROM (array_agg(finished_at ORDER BY id))[2]
+                                     - (array_agg(finished_at ORDER BY id))[1])::float8,
+                    bool_and(created_at = finished_at AND run_at = finished_at
+                             AND attempted_at = finished_at)
+             FROM skiplock.jobs",
+        )
+        .fetch_one(db.pool())
+        .await
+        .expect("read");
+        assert!((oldest - 90.0).abs() < 1.0, "{oldest}");
+        assert!(newest.abs() < 1.0, "{newest}");
+        assert!((apart - 10.0).abs() < 0.001, "{apart}");
+        assert!(whole);
+    }
 }

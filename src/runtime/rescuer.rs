@@ -27,7 +27,8 @@
 //! as the last one took, whichever is longer. A rescuer's first round reads the whole index. A read
 //! of the whole index that fails or times out (it may, after hours of a hold) leaves the rounds
 //! after it reading from a position, so that fresh leases are still taken back, and is spaced as
-//! one that finished, by how long it ran.
+//! one that finished, by how long it ran. One that got to the end is done, whatever the round's
+//! later steps (reaping workers, repairing workflows) do.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -109,12 +110,17 @@ impl Reach {
         self.whole_reads.begins(now);
     }
 
-    /// Records that the round of `scan` finished at `now`.
-    fn finished(&mut self, scan: Scan, now: Instant) {
-        self.last_round = Some(scan.began);
+    /// Records that the round of `scan` read its index to the end at `now`: a read of the whole
+    /// index is done then, whatever the round's later steps do.
+    fn read_to_end(&mut self, scan: &Scan, now: Instant) {
         if scan.from.is_none() {
             self.whole_reads.finished(now, scan.read);
         }
+    }
+
+    /// Records that the round of `scan` finished: the next reads from its beginning on.
+    fn finished(&mut self, scan: Scan) {
+        self.last_round = Some(scan.began);
     }
 }
 
@@ -218,13 +224,14 @@ impl Service for Rescuer {
             return Ok(Step::More);
         }
         // Read to its end: what fails from here on is not the read's.
+        self.reach().read_to_end(&scan, Instant::now());
         report.whole_read = None;
         let ttl = self.config.worker_ttl.as_secs_f64();
         report.reaped_workers = db::job::reap_dead_workers(&self.pool, ttl).await?;
         // No workflow job waits forever for a dependency that is gone.
         report.repaired_dependencies = db::workflow::repair(&self.pool, REPAIRS_PER_ROUND).await?;
         // Only a round that read all its leases moves the position.
-        self.reach().finished(scan, Instant::now());
+        self.reach().finished(scan);
         Ok(Step::Done)
     }
 
@@ -391,6 +398,30 @@ mod tests {
         assert_eq!(next.rescued, [(ids[1], JobState::Available)]);
     }
 
+    /// A round whose read of the whole index got to the end, and which then timed out (here
+    /// reaping workers, blocked by a lock on their table), counts that read as done.
+    #[tokio::test]
+    async fn a_whole_read_that_got_to_the_end_counts_when_a_later_step_times_out() {
+        let db = TestDatabase::new().await.expect("database");
+        let pool = db.pool();
+        let rescuer = Rescuer::new(
+            pool.clone(),
+            RescuerConfig {
+                timeout: Duration::from_millis(500),
+                ..rescuer(pool).config
+            },
+        );
+        let lock = "LOCK TABLE skiplock.workers IN ACCESS EXCLUSIVE MODE";
+        let timed_out = service::while_locked(pool, lock, rescuer.run_once()).await;
+        assert!(
+            matches!(timed_out, Err(DbCallError::Timeout(_))),
+            "{timed_out:?}"
+        );
+        assert!(!rescuer.reach().whole_reads.under_way());
+        let next = rescuer.run_once().await.expect("next round");
+        assert!(next.scan.and_then(|scan| scan.from).is_some(), "{next:?}");
+    }
+
     /// The whole index is read first, then every `HEAD_EVERY`, or `whole_reads::SPACING` times as
     /// long as its last read took; other rounds read from `REACH_BACK` before the last round
     /// that finished.
@@ -404,13 +435,16 @@ mod tests {
         let mut whole = reach.plan(at(0), db_at(0));
         assert_eq!(whole.from, None);
         whole.read = Duration::from_secs(1);
-        reach.finished(whole, at(1));
+        reach.read_to_end(&whole, at(1));
+        reach.finished(whole);
 
         let next = reach.plan(at(6), db_at(6));
         assert_eq!(next.from, Some(db_at(0) - REACH_BACK));
         // It failed: the one after reaches back as far.
         assert_eq!(reach.plan(at(11), db_at(11)).from, next.from);
-        reach.finished(reach.plan(at(11), db_at(11)), at(12));
+        let round = reach.plan(at(11), db_at(11));
+        reach.read_to_end(&round, at(12));
+        reach.finished(round);
         assert_eq!(
             reach.plan(at(16), db_at(16)).from,
             Some(db_at(11) - REACH_BACK)
@@ -432,7 +466,8 @@ mod tests {
         let mut reach = Reach::default();
         let mut slow = reach.plan(at(0), db_at(0));
         slow.read = Duration::from_secs(20);
-        reach.finished(slow, at(25));
+        reach.read_to_end(&slow, at(25));
+        reach.finished(slow);
         assert!(reach.plan(at(224), db_at(224)).from.is_some());
         assert_eq!(reach.plan(at(225), db_at(225)).from, None);
     }

@@ -390,8 +390,23 @@ pub(crate) async fn while_jobs_are_locked<T>(
     pool: &sqlx::PgPool,
     call: impl Future<Output = T>,
 ) -> T {
+    while_locked(
+        pool,
+        "LOCK TABLE skiplock.jobs IN ACCESS EXCLUSIVE MODE",
+        call,
+    )
+    .await
+}
+
+/// [`while_jobs_are_locked`] with the lock taken by `lock`, a `LOCK TABLE` statement.
+#[cfg(test)]
+pub(crate) async fn while_locked<T>(
+    pool: &sqlx::PgPool,
+    lock: &'static str,
+    call: impl Future<Output = T>,
+) -> T {
     let mut blocker = pool.begin().await.expect("begin");
-    sqlx::raw_sql("LOCK TABLE skiplock.jobs IN ACCESS EXCLUSIVE MODE")
+    sqlx::raw_sql(lock)
         .execute(&mut *blocker)
         .await
         .expect("lock");

@@ -269,8 +269,8 @@ pub(crate) struct BenchSteadyArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) retention: Option<Duration>,
 
-    /// Completed jobs put in the table before the run, as a history like a production table's
-    /// (with --retention, all pruned at once, one retention into the run).
+    /// Completed jobs put in the table before the run, as a history like a production table's:
+    /// finished evenly over one retention (--retention, or 24 hours), so pruned at a steady pace.
     #[arg(long, default_value_t = 0)]
     pub(crate) finished: u64,
 
