@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Raw-SQL drain rates of storage shapes for a SKIP LOCKED queue, each with the indexes skiplock
-# needs, through pgbench (prepared statements, one client): what "write less per job" can buy
+# needs, through pgbench (prepared statements, CLIENTS clients): what "write less per job" can buy
 # before any of it is built (issue 13; docs/performance.md, "Storage shapes").
 #
 #   ceiling   the shape of ../shared/bench/pg-limit.sh's raw ceiling: one table, its primary key
@@ -17,16 +17,21 @@
 #             moves them into `done` (primary key, finished index), where they stay queryable.
 #   move-bare `move` with primary keys only (no lease or finished index; close to
 #             ../shared/bench/design-ceilings.sh move, whose `done` has no index at all).
+#   combined  `ceiling`'s table and statements, but each client completes its previous batch and
+#             claims the next in one statement (the completion in the claim's WITH): one
+#             statement per batch instead of two (performance.md, "What a statement costs").
 # Rows are narrow (10 columns, not skiplock's 26) and the claim index has no `kind`: the shapes
 # differ in what they write per job, not in skiplock's statements.
 #
 # Usage: scripts/storage-shapes.sh SHAPE...   (default: ceiling inplace move move-bare, in turn)
 # Env: PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres), BATCH=1000 DURATION=10 ROWS=1000000,
-# FILLFACTOR=100 (of the one-table shapes' jobs table; the moving shapes never update a row).
+# FILLFACTOR=100 (of the one-table shapes' jobs table; the moving shapes never update a row),
+# CLIENTS=1 (each claiming BATCH at a time).
 # Prints one JSON line per shape. Run it against scripts/stock-cluster.sh for stock settings.
 set -euo pipefail
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
 BATCH=${BATCH:-1000} DURATION=${DURATION:-10} ROWS=${ROWS:-1000000} FILLFACTOR=${FILLFACTOR:-100}
+CLIENTS=${CLIENTS:-1}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -59,6 +64,25 @@ WITH c AS (
 SELECT coalesce(array_agg(id), '{}') AS ids FROM u \gset
 UPDATE jobs SET state = 'completed', finished_at = now(), lease_expires_at = NULL
 WHERE id = ANY (:ids::bigint[]) AND state = 'running';
+SQL
+}
+
+# One statement per batch: the previous batch's completion (its ids in a pgbench variable,
+# `{}` at first) and the next claim.
+combined_step() {
+  cat <<SQL
+WITH done AS (
+  UPDATE jobs SET state = 'completed', finished_at = now(), lease_expires_at = NULL
+  WHERE id = ANY (:ids::bigint[]) AND state = 'running'
+), c AS (
+  SELECT id FROM jobs WHERE state = 'available' AND queue = 'default' AND run_at <= now()
+  ORDER BY priority, run_at, id LIMIT $BATCH FOR UPDATE SKIP LOCKED
+), u AS (
+  UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
+                    lease_expires_at = now() + interval '30 s'
+  FROM c WHERE j.id = c.id RETURNING j.id
+)
+SELECT coalesce(array_agg(id), '{}') AS ids FROM u \gset
 SQL
 }
 
@@ -129,7 +153,8 @@ CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
       count="SELECT count(*) FROM done" ;;
     move-bare) moved "" >"$work/setup.sql"; moved_step >"$work/step.sql"
       count="SELECT count(*) FROM done" ;;
-    *) echo "unknown shape $shape: ceiling, inplace, inplace-lease, inplace-finished, finish-moves, move or move-bare" >&2; exit 2 ;;
+    combined) one_table "" >"$work/setup.sql"; combined_step >"$work/step.sql" ;;
+    *) echo "unknown shape $shape: ceiling, inplace, inplace-lease, inplace-finished, finish-moves, move, move-bare or combined" >&2; exit 2 ;;
   esac
   PGOPTIONS="-c client_min_messages=warning" dropdb --if-exists "$db"
   createdb "$db"
@@ -137,14 +162,16 @@ CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
   psql -qX -d "$db" -c CHECKPOINT
   local before done_rows wal
   before=$(psql -AtqX -d "$db" -c "SELECT pg_current_wal_insert_lsn()")
-  pgbench -n -M prepared -c 1 -j 1 -T "$DURATION" -f "$work/step.sql" "$db" >"$work/out" 2>&1 ||
+  pgbench -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -D ids='{}' -T "$DURATION" \
+    -f "$work/step.sql" "$db" >"$work/out" 2>&1 ||
     { cat "$work/out" >&2; exit 1; }
   done_rows=$(psql -AtqX -d "$db" -c "$count")
   wal=$(psql -AtqX -d "$db" -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$before')")
   if [ "$done_rows" -ge "$ROWS" ]; then
     echo "$shape: all $ROWS jobs drained before $DURATION s: the rate is a floor; raise ROWS" >&2
   fi
-  python3 -c "import json; print(json.dumps({'shape': '$shape', 'batch': $BATCH, 'seconds': $DURATION,
+  python3 -c "import json; print(json.dumps({'shape': '$shape', 'batch': $BATCH, 'clients': $CLIENTS,
+    'seconds': $DURATION,
     'fillfactor': $FILLFACTOR, 'done': $done_rows, 'jobs_per_s': round($done_rows / $DURATION, 1),
     'wal_bytes_per_job': round($wal / max($done_rows, 1))}))"
   dropdb "$db"
