@@ -275,7 +275,7 @@ impl<S: Clone + Send + Sync + 'static> WorkerBuilder<S> {
     /// counted from their `finished_at` (database time). Default: [`Retention::default`]:
     /// completed jobs 24 hours, failed and cancelled jobs 7 days. [`Retention::keep_forever`]
     /// turns pruning off. A job that finished after jobs enqueued later were deleted may
-    /// outlive its retention by up to the shortest retention, at most 5 minutes and a prune
+    /// outlive its retention by up to that retention again, at most 5 minutes and a prune
     /// interval, while the pruner's rounds are fast (see
     /// [`Pruner`](crate::Pruner)).
     ///

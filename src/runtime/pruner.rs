@@ -15,19 +15,19 @@
 //! keeps an entry for every job deleted since, none of which can be marked dead, and a read
 //! from its start visits the heap for each (the rounds' first statements seen running for over
 //! 150 ms took 1.6–2.0 s on average, during a 5-minute hold at 10,000 jobs/s). What such
-//! reads cannot see waits for a round that reads every (queue, kind) from its start (see
-//! [`Pruner`]). The next such round is due the shortest retention after the last one's read
-//! from the start (its first step) finished (at most [`WHOLE_READ_EVERY`]), or
-//! [`SPACING`](super::whole_reads::SPACING) times as long as that step took if that is longer
-//! (a first step over a tenth of the spacing). One that fails or times out (after hours of a
-//! hold it may) is spaced the same way, by how long it ran (a step that timed out after 10 s:
-//! 100 s later at least), and the rounds in between read from the positions. Jobs finish out
-//! of id order all the time (a long run next to short ones), so some are always passed over:
-//! with rounds from the start at most a retention apart, a job goes within about twice its
-//! retention, at most 5 minutes (and a prune interval) late. A statement that found another
-//! pruner at work returns nothing, as one that found no finished job does: a round from the
-//! start counts as one all the same, and what it would have deleted waits for the next (or
-//! for the other pruner's).
+//! reads cannot see waits for a round that reads every (queue, kind) of the state from its
+//! start (see [`Pruner`]). Each state has its own schedule: its next such read is due its
+//! retention after its last one (its statement in a round's first step) finished (at most
+//! [`WHOLE_READ_EVERY`]), or [`SPACING`](super::whole_reads::SPACING) times as long as that
+//! statement took if that is longer (one over a tenth of the spacing). One that fails or times
+//! out (after hours of a hold it may) is spaced the same way, by how long it ran (a statement
+//! that timed out after 10 s: 100 s later at least), and the rounds in between read from the
+//! positions. Jobs finish out of id order all the time (a long run next to short ones), so
+//! some are always passed over: with reads from the start at most a retention apart, a job
+//! goes within about twice its retention, at most 5 minutes (and a prune interval) late. A
+//! statement that found another pruner at work returns nothing, as one that found no finished
+//! job does: a read from the start counts as one all the same, and what it would have deleted
+//! waits for the next (or for the other pruner's).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -60,8 +60,8 @@ pub const DEFAULT_CANCELLED_RETENTION: Duration = Duration::from_secs(7 * 24 * 6
 /// How many jobs one pruning statement deletes at most: 1,000.
 pub const DEFAULT_PRUNE_BATCH: usize = 1_000;
 
-/// How long after a round that read every (queue, kind) from its start the next one is due,
-/// at most, while the shortest retention is longer: 5 minutes.
+/// How long after a state's read of every (queue, kind) from its start the next one is due,
+/// at most, while the state's retention is longer: 5 minutes.
 const WHOLE_READ_EVERY: Duration = Duration::from_secs(5 * 60);
 
 /// The key of the advisory lock that lets one pruning statement run at a time: the ASCII bytes
@@ -117,6 +117,11 @@ impl Retention {
     /// Whether this keeps every finished job forever.
     pub const fn keeps_everything(&self) -> bool {
         self.completed.is_none() && self.failed.is_none() && self.cancelled.is_none()
+    }
+
+    /// The three retentions: `completed`, `failed`, `cancelled`.
+    const fn each(&self) -> [Option<Duration>; 3] {
+        [self.completed, self.failed, self.cancelled]
     }
 }
 
@@ -204,17 +209,17 @@ impl From<DbCallError> for PruneError {
 ///
 /// A pruner remembers, per state, queue and kind, the largest id it deleted, and its next
 /// rounds read on from there, so that a long transaction pinning the xmin horizon does not
-/// make every round walk all the jobs deleted since it began. In its first round, and in the
-/// first round at least the shortest retention (at most 5 minutes) after the last such one's
-/// read from the start finished, it reads every queue and kind from its start, which deletes
+/// make every round walk all the jobs deleted since it began. In its first round, and for each
+/// state in the first round at least that state's retention (at most 5 minutes) after its last
+/// read from the start finished, it reads every queue and kind of the state from its start
+/// (a retention of zero for one state leaves the others' rounds reading on), which deletes
 /// what the other rounds passed over: a job that finished after jobs enqueued later were
 /// deleted (a long run, a retry, a delay, or only a slower neighbour), one another transaction
 /// had locked, and the jobs of a queue or kind new to a state in which the pruner already
-/// knows others. Such
-/// jobs outlive their retention by up to that much more (and a prune interval): with a
-/// retention of zero, every round reads from the start. While such rounds are slow (a first
-/// step over a tenth of that spacing), they come ten times as long as their first step took
-/// apart instead. Clones share where they stand.
+/// knows others. Such jobs outlive their retention by up to that much more (and a prune
+/// interval): with a retention of zero, nearly every round reads that state from the start.
+/// While such reads are slow (one over a tenth of that spacing), they come ten times as long
+/// as they took apart instead. Clones share where they stand.
 #[derive(Clone, Debug)]
 pub struct Pruner {
     pool: PgPool,
@@ -226,11 +231,11 @@ impl Pruner {
     /// A pruner working through `pool`; its first round reads every (queue, kind) from its
     /// start.
     pub fn new(pool: PgPool, config: PrunerConfig) -> Self {
-        let every = whole_read_every(&config.retention);
+        let reach = Reach::new(&config.retention);
         Self {
             pool,
             config,
-            reach: Arc::new(Mutex::new(Reach::new(every))),
+            reach: Arc::new(Mutex::new(reach)),
         }
     }
 
@@ -246,7 +251,8 @@ impl Pruner {
             let retention = &self.config.retention;
             // A workflow's jobs go together, once the workflow finished longer ago than the
             // longest retention (never, if a state is kept forever): no workflow is half pruned.
-            let workflow_age = [retention.completed, retention.failed, retention.cancelled]
+            let workflow_age = retention
+                .each()
                 .into_iter()
                 .try_fold(Duration::ZERO, |longest, age| {
                     age.map(|age| longest.max(age))
@@ -312,13 +318,10 @@ impl Pruner {
 /// to 100,000 jobs; the round goes on until fewer are left).
 const WORKFLOWS_PER_STEP: i32 = 100;
 
-/// How long after a round from the start the next is due: the shortest retention, at most
-/// [`WHOLE_READ_EVERY`].
-fn whole_read_every(retention: &Retention) -> Duration {
-    [retention.completed, retention.failed, retention.cancelled]
-        .into_iter()
-        .flatten()
-        .fold(WHOLE_READ_EVERY, Duration::min)
+/// How long after a state's read from the start the next is due: its retention, at most
+/// [`WHOLE_READ_EVERY`] (a state kept forever is never read).
+fn whole_read_every(age: Option<Duration>) -> Duration {
+    age.map_or(WHOLE_READ_EVERY, |age| age.min(WHOLE_READ_EVERY))
 }
 
 /// Where a pruner stands across rounds.
@@ -326,16 +329,32 @@ fn whole_read_every(retention: &Retention) -> Duration {
 struct Reach {
     /// Per final state, the largest id deleted in each (queue, kind).
     positions: [BTreeMap<(String, String), i64>; 3],
-    /// When a round reads every (queue, kind) from its start next.
-    whole_reads: WholeReads,
+    /// Per final state, when a round reads every (queue, kind) of it from its start next: each
+    /// on its own retention's schedule, so that a short one for one state does not send the
+    /// others' reads back to their start every round.
+    whole_reads: [WholeReads; 3],
 }
 
 impl Reach {
-    fn new(whole_read_every: Duration) -> Self {
+    fn new(retention: &Retention) -> Self {
         Self {
             positions: Default::default(),
-            whole_reads: WholeReads::new(whole_read_every),
+            whole_reads: retention
+                .each()
+                .map(|age| WholeReads::new(whole_read_every(age))),
         }
+    }
+
+    /// Makes the next round read every state from its start (tests).
+    #[cfg(test)]
+    fn make_due(&mut self) {
+        self.whole_reads.iter_mut().for_each(WholeReads::make_due);
+    }
+
+    /// Whether a read from the start began and has not finished or failed (tests).
+    #[cfg(test)]
+    fn under_way(&self) -> bool {
+        self.whole_reads.iter().any(WholeReads::under_way)
     }
 
     /// Where the state at `index` stands, for a statement to read on from.
@@ -381,10 +400,12 @@ impl Reach {
 #[derive(Debug, Default)]
 pub(crate) struct PruneRound {
     report: PruneReport,
-    /// Whether the round reads every (queue, kind) from its start; set by its first step.
-    whole: Option<bool>,
-    /// When its read from the start (the first step) began, until that step ends.
-    whole_read: Option<Instant>,
+    /// Per state, whether the round reads every (queue, kind) of it from its start; set by its
+    /// first step.
+    whole: Option<[bool; 3]>,
+    /// Per state, when its read from the start (the first step's statement) began, until that
+    /// statement ends.
+    whole_read: [Option<Instant>; 3],
     positions: [Vec<PrunePosition>; 3],
     drained: [bool; 3],
     workflows_drained: bool,
@@ -410,19 +431,17 @@ impl Service for Pruner {
         if round.drained.iter().all(|done| *done) {
             return self.finish(round).await;
         }
-        // Timed from the statements on: a wait for a pooled connection is not the index's cost.
         let mut conn = self.pool.acquire().await?;
-        let started = Instant::now();
         let whole = match round.whole {
             Some(whole) => whole,
             None => {
-                let mut reach = self.reach();
-                let whole = reach.whole_reads.due(started);
-                if whole {
-                    reach.whole_reads.begins(started);
-                    round.whole_read = Some(started);
-                } else {
-                    round.positions = [0, 1, 2].map(|index| reach.starts(index));
+                let reach = self.reach();
+                let now = Instant::now();
+                let whole = [0, 1, 2].map(|index| reach.whole_reads[index].due(now));
+                for (index, positions) in round.positions.iter_mut().enumerate() {
+                    if !whole[index] {
+                        *positions = reach.starts(index);
+                    }
                 }
                 round.whole = Some(whole);
                 whole
@@ -452,6 +471,22 @@ impl Service for Pruner {
                 continue;
             };
             let older_than_secs = age.min(MAX_AGE).as_secs_f64();
+            // The read from the start is the first step's: the steps after it read on from
+            // where it stopped, as positioned rounds do. Timed from its statement on (a wait
+            // for a pooled connection, or another state's statement, is not its cost).
+            let mut read_from_start = first && whole[index];
+            let began = Instant::now();
+            if read_from_start {
+                let mut reach = self.reach();
+                // A clone may have begun one since this round began: read on from positions.
+                if reach.whole_reads[index].due(began) {
+                    reach.whole_reads[index].begins(began);
+                    round.whole_read[index] = Some(began);
+                } else {
+                    *positions = reach.starts(index);
+                    read_from_start = false;
+                }
+            }
             // With no positions, the statement finds every (queue, kind) of the state.
             let sees_every_pair = positions.is_empty();
             *positions = db::job::delete_finished(
@@ -463,17 +498,17 @@ impl Service for Pruner {
                 positions,
             )
             .await?;
-            self.reach().record(index, positions, sees_every_pair);
+            {
+                let mut reach = self.reach();
+                reach.record(index, positions, sees_every_pair);
+                if read_from_start {
+                    reach.whole_reads[index].finished(Instant::now(), began.elapsed());
+                    round.whole_read[index] = None;
+                }
+            }
             let n: i64 = positions.iter().map(|p| p.deleted).sum();
             *deleted += u64::try_from(n).unwrap_or(0);
             *drained = n < batch;
-        }
-        if first && whole {
-            // The read from the start is its first step's: the steps after it read on from
-            // where it stopped, as positioned rounds do.
-            let took = started.elapsed();
-            self.reach().whole_reads.finished(Instant::now(), took);
-            round.whole_read = None;
         }
         drop(conn);
         if !round.drained.iter().all(|done| *done) {
@@ -484,8 +519,11 @@ impl Service for Pruner {
 
     /// A read from the start that failed or timed out is spaced by how long it ran.
     fn round_failed(&self, round: &PruneRound) {
-        if let Some(began) = round.whole_read {
-            self.reach().whole_reads.failed(Instant::now(), began);
+        let mut reach = self.reach();
+        for (reads, began) in reach.whole_reads.iter_mut().zip(round.whole_read) {
+            if let Some(began) = began {
+                reads.failed(Instant::now(), began);
+            }
         }
     }
 
@@ -523,7 +561,7 @@ mod tests {
         assert_eq!(first.completed, 3);
 
         // A round from the start, which finds nothing: the other pruner holds the lock.
-        pruner.reach().whole_reads.make_due();
+        pruner.reach().make_due();
         let mut other = pool.acquire().await.expect("connection");
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(LOCK_KEY)
@@ -543,7 +581,7 @@ mod tests {
         assert_eq!(pruner.run_once().await.expect("second round").completed, 1);
         assert_eq!(ids(pool).await, [straggler]);
 
-        pruner.reach().whole_reads.make_due();
+        pruner.reach().make_due();
         assert_eq!(pruner.run_once().await.expect("third round").completed, 1);
         assert!(ids(pool).await.is_empty());
     }
@@ -559,14 +597,14 @@ mod tests {
         let pruner = pruner(pool, Duration::from_millis(500));
         assert_eq!(pruner.run_once().await.expect("first round").completed, 2);
 
-        pruner.reach().whole_reads.make_due();
+        pruner.reach().make_due();
         let timed_out = service::while_jobs_are_locked(pool, pruner.run_once()).await;
         assert!(
             matches!(timed_out, Err(PruneError::Timeout(_))),
             "{timed_out:?}"
         );
         // Spaced by how long it ran, as one that finished.
-        assert!(!pruner.reach().whole_reads.under_way());
+        assert!(!pruner.reach().under_way());
 
         finish_two_hours_ago(pool, straggler).await;
         finished_two_hours_ago(pool, 1).await;
@@ -584,7 +622,7 @@ mod tests {
             after,
             deleted: 0,
         };
-        let mut reach = Reach::new(WHOLE_READ_EVERY);
+        let mut reach = Reach::new(&Retention::default());
         reach.record(0, &[at("a", 10), at("b", 20)], true);
         reach.record(0, &[at("a", 5), at("c", 1)], false);
         assert_eq!(reach.starts(0), [at("a", 10), at("b", 20), at("c", 1)]);
@@ -676,20 +714,71 @@ mod tests {
     }
 
     #[test]
-    fn rounds_from_the_start_come_the_shortest_retention_apart_at_most_5_minutes() {
+    fn each_state_is_read_from_the_start_its_retention_apart_at_most_5_minutes() {
         let minute = Duration::from_secs(60);
-        assert_eq!(whole_read_every(&Retention::default()), 5 * minute);
-        assert_eq!(whole_read_every(&Retention::keep_forever()), 5 * minute);
-        let short = Retention {
-            failed: Some(minute),
-            ..Retention::default()
-        };
-        assert_eq!(whole_read_every(&short), minute);
-        let zero = Retention {
+        assert_eq!(whole_read_every(None), 5 * minute);
+        assert_eq!(
+            whole_read_every(Some(Duration::from_secs(86_400))),
+            5 * minute
+        );
+        assert_eq!(whole_read_every(Some(minute)), minute);
+        assert_eq!(whole_read_every(Some(Duration::ZERO)), Duration::ZERO);
+    }
+
+    /// Each state keeps its own schedule: after a quick read, a retention of zero for
+    /// `cancelled` makes it due again at once, while `completed` and `failed` wait theirs.
+    #[test]
+    fn each_state_keeps_its_own_schedule() {
+        let hour = Some(Duration::from_secs(60 * 60));
+        let mut reach = Reach::new(&Retention {
+            completed: hour,
+            failed: hour,
             cancelled: Some(Duration::ZERO),
-            ..Retention::keep_forever()
-        };
-        assert_eq!(whole_read_every(&zero), Duration::ZERO);
+        });
+        let start = Instant::now();
+        let read = Duration::from_millis(1);
+        for reads in &mut reach.whole_reads {
+            assert!(reads.due(start));
+            reads.begins(start);
+            reads.finished(start + read, read);
+        }
+        let later = start + Duration::from_secs(1);
+        let due = reach.whole_reads.each_ref().map(|reads| reads.due(later));
+        assert_eq!(due, [false, false, true]);
+    }
+
+    /// A round reads from the start only the states that are due: a straggler behind the
+    /// position of `cancelled`, which is due, goes; one behind that of `completed` waits.
+    #[tokio::test]
+    async fn a_round_reads_from_the_start_only_the_states_that_are_due() {
+        let db = TestDatabase::new().await.expect("database");
+        let pool = db.pool();
+        let completed_straggler = available_job(pool).await;
+        let cancelled_straggler = available_job(pool).await;
+        finished_two_hours_ago(pool, 2).await;
+        let cancel_two_hours_ago = "UPDATE skiplock.jobs
+             SET state = 'cancelled', finished_at = now() - interval '2 hours'
+             WHERE id = ANY ($1)";
+        let cancelled = vec![available_job(pool).await, available_job(pool).await];
+        sqlx::query(cancel_two_hours_ago)
+            .bind(cancelled)
+            .execute(pool)
+            .await
+            .expect("cancel");
+        let pruner = pruner(pool, DEFAULT_DB_TIMEOUT);
+        let first = pruner.run_once().await.expect("first round");
+        assert_eq!((first.completed, first.cancelled), (2, 2));
+
+        finish_two_hours_ago(pool, completed_straggler).await;
+        sqlx::query(cancel_two_hours_ago)
+            .bind(vec![cancelled_straggler])
+            .execute(pool)
+            .await
+            .expect("cancel");
+        pruner.reach().whole_reads[2].make_due();
+        let next = pruner.run_once().await.expect("next round");
+        assert_eq!((next.completed, next.cancelled), (0, 1));
+        assert_eq!(ids(pool).await, [completed_straggler]);
     }
 
     #[test]
