@@ -41,13 +41,16 @@ pub struct Steady {
     pub chart: Option<PathBuf>,
     /// How long the workers keep completed jobs before their pruner deletes them (every
     /// `min(retention, 30 s)`). Default `None`: the worker's default retention (24 hours), so
-    /// nothing is pruned during a run shorter than that.
+    /// no job the run completes is pruned during a run shorter than that (a `finished` history
+    /// is, from the start).
     pub retention: Option<Duration>,
     /// Completed jobs put in the table before the run, as a history like a production table's
     /// (of another kind, so not counted in the results), then vacuumed and, if the role may,
     /// checkpointed. They finished evenly over one retention (`retention`, or 24 hours) before
-    /// the run, the newest as it starts: the pruner deletes them at the pace a table in its
-    /// steady state would, all of them by one retention into the run. Default 0.
+    /// the fill began, the newest as it began: the pruner deletes them at the pace a table in
+    /// its steady state would, all of them by one retention into the run. The fill, vacuum
+    /// and checkpoint of millions of rows take minutes, and what finished in the first of them
+    /// has passed its retention when the run starts and goes at once. Default 0.
     pub finished: u64,
     /// Whether to reset `skiplock.jobs`' own autovacuum settings (the migrations' scale factors
     /// and cost delay) to the server's before the run, to measure what those settings buy.

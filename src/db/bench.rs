@@ -58,7 +58,7 @@ pub(crate) async fn fill_completed<'e>(
     count: i64,
     spread_secs: f64,
 ) -> Result<u64, sqlx::Error> {
-    // The oldest first, `spread_secs` ago; the newest now.
+    // In id order, evenly: the oldest (count - 1) / count × `spread_secs` ago, the newest now.
     let done = sqlx::query!(
         r#"
         INSERT INTO skiplock.jobs (kind, queue, args, state, attempt, created_at, run_at,
@@ -68,6 +68,7 @@ pub(crate) async fn fill_completed<'e>(
         FROM generate_series(1, $3::bigint) AS g,
              LATERAL (SELECT now() - make_interval(secs => $4::float8 * ($3 - g) / $3))
                  AS at(finished)
+        ORDER BY g
         "#,
         kind,
         queue,

@@ -270,7 +270,8 @@ pub(crate) struct BenchSteadyArgs {
     pub(crate) retention: Option<Duration>,
 
     /// Completed jobs put in the table before the run, as a history like a production table's:
-    /// finished evenly over one retention (--retention, or 24 hours), so pruned at a steady pace.
+    /// finished evenly over one retention (--retention, or 24 hours) before the fill began, so
+    /// pruned at a steady pace (but for what finished in the minutes the fill itself takes).
     #[arg(long, default_value_t = 0)]
     pub(crate) finished: u64,
 
