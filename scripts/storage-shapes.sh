@@ -51,9 +51,11 @@ VACUUM ANALYZE jobs;
 SQL
 }
 
-one_table_step() {
+# The claim of the one-table shapes, as CTEs `c` and `u` after `WITH` (and $1, if given, as a
+# CTE before them), setting :ids to the claimed jobs' ids.
+one_table_claim() {
   cat <<SQL
-WITH c AS (
+WITH $1c AS (
   SELECT id FROM jobs WHERE state = 'available' AND queue = 'default' AND run_at <= now()
   ORDER BY priority, run_at, id LIMIT $BATCH FOR UPDATE SKIP LOCKED
 ), u AS (
@@ -62,28 +64,23 @@ WITH c AS (
   FROM c WHERE j.id = c.id RETURNING j.id
 )
 SELECT coalesce(array_agg(id), '{}') AS ids FROM u \gset
-UPDATE jobs SET state = 'completed', finished_at = now(), lease_expires_at = NULL
-WHERE id = ANY (:ids::bigint[]) AND state = 'running';
 SQL
+}
+
+completion="UPDATE jobs SET state = 'completed', finished_at = now(), lease_expires_at = NULL
+WHERE id = ANY (:ids::bigint[]) AND state = 'running'"
+
+one_table_step() {
+  one_table_claim ""
+  echo "$completion;"
 }
 
 # One statement per batch: the previous batch's completion (its ids in a pgbench variable,
 # `{}` at first) and the next claim.
 combined_step() {
-  cat <<SQL
-WITH done AS (
-  UPDATE jobs SET state = 'completed', finished_at = now(), lease_expires_at = NULL
-  WHERE id = ANY (:ids::bigint[]) AND state = 'running'
-), c AS (
-  SELECT id FROM jobs WHERE state = 'available' AND queue = 'default' AND run_at <= now()
-  ORDER BY priority, run_at, id LIMIT $BATCH FOR UPDATE SKIP LOCKED
-), u AS (
-  UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
-                    lease_expires_at = now() + interval '30 s'
-  FROM c WHERE j.id = c.id RETURNING j.id
-)
-SELECT coalesce(array_agg(id), '{}') AS ids FROM u \gset
-SQL
+  one_table_claim "done AS (
+  $completion
+), "
 }
 
 moved() { # $1: extra indexes

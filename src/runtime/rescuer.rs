@@ -377,18 +377,13 @@ mod tests {
     async fn a_whole_read_that_times_out_leaves_the_next_round_a_position() {
         let db = TestDatabase::new().await.expect("database");
         let pool = db.pool();
-        let rescuer = Rescuer::new(
-            pool.clone(),
-            RescuerConfig {
-                timeout: Duration::from_millis(500),
-                ..rescuer(pool).config
-            },
-        );
-        let timed_out = service::while_jobs_are_locked(pool, rescuer.run_once()).await;
-        assert!(
-            matches!(timed_out, Err(DbCallError::Timeout(_))),
-            "{timed_out:?}"
-        );
+        let rescuer = impatient(pool);
+        times_out_while_locked(
+            pool,
+            &rescuer,
+            "LOCK TABLE skiplock.jobs IN ACCESS EXCLUSIVE MODE",
+        )
+        .await;
         // Spaced by how long it ran, as one that finished.
         assert!(!rescuer.reach().whole_reads.under_way());
         let ids = expired_an_hour_and_a_second_ago(pool).await;
@@ -404,19 +399,9 @@ mod tests {
     async fn a_whole_read_that_got_to_the_end_counts_when_a_later_step_times_out() {
         let db = TestDatabase::new().await.expect("database");
         let pool = db.pool();
-        let rescuer = Rescuer::new(
-            pool.clone(),
-            RescuerConfig {
-                timeout: Duration::from_millis(500),
-                ..rescuer(pool).config
-            },
-        );
+        let rescuer = impatient(pool);
         let lock = "LOCK TABLE skiplock.workers IN ACCESS EXCLUSIVE MODE";
-        let timed_out = service::while_locked(pool, lock, rescuer.run_once()).await;
-        assert!(
-            matches!(timed_out, Err(DbCallError::Timeout(_))),
-            "{timed_out:?}"
-        );
+        times_out_while_locked(pool, &rescuer, lock).await;
         assert!(!rescuer.reach().whole_reads.under_way());
         let next = rescuer.run_once().await.expect("next round");
         assert!(next.scan.and_then(|scan| scan.from).is_some(), "{next:?}");
@@ -482,6 +467,26 @@ mod tests {
                 timeout: Duration::from_secs(10),
             },
         )
+    }
+
+    /// `rescuer`, giving a step 500 ms.
+    fn impatient(pool: &PgPool) -> Rescuer {
+        Rescuer::new(
+            pool.clone(),
+            RescuerConfig {
+                timeout: Duration::from_millis(500),
+                ..rescuer(pool).config
+            },
+        )
+    }
+
+    /// Runs a round of `rescuer` while another transaction holds `lock`: it times out.
+    async fn times_out_while_locked(pool: &PgPool, rescuer: &Rescuer, lock: &'static str) {
+        let timed_out = service::while_locked(pool, lock, rescuer.run_once()).await;
+        assert!(
+            matches!(timed_out, Err(DbCallError::Timeout(_))),
+            "{timed_out:?}"
+        );
     }
 
     /// Two running jobs, written by hand: one whose lease ran out an hour ago, one a second ago.
