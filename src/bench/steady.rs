@@ -406,7 +406,7 @@ async fn sample(probe: &Probe, enqueued: &AtomicU64, duration: Duration) -> Vec<
 }
 
 /// Throughput before, during and after the held snapshot, and how long after its end the
-/// backlog took to fall back to its level before it.
+/// backlog took to fall back to its level before it for good (see [`recovered_after`]).
 fn hold_summary(report: Report, hold: HoldSnapshot, rates: &[u64], backlogs: &[u64]) -> Report {
     let (from, to) = (
         hold.at.as_secs() as usize,
@@ -423,11 +423,7 @@ fn hold_summary(report: Report, hold: HoldSnapshot, rates: &[u64], backlogs: &[u
     let before = mean(&rates[..clamp(from)]);
     let during = mean(&rates[clamp(from)..clamp(to)]);
     let after = mean(&rates[clamp(to)..]);
-    let normal = backlogs[..clamp(from)].iter().copied().max().unwrap_or(0);
-    let recovered = backlogs[clamp(to)..]
-        .iter()
-        .position(|&backlog| backlog <= normal.max(1) * 2)
-        .map(|seconds| seconds as u64);
+    let recovered = recovered_after(&backlogs[..clamp(from)], &backlogs[clamp(to)..]);
     report
         .detail("hold_at_s", hold.at.as_secs())
         .detail("hold_for_s", hold.hold.as_secs())
@@ -435,4 +431,38 @@ fn hold_summary(report: Report, hold: HoldSnapshot, rates: &[u64], backlogs: &[u
         .detail("per_s_during_hold", during)
         .detail("per_s_after_hold", after)
         .detail("recovered_after_s", recovered)
+}
+
+/// How many seconds into `after` (the backlog each second after the hold) the backlog fell
+/// back to at most twice the highest of `before` and stayed there to the end of the run:
+/// what autovacuum's pass after a hold does to the claims counts too. `None` if it was still
+/// above at the end, or the run ended with the hold.
+fn recovered_after(before: &[u64], after: &[u64]) -> Option<u64> {
+    if after.is_empty() {
+        return None;
+    }
+    let limit = before.iter().copied().max().unwrap_or(0).max(1) * 2;
+    match after.iter().rposition(|&backlog| backlog > limit) {
+        None => Some(0),
+        Some(last) if last + 1 < after.len() => Some(last as u64 + 1),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Back for good: a backlog that falls back, then climbs again (autovacuum after the
+    /// hold), recovers only once it stays back.
+    #[test]
+    fn the_backlog_recovers_once_it_stays_back() {
+        let before = [10, 50, 20];
+        assert_eq!(recovered_after(&before, &[90, 100, 60]), Some(0));
+        assert_eq!(recovered_after(&before, &[500, 100, 80]), Some(1));
+        assert_eq!(recovered_after(&before, &[90, 500, 300, 99, 100]), Some(3));
+        assert_eq!(recovered_after(&before, &[90, 500, 101]), None);
+        assert_eq!(recovered_after(&[], &[3, 2]), Some(1));
+        assert_eq!(recovered_after(&before, &[]), None);
+    }
 }
