@@ -400,9 +400,8 @@ impl Reach {
 #[derive(Debug, Default)]
 pub(crate) struct PruneRound {
     report: PruneReport,
-    /// Per state, whether the round reads every (queue, kind) of it from its start; set by its
-    /// first step.
-    whole: Option<[bool; 3]>,
+    /// Whether its first step began: the one that reads each state due from its start.
+    stepped: bool,
     /// Per state, when its read from the start (the first step's statement) began, until that
     /// statement ends.
     whole_read: [Option<Instant>; 3],
@@ -427,26 +426,12 @@ impl Service for Pruner {
     async fn step(&self, round: &mut PruneRound) -> Result<Step, DbCallError> {
         let retention = &self.config.retention;
         let batch = i64::try_from(self.config.batch_size.max(1)).unwrap_or(i64::MAX);
-        let first = round.whole.is_none();
+        let first = !round.stepped;
         if round.drained.iter().all(|done| *done) {
             return self.finish(round).await;
         }
         let mut conn = self.pool.acquire().await?;
-        let whole = match round.whole {
-            Some(whole) => whole,
-            None => {
-                let reach = self.reach();
-                let now = Instant::now();
-                let whole = [0, 1, 2].map(|index| reach.whole_reads[index].due(now));
-                for (index, positions) in round.positions.iter_mut().enumerate() {
-                    if !whole[index] {
-                        *positions = reach.starts(index);
-                    }
-                }
-                round.whole = Some(whole);
-                whole
-            }
-        };
+        round.stepped = true;
         let report = &mut round.report;
         for (index, (((state, age, deleted), drained), positions)) in [
             (
@@ -471,20 +456,21 @@ impl Service for Pruner {
                 continue;
             };
             let older_than_secs = age.min(MAX_AGE).as_secs_f64();
-            // The read from the start is the first step's: the steps after it read on from
-            // where it stopped, as positioned rounds do. Timed from its statement on (a wait
-            // for a pooled connection, or another state's statement, is not its cost).
-            let mut read_from_start = first && whole[index];
+            // The first step reads a state that is due from its start, the others from their
+            // positions; the steps after it read on from where it stopped. Decided under the
+            // lock just before the statement, so a clone's read is not repeated, and timed from
+            // the statement on (a wait for a pooled connection, or another state's statement,
+            // is not its cost).
+            let mut read_from_start = false;
             let began = Instant::now();
-            if read_from_start {
+            if first {
                 let mut reach = self.reach();
-                // A clone may have begun one since this round began: read on from positions.
                 if reach.whole_reads[index].due(began) {
                     reach.whole_reads[index].begins(began);
                     round.whole_read[index] = Some(began);
+                    read_from_start = true;
                 } else {
                     *positions = reach.starts(index);
-                    read_from_start = false;
                 }
             }
             // With no positions, the statement finds every (queue, kind) of the state.
