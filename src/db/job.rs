@@ -929,8 +929,8 @@ pub(crate) struct PrunePosition {
 /// after each position first, reading the (queue, kind) pairs of `from` after their
 /// positions (`from` holds each pair once), or every pair of the state from its start when
 /// `from` is empty. Returns the positions after the statement, one per pair it read, with how
-/// many it deleted in each; nothing while another statement holding advisory lock `lock_key`
-/// runs (another worker's pruner).
+/// many it deleted in each; `None` when another statement held advisory lock `lock_key`
+/// (another worker's pruner), so that this one read nothing.
 ///
 /// Why the statement looks like this:
 /// - Candidates come from `jobs_state_queue_kind_idx` (migration 0014): the distinct (queue,
@@ -971,7 +971,10 @@ pub(crate) struct PrunePosition {
 ///   lock one statement of one pruner runs at a time, and the others come back next interval.
 ///   The lock is transaction-scoped: released at the end of this autocommit statement. The
 ///   loose index scan sits behind the same kind of one-time filter (no positions), so a
-///   statement with positions does not run it.
+///   statement with positions does not run it. The lock's outcome is a CTE of its own (one
+///   volatile call, evaluated once) that the result is joined to, so that a statement locked
+///   out says so instead of looking like one that found nothing: a read from the start that
+///   was locked out must not count as done.
 /// - The victims travel as `id = ANY (ARRAY(...))` rather than a join against a CTE: an id
 ///   array is always a primary-key index scan of exactly the rows chosen.
 /// - The DELETE repeats the state test. The rows are locked, so it cannot fail today; it keeps
@@ -984,14 +987,16 @@ pub(crate) async fn delete_finished<'e>(
     limit: i64,
     lock_key: i64,
     from: &[PrunePosition],
-) -> Result<Vec<PrunePosition>, sqlx::Error> {
+) -> Result<Option<Vec<PrunePosition>>, sqlx::Error> {
     let queues: Vec<&str> = from.iter().map(|p| p.queue.as_str()).collect();
     let kinds: Vec<&str> = from.iter().map(|p| p.kind.as_str()).collect();
     let after: Vec<i64> = from.iter().map(|p| p.after).collect();
-    sqlx::query_as!(
-        PrunePosition,
+    let rows = sqlx::query!(
         r#"
-        WITH RECURSIVE pairs AS (
+        WITH RECURSIVE guard AS (
+            SELECT pg_try_advisory_xact_lock($4) AS held
+        ),
+        pairs AS (
             (SELECT j.queue, j.kind FROM skiplock.jobs AS j
              WHERE j.state = $1 AND j.state NOT IN ('available', 'running')
              ORDER BY j.queue, j.kind LIMIT 1)
@@ -1006,10 +1011,10 @@ pub(crate) async fn delete_finished<'e>(
         starts AS (
             SELECT s.queue, s.kind, s.after
             FROM unnest($5::text[], $6::text[], $7::int8[]) AS s (queue, kind, after)
-            WHERE (SELECT pg_try_advisory_xact_lock($4))
+            WHERE (SELECT g.held FROM guard AS g)
             UNION ALL
             SELECT p.queue, p.kind, 0 FROM pairs AS p
-            WHERE cardinality($5::text[]) = 0 AND (SELECT pg_try_advisory_xact_lock($4))
+            WHERE cardinality($5::text[]) = 0 AND (SELECT g.held FROM guard AS g)
         ),
         deleted AS (
             DELETE FROM skiplock.jobs
@@ -1037,11 +1042,16 @@ pub(crate) async fn delete_finished<'e>(
               AND state = $1
             RETURNING queue, kind, id
         )
-        SELECT s.queue AS "queue!", s.kind AS "kind!",
-               coalesce(max(d.id), s.after) AS "after!", count(d.id) AS "deleted!"
-        FROM starts AS s
-        LEFT JOIN deleted AS d ON d.queue = s.queue AND d.kind = s.kind
-        GROUP BY s.queue, s.kind, s.after
+        SELECT g.held AS "held!", r.queue AS "queue?", r.kind AS "kind?",
+               r.after AS "after?", r.deleted AS "deleted?"
+        FROM guard AS g
+        LEFT JOIN (
+            SELECT s.queue, s.kind, coalesce(max(d.id), s.after) AS after,
+                   count(d.id) AS deleted
+            FROM starts AS s
+            LEFT JOIN deleted AS d ON d.queue = s.queue AND d.kind = s.kind
+            GROUP BY s.queue, s.kind, s.after
+        ) AS r ON true
         "#,
         state as JobState,
         older_than_secs,
@@ -1052,7 +1062,22 @@ pub(crate) async fn delete_finished<'e>(
         &after,
     )
     .fetch_all(executor)
-    .await
+    .await?;
+    if !rows.first().is_some_and(|row| row.held) {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.into_iter()
+            .filter_map(|row| {
+                Some(PrunePosition {
+                    queue: row.queue?,
+                    kind: row.kind?,
+                    after: row.after?,
+                    deleted: row.deleted?,
+                })
+            })
+            .collect(),
+    ))
 }
 
 /// `skiplock.cancel(id)`: the job's state after the call, or `None` if there is no such job.
@@ -1399,7 +1424,8 @@ mod tests {
         let completed = JobState::Completed;
         let first = delete_finished(&mut *conn, completed, 60.0, 4000, 1, &[])
             .await
-            .expect("prune");
+            .expect("prune")
+            .expect("not locked out");
         let [position] = first.as_slice() else {
             panic!("one (queue, kind): {first:?}");
         };
@@ -1468,12 +1494,14 @@ mod tests {
             .await
             .expect("prune");
         assert_eq!(
-            next,
-            [PrunePosition {
-                after: position.after + 3,
-                deleted: 3,
-                ..position.clone()
-            }]
+            next.as_deref(),
+            Some(
+                &[PrunePosition {
+                    after: position.after + 3,
+                    deleted: 3,
+                    ..position.clone()
+                }][..]
+            )
         );
         holder.rollback().await.expect("release");
     }

@@ -25,9 +25,8 @@
 //! positions. Jobs finish out of id order all the time (a long run next to short ones), so
 //! some are always passed over: with reads from the start at most a retention apart, a job
 //! goes within about twice its retention, at most 5 minutes (and a prune interval) late. A
-//! statement that found another pruner at work returns nothing, as one that found no finished
-//! job does: a read from the start counts as one all the same, and what it would have deleted
-//! waits for the next (or for the other pruner's).
+//! statement that found another pruner at work says so and reads nothing: a read from the
+//! start locked out that way does not count as one, and the next round tries it again.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -373,7 +372,7 @@ impl Reach {
     /// Records where a statement left the state at `index`. A position only moves forward. A
     /// statement that read every (queue, kind) of the state from its start (`sees_every_pair`)
     /// also forgets the pairs that have no finished job of it left. A statement that returned
-    /// nothing (no finished job, or another pruner at work) changes nothing.
+    /// nothing (no finished job of the state) changes nothing.
     fn record(&mut self, index: usize, now: &[PrunePosition], sees_every_pair: bool) {
         if now.is_empty() {
             return;
@@ -475,7 +474,7 @@ impl Service for Pruner {
             }
             // With no positions, the statement finds every (queue, kind) of the state.
             let sees_every_pair = positions.is_empty();
-            *positions = db::job::delete_finished(
+            let read = db::job::delete_finished(
                 &mut *conn,
                 state,
                 older_than_secs,
@@ -484,6 +483,17 @@ impl Service for Pruner {
                 positions,
             )
             .await?;
+            let Some(read) = read else {
+                // Another pruner is deleting: this one read nothing, and a read from the start
+                // is still due (next round). The others' statements would be locked out too.
+                if read_from_start {
+                    self.reach().whole_reads[index].locked_out(began);
+                    round.whole_read[index] = None;
+                }
+                *drained = true;
+                continue;
+            };
+            *positions = read;
             {
                 let mut reach = self.reach();
                 reach.record(index, positions, sees_every_pair);
@@ -533,8 +543,9 @@ mod tests {
     use skiplock_testing::TestDatabase;
 
     /// Rounds read on from where the pruner (or a clone) last deleted; a job that finished
-    /// behind that position waits for a round that reads from the start. A round (from the
-    /// start) that found another pruner at work leaves the positions as they were.
+    /// behind that position waits for a round that reads from the start. A round from the
+    /// start that found another pruner at work leaves the positions as they were, and the
+    /// next round reads from the start.
     #[tokio::test]
     async fn rounds_read_on_from_the_last_deleted_and_from_the_start_when_due() {
         let db = TestDatabase::new().await.expect("database");
@@ -546,7 +557,13 @@ mod tests {
         let first = pruner.clone().run_once().await.expect("first round");
         assert_eq!(first.completed, 3);
 
-        // A round from the start, which finds nothing: the other pruner holds the lock.
+        finish_two_hours_ago(pool, straggler).await;
+        let new = finished_two_hours_ago(pool, 1).await;
+        assert!(old.iter().all(|&id| straggler < id && id < new[0]));
+        assert_eq!(pruner.run_once().await.expect("second round").completed, 1);
+        assert_eq!(ids(pool).await, [straggler]);
+
+        // A round from the start, which deletes nothing: the other pruner holds the lock.
         pruner.reach().make_due();
         let mut other = pool.acquire().await.expect("connection");
         sqlx::query("SELECT pg_advisory_lock($1)")
@@ -560,14 +577,9 @@ mod tests {
             .execute(&mut *other)
             .await
             .expect("unlock");
+        assert!(!pruner.reach().under_way());
 
-        finish_two_hours_ago(pool, straggler).await;
-        let new = finished_two_hours_ago(pool, 1).await;
-        assert!(old.iter().all(|&id| straggler < id && id < new[0]));
-        assert_eq!(pruner.run_once().await.expect("second round").completed, 1);
-        assert_eq!(ids(pool).await, [straggler]);
-
-        pruner.reach().make_due();
+        // Still due: the next round reads from the start.
         assert_eq!(pruner.run_once().await.expect("third round").completed, 1);
         assert!(ids(pool).await.is_empty());
     }

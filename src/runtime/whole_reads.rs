@@ -65,6 +65,16 @@ impl WholeReads {
         }
     }
 
+    /// Records that the whole read which began at `began` read nothing because another
+    /// reader held the lock that lets one run at a time: it is due again at once. Nothing
+    /// changes when another whole read began since.
+    pub(crate) fn locked_out(&mut self, began: Instant) {
+        if self.began == Some(began) {
+            self.began = None;
+            self.due = Some(began);
+        }
+    }
+
     /// Makes the next round read the whole index (tests).
     #[cfg(test)]
     pub(crate) fn make_due(&mut self) {
@@ -132,5 +142,23 @@ mod tests {
         reads.failed(at(200), at(141));
         assert!(!reads.due(at(179)));
         assert!(reads.due(at(180)));
+    }
+
+    #[test]
+    fn one_locked_out_is_due_again_at_once() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut reads = WholeReads::new(Duration::from_secs(30));
+        reads.begins(at(0));
+        reads.locked_out(at(0));
+        assert!(!reads.under_way());
+        assert!(reads.due(at(1)));
+
+        // Reported for a read that is no longer the one under way: the later one stands.
+        reads.begins(at(5));
+        reads.locked_out(at(0));
+        assert!(reads.under_way());
+        assert!(!reads.due(at(34)));
+        assert!(reads.due(at(35)));
     }
 }
