@@ -793,7 +793,22 @@ async fn health_finds_every_problem_for_real() {
     assert_eq!(quiet.severity, Severity::Ok, "{quiet:?}");
 
     assert_eq!(check("autovacuum").severity, Severity::Warning);
-    assert!(check("dead_rows").summary.contains("bloated"));
+    let dead_rows = check("dead_rows");
+    assert!(dead_rows.summary.contains("bloated"));
+    // The naptime is named only where it is longer than 10 s (the server's default is 1 min).
+    let naptime: String = sqlx::query_scalar(
+        "SELECT extract(epoch FROM current_setting('autovacuum_naptime')::interval)::float8::text",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("naptime");
+    let remedy = dead_rows.remedy.unwrap_or_default();
+    let long = naptime.parse::<f64>().expect("seconds") > 10.0;
+    assert_eq!(
+        remedy.contains(&format!("autovacuum_naptime is {naptime} s")),
+        long,
+        "{remedy}"
+    );
     let bloat = check("bloat");
     assert_eq!(bloat.severity, Severity::Warning, "{bloat:?}");
     assert!(bloat.summary.contains("bloated"), "{}", bloat.summary);

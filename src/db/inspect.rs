@@ -525,6 +525,8 @@ pub(crate) struct ServerSettings {
     pub(crate) track_counts: bool,
     /// Whether this role can see other sessions' queries (`pg_read_all_stats`).
     pub(crate) sees_all_sessions: bool,
+    /// The least time between two autovacuum passes over one database, in seconds.
+    pub(crate) autovacuum_naptime_s: f64,
 }
 
 /// Reads [`ServerSettings`].
@@ -536,7 +538,9 @@ pub(crate) async fn server_settings<'e>(
         r#"
         SELECT current_setting('autovacuum')::bool AS "autovacuum!",
                current_setting('track_counts')::bool AS "track_counts!",
-               pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS "sees_all_sessions!"
+               pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS "sees_all_sessions!",
+               extract(epoch FROM current_setting('autovacuum_naptime')::interval)::float8
+                   AS "autovacuum_naptime_s!"
         "#,
     )
     .fetch_one(executor)
