@@ -83,6 +83,10 @@ async fn a_drain_completes_every_job_and_times_it_in_the_database() {
         settings.contains("autovacuum_vacuum_cost_delay=0"),
         "{settings}"
     );
+    // And the server's, as it ran (a naptime has a unit: "1min", "10s").
+    let server = report.details["server_settings"].to_string();
+    assert!(server.contains("autovacuum_naptime="), "{server}");
+    assert!(server.contains("synchronous_commit="), "{server}");
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! The database's cost of a run: commits, WAL bytes and dead tuples, from `pg_stat_*`, and the
-//! job table's storage settings it ran with.
+//! job table's storage settings and the server's settings it ran with.
 
 use std::time::Duration;
 
@@ -17,6 +17,8 @@ pub(super) struct Before {
     counters: Counters,
     /// `skiplock.jobs`' `reloptions` (`name=value`).
     settings: Vec<String>,
+    /// The server's settings that matter most to a run (`name=value`).
+    server: Vec<String>,
 }
 
 impl Before {
@@ -26,12 +28,20 @@ impl Before {
         let settings = bench::jobs_settings(&mut *conn)
             .await
             .map_err(BenchError::database("read the job table's settings"))?;
+        let server = bench::server_settings(&mut *conn)
+            .await
+            .map_err(BenchError::database("read the server's settings"))?;
         let counters = read(conn).await?;
-        Ok(Self { counters, settings })
+        Ok(Self {
+            counters,
+            settings,
+            server,
+        })
     }
 
     /// Waits for the run's backends to report, reads the counters again and puts the
-    /// difference, per job, into `report`, with the settings as `jobs_settings`. Call it after
+    /// difference, per job, into `report`, with the settings as `jobs_settings` and
+    /// `server_settings`. Call it after
     /// the run's pools are closed.
     pub(super) async fn finish(
         self,
@@ -54,7 +64,9 @@ impl Before {
             commits_per_job: per_job(commits),
             wal_bytes_per_job: per_job(after.wal_bytes - self.counters.wal_bytes),
             dead_tuples: after.dead_tuples,
-            ..report.detail("jobs_settings", self.settings)
+            ..report
+                .detail("jobs_settings", self.settings)
+                .detail("server_settings", self.server)
         })
     }
 }

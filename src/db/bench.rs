@@ -117,6 +117,24 @@ pub(crate) async fn jobs_settings<'e>(
     .await
 }
 
+/// The server settings a run's figures depend on most, as `name=value` in the server's units:
+/// autovacuum and its naptime, commit durability, memory and checkpoint spacing, and the version.
+pub(crate) async fn server_settings<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT coalesce(array_agg(name || '=' || current_setting(name) ORDER BY name), '{}')
+            AS "settings!"
+        FROM pg_settings
+        WHERE name IN ('autovacuum', 'autovacuum_naptime', 'checkpoint_timeout', 'fsync',
+                       'max_wal_size', 'server_version', 'shared_buffers', 'synchronous_commit')
+        "#
+    )
+    .fetch_one(executor)
+    .await
+}
+
 /// Flushes dirty pages now, so that a checkpoint triggered by the fill does not land inside the
 /// timed part. Needs superuser or `pg_checkpoint`; callers ignore a refusal.
 pub(crate) async fn checkpoint<'e>(executor: impl PgExecutor<'e>) -> Result<(), sqlx::Error> {
