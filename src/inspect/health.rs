@@ -360,7 +360,9 @@ fn dead_rows_check(
                     .map_or_else(|| "never".to_owned(), |at| at.to_rfc3339())
             ),
         )
-        .remedy(dead_rows_remedy(settings.autovacuum_naptime_s))
+        .remedy(dead_rows_remedy(
+            settings.autovacuum.then_some(settings.autovacuum_naptime_s),
+        ))
         .details(Value::Array(details)),
         None => Check::new(
             "dead_rows",
@@ -371,18 +373,19 @@ fn dead_rows_check(
     }
 }
 
-/// What to do about dead rows: the horizon first; then, if autovacuum waits long between
-/// passes, a shorter wait (a busy queue table gathers its dead rows for a whole naptime).
-fn dead_rows_remedy(naptime_s: f64) -> String {
+/// What to do about dead rows: the horizon first; then, if autovacuum is on and waits long
+/// between passes (`naptime_s`), a shorter wait (a busy queue table gathers its dead rows for
+/// a whole naptime).
+fn dead_rows_remedy(naptime_s: Option<f64>) -> String {
     let first = "check the xmin_horizon check first (nothing can remove rows it holds), \
                  then VACUUM the table";
-    if naptime_s <= BUSY_TABLE_NAPTIME {
+    let Some(naptime_s) = naptime_s.filter(|&n| n > BUSY_TABLE_NAPTIME) else {
         return first.to_owned();
-    }
+    };
     format!(
         "{first}; if dead rows come back while the horizon is young, autovacuum may be visiting \
          the table too seldom: autovacuum_naptime is {naptime_s} s, and 10s keeps a busy queue \
-         table smaller and its pickups faster (docs/operations.md, Dead tuples)"
+         table smaller (docs/operations.md, Dead tuples)"
     )
 }
 

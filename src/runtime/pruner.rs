@@ -485,7 +485,7 @@ impl Service for Pruner {
             .await?;
             let Some(read) = read else {
                 // Another pruner is deleting: this one read nothing, and a read from the start
-                // is still due (next round). The others' statements would be locked out too.
+                // is still due (next round).
                 if read_from_start {
                     self.reach().whole_reads[index].locked_out(began);
                     round.whole_read[index] = None;
