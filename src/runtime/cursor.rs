@@ -18,7 +18,9 @@
 //! so that batch sizes do not confuse the comparison. A claim from the head is made whenever the
 //! last one cost no more than [`TOLERANCE`] times a claim from the positions, which on a healthy
 //! server is nearly always: the order is then the strict one, but for the one claim from the
-//! positions made every [`REMEASURE`] to keep the comparison current. When the head costs more,
+//! positions made every [`REMEASURE`] to keep the comparison current (and at once after a claim
+//! from the head that took far longer than the last from the positions: per job, a small claim
+//! looks dear, see [`OUTGROWN`]). When the head costs more,
 //! the next claim from it waits [`HEAD_SPACING`] times the extra cost of the last one, so that
 //! claims from the head take about a tenth of the producer's time, and a job before a position
 //! waits that long: seconds while the horizon stays pinned for minutes. A claim from the
@@ -52,6 +54,13 @@ const NOISE: Duration = Duration::from_millis(1);
 /// again: 10 s.
 pub(crate) const REMEASURE: Duration = Duration::from_secs(10);
 
+/// A claim from the head that took this many times as long as the last claim from the
+/// positions, and [`OUTGROWN_BY`] longer, has that claim measured again at once: 4.
+const OUTGROWN: u32 = 4;
+
+/// See [`OUTGROWN`]: 10 ms.
+const OUTGROWN_BY: Duration = Duration::from_millis(10);
+
 /// What one claim cost.
 #[derive(Clone, Copy, Debug)]
 struct Cost {
@@ -66,6 +75,22 @@ struct Cost {
 impl Cost {
     fn per_job(&self) -> f64 {
         self.took.as_secs_f64() / f64::from(self.jobs)
+    }
+
+    /// Whether this claim from the head, made after `position`, took so much longer that the
+    /// per-job cost of `position` no longer tells whether the head is cheap.
+    ///
+    /// A claim's time is mostly the statement's own (a round trip, planning, the commit) when
+    /// it claims few jobs, so a small claim from the positions looks dear per job: 3 jobs in
+    /// 3 ms is 1 ms each, and a claim of 1,000 from the head that walks a pinned horizon's
+    /// entries for 190 ms looks cheap beside it. Trusted until the next [`REMEASURE`], that
+    /// one small claim kept every claim reading the head, each as slow, for 10 s: a quarter of
+    /// the offered rate at 14,000 jobs/s. Measured again at once, the positions claim the
+    /// jobs the slow claim left waiting, a full batch that gives their true cost per job.
+    fn outgrew(&self, position: &Cost) -> bool {
+        self.at > position.at
+            && self.took > position.took * OUTGROWN
+            && self.took.saturating_sub(position.took) > OUTGROWN_BY
     }
 }
 
@@ -86,9 +111,10 @@ impl Cursor {
         if self.positions.is_empty() {
             return true;
         }
-        let measured = self
-            .position
-            .is_some_and(|position| now.saturating_duration_since(position.at) < REMEASURE);
+        let measured = self.position.is_some_and(|position| {
+            now.saturating_duration_since(position.at) < REMEASURE
+                && !self.head.is_some_and(|head| head.outgrew(&position))
+        });
         measured && self.head_due_in(now).is_zero()
     }
 
@@ -258,6 +284,33 @@ mod tests {
         // Once the head is cheap again (the horizon moved), so are claims from it.
         cursor.record(true, start + 300 * MS, 41 * MS, Some(&jobs(800)));
         assert!(cursor.reads_head(start + 341 * MS));
+    }
+
+    #[test]
+    fn a_small_claim_from_the_positions_does_not_keep_a_dear_head_in_use() {
+        let mut cursor = Cursor::default();
+        let start = Instant::now();
+        // A pinned horizon. The positions' last claim found 3 jobs (3 ms: 1 ms per job), the
+        // head's 1,000 (190 ms: 0.19 ms per job), which looks cheap beside it.
+        cursor.record(false, start, 3 * MS, Some(&jobs(3)));
+        cursor.record(true, start + 10 * MS, 190 * MS, Some(&jobs(1000)));
+        assert!(cursor.head_due_in(start + 200 * MS).is_zero());
+        // But it took 63 times as long: the positions are measured again at once.
+        assert!(!cursor.reads_head(start + 200 * MS));
+        // With the jobs the slow claim left waiting: 1,000 in 20 ms. The head was 165 ms
+        // dearer (190 - 1.25 * 20): its next claim comes ten times that after it, 1.65 s.
+        cursor.record(false, start + 200 * MS, 20 * MS, Some(&jobs(1000)));
+        assert!(!cursor.reads_head(start + 1_655 * MS));
+        assert!(cursor.reads_head(start + 1_660 * MS));
+        // A head claim only a little slower than a small one from the positions (4 ms against
+        // 2 ms) or many times as slow but by less than 10 ms (9 ms against 1 ms) is trusted.
+        let later = start + Duration::from_secs(2);
+        cursor.record(false, later, 2 * MS, Some(&jobs(2)));
+        cursor.record(true, later + 2 * MS, 4 * MS, Some(&jobs(200)));
+        assert!(cursor.reads_head(later + 6 * MS));
+        cursor.record(false, later + 6 * MS, MS, Some(&jobs(2)));
+        cursor.record(true, later + 7 * MS, 9 * MS, Some(&jobs(200)));
+        assert!(cursor.reads_head(later + 16 * MS));
     }
 
     #[test]
