@@ -54,8 +54,9 @@ const NOISE: Duration = Duration::from_millis(1);
 /// again: 10 s.
 pub(crate) const REMEASURE: Duration = Duration::from_secs(10);
 
-/// A claim from the head that took this many times as long as the last claim from the
-/// positions, and [`OUTGROWN_BY`] longer, has that claim measured again at once: 4.
+/// A claim from the head that took more than this many times as long as the last claim from
+/// the positions, and more than [`OUTGROWN_BY`] longer, has the positions measured again by
+/// the next claim: 4.
 const OUTGROWN: u32 = 4;
 
 /// See [`OUTGROWN`]: 10 ms.
