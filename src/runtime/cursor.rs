@@ -87,7 +87,8 @@ impl Cost {
     /// entries for 190 ms looks cheap beside it. Trusted until the next [`REMEASURE`], that
     /// one small claim kept every claim reading the head, each as slow, for 10 s: a quarter of
     /// the offered rate at 14,000 jobs/s. Measured again at once, the positions claim the
-    /// jobs the slow claim left waiting, a full batch that gives their true cost per job.
+    /// jobs the slow claim left waiting, as many as the free slots allow: with many slots, a
+    /// batch big enough to give a fair cost per job; with few, the measure stays flattering.
     fn outgrew(&self, position: &Cost) -> bool {
         self.at > position.at
             && self.took > position.took * OUTGROWN
