@@ -519,6 +519,55 @@ pub(crate) async fn tables<'e>(
     .await
 }
 
+/// One of skiplock's B-tree indexes, for `inspect::health`.
+pub(crate) struct IndexRow {
+    pub(crate) name: String,
+    pub(crate) bytes: i64,
+    /// Its entries at the last VACUUM, ANALYZE or CREATE INDEX (`None` before any).
+    pub(crate) entries: Option<i64>,
+    /// Its table's dead rows: their entries stay until vacuum removes them.
+    pub(crate) dead_rows: i64,
+    /// The sum of its columns' average widths in bytes from the planner's statistics (`None`
+    /// when a column has none, or for an expression).
+    pub(crate) key_width: Option<i64>,
+    pub(crate) fillfactor: i32,
+}
+
+/// Every B-tree index on the tables in the `skiplock` schema, largest first.
+pub(crate) async fn indexes<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<Vec<IndexRow>, sqlx::Error> {
+    // An expression column has attnum 0 and no statistics: the count of widths then falls
+    // short of the count of columns, and the width is NULL.
+    sqlx::query_as!(
+        IndexRow,
+        r#"
+        SELECT ic.relname::text AS "name!",
+               pg_relation_size(ic.oid) AS "bytes!",
+               CASE WHEN ic.reltuples >= 0 THEN ic.reltuples::bigint END AS entries,
+               coalesce(s.n_dead_tup, 0) AS "dead_rows!",
+               (SELECT CASE WHEN count(st.avg_width) = count(*) THEN sum(st.avg_width)::bigint END
+                FROM unnest(i.indkey::int2[]) AS k(attnum)
+                LEFT JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                LEFT JOIN pg_stats AS st ON st.schemaname = 'skiplock'
+                                        AND st.tablename = tc.relname AND st.attname = a.attname
+               ) AS key_width,
+               coalesce((SELECT substr(o, 12)::int FROM unnest(ic.reloptions) AS o
+                         WHERE o LIKE 'fillfactor=%'), 90) AS "fillfactor!"
+        FROM pg_index AS i
+        JOIN pg_class AS ic ON ic.oid = i.indexrelid
+        JOIN pg_class AS tc ON tc.oid = i.indrelid
+        JOIN pg_namespace AS n ON n.oid = tc.relnamespace
+        JOIN pg_am AS am ON am.oid = ic.relam
+        LEFT JOIN pg_stat_user_tables AS s ON s.relid = tc.oid
+        WHERE n.nspname = 'skiplock' AND am.amname = 'btree'
+        ORDER BY 2 DESC, 1
+        "#,
+    )
+    .fetch_all(executor)
+    .await
+}
+
 /// Server settings the health checks read.
 pub(crate) struct ServerSettings {
     pub(crate) autovacuum: bool,

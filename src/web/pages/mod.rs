@@ -349,6 +349,7 @@ pub(crate) fn check_title(name: &str) -> &str {
         "autovacuum" => "Autovacuum",
         "dead_rows" => "Dead rows",
         "bloat" => "Bloat",
+        "index_bloat" => "Index bloat",
         "table_sizes" => "Table sizes",
         "stuck_jobs" => "Stuck jobs",
         "unrunnable_jobs" => "Jobs no worker runs",
