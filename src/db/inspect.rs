@@ -522,6 +522,8 @@ pub(crate) async fn tables<'e>(
 /// One of skiplock's B-tree indexes, for `inspect::health`.
 pub(crate) struct IndexRow {
     pub(crate) name: String,
+    /// `skiplock.name`, quoted where SQL needs it: for statements a person copies.
+    pub(crate) qualified: String,
     pub(crate) bytes: i64,
     /// Its entries at the last VACUUM, ANALYZE or CREATE INDEX (`None` before any).
     pub(crate) entries: Option<i64>,
@@ -543,6 +545,7 @@ pub(crate) async fn indexes<'e>(
         IndexRow,
         r#"
         SELECT ic.relname::text AS "name!",
+               format('%I.%I', n.nspname, ic.relname) AS "qualified!",
                pg_relation_size(ic.oid) AS "bytes!",
                CASE WHEN ic.reltuples >= 0 THEN ic.reltuples::bigint END AS entries,
                coalesce(s.n_dead_tup, 0) AS "dead_rows!",
@@ -561,7 +564,7 @@ pub(crate) async fn indexes<'e>(
         JOIN pg_am AS am ON am.oid = ic.relam
         LEFT JOIN pg_stat_user_tables AS s ON s.relid = tc.oid
         WHERE n.nspname = 'skiplock' AND am.amname = 'btree'
-        ORDER BY 2 DESC, 1
+        ORDER BY 3 DESC, 1
         "#,
     )
     .fetch_all(executor)

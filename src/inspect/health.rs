@@ -480,16 +480,16 @@ fn index_bloat_check(indexes: &[db::inspect::IndexRow], options: &HealthOptions)
         "index_bloat",
         Severity::Warning,
         format!(
-            "skiplock.{} is about {:.0}% empty space ({} on disk){others}",
-            worst.name,
+            "{} is about {:.0}% empty space ({} on disk){others}",
+            worst.qualified,
             share * 100.0,
             bytes(worst.bytes)
         ),
     )
     .remedy(format!(
-        "REINDEX INDEX CONCURRENTLY skiplock.{} rebuilds it without blocking the queue (it \
-         waits for older transactions: end any long one first)",
-        worst.name
+        "REINDEX INDEX CONCURRENTLY {} rebuilds it without blocking the queue (it waits for \
+         older transactions: end any long one first)",
+        worst.qualified
     ))
     .details(Value::Array(details))
 }
