@@ -421,7 +421,9 @@ fn bloat_check(tables: &[db::inspect::TableRow], options: &HealthOptions) -> Che
             ),
         )
         .remedy(
-            "once the backlog is gone, reclaim it with VACUUM FULL (locks the table) or pg_repack",
+            "vacuum gives back an emptied end of the table by itself, often within minutes; \
+             if this stays through several autovacuum passes, pg_repack rebuilds the table \
+             online, VACUUM FULL with every claim and enqueue waiting for it",
         ),
         None => Check::new(
             "bloat",
