@@ -952,5 +952,13 @@ async fn bloat_names_what_vacuum_emptied_and_not_what_it_will() {
         .expect("reindex");
     let report = inspect::health(pool, &options).await.expect("health");
     let check = report.check("index_bloat").expect("index_bloat");
-    assert_eq!(check.severity, Severity::Ok, "rebuilt: {check:?}");
+    // What is left unknown: skiplock's own tables, never analyzed here.
+    assert_eq!(check.severity, Severity::Info, "rebuilt: {check:?}");
+    assert!(
+        check.summary.starts_with("no statistics to estimate ")
+            && check.summary.contains("skiplock.jobs_pkey")
+            && !check.summary.contains("emptied"),
+        "{}",
+        check.summary
+    );
 }

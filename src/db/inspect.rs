@@ -535,7 +535,8 @@ pub(crate) struct IndexRow {
     pub(crate) fillfactor: i32,
 }
 
-/// Every B-tree index on the tables in the `skiplock` schema, largest first.
+/// Every valid B-tree index on the tables in the `skiplock` schema, largest first (one being
+/// built, or left invalid by a failed concurrent build, is not what a rebuild is for).
 pub(crate) async fn indexes<'e>(
     executor: impl PgExecutor<'e>,
 ) -> Result<Vec<IndexRow>, sqlx::Error> {
@@ -563,7 +564,7 @@ pub(crate) async fn indexes<'e>(
         JOIN pg_namespace AS n ON n.oid = tc.relnamespace
         JOIN pg_am AS am ON am.oid = ic.relam
         LEFT JOIN pg_stat_user_tables AS s ON s.relid = tc.oid
-        WHERE n.nspname = 'skiplock' AND am.amname = 'btree'
+        WHERE n.nspname = 'skiplock' AND am.amname = 'btree' AND i.indisvalid
         ORDER BY 3 DESC, 1
         "#,
     )

@@ -456,19 +456,37 @@ fn index_bloat(index: &db::inspect::IndexRow) -> Option<f64> {
 }
 
 fn index_bloat_check(indexes: &[db::inspect::IndexRow], options: &HealthOptions) -> Check {
-    let bloated: Vec<(&db::inspect::IndexRow, f64)> = indexes
-        .iter()
-        .filter(|i| i.bytes > options.bloat_min_bytes)
+    let large = || indexes.iter().filter(|i| i.bytes > options.bloat_min_bytes);
+    let mut bloated: Vec<(&db::inspect::IndexRow, f64)> = large()
         .filter_map(|i| index_bloat(i).map(|share| (i, share)))
         .filter(|&(_, share)| share > 0.5)
         .collect();
-    // Largest first (the statement's order): the first is where most space is to be had.
+    // Most empty space first: where a rebuild gives the most back.
+    bloated.sort_by(|(a, a_share), (b, b_share)| {
+        (b.bytes as f64 * b_share).total_cmp(&(a.bytes as f64 * a_share))
+    });
     let Some(&(worst, share)) = bloated.first() else {
+        let unknown: Vec<&str> = large()
+            .filter(|i| index_bloat(i).is_none())
+            .map(|i| i.qualified.as_str())
+            .collect();
+        if unknown.is_empty() {
+            return Check::new(
+                "index_bloat",
+                Severity::Ok,
+                "no index is mostly empty space".to_owned(),
+            );
+        }
         return Check::new(
             "index_bloat",
-            Severity::Ok,
-            "no index is mostly empty space".to_owned(),
-        );
+            Severity::Info,
+            format!(
+                "no statistics to estimate {} by (not analyzed yet, or not readable by this \
+                 role)",
+                unknown.join(", ")
+            ),
+        )
+        .remedy("ANALYZE the table, or run the doctor as its owner");
     };
     let details: Vec<Value> = bloated
         .iter()
