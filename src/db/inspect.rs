@@ -480,6 +480,8 @@ pub(crate) struct TableRow {
     pub(crate) dead_rows: i64,
     pub(crate) last_vacuum: Option<DateTime<Utc>>,
     pub(crate) last_autovacuum: Option<DateTime<Utc>>,
+    /// Seconds since the last vacuum of it finished, by hand or by autovacuum (`None`: never).
+    pub(crate) vacuumed_secs_ago: Option<f64>,
     pub(crate) autovacuum_count: i64,
     pub(crate) table_bytes: i64,
     pub(crate) index_bytes: i64,
@@ -500,6 +502,8 @@ pub(crate) async fn tables<'e>(
                coalesce(s.n_live_tup, 0) AS "live_rows!",
                coalesce(s.n_dead_tup, 0) AS "dead_rows!",
                s.last_vacuum, s.last_autovacuum,
+               extract(epoch FROM now() - greatest(s.last_vacuum, s.last_autovacuum))::float8
+                   AS vacuumed_secs_ago,
                coalesce(s.autovacuum_count, 0) AS "autovacuum_count!",
                pg_relation_size(c.oid) AS "table_bytes!",
                pg_indexes_size(c.oid) AS "index_bytes!",
