@@ -175,13 +175,7 @@ where
     let queues = queues(&mut *tx).await?;
     tx.commit().await?;
 
-    // A holder that has kept vacuum from removing rows long enough to matter (a slot's age is
-    // in transactions only: any slot counts).
-    let held = holder.as_ref().is_some_and(|holder| {
-        holder
-            .age_secs
-            .is_none_or(|secs| secs >= options.horizon_busy_warning.as_secs_f64())
-    });
+    let held = holds(holder.as_ref(), options);
     let checks = vec![
         horizon_check(holder, &settings, &tables, options),
         autovacuum_check(&settings, &tables),
@@ -353,30 +347,37 @@ fn dead_rows_check(
             })
         })
         .collect();
+    let many = |t: &&db::inspect::TableRow| {
+        t.dead_rows > options.dead_rows_warning && t.dead_rows * 5 > t.live_rows
+    };
+    let counts = |t: &db::inspect::TableRow| {
+        format!(
+            "skiplock.{} has {} dead rows to {} live",
+            t.name, t.dead_rows, t.live_rows
+        )
+    };
+    // A table autovacuum keeps up with must not hide one it does not.
     let worst = tables
         .iter()
-        .filter(|t| t.dead_rows > options.dead_rows_warning && t.dead_rows * 5 > t.live_rows)
+        .filter(many)
+        .filter(|t| keeps_up(t, settings, held).is_none())
         .max_by_key(|t| t.dead_rows);
     let Some(t) = worst else {
-        return Check::new(
-            "dead_rows",
-            Severity::Ok,
-            "dead rows are being vacuumed away".to_owned(),
-        )
-        .details(Value::Array(details));
+        let busiest = tables
+            .iter()
+            .filter(many)
+            .max_by_key(|t| t.dead_rows)
+            .and_then(|t| keeps_up(t, settings, held).map(|ago| (t, ago)));
+        let summary = match busiest {
+            Some((t, ago)) => format!(
+                "{}, vacuumed {ago} ago: autovacuum keeps up with a busy table",
+                counts(t)
+            ),
+            None => "dead rows are being vacuumed away".to_owned(),
+        };
+        return Check::new("dead_rows", Severity::Ok, summary).details(Value::Array(details));
     };
-    let counts = format!(
-        "skiplock.{} has {} dead rows to {} live",
-        t.name, t.dead_rows, t.live_rows
-    );
-    if let Some(ago) = keeps_up(t, settings, held) {
-        return Check::new(
-            "dead_rows",
-            Severity::Ok,
-            format!("{counts}, vacuumed {ago} ago: autovacuum keeps up with a busy table"),
-        )
-        .details(Value::Array(details));
-    }
+    let counts = counts(t);
     Check::new(
         "dead_rows",
         Severity::Warning,
@@ -392,11 +393,23 @@ fn dead_rows_check(
     .details(Value::Array(details))
 }
 
+/// Whether a holder of the horizon has kept vacuum from removing rows long enough to matter:
+/// a session or prepared transaction as old as the sooner of the two horizon warnings, a slot
+/// past the transaction age `xmin_horizon` warns at (a slot has no age in time).
+fn holds(holder: Option<&db::inspect::HorizonHolder>, options: &HealthOptions) -> bool {
+    let soon = options.horizon_busy_warning.min(options.horizon_warning);
+    holder.is_some_and(|holder| match holder.age_secs {
+        Some(secs) => secs >= soon.as_secs_f64(),
+        None => holder.xid_age.unwrap_or(0) > 1_000_000,
+    })
+}
+
 /// How long ago `table` was vacuumed, when its dead rows are what a busy table gathers
 /// between autovacuum's passes rather than a problem: autovacuum is on, visits every
 /// [`BUSY_TABLE_NAPTIME`] or more often (a longer naptime is worth a warning of its own, see
 /// [`dead_rows_remedy`]), finished a pass over the table within two naptimes and a minute, and
-/// nothing has held the horizon for [`HealthOptions::horizon_busy_warning`] (`held`).
+/// nothing has held the horizon long ([`holds`]), which this role must be able to see
+/// (`pg_read_all_stats`: otherwise another role's transaction is invisible to it).
 ///
 /// At 14,000 jobs/s with a 10-s naptime, a healthy job table holds 0.7 million dead rows to
 /// about a million live ones between passes (docs/performance.md): a warning there would never
@@ -408,6 +421,7 @@ fn keeps_up(
 ) -> Option<String> {
     let naptime = settings.autovacuum_naptime_s;
     let on = settings.autovacuum && settings.track_counts && !table.autovacuum_disabled;
+    let held = held || !settings.sees_all_sessions;
     let ago = table.vacuumed_secs_ago?.max(0.0);
     (on && !held && naptime <= BUSY_TABLE_NAPTIME && ago <= 2.0 * naptime + 60.0)
         .then(|| humanize(Duration::from_secs_f64(ago)))
@@ -860,5 +874,52 @@ mod tests {
             severity(table(1_000, None), server(false, 60.0), false),
             Severity::Ok
         );
+
+        // A role that cannot see other sessions cannot tell that nothing holds the horizon.
+        let mut blind = server(true, 10.0);
+        blind.sees_all_sessions = false;
+        assert_eq!(severity(busy(), blind, false), Severity::Warning);
+
+        // A table autovacuum keeps up with does not hide one it does not.
+        let mut neglected = table(200_000, None);
+        neglected.name = "workflows".to_owned();
+        neglected.live_rows = 100_000;
+        let both = dead_rows_check(
+            &[busy(), neglected],
+            &server(true, 10.0),
+            false,
+            &Default::default(),
+        );
+        assert_eq!(both.severity, Severity::Warning);
+        assert!(
+            both.summary
+                .starts_with("skiplock.workflows has 200000 dead rows")
+        );
+    }
+
+    fn holder(age_secs: Option<f64>, xid_age: i32) -> db::inspect::HorizonHolder {
+        db::inspect::HorizonHolder {
+            holder: "transaction".to_owned(),
+            pid: Some(1),
+            name: None,
+            client: None,
+            age_secs,
+            xid_age: Some(xid_age),
+            state: None,
+            query: None,
+        }
+    }
+
+    #[test]
+    fn a_holder_counts_from_the_sooner_horizon_warning_and_a_slot_by_its_transaction_age() {
+        let mut options = HealthOptions::default();
+        assert!(!holds(None, &options));
+        assert!(!holds(Some(&holder(Some(59.0), 10)), &options));
+        assert!(holds(Some(&holder(Some(60.0), 10)), &options));
+        options.horizon_warning = Duration::from_secs(20);
+        assert!(holds(Some(&holder(Some(30.0), 10)), &options));
+        // Slots: no age in time.
+        assert!(!holds(Some(&holder(None, 500_000)), &options));
+        assert!(holds(Some(&holder(None, 2_000_000)), &options));
     }
 }
