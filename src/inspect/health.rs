@@ -150,6 +150,10 @@ impl Default for HealthOptions {
     }
 }
 
+/// A replication slot holding the horizon back this many transactions is a warning (a slot has
+/// no age in time): 1,000,000.
+const SLOT_XID_WARNING: i32 = 1_000_000;
+
 /// Counts in checks stop at this many: 10,000.
 const CAP: i64 = 10_000;
 
@@ -229,7 +233,7 @@ fn horizon_check(
         Some(age) if busy && age >= options.horizon_busy_warning => Severity::Warning,
         // Slots have no age in time; their transaction-id age speaks for them.
         None if holder.xid_age.unwrap_or(0) > 10_000_000 => Severity::Critical,
-        None if holder.xid_age.unwrap_or(0) > 1_000_000 => Severity::Warning,
+        None if holder.xid_age.unwrap_or(0) > SLOT_XID_WARNING => Severity::Warning,
         _ => Severity::Ok,
     };
     let who = match (holder.holder.as_str(), holder.pid) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Check, HealthOptions, Severity, bytes, humanize};
+use super::{Check, HealthOptions, SLOT_XID_WARNING, Severity, bytes, humanize};
 use crate::db;
 
 /// The `autovacuum_naptime` above which the `dead_rows` check suggests a shorter one: 10 s.
@@ -36,24 +36,24 @@ pub(super) fn dead_rows_check(
             t.name, t.dead_rows, t.live_rows
         )
     };
-    // A table autovacuum keeps up with must not hide one it does not.
-    let worst = tables
+    // Each table with many dead rows, and how long ago it was vacuumed if autovacuum keeps up
+    // with it: a table kept up with must not hide one that is not.
+    let busy: Vec<(&db::inspect::TableRow, Option<String>)> = tables
         .iter()
         .filter(many)
-        .filter(|t| keeps_up(t, settings, held).is_none())
-        .max_by_key(|t| t.dead_rows);
-    let Some(t) = worst else {
-        let busiest = tables
-            .iter()
-            .filter(many)
-            .max_by_key(|t| t.dead_rows)
-            .and_then(|t| keeps_up(t, settings, held).map(|ago| (t, ago)));
-        let summary = match busiest {
-            Some((t, ago)) => format!(
+        .map(|t| (t, keeps_up(t, settings, held)))
+        .collect();
+    let worst = busy
+        .iter()
+        .filter(|(_, kept_up)| kept_up.is_none())
+        .max_by_key(|(t, _)| t.dead_rows);
+    let Some(&(t, _)) = worst else {
+        let summary = match busy.iter().max_by_key(|(t, _)| t.dead_rows) {
+            Some((t, Some(ago))) => format!(
                 "{}, vacuumed {ago} ago: autovacuum keeps up with a busy table",
                 counts(t)
             ),
-            None => "dead rows are being vacuumed away".to_owned(),
+            _ => "dead rows are being vacuumed away".to_owned(),
         };
         return Check::new("dead_rows", Severity::Ok, summary).details(Value::Array(details));
     };
@@ -80,7 +80,7 @@ pub(super) fn holds(holder: Option<&db::inspect::HorizonHolder>, options: &Healt
     let soon = options.horizon_busy_warning.min(options.horizon_warning);
     holder.is_some_and(|holder| match holder.age_secs {
         Some(secs) => secs >= soon.as_secs_f64(),
-        None => holder.xid_age.unwrap_or(0) > 1_000_000,
+        None => holder.xid_age.unwrap_or(0) > SLOT_XID_WARNING,
     })
 }
 
