@@ -17,6 +17,12 @@
 #             moves them into `done` (primary key, finished index), where they stay queryable.
 #   move-bare `move` with primary keys only (no lease or finished index; close to
 #             ../shared/bench/design-ceilings.sh move, whose `done` has no index at all).
+#   partitioned  `move` by PostgreSQL's own means: one `jobs` table partitioned by state
+#             (`ready`, `running`, `done`), every index of `inplace` declared on it (the primary
+#             key must include the partition key: (id, state)), and `inplace`'s statements, each
+#             naming the state it moves from, so an UPDATE that changes the state moves the row.
+#             With more than one client, claims fail ("tuple to be locked was already moved to
+#             another partition due to concurrent update"): see `failed_transactions`.
 #   combined  `ceiling`'s table and statements, but each client completes its previous batch and
 #             claims the next in one statement (the completion in the claim's WITH): one
 #             statement per batch instead of two (performance.md, "What a statement costs").
@@ -24,6 +30,7 @@
 # differ in what they write per job, not in skiplock's statements.
 #
 # Usage: scripts/storage-shapes.sh SHAPE...   (default: ceiling inplace move move-bare, in turn)
+# SHOW=1 prints pgbench's own report too.
 # Env: PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres), BATCH=1000 DURATION=10 ROWS=1000000,
 # FILLFACTOR=100 (of the one-table shapes' jobs table; the moving shapes never update a row),
 # CLIENTS=1 (each claiming BATCH at a time).
@@ -72,6 +79,28 @@ WHERE id = ANY (:ids::bigint[]) AND state = 'running'"
 
 one_table_step() {
   one_table_claim ""
+  echo "$completion;"
+}
+
+partitioned() {
+  cat <<SQL
+CREATE TABLE jobs (id bigint GENERATED ALWAYS AS IDENTITY, $columns,
+  state text NOT NULL DEFAULT 'available', PRIMARY KEY (id, state)) PARTITION BY LIST (state);
+CREATE TABLE ready PARTITION OF jobs FOR VALUES IN ('available');
+CREATE TABLE running PARTITION OF jobs FOR VALUES IN ('running');
+CREATE TABLE done PARTITION OF jobs DEFAULT;
+INSERT INTO jobs (kind, args) SELECT 'noop', jsonb_build_object('i', g) FROM generate_series(1, $ROWS) g;
+CREATE INDEX jobs_claim ON jobs (queue, priority, run_at, id) WHERE state = 'available';
+$lease_index
+$finished_index
+VACUUM ANALYZE jobs;
+SQL
+}
+
+# `inplace`'s claim, its UPDATE naming the state it moves rows from (which prunes it to one
+# partition), and its completion (which names it already).
+partitioned_step() {
+  one_table_claim "" | sed 's/FROM c WHERE j.id = c.id/FROM c WHERE j.id = c.id AND j.state = '"'available'"'/'
   echo "$completion;"
 }
 
@@ -150,19 +179,22 @@ CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
       count="SELECT count(*) FROM done" ;;
     move-bare) moved "" >"$work/setup.sql"; moved_step >"$work/step.sql"
       count="SELECT count(*) FROM done" ;;
+    partitioned) partitioned >"$work/setup.sql"; partitioned_step >"$work/step.sql" ;;
     combined) one_table "" >"$work/setup.sql"; combined_step >"$work/step.sql" ;;
-    *) echo "unknown shape $shape: ceiling, inplace, inplace-lease, inplace-finished, finish-moves, move, move-bare or combined" >&2; exit 2 ;;
+    *) echo "unknown shape $shape: ceiling, inplace, inplace-lease, inplace-finished, finish-moves, move, move-bare, partitioned or combined" >&2; exit 2 ;;
   esac
   PGOPTIONS="-c client_min_messages=warning" dropdb --if-exists "$db"
   createdb "$db"
   psql -qX -v ON_ERROR_STOP=1 -d "$db" -f "$work/setup.sql"
   psql -qX -d "$db" -c CHECKPOINT
-  local before done_rows wal
+  local before done_rows wal failed
   before=$(psql -AtqX -d "$db" -c "SELECT pg_current_wal_insert_lsn()")
   pgbench -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -D ids='{}' -T "$DURATION" \
-    -f "$work/step.sql" "$db" >"$work/out" 2>&1 ||
+    -f "$work/step.sql" "$db" >"$work/out" 2>&1 && { [ -z "${SHOW:-}" ] || cat "$work/out" >&2; } ||
     { cat "$work/out" >&2; exit 1; }
   done_rows=$(psql -AtqX -d "$db" -c "$count")
+  # pgbench (15+) counts a transaction that failed with a serialization error and goes on.
+  failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$work/out")
   wal=$(psql -AtqX -d "$db" -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$before')")
   if [ "$done_rows" -ge "$ROWS" ]; then
     echo "$shape: all $ROWS jobs drained before $DURATION s: the rate is a floor; raise ROWS" >&2
@@ -170,6 +202,7 @@ CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
   python3 -c "import json; print(json.dumps({'shape': '$shape', 'batch': $BATCH, 'clients': $CLIENTS,
     'seconds': $DURATION,
     'fillfactor': $FILLFACTOR, 'done': $done_rows, 'jobs_per_s': round($done_rows / $DURATION, 1),
+    'failed_transactions': ${failed:-0},
     'wal_bytes_per_job': round($wal / max($done_rows, 1))}))"
   dropdb "$db"
 }
