@@ -212,10 +212,14 @@ impl Steady {
             .detail("concurrency", self.concurrency)
             .detail("backlog_end", backlog_end)
             .detail("backlog_max", backlogs.iter().copied().max().unwrap_or(0))
+            .detail(
+                "lowest_10s_started_to_offered",
+                lowest_window(&rates, f64::from(self.rate)),
+            )
             .detail("started_per_s", rates.clone())
             .detail("backlog_per_s", backlogs.clone());
         if let Some(hold) = self.hold_snapshot {
-            report = hold_summary(report, hold, &rates, &backlogs);
+            report = hold_summary(report, hold, &rates, &backlogs, f64::from(self.rate));
         }
         report = soak_summary(report, &samples, self.sample_every);
         if let Some(path) = &self.chart {
@@ -405,9 +409,16 @@ async fn sample(probe: &Probe, enqueued: &AtomicU64, duration: Duration) -> Vec<
     timeline
 }
 
-/// Throughput before, during and after the held snapshot, and how long after its end the
-/// backlog took to fall back to its level before it for good (see [`recovered_after`]).
-fn hold_summary(report: Report, hold: HoldSnapshot, rates: &[u64], backlogs: &[u64]) -> Report {
+/// Throughput before, during and after the held snapshot, its lowest 10 s while the snapshot
+/// was held (against `offered`, in jobs/s), and how long after its end the backlog took to
+/// fall back to its level before it for good (see [`recovered_after`]).
+fn hold_summary(
+    report: Report,
+    hold: HoldSnapshot,
+    rates: &[u64],
+    backlogs: &[u64],
+    offered: f64,
+) -> Report {
     let (from, to) = (
         hold.at.as_secs() as usize,
         (hold.at + hold.hold).as_secs() as usize,
@@ -430,8 +441,30 @@ fn hold_summary(report: Report, hold: HoldSnapshot, rates: &[u64], backlogs: &[u
         .detail("per_s_before_hold", before)
         .detail("per_s_during_hold", during)
         .detail("per_s_after_hold", after)
+        .detail(
+            "lowest_10s_during_hold",
+            lowest_window(&rates[clamp(from)..clamp(to)], offered),
+        )
         .detail("recovered_after_s", recovered)
 }
+
+/// The lowest share of `offered` (jobs/s) at which jobs started over any [`WINDOW_SECS`]
+/// consecutive seconds of `rates` (jobs started in each second): issue 13's "throughput at
+/// any 10-s sample", read sliding by the second rather than in windows aligned to multiples of
+/// 10 s, which can straddle a dip and halve it. `None` for fewer seconds than a window, or no
+/// offered load.
+fn lowest_window(rates: &[u64], offered: f64) -> Option<f64> {
+    if offered <= 0.0 {
+        return None;
+    }
+    rates
+        .windows(WINDOW_SECS)
+        .map(|window| window.iter().sum::<u64>() as f64 / WINDOW_SECS as f64 / offered)
+        .min_by(f64::total_cmp)
+}
+
+/// The window of [`lowest_window`]: 10 s.
+const WINDOW_SECS: usize = 10;
 
 /// How many seconds into `after` (the backlog each second after the hold) the backlog fell
 /// back to at most twice the highest of `before` and stayed there to the end of the run:
@@ -455,6 +488,18 @@ mod tests {
 
     /// Back for good: a backlog that falls back, then climbs again (autovacuum after the
     /// hold), recovers only once it stays back.
+    /// Sliding by the second: a dip across a multiple of 10 s is found whole.
+    #[test]
+    fn the_lowest_window_slides_by_the_second() {
+        let mut rates = vec![100; 30];
+        rates[8..13].fill(0);
+        assert_eq!(lowest_window(&rates, 100.0), Some(0.5));
+        assert_eq!(lowest_window(&rates, 200.0), Some(0.25));
+        assert_eq!(lowest_window(&[100; 30], 100.0), Some(1.0));
+        assert_eq!(lowest_window(&[100; 9], 100.0), None);
+        assert_eq!(lowest_window(&rates, 0.0), None);
+    }
+
     #[test]
     fn the_backlog_recovers_once_it_stays_back() {
         let before = [10, 50, 20];

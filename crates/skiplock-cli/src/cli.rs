@@ -243,7 +243,8 @@ pub(crate) struct BenchSteadyArgs {
     #[arg(long, default_value_t = 1_000)]
     pub(crate) concurrency: usize,
 
-    /// Open a REPEATABLE READ transaction this long into the run (e.g. 30s)...
+    /// Open a REPEATABLE READ transaction this long into the run (e.g. 30s); the report then
+    /// gives the rates before, during and after it, and the lowest 10 s while it was held...
     #[arg(long, value_parser = humantime::parse_duration, requires = "hold_snapshot_for")]
     pub(crate) hold_snapshot_at: Option<Duration>,
 
