@@ -150,6 +150,10 @@ async fn a_steady_load_reports_rates_backlog_and_the_held_snapshot() {
         .expect("a timeline");
     assert_eq!(per_second.len(), 3);
     assert!(report.details.contains_key("per_s_during_hold"));
+    // Three seconds hold no 10-s window (the unit tests in bench::steady check the window).
+    for key in ["lowest_10s_started_to_offered", "lowest_10s_during_hold"] {
+        assert_eq!(report.details[key], serde_json::Value::Null, "{key}");
+    }
 
     // The soak's samples: one JSON line every 500 ms, the held snapshot visible in them.
     let lines = std::fs::read_to_string(dir.join("samples.jsonl")).expect("samples");
