@@ -449,10 +449,12 @@ fn hold_summary(
 }
 
 /// The lowest share of `offered` (jobs/s) at which jobs started over any [`WINDOW_SECS`]
-/// consecutive seconds of `rates` (jobs started in each second): issue 13's "throughput at
-/// any 10-s sample", read sliding by the second rather than in windows aligned to multiples of
-/// 10 s, which can straddle a dip and halve it. `None` for fewer seconds than a window, or no
-/// offered load.
+/// consecutive entries of `rates` (jobs started in each tick of the once-a-second sampler; a
+/// late tick holds more than a second): issue 13's "throughput at any 10-s sample", read
+/// sliding by the second rather than in windows aligned to multiples of 10 s, which can
+/// straddle a dip and halve it. `None` for fewer seconds than a window, or no offered load.
+/// During a hold, only windows wholly inside it count: the run's figure covers the falls that
+/// come just after one.
 fn lowest_window(rates: &[u64], offered: f64) -> Option<f64> {
     if offered <= 0.0 {
         return None;
@@ -486,8 +488,6 @@ fn recovered_after(before: &[u64], after: &[u64]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// Back for good: a backlog that falls back, then climbs again (autovacuum after the
-    /// hold), recovers only once it stays back.
     /// Sliding by the second: a dip across a multiple of 10 s is found whole.
     #[test]
     fn the_lowest_window_slides_by_the_second() {
@@ -500,6 +500,8 @@ mod tests {
         assert_eq!(lowest_window(&rates, 0.0), None);
     }
 
+    /// Back for good: a backlog that falls back, then climbs again (autovacuum after the
+    /// hold), recovers only once it stays back.
     #[test]
     fn the_backlog_recovers_once_it_stays_back() {
         let before = [10, 50, 20];
