@@ -189,9 +189,12 @@ CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
   psql -qX -d "$db" -c CHECKPOINT
   local before done_rows wal failed
   before=$(psql -AtqX -d "$db" -c "SELECT pg_current_wal_insert_lsn()")
-  pgbench -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -D ids='{}' -T "$DURATION" \
-    -f "$work/step.sql" "$db" >"$work/out" 2>&1 && { [ -z "${SHOW:-}" ] || cat "$work/out" >&2; } ||
-    { cat "$work/out" >&2; exit 1; }
+  if ! pgbench -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -D ids='{}' -T "$DURATION" \
+    -f "$work/step.sql" "$db" >"$work/out" 2>&1; then
+    cat "$work/out" >&2
+    exit 1
+  fi
+  [ -z "${SHOW:-}" ] || cat "$work/out" >&2
   done_rows=$(psql -AtqX -d "$db" -c "$count")
   # pgbench (15+) counts a transaction that failed with a serialization error and goes on.
   failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$work/out")

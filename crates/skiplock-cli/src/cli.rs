@@ -243,12 +243,12 @@ pub(crate) struct BenchSteadyArgs {
     #[arg(long, default_value_t = 1_000)]
     pub(crate) concurrency: usize,
 
-    /// Open a REPEATABLE READ transaction this long into the run (e.g. 30s); the report then
-    /// gives the rates before, during and after it, and the lowest 10 s while it was held...
+    /// Open a REPEATABLE READ transaction this long into the run (e.g. 30s)...
     #[arg(long, value_parser = humantime::parse_duration, requires = "hold_snapshot_for")]
     pub(crate) hold_snapshot_at: Option<Duration>,
 
-    /// ...and keep it open this long (e.g. 60s).
+    /// ...and keep it open this long (e.g. 60s). The report then gives the rates before,
+    /// during and after it, and its lowest 10 s against the offered rate.
     #[arg(long, value_parser = humantime::parse_duration, requires = "hold_snapshot_at")]
     pub(crate) hold_snapshot_for: Option<Duration>,
 
