@@ -34,6 +34,7 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -191,6 +192,8 @@ enum Seen {
 
 struct Watched {
     seen: watch::Sender<Option<Seen>>,
+    /// The read (numbered by [`Inner::reads`]) whose rows `seen` holds; 0 before any.
+    read: u64,
     subscribers: usize,
 }
 
@@ -199,6 +202,8 @@ struct Inner {
     waiter: String,
     config: ResultsConfig,
     jobs: Mutex<HashMap<i64, Watched>>,
+    /// Numbers the reads in the order they start (see [`Inner::publish`]).
+    reads: AtomicU64,
     /// Ids no longer awaited, to unregister: shared with the listener task, which removes
     /// the last of them when the last clone is dropped.
     dropped: Arc<Mutex<Vec<i64>>>,
@@ -250,6 +255,7 @@ impl Results {
                 waiter,
                 config,
                 jobs: Mutex::new(HashMap::new()),
+                reads: AtomicU64::new(0),
                 dropped: Arc::new(Mutex::new(Vec::new())),
                 work: Arc::new(Notify::new()),
                 listening: watch::Sender::new(false),
@@ -415,6 +421,7 @@ impl Results {
                         fresh.push(id);
                         Watched {
                             seen: watch::Sender::new(None),
+                            read: 0,
                             subscribers: 0,
                         }
                     });
@@ -430,23 +437,12 @@ impl Results {
         };
         if !fresh.is_empty() {
             let ttl = inner.config.registration_ttl.as_secs_f64();
-            // A connection that broke while idle in the pool (a server restart, or a pool
-            // shared with a Tokio runtime that has ended) fails once; the pool replaces it.
-            let mut retry_in = Duration::from_millis(50);
-            loop {
-                let first_read = async {
+            inner
+                .retrying_broken_connections(|| async {
                     db::waiter::register(&inner.pool, &inner.waiter, &fresh, ttl).await?;
                     inner.read(&fresh).await
-                };
-                match first_read.await {
-                    Err(error) if is_connection_error(&error) && retry_in < SUBSCRIBE_RETRY_FOR => {
-                        tracing::debug!(%error, "could not register a wait; retrying");
-                        tokio::time::sleep(retry_in).await;
-                        retry_in *= 4;
-                    }
-                    done => break done?,
-                }
-            }
+                })
+                .await?;
             // Not listening yet (first use, or reconnecting): a change notified meanwhile
             // would wait for the next poll. Unless every job has finished already, wait a
             // little for the listener and read once more after it is up.
@@ -458,7 +454,9 @@ impl Results {
                     Ok(Ok(_))
                 );
                 if up {
-                    inner.read(&fresh).await?;
+                    inner
+                        .retrying_broken_connections(|| inner.read(&fresh))
+                        .await?;
                 }
             }
         }
@@ -586,32 +584,86 @@ impl Inner {
         jobs.keys().copied().collect()
     }
 
+    /// Runs `statements`, again after an error of the connection rather than the query.
+    ///
+    /// A pooled connection can break while idle (a server restart, or a pool shared with a
+    /// Tokio runtime that has ended) and still be handed out: a pool may skip its ping before
+    /// handing out, and the ping passes when the server's reply is already buffered. Each
+    /// such connection fails a statement and the pool discards it. A pool can hold as many of them as it
+    /// has connections, so a broken connection is retried up to the pool's size (plus one);
+    /// any connection error, a pool timeout included, is retried for
+    /// [`SUBSCRIBE_RETRY_FOR`], [`RETRY_PAUSE`] apart.
+    async fn retrying_broken_connections<F, Fut>(
+        &self,
+        mut statements: F,
+    ) -> Result<(), sqlx::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), sqlx::Error>>,
+    {
+        let started = Instant::now();
+        let most = self.pool.options().get_max_connections() + 1;
+        let mut failures = 0_u32;
+        loop {
+            let error = match statements().await {
+                Err(error) => error,
+                done => return done,
+            };
+            if !worth_retrying(&error, failures, most, started.elapsed()) {
+                return Err(error);
+            }
+            tracing::debug!(%error, failures, "a connection broke; retrying");
+            failures += 1;
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
     /// Reads `ids` (those still awaited) and publishes what changed.
     async fn read(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
         for chunk in ids.chunks(READ_CHUNK) {
+            let read = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
             let rows = db::waiter::snapshots(&self.pool, chunk).await?;
-            let mut found: HashMap<i64, JobUpdate> = rows
-                .into_iter()
-                .map(|row| (row.id, JobUpdate::from_row(row)))
-                .collect();
-            let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-            for id in chunk {
-                let Some(watched) = jobs.get(id) else {
-                    continue;
-                };
-                let seen = found
-                    .remove(id)
-                    .map_or(Seen::Missing, |job| Seen::Job(Box::new(job)));
-                watched.seen.send_if_modified(|current| {
-                    let changed = current.as_ref() != Some(&seen);
-                    if changed {
-                        *current = Some(seen);
-                    }
-                    changed
-                });
-            }
+            self.publish(
+                read,
+                chunk,
+                rows.into_iter()
+                    .map(|row| (row.id, JobUpdate::from_row(row))),
+            );
         }
         Ok(())
+    }
+
+    /// Publishes what read number `read` found of `ids` (an id it did not find is missing),
+    /// unless a read that started after it published first.
+    ///
+    /// Reads of one job overlap: a waiter's first read, the listener's after a notification.
+    /// One that started earlier can have the earlier snapshot and still answer last; its rows
+    /// must not replace newer ones (a job seen completed, then running again, would wait for
+    /// the next poll to be seen finished). The later start is the later snapshot whenever it
+    /// matters: a read started after a notification arrived takes its snapshot after the
+    /// change it announces committed.
+    fn publish(&self, read: u64, ids: &[i64], found: impl IntoIterator<Item = (i64, JobUpdate)>) {
+        let mut found: HashMap<i64, JobUpdate> = found.into_iter().collect();
+        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            let Some(watched) = jobs.get_mut(id) else {
+                continue;
+            };
+            let seen = found
+                .remove(id)
+                .map_or(Seen::Missing, |job| Seen::Job(Box::new(job)));
+            if read < watched.read {
+                continue;
+            }
+            watched.read = read;
+            watched.seen.send_if_modified(|current| {
+                let changed = current.as_ref() != Some(&seen);
+                if changed {
+                    *current = Some(seen);
+                }
+                changed
+            });
+        }
     }
 }
 
@@ -750,9 +802,22 @@ async fn listen(started: Started, stop: CancellationToken) {
     }
 }
 
-/// How long [`Results::subscribe`] retries an error of the connection rather than the query
-/// (50 ms, then 200 ms, 800 ms: about a second in all).
+/// How long [`Results::subscribe`] retries any error of the connection rather than the query
+/// (a broken connection is retried more often: see [`worth_retrying`]).
 const SUBSCRIBE_RETRY_FOR: Duration = Duration::from_secs(1);
+
+/// The pause before each retry of [`Results::subscribe`]'s statements: 10 ms. A broken
+/// connection fails at once and the pool discards it; the next attempt takes another, or
+/// opens one, which waits as long as the pool needs.
+const RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// Whether to try again after `error`, with `failures` failures before it and `elapsed` since
+/// the first attempt: a broken connection (which the pool discards) while `failures` is under
+/// `most`, any connection error (a pool timeout too) within [`SUBSCRIBE_RETRY_FOR`].
+fn worth_retrying(error: &sqlx::Error, failures: u32, most: u32, elapsed: Duration) -> bool {
+    let broken = is_connection_error(error) && !matches!(error, sqlx::Error::PoolTimedOut);
+    (broken && failures < most) || (is_connection_error(error) && elapsed < SUBSCRIBE_RETRY_FOR)
+}
 
 /// Whether `error` broke the connection rather than the statement: I/O, TLS, protocol, a pool
 /// that gave no connection in time.
@@ -779,5 +844,86 @@ async fn recv(
     match listener {
         Some(listener) => listener.try_recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_connection_is_retried_as_often_as_the_pool_has_connections() {
+        let broken = || sqlx::Error::Io(std::io::Error::other("runtime shut down"));
+        let late = SUBSCRIBE_RETRY_FOR * 5;
+        assert!(worth_retrying(&broken(), 0, 11, late));
+        assert!(worth_retrying(&broken(), 10, 11, late));
+        assert!(!worth_retrying(&broken(), 11, 11, late));
+        // Within the time budget any connection error is retried, however many failed.
+        assert!(worth_retrying(&broken(), 50, 11, Duration::ZERO));
+        // A pool timeout has waited already: only within the time budget.
+        assert!(worth_retrying(
+            &sqlx::Error::PoolTimedOut,
+            0,
+            11,
+            Duration::ZERO
+        ));
+        assert!(!worth_retrying(&sqlx::Error::PoolTimedOut, 0, 11, late));
+        // An error of the statement is the answer.
+        assert!(!worth_retrying(
+            &sqlx::Error::RowNotFound,
+            0,
+            11,
+            Duration::ZERO
+        ));
+    }
+
+    fn update(state: JobState) -> JobUpdate {
+        JobUpdate {
+            id: 7,
+            kind: "report".to_owned(),
+            queue: "default".to_owned(),
+            state,
+            attempt: 1,
+            max_attempts: 3,
+            progress: None,
+            result: None,
+            last_error: None,
+            finished_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_that_started_earlier_and_answers_last_publishes_nothing() {
+        let pool = PgPool::connect_lazy("postgres://127.0.0.1:1/none").expect("a lazy pool");
+        let results = Results::new(pool);
+        let inner = &results.inner;
+        let seen = watch::Sender::new(None);
+        let mut receiver = seen.subscribe();
+        inner.jobs.lock().expect("jobs").insert(
+            7,
+            Watched {
+                seen,
+                read: 0,
+                subscribers: 1,
+            },
+        );
+        let state =
+            |receiver: &mut watch::Receiver<Option<Seen>>| match &*receiver.borrow_and_update() {
+                Some(Seen::Job(job)) => Some(job.state),
+                _ => None,
+            };
+        // Read 2 (after the notification) answers first: completed.
+        inner.publish(2, &[7], [(7, update(JobState::Completed))]);
+        assert_eq!(state(&mut receiver), Some(JobState::Completed));
+        // Read 1 (a waiter's first, its snapshot older) answers last: running. Not published.
+        inner.publish(1, &[7], [(7, update(JobState::Running))]);
+        assert!(!receiver.has_changed().expect("open"));
+        assert_eq!(state(&mut receiver), Some(JobState::Completed));
+        // Nor a job it did not find.
+        inner.publish(1, &[7], []);
+        assert_eq!(state(&mut receiver), Some(JobState::Completed));
+        // A read started later is published, whatever it found.
+        inner.publish(3, &[7], []);
+        assert!(matches!(&*receiver.borrow(), Some(Seen::Missing)));
     }
 }

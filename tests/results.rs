@@ -464,3 +464,65 @@ async fn a_listener_that_died_with_its_runtime_is_started_again() {
         .expect("update");
     assert_eq!(next.state, JobState::Cancelled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_full_of_connections_broken_with_their_runtime_fails_no_wait() {
+    let db = database().await;
+    let id = enqueue_records(db.pool(), "default", 1).await[0];
+    // A pool that hands out idle connections without a ping first (sqlx's advice where
+    // latency matters): a broken one fails the statement it is given. Even with the ping a
+    // broken connection can answer it, when the server's reply is already buffered.
+    let size = 30;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(size)
+        .test_before_acquire(false)
+        .connect_with(db.connect_options().clone())
+        .await
+        .expect("pool");
+    let mut config = ResultsConfig::default();
+    config.poll_interval = Duration::from_millis(200);
+    let results = Results::with_config(pool.clone(), config);
+    // Every connection the pool can hold is opened on a runtime that then ends (a request's,
+    // a test's), and breaks with it.
+    std::thread::spawn({
+        let pool = pool.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let mut held = Vec::new();
+                for _ in 0..size {
+                    let mut conn = pool.acquire().await.expect("a connection");
+                    sqlx::query("SELECT 1")
+                        .execute(&mut *conn)
+                        .await
+                        .expect("select");
+                    held.push(conn);
+                }
+                drop(held);
+                // The pool takes each connection back in a task of this runtime.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            });
+        }
+    })
+    .join()
+    .expect("the other runtime");
+    assert_eq!(pool.num_idle(), size as usize, "every connection idle");
+    let mut updates = Box::pin(results.watch(id));
+    let first = updates.next().await.expect("an update").expect("update");
+    assert_eq!(first.state, JobState::Available);
+    // A cancel made in SQL notifies nobody: the next poll, through the same pool, finds it.
+    sqlx::query("SELECT skiplock.cancel($1)")
+        .bind(id)
+        .execute(db.pool())
+        .await
+        .expect("cancel");
+    let next = tokio::time::timeout(Duration::from_secs(5), updates.next())
+        .await
+        .expect("an update within 5 s")
+        .expect("an update")
+        .expect("update");
+    assert_eq!(next.state, JobState::Cancelled);
+}
