@@ -192,7 +192,8 @@ enum Seen {
 
 struct Watched {
     seen: watch::Sender<Option<Seen>>,
-    /// The read (numbered by [`Inner::reads`]) whose rows `seen` holds; 0 before any.
+    /// The read (numbered by [`Inner::reads`]) whose rows `seen` holds, or the last number
+    /// taken before the id was awaited.
     read: u64,
     subscribers: usize,
 }
@@ -421,7 +422,9 @@ impl Results {
                         fresh.push(id);
                         Watched {
                             seen: watch::Sender::new(None),
-                            read: 0,
+                            // A read already under way when this id was (again) awaited
+                            // publishes nothing for it: this wait's own read comes after.
+                            read: inner.reads.load(Ordering::Relaxed),
                             subscribers: 0,
                         }
                     });
@@ -584,15 +587,15 @@ impl Inner {
         jobs.keys().copied().collect()
     }
 
-    /// Runs `statements`, again after an error of the connection rather than the query.
+    /// Runs `statements`, again after a connection broke under them.
     ///
     /// A pooled connection can break while idle (a server restart, or a pool shared with a
     /// Tokio runtime that has ended) and still be handed out: a pool may skip its ping before
     /// handing out, and the ping passes when the server's reply is already buffered. Each
-    /// such connection fails a statement and the pool discards it. A pool can hold as many of them as it
-    /// has connections, so a broken connection is retried up to the pool's size (plus one);
-    /// any connection error, a pool timeout included, is retried for
-    /// [`SUBSCRIBE_RETRY_FOR`], [`RETRY_PAUSE`] apart.
+    /// such connection fails a statement and the pool discards it. Only the connections the
+    /// pool holds when the first attempt fails can be broken so: retried once more than that
+    /// many times, [`RETRY_PAUSE`] apart, for at most the pool's acquire timeout (30 s unless
+    /// set). A pool timeout is not retried: the pool has waited that long already.
     async fn retrying_broken_connections<F, Fut>(
         &self,
         mut statements: F,
@@ -602,14 +605,16 @@ impl Inner {
         Fut: Future<Output = Result<(), sqlx::Error>>,
     {
         let started = Instant::now();
-        let most = self.pool.options().get_max_connections() + 1;
+        let budget = self.pool.options().get_acquire_timeout();
+        let mut most = None;
         let mut failures = 0_u32;
         loop {
             let error = match statements().await {
                 Err(error) => error,
                 done => return done,
             };
-            if !worth_retrying(&error, failures, most, started.elapsed()) {
+            let most = *most.get_or_insert_with(|| self.pool.size().saturating_add(1));
+            if !worth_retrying(&error, failures, most) || started.elapsed() >= budget {
                 return Err(error);
             }
             tracing::debug!(%error, failures, "a connection broke; retrying");
@@ -634,14 +639,17 @@ impl Inner {
     }
 
     /// Publishes what read number `read` found of `ids` (an id it did not find is missing),
-    /// unless a read that started after it published first.
+    /// unless a read numbered after it published first.
     ///
     /// Reads of one job overlap: a waiter's first read, the listener's after a notification.
     /// One that started earlier can have the earlier snapshot and still answer last; its rows
     /// must not replace newer ones (a job seen completed, then running again, would wait for
-    /// the next poll to be seen finished). The later start is the later snapshot whenever it
-    /// matters: a read started after a notification arrived takes its snapshot after the
-    /// change it announces committed.
+    /// the next poll to be seen finished). A read takes its number before it asks the pool
+    /// for a connection, so a read numbered after a notification arrived has its snapshot
+    /// after the change it announces committed: a notified change is never lost. A read that
+    /// waited long for a connection can hold a newer snapshot than one numbered after it and
+    /// be dropped: a change nobody notifies (a claim, a cancel in SQL) then shows at the next
+    /// poll.
     fn publish(&self, read: u64, ids: &[i64], found: impl IntoIterator<Item = (i64, JobUpdate)>) {
         let mut found: HashMap<i64, JobUpdate> = found.into_iter().collect();
         let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -802,33 +810,19 @@ async fn listen(started: Started, stop: CancellationToken) {
     }
 }
 
-/// How long [`Results::subscribe`] retries any error of the connection rather than the query
-/// (a broken connection is retried more often: see [`worth_retrying`]).
-const SUBSCRIBE_RETRY_FOR: Duration = Duration::from_secs(1);
-
-/// The pause before each retry of [`Results::subscribe`]'s statements: 10 ms. A broken
+/// The pause before each retry of a statement whose connection broke: 10 ms. A broken
 /// connection fails at once and the pool discards it; the next attempt takes another, or
 /// opens one, which waits as long as the pool needs.
 const RETRY_PAUSE: Duration = Duration::from_millis(10);
 
-/// Whether to try again after `error`, with `failures` failures before it and `elapsed` since
-/// the first attempt: a broken connection (which the pool discards) while `failures` is under
-/// `most`, any connection error (a pool timeout too) within [`SUBSCRIBE_RETRY_FOR`].
-fn worth_retrying(error: &sqlx::Error, failures: u32, most: u32, elapsed: Duration) -> bool {
-    let broken = is_connection_error(error) && !matches!(error, sqlx::Error::PoolTimedOut);
-    (broken && failures < most) || (is_connection_error(error) && elapsed < SUBSCRIBE_RETRY_FOR)
-}
-
-/// Whether `error` broke the connection rather than the statement: I/O, TLS, protocol, a pool
-/// that gave no connection in time.
-fn is_connection_error(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::PoolTimedOut
-    )
+/// Whether to try again after `error`, with `failures` failures before it: after a broken
+/// connection (which the pool discards) while `failures` is under `most`.
+fn worth_retrying(error: &sqlx::Error, failures: u32, most: u32) -> bool {
+    failures < most
+        && matches!(
+            error,
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_)
+        )
 }
 
 async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
@@ -854,27 +848,14 @@ mod tests {
     #[test]
     fn a_broken_connection_is_retried_as_often_as_the_pool_has_connections() {
         let broken = || sqlx::Error::Io(std::io::Error::other("runtime shut down"));
-        let late = SUBSCRIBE_RETRY_FOR * 5;
-        assert!(worth_retrying(&broken(), 0, 11, late));
-        assert!(worth_retrying(&broken(), 10, 11, late));
-        assert!(!worth_retrying(&broken(), 11, 11, late));
-        // Within the time budget any connection error is retried, however many failed.
-        assert!(worth_retrying(&broken(), 50, 11, Duration::ZERO));
-        // A pool timeout has waited already: only within the time budget.
-        assert!(worth_retrying(
-            &sqlx::Error::PoolTimedOut,
-            0,
-            11,
-            Duration::ZERO
-        ));
-        assert!(!worth_retrying(&sqlx::Error::PoolTimedOut, 0, 11, late));
-        // An error of the statement is the answer.
-        assert!(!worth_retrying(
-            &sqlx::Error::RowNotFound,
-            0,
-            11,
-            Duration::ZERO
-        ));
+        assert!(worth_retrying(&broken(), 0, 11));
+        assert!(worth_retrying(&broken(), 10, 11));
+        assert!(!worth_retrying(&broken(), 11, 11));
+        let tls = sqlx::Error::Tls("handshake".into());
+        assert!(worth_retrying(&tls, 0, 1));
+        // A pool timeout has waited already; an error of the statement is the answer.
+        assert!(!worth_retrying(&sqlx::Error::PoolTimedOut, 0, 11));
+        assert!(!worth_retrying(&sqlx::Error::RowNotFound, 0, 11));
     }
 
     fn update(state: JobState) -> JobUpdate {

@@ -476,9 +476,7 @@ async fn a_pool_full_of_connections_broken_with_their_runtime_fails_no_wait() {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(size)
         .test_before_acquire(false)
-        .connect_with(db.connect_options().clone())
-        .await
-        .expect("pool");
+        .connect_lazy_with(db.connect_options().clone());
     let mut config = ResultsConfig::default();
     config.poll_interval = Duration::from_millis(200);
     let results = Results::with_config(pool.clone(), config);
@@ -503,7 +501,11 @@ async fn a_pool_full_of_connections_broken_with_their_runtime_fails_no_wait() {
                 }
                 drop(held);
                 // The pool takes each connection back in a task of this runtime.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                common::eventually(Duration::from_secs(10), "every connection idle", || {
+                    let idle = pool.num_idle();
+                    async move { (idle == size as usize).then_some(()) }
+                })
+                .await;
             });
         }
     })
@@ -511,7 +513,11 @@ async fn a_pool_full_of_connections_broken_with_their_runtime_fails_no_wait() {
     .expect("the other runtime");
     assert_eq!(pool.num_idle(), size as usize, "every connection idle");
     let mut updates = Box::pin(results.watch(id));
-    let first = updates.next().await.expect("an update").expect("update");
+    let first = tokio::time::timeout(Duration::from_secs(10), updates.next())
+        .await
+        .expect("the first update within 10 s")
+        .expect("an update")
+        .expect("update");
     assert_eq!(first.state, JobState::Available);
     // A cancel made in SQL notifies nobody: the next poll, through the same pool, finds it.
     sqlx::query("SELECT skiplock.cancel($1)")
