@@ -421,36 +421,35 @@ async fn a_waiter_registering_before_a_finish_commits_reads_the_outcome() {
     assert_eq!(outcome, Outcome::Cancelled(None));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_that_died_with_its_runtime_is_started_again() {
-    let db = database().await;
-    let pool = db.pool();
+/// Polling every 200 ms: a cancel made in SQL, which notifies nobody, shows within a test.
+fn polling(pool: &PgPool) -> Results {
     let mut config = ResultsConfig::default();
     config.poll_interval = Duration::from_millis(200);
-    let results = Results::with_config(pool.clone(), config);
-    let id = enqueue_records(pool, "default", 1).await[0];
-    // A watch on a runtime of its own starts the listener there; that runtime ends (as a
-    // request's or a test's does), and the listener with it.
-    std::thread::spawn({
-        let results = results.clone();
-        move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let mut updates = Box::pin(results.watch(id));
-                let first = updates.next().await.expect("an update").expect("update");
-                assert_eq!(first.state, JobState::Available);
-            });
-        }
+    Results::with_config(pool.clone(), config)
+}
+
+/// Runs `work` on a runtime of its own, which then ends (as a request's or a test's does).
+fn on_a_runtime_that_ends(work: impl Future<Output = ()> + Send + 'static) {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(work);
     })
     .join()
     .expect("the other runtime");
-    // The same Results, on this runtime: its watches still see changes (the poll finds a
-    // cancel made in SQL, which notifies nobody).
+}
+
+/// Watches job `id` through `results`: first available; then, once cancelled in SQL
+/// (through `pool`), cancelled within 5 s.
+async fn watch_a_cancel(results: &Results, pool: &PgPool, id: i64) {
     let mut updates = Box::pin(results.watch(id));
-    let first = updates.next().await.expect("an update").expect("update");
+    let first = tokio::time::timeout(Duration::from_secs(10), updates.next())
+        .await
+        .expect("the first update within 10 s")
+        .expect("an update")
+        .expect("update");
     assert_eq!(first.state, JobState::Available);
     sqlx::query("SELECT skiplock.cancel($1)")
         .bind(id)
@@ -466,6 +465,26 @@ async fn a_listener_that_died_with_its_runtime_is_started_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_died_with_its_runtime_is_started_again() {
+    let db = database().await;
+    let pool = db.pool();
+    let results = polling(pool);
+    let id = enqueue_records(pool, "default", 1).await[0];
+    // A watch on a runtime of its own starts the listener there; that runtime ends, and the
+    // listener with it.
+    on_a_runtime_that_ends({
+        let results = results.clone();
+        async move {
+            let mut updates = Box::pin(results.watch(id));
+            let first = updates.next().await.expect("an update").expect("update");
+            assert_eq!(first.state, JobState::Available);
+        }
+    });
+    // The same Results, on this runtime: its watches still see changes.
+    watch_a_cancel(&results, pool, id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_full_of_connections_broken_with_their_runtime_fails_no_wait() {
     let db = database().await;
     let id = enqueue_records(db.pool(), "default", 1).await[0];
@@ -477,58 +496,30 @@ async fn a_pool_full_of_connections_broken_with_their_runtime_fails_no_wait() {
         .max_connections(size)
         .test_before_acquire(false)
         .connect_lazy_with(db.connect_options().clone());
-    let mut config = ResultsConfig::default();
-    config.poll_interval = Duration::from_millis(200);
-    let results = Results::with_config(pool.clone(), config);
-    // Every connection the pool can hold is opened on a runtime that then ends (a request's,
-    // a test's), and breaks with it.
-    std::thread::spawn({
+    let results = polling(&pool);
+    // Every connection the pool can hold is opened on a runtime that then ends, and breaks
+    // with it.
+    on_a_runtime_that_ends({
         let pool = pool.clone();
-        move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let mut held = Vec::new();
-                for _ in 0..size {
-                    let mut conn = pool.acquire().await.expect("a connection");
-                    sqlx::query("SELECT 1")
-                        .execute(&mut *conn)
-                        .await
-                        .expect("select");
-                    held.push(conn);
-                }
-                drop(held);
-                // The pool takes each connection back in a task of this runtime.
-                common::eventually(Duration::from_secs(10), "every connection idle", || {
-                    let idle = pool.num_idle();
-                    async move { (idle == size as usize).then_some(()) }
-                })
-                .await;
-            });
+        async move {
+            let mut held = Vec::new();
+            for _ in 0..size {
+                let mut conn = pool.acquire().await.expect("a connection");
+                sqlx::query("SELECT 1")
+                    .execute(&mut *conn)
+                    .await
+                    .expect("select");
+                held.push(conn);
+            }
+            drop(held);
+            // The pool takes each connection back in a task of this runtime.
+            common::eventually(Duration::from_secs(10), "every connection idle", || {
+                let idle = pool.num_idle();
+                async move { (idle == size as usize).then_some(()) }
+            })
+            .await;
         }
-    })
-    .join()
-    .expect("the other runtime");
+    });
     assert_eq!(pool.num_idle(), size as usize, "every connection idle");
-    let mut updates = Box::pin(results.watch(id));
-    let first = tokio::time::timeout(Duration::from_secs(10), updates.next())
-        .await
-        .expect("the first update within 10 s")
-        .expect("an update")
-        .expect("update");
-    assert_eq!(first.state, JobState::Available);
-    // A cancel made in SQL notifies nobody: the next poll, through the same pool, finds it.
-    sqlx::query("SELECT skiplock.cancel($1)")
-        .bind(id)
-        .execute(db.pool())
-        .await
-        .expect("cancel");
-    let next = tokio::time::timeout(Duration::from_secs(5), updates.next())
-        .await
-        .expect("an update within 5 s")
-        .expect("an update")
-        .expect("update");
-    assert_eq!(next.state, JobState::Cancelled);
+    watch_a_cancel(&results, db.pool(), id).await;
 }
