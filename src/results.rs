@@ -440,12 +440,11 @@ impl Results {
         };
         if !fresh.is_empty() {
             let ttl = inner.config.registration_ttl.as_secs_f64();
-            inner
-                .retrying_broken_connections(|| async {
-                    db::waiter::register(&inner.pool, &inner.waiter, &fresh, ttl).await?;
-                    inner.read(&fresh).await
-                })
-                .await?;
+            retrying_broken_connections(&inner.pool, || async {
+                db::waiter::register(&inner.pool, &inner.waiter, &fresh, ttl).await?;
+                inner.read(&fresh).await
+            })
+            .await?;
             // Not listening yet (first use, or reconnecting): a change notified meanwhile
             // would wait for the next poll. Unless every job has finished already, wait a
             // little for the listener and read once more after it is up.
@@ -457,9 +456,7 @@ impl Results {
                     Ok(Ok(_))
                 );
                 if up {
-                    inner
-                        .retrying_broken_connections(|| inner.read(&fresh))
-                        .await?;
+                    retrying_broken_connections(&inner.pool, || inner.read(&fresh)).await?;
                 }
             }
         }
@@ -587,42 +584,6 @@ impl Inner {
         jobs.keys().copied().collect()
     }
 
-    /// Runs `statements`, again after a connection broke under them.
-    ///
-    /// A pooled connection can break while idle (a server restart, or a pool shared with a
-    /// Tokio runtime that has ended) and still be handed out: a pool may skip its ping before
-    /// handing out, and the ping passes when the server's reply is already buffered. Each
-    /// such connection fails a statement and the pool discards it. Only the connections the
-    /// pool holds when the first attempt fails can be broken so: retried once more than that
-    /// many times, [`RETRY_PAUSE`] apart, for at most the pool's acquire timeout (30 s unless
-    /// set). A pool timeout is not retried: the pool has waited that long already.
-    async fn retrying_broken_connections<F, Fut>(
-        &self,
-        mut statements: F,
-    ) -> Result<(), sqlx::Error>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(), sqlx::Error>>,
-    {
-        let started = Instant::now();
-        let budget = self.pool.options().get_acquire_timeout();
-        let mut most = None;
-        let mut failures = 0_u32;
-        loop {
-            let error = match statements().await {
-                Err(error) => error,
-                done => return done,
-            };
-            let most = *most.get_or_insert_with(|| self.pool.size().saturating_add(1));
-            if !worth_retrying(&error, failures, most) || started.elapsed() >= budget {
-                return Err(error);
-            }
-            tracing::debug!(%error, failures, "a connection broke; retrying");
-            failures += 1;
-            tokio::time::sleep(RETRY_PAUSE).await;
-        }
-    }
-
     /// Reads `ids` (those still awaited) and publishes what changed.
     async fn read(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
         for chunk in ids.chunks(READ_CHUNK) {
@@ -710,7 +671,7 @@ async fn listen(started: Started, stop: CancellationToken) {
     renew.reset();
     loop {
         if listener.is_none() {
-            match connect(&pool).await {
+            match retrying_broken_connections(&pool, || connect(&pool)).await {
                 Ok(connected) => {
                     listener = Some(connected);
                     if let Some(inner) = inner.upgrade() {
@@ -773,7 +734,8 @@ async fn listen(started: Started, stop: CancellationToken) {
             ids.into_iter().collect()
         };
         if !to_read.is_empty()
-            && let Err(error) = inner.read(&to_read).await
+            && let Err(error) =
+                retrying_broken_connections(&inner.pool, || inner.read(&to_read)).await
         {
             tracing::warn!(%error, "could not read awaited jobs; retrying at the next poll");
         }
@@ -807,6 +769,42 @@ async fn listen(started: Started, stop: CancellationToken) {
         {
             tracing::warn!(%error, "could not renew waiter registrations");
         }
+    }
+}
+
+/// Runs `statements` through `pool`, again after a connection broke under them.
+///
+/// A pooled connection can break while idle (a server restart, or a pool shared with a
+/// Tokio runtime that has ended) and still be handed out: a pool may skip its ping before
+/// handing out, and the ping passes when the server's reply is already buffered. Each
+/// such connection fails a statement and the pool discards it. Only the connections the
+/// pool holds when the first attempt fails can be broken so: retried once more than that
+/// many times, [`RETRY_PAUSE`] apart, for at most the pool's acquire timeout (30 s unless
+/// set). A pool timeout is not retried: the pool has waited that long already.
+async fn retrying_broken_connections<T, F, Fut>(
+    pool: &PgPool,
+    mut statements: F,
+) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let started = Instant::now();
+    let budget = pool.options().get_acquire_timeout();
+    let mut most = None;
+    let mut failures = 0_u32;
+    loop {
+        let error = match statements().await {
+            Err(error) => error,
+            done => return done,
+        };
+        let most = *most.get_or_insert_with(|| pool.size().saturating_add(1));
+        if !worth_retrying(&error, failures, most) || started.elapsed() >= budget {
+            return Err(error);
+        }
+        tracing::debug!(%error, failures, "a connection broke; retrying");
+        failures += 1;
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
 }
 
