@@ -615,16 +615,13 @@ impl Inner {
         let mut found: HashMap<i64, JobUpdate> = found.into_iter().collect();
         let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         for id in ids {
-            let Some(watched) = jobs.get_mut(id) else {
+            let Some(watched) = jobs.get_mut(id).filter(|watched| watched.read <= read) else {
                 continue;
             };
+            watched.read = read;
             let seen = found
                 .remove(id)
                 .map_or(Seen::Missing, |job| Seen::Job(Box::new(job)));
-            if read < watched.read {
-                continue;
-            }
-            watched.read = read;
             watched.seen.send_if_modified(|current| {
                 let changed = current.as_ref() != Some(&seen);
                 if changed {
