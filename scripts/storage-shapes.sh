@@ -27,18 +27,31 @@
 #             claims the next in one statement (the completion in the claim's WITH): one
 #             statement per batch instead of two (performance.md, "What a statement costs").
 # Rows are narrow (10 columns, not skiplock's 26) and the claim index has no `kind`: the shapes
-# differ in what they write per job, not in skiplock's statements.
+# differ in what they write per job, not in skiplock's statements. Two shapes measure skiplock's
+# own rows and statements instead:
+#   skiplock  the migrated schema (`skiplock migrate`: 26 columns, 15 CHECK constraints, every
+#             index) and the claim and completion statements of src/db/job.rs (`claim`,
+#             `complete_many`), one kind, from the head, with the producers' session settings.
+#   skiplock-move  the same rows, constraints and statements on `move`'s layout: tables `ready`,
+#             `running` and `done` made LIKE skiplock.jobs (columns, defaults, CHECK constraints,
+#             storage settings), each keeping the indexes its rows need (`ready` the claim and
+#             due indexes, `running` the lease index, `done` the finished index; all three the
+#             primary key and the partial unique, schedule and workflow indexes, which plain jobs
+#             never enter); the claim's UPDATE becomes a DELETE ... RETURNING feeding an INSERT
+#             into `running`, the completion's likewise into `done`. Uniqueness across the three
+#             tables is not enforced: this measures what the layout writes, not a design.
 #
 # Usage: scripts/storage-shapes.sh SHAPE...   (default: ceiling inplace move move-bare, in turn)
-# SHOW=1 prints pgbench's own report too.
+# SHOW=1 prints pgbench's own report too, with each statement's mean latency (pgbench -r).
 # Env: PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres), BATCH=1000 DURATION=10 ROWS=1000000,
+# SKIPLOCK=target/release/skiplock (the CLI that migrates the skiplock shapes' database),
 # FILLFACTOR=100 (of the one-table shapes' jobs table; the moving shapes never update a row),
 # CLIENTS=1 (each claiming BATCH at a time).
 # Prints one JSON line per shape. Run it against scripts/stock-cluster.sh for stock settings.
 set -euo pipefail
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
 BATCH=${BATCH:-1000} DURATION=${DURATION:-10} ROWS=${ROWS:-1000000} FILLFACTOR=${FILLFACTOR:-100}
-CLIENTS=${CLIENTS:-1}
+CLIENTS=${CLIENTS:-1} SKIPLOCK=${SKIPLOCK:-target/release/skiplock}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -143,6 +156,191 @@ SELECT id, queue, kind, args, priority, attempt, run_at, attempted_at, now(), NU
 SQL
 }
 
+# The `skiplock` shapes: the migrated schema, ROWS no-op jobs in skiplock.jobs. $1: more setup.
+skiplock_setup() {
+  cat <<SQL
+INSERT INTO skiplock.jobs (queue, kind, args)
+SELECT 'default', 'noop', jsonb_build_object('i', g) FROM generate_series(1, $ROWS) g;
+$1
+VACUUM ANALYZE;
+SQL
+}
+
+# `move`'s tables with skiplock's rows: LIKE skiplock.jobs, each keeping the indexes it needs.
+skiplock_move_tables() {
+  cat <<'SQL'
+DO $$
+DECLARE
+  t text;
+  options text[] := (SELECT reloptions FROM pg_class WHERE oid = 'skiplock.jobs'::regclass);
+  i record;
+BEGIN
+  FOREACH t IN ARRAY ARRAY['ready', 'running', 'done'] LOOP
+    EXECUTE format('CREATE TABLE skiplock.%I (LIKE skiplock.jobs INCLUDING ALL EXCLUDING IDENTITY)', t);
+    EXECUTE format('ALTER TABLE skiplock.%I SET (%s)', t, array_to_string(options, ', '));
+    FOR i IN SELECT indexrelid::regclass AS name, pg_get_indexdef(indexrelid) AS def
+             FROM pg_index WHERE indrelid = format('skiplock.%I', t)::regclass LOOP
+      IF (i.def LIKE '%(lease_expires_at)%' AND t <> 'running')
+         OR (i.def LIKE '%(queue, kind, priority, run_at, id)%' AND t <> 'ready')
+         OR (i.def LIKE '%(run_at)%' AND t <> 'ready')
+         OR (i.def LIKE '%(state, queue, kind, id)%' AND t <> 'done') THEN
+        EXECUTE format('DROP INDEX %s', i.name);
+      END IF;
+    END LOOP;
+  END LOOP;
+END $$;
+INSERT INTO skiplock.ready SELECT * FROM skiplock.jobs;
+TRUNCATE skiplock.jobs;
+SQL
+}
+
+# The head of `claim` (src/db/job.rs) reading table $1, its parameters pgbench variables.
+skiplock_claim_head() {
+  cat <<SQL
+WITH heads AS MATERIALIZED (
+  SELECT head.id, head.priority, head.run_at, head.size
+  FROM unnest(:kinds::text[], :prios::int2[], :runats::timestamptz[], :heads::int8[])
+    AS k(kind, priority, run_at, id)
+  CROSS JOIN LATERAL (
+    SELECT j.id, j.priority, j.run_at, pg_column_size(j.args) AS size
+    FROM $1 AS j
+    WHERE j.state = 'available' AND j.queue = :queue AND j.kind = k.kind
+      AND (j.priority, j.run_at, j.id) >= (k.priority, coalesce(k.run_at, '-infinity'), k.id)
+    ORDER BY j.priority, j.run_at, j.id
+    LIMIT :batch
+    FOR UPDATE SKIP LOCKED
+  ) AS head
+  WHERE NOT EXISTS (SELECT FROM skiplock.queues AS q WHERE q.name = :queue AND q.paused_at IS NOT NULL)
+    AND NOT EXISTS (SELECT FROM skiplock.throttles AS t WHERE t.queue = :queue OR t.kind = ANY (:kinds::text[]))
+  ORDER BY head.priority, head.run_at, head.id
+  LIMIT :batch
+), picked AS (
+  SELECT id FROM (SELECT id, sum(size) OVER (ORDER BY priority, run_at, id) AS bytes,
+                         row_number() OVER (ORDER BY priority, run_at, id) AS n FROM heads) AS h
+  WHERE h.n = 1 OR h.bytes <= 16777216
+),
+SQL
+}
+
+# What `claim` returns, and the ids and lease tokens the completion needs.
+skiplock_claim_returning="RETURNING j.id, j.kind, j.queue, j.args::text AS args, j.priority, j.attempt,
+    j.max_attempts,
+    CASE WHEN isfinite(j.created_at) AND j.created_at < '262000-01-01' THEN j.created_at END AS created_at,
+    CASE WHEN cardinality(j.tags) = 0 THEN '{}'::text[]
+         ELSE ARRAY(SELECT tag FROM unnest(j.tags) WITH ORDINALITY AS t(tag, n)
+                    WHERE tag IS NOT NULL ORDER BY n) END AS tags,
+    j.lease_token, j.timeout_secs, j.metadata ->> 'traceparent' AS traceparent,
+    extract(epoch FROM now() - j.run_at)::float8 AS pickup_lag_secs,
+    CASE WHEN isfinite(j.run_at) AND j.run_at < '262000-01-01' THEN j.run_at END AS run_at_,
+    (SELECT count(*) FROM heads) > (SELECT count(*) FROM picked) AS cut_by_bytes
+)
+SELECT coalesce(array_agg(id), '{}') AS ids, coalesce(array_agg(lease_token), '{}') AS toks,
+       sum(length(args)) AS bytes FROM u \\gset"
+
+# `complete_many`'s outcomes: every job completed.
+skiplock_outcomes="unnest(:ids::bigint[], :toks::bigint[],
+    array_fill('completed'::skiplock.job_state, ARRAY[cardinality(:ids::bigint[])]),
+    array_fill(NULL::jsonb, ARRAY[cardinality(:ids::bigint[])]),
+    array_fill(NULL::text, ARRAY[cardinality(:ids::bigint[])]),
+    array_fill(NULL::text, ARRAY[cardinality(:ids::bigint[])]),
+    array_fill(0::float8, ARRAY[cardinality(:ids::bigint[])]),
+    array_fill(false, ARRAY[cardinality(:ids::bigint[])]))
+  AS o(id, lease_token, state, result, error_kind, error_message, retry_in_secs, give_back)"
+
+# The end of `complete_many`: wake-ups, waiters, limits, stats rows, from CTE `done`.
+skiplock_completion_tail="woken AS (
+  SELECT count(pg_notify('skiplock_wake', q))
+  FROM (SELECT DISTINCT queue AS q FROM done WHERE state = 'available') AS w
+), waited AS (
+  SELECT skiplock.notify_waiters(array_agg(d.id)) FROM done AS d
+), freed AS (
+  SELECT count(pg_notify('skiplock_wake', q))
+  FROM (SELECT DISTINCT d.queue AS q FROM done AS d
+        WHERE EXISTS (SELECT FROM skiplock.throttles)
+          AND EXISTS (SELECT FROM skiplock.throttles AS t
+                      WHERE t.queue = d.queue OR t.kind = d.kind)) AS f
+)
+SELECT array_agg(id), queue, kind, state::text FROM done, woken, waited, freed GROUP BY 2, 3, 4;"
+
+skiplock_step() {
+  skiplock_claim_head skiplock.jobs
+  cat <<SQL
+u AS (
+  UPDATE skiplock.jobs AS j
+  SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
+      attempted_by = (array_append(j.attempted_by, 'w'))[greatest(cardinality(j.attempted_by) + 2 - 100, 1):],
+      lease_expires_at = now() + make_interval(secs => 30),
+      lease_token = nextval('skiplock.lease_token_seq')
+  WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
+  $skiplock_claim_returning
+WITH done AS (
+  UPDATE skiplock.jobs AS j
+  SET state = o.state, result = o.result,
+      attempt = CASE WHEN o.give_back THEN j.attempt - 1 ELSE j.attempt END,
+      errors = CASE WHEN o.error_kind IS NULL THEN j.errors
+                    ELSE j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt,
+                           'at', now(), 'kind', o.error_kind, 'message', o.error_message,
+                           'worker', j.attempted_by[cardinality(j.attempted_by)])) END,
+      finished_at = CASE WHEN o.state IN ('completed', 'failed', 'cancelled') THEN now() END,
+      run_at = CASE WHEN o.give_back AND o.state = 'available' THEN j.run_at
+                    WHEN o.state IN ('retryable', 'available', 'scheduled')
+                    THEN now() + make_interval(secs => o.retry_in_secs)
+                    ELSE j.run_at END,
+      lease_expires_at = NULL, lease_token = NULL
+  FROM $skiplock_outcomes
+  WHERE j.id = o.id AND j.lease_token = o.lease_token
+  RETURNING j.id, j.queue, j.kind, j.state, o.error_kind
+), $skiplock_completion_tail
+SQL
+}
+
+skiplock_columns="id, queue, kind, args, state, priority, attempt, max_attempts, run_at, created_at,
+  attempted_at, finished_at, lease_expires_at, attempted_by, errors, result, tags, lease_token,
+  timeout_secs, cancel_requested_at, unique_key, unique_states, progress, schedule, metadata,
+  workflow_id"
+
+skiplock_move_step() {
+  skiplock_claim_head skiplock.ready
+  cat <<SQL
+d AS (
+  DELETE FROM skiplock.ready AS r WHERE r.id = ANY (ARRAY(SELECT id FROM picked)) RETURNING r.*
+), u AS (
+  INSERT INTO skiplock.running AS j ($skiplock_columns)
+  SELECT id, queue, kind, args, 'running', priority, attempt + 1, max_attempts, run_at, created_at,
+    now(), finished_at, now() + make_interval(secs => 30),
+    (array_append(attempted_by, 'w'))[greatest(cardinality(attempted_by) + 2 - 100, 1):],
+    errors, result, tags, nextval('skiplock.lease_token_seq'), timeout_secs, cancel_requested_at,
+    unique_key, unique_states, progress, schedule, metadata, workflow_id
+  FROM d
+  $skiplock_claim_returning
+WITH d AS (
+  DELETE FROM skiplock.running AS j USING $skiplock_outcomes
+  WHERE j.id = o.id AND j.lease_token = o.lease_token
+  RETURNING j.*, o.state AS o_state, o.result AS o_result, o.error_kind AS o_error_kind,
+    o.error_message AS o_error_message, o.retry_in_secs AS o_retry_in_secs,
+    o.give_back AS o_give_back
+), done AS (
+  INSERT INTO skiplock.done ($skiplock_columns)
+  SELECT id, queue, kind, args, o_state, priority,
+    CASE WHEN o_give_back THEN attempt - 1 ELSE attempt END, max_attempts,
+    CASE WHEN o_give_back AND o_state = 'available' THEN run_at
+         WHEN o_state IN ('retryable', 'available', 'scheduled')
+         THEN now() + make_interval(secs => o_retry_in_secs)
+         ELSE run_at END,
+    created_at, attempted_at,
+    CASE WHEN o_state IN ('completed', 'failed', 'cancelled') THEN now() END, NULL, attempted_by,
+    CASE WHEN o_error_kind IS NULL THEN errors
+         ELSE errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', now(),
+                'kind', o_error_kind, 'message', o_error_message,
+                'worker', attempted_by[cardinality(attempted_by)])) END,
+    o_result, tags, NULL, timeout_secs, cancel_requested_at, unique_key, unique_states, progress,
+    schedule, metadata, workflow_id
+  FROM d
+  RETURNING id, queue, kind, state
+), $skiplock_completion_tail
+SQL
+}
+
 # skiplock's lease index (0005) and finished index (0014), on the one-table shapes' jobs table.
 lease_index="CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;"
 finished_index="CREATE INDEX jobs_finished ON jobs (state, queue, kind, id)
@@ -181,16 +379,30 @@ CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
       count="SELECT count(*) FROM done" ;;
     partitioned) partitioned >"$work/setup.sql"; partitioned_step >"$work/step.sql" ;;
     combined) one_table "" >"$work/setup.sql"; combined_step >"$work/step.sql" ;;
-    *) echo "unknown shape $shape: ceiling, inplace, inplace-lease, inplace-finished, finish-moves, move, move-bare, partitioned or combined" >&2; exit 2 ;;
+    skiplock) skiplock_setup "" >"$work/setup.sql"; skiplock_step >"$work/step.sql"
+      count="SELECT count(*) FROM skiplock.jobs WHERE state = 'completed'" ;;
+    skiplock-move)
+      skiplock_setup "$(skiplock_move_tables)" >"$work/setup.sql"
+      skiplock_move_step >"$work/step.sql"
+      count="SELECT count(*) FROM skiplock.done" ;;
+    *) echo "unknown shape $shape: ceiling, inplace, inplace-lease, inplace-finished, finish-moves, move, move-bare, partitioned, combined, skiplock or skiplock-move" >&2; exit 2 ;;
   esac
   PGOPTIONS="-c client_min_messages=warning" dropdb --if-exists "$db"
   createdb "$db"
+  local options="" vars=()
+  if [[ $shape == skiplock* ]]; then
+    "$SKIPLOCK" --database-url "postgres://$PGUSER@$PGHOST:$PGPORT/$db" migrate >/dev/null
+    # The producers' session settings (src/db/session.rs) and claim's parameters.
+    options="-c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c jit=off"
+    vars=(-D queue=default -D kinds='{noop}' -D prios='{-32768}' -D runats='{NULL}'
+      -D heads='{-9223372036854775808}' -D batch="$BATCH" -D toks='{}')
+  fi
   psql -qX -v ON_ERROR_STOP=1 -d "$db" -f "$work/setup.sql"
   psql -qX -d "$db" -c CHECKPOINT
   local before done_rows wal failed
   before=$(psql -AtqX -d "$db" -c "SELECT pg_current_wal_insert_lsn()")
-  if ! pgbench -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -D ids='{}' -T "$DURATION" \
-    -f "$work/step.sql" "$db" >"$work/out" 2>&1; then
+  if ! PGOPTIONS="$options" pgbench -n ${SHOW:+-r} -M prepared -c "$CLIENTS" -j "$CLIENTS" -D ids='{}' \
+    "${vars[@]}" -T "$DURATION" -f "$work/step.sql" "$db" >"$work/out" 2>&1; then
     cat "$work/out" >&2
     exit 1
   fi
