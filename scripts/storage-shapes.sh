@@ -30,16 +30,25 @@
 # differ in what they write per job, not in skiplock's statements. Two shapes measure skiplock's
 # own rows and statements instead:
 #   skiplock  the migrated schema (`skiplock migrate`: 26 columns, 15 CHECK constraints, every
-#             index) and the claim and completion statements of src/db/job.rs (`claim`,
-#             `complete_many`), one kind, from the head, with the producers' session settings.
+#             index, its triggers) and the claim and completion statements adapted from
+#             src/db/job.rs (`claim`, `complete_many`): one kind, from the head; the claim on
+#             the producers' session settings (a generic plan, no sequential scans, no JIT),
+#             the completion on the completer's (PostgreSQL's defaults). Adapted: the claim's
+#             rows are aggregated on the server (`\gset` takes one row) rather than sent; the
+#             worker id, lease, byte bound and `attempted_by` bound are literals; every job
+#             completes, its outcome arrays built on the server with `array_fill`; the
+#             completion's grouping names the state; the worker's separate `job_stats` write
+#             is left out.
 #   skiplock-move  the same rows, constraints and statements on `move`'s layout: tables `ready`,
 #             `running` and `done` made LIKE skiplock.jobs (columns, defaults, CHECK constraints,
 #             storage settings), each keeping the indexes its rows need (`ready` the claim and
 #             due indexes, `running` the lease index, `done` the finished index; all three the
 #             primary key and the partial unique, schedule and workflow indexes, which plain jobs
 #             never enter); the claim's UPDATE becomes a DELETE ... RETURNING feeding an INSERT
-#             into `running`, the completion's likewise into `done`. Uniqueness across the three
-#             tables is not enforced: this measures what the layout writes, not a design.
+#             into `running`, the completion's likewise into `done`, which gets the workflow
+#             triggers the completion fires on skiplock.jobs (LIKE copies none). Uniqueness
+#             across the three tables is not enforced: this measures what the layout writes,
+#             not a design.
 #
 # Usage: scripts/storage-shapes.sh SHAPE...   (default: ceiling inplace move move-bare, in turn)
 # SHOW=1 prints pgbench's own report too, with each statement's mean latency (pgbench -r).
@@ -49,6 +58,7 @@
 # CLIENTS=1 (each claiming BATCH at a time).
 # Prints one JSON line per shape. Run it against scripts/stock-cluster.sh for stock settings.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
 BATCH=${BATCH:-1000} DURATION=${DURATION:-10} ROWS=${ROWS:-1000000} FILLFACTOR=${FILLFACTOR:-100}
 CLIENTS=${CLIENTS:-1} SKIPLOCK=${SKIPLOCK:-target/release/skiplock}
@@ -177,7 +187,9 @@ DECLARE
 BEGIN
   FOREACH t IN ARRAY ARRAY['ready', 'running', 'done'] LOOP
     EXECUTE format('CREATE TABLE skiplock.%I (LIKE skiplock.jobs INCLUDING ALL EXCLUDING IDENTITY)', t);
-    EXECUTE format('ALTER TABLE skiplock.%I SET (%s)', t, array_to_string(options, ', '));
+    IF options IS NOT NULL THEN
+      EXECUTE format('ALTER TABLE skiplock.%I SET (%s)', t, array_to_string(options, ', '));
+    END IF;
     FOR i IN SELECT indexrelid::regclass AS name, pg_get_indexdef(indexrelid) AS def
              FROM pg_index WHERE indrelid = format('skiplock.%I', t)::regclass LOOP
       IF (i.def LIKE '%(lease_expires_at)%' AND t <> 'running')
@@ -189,14 +201,23 @@ BEGIN
     END LOOP;
   END LOOP;
 END $$;
+-- What a completion fires on skiplock.jobs (0022): a row trigger whose WHEN plain jobs fail,
+-- and the statement trigger.
+CREATE TRIGGER done_workflow_changed AFTER INSERT ON skiplock.done FOR EACH ROW
+  WHEN (NEW.workflow_id IS NOT NULL) EXECUTE FUNCTION skiplock.workflow_job_changed();
+CREATE TRIGGER done_workflow_settled AFTER INSERT ON skiplock.done FOR EACH STATEMENT
+  EXECUTE FUNCTION skiplock.workflow_statement_done();
 INSERT INTO skiplock.ready SELECT * FROM skiplock.jobs;
 TRUNCATE skiplock.jobs;
 SQL
 }
 
-# The head of `claim` (src/db/job.rs) reading table $1, its parameters pgbench variables.
+# The head of `claim` (src/db/job.rs) reading table $1, its parameters pgbench variables,
+# after the producers' session settings (src/db/session.rs; one statement, one round trip).
 skiplock_claim_head() {
   cat <<SQL
+SELECT set_config('plan_cache_mode', 'force_generic_plan', false),
+       set_config('enable_seqscan', 'off', false), set_config('jit', 'off', false);
 WITH heads AS MATERIALIZED (
   SELECT head.id, head.priority, head.run_at, head.size
   FROM unnest(:kinds::text[], :prios::int2[], :runats::timestamptz[], :heads::int8[])
@@ -235,7 +256,9 @@ skiplock_claim_returning="RETURNING j.id, j.kind, j.queue, j.args::text AS args,
     (SELECT count(*) FROM heads) > (SELECT count(*) FROM picked) AS cut_by_bytes
 )
 SELECT coalesce(array_agg(id), '{}') AS ids, coalesce(array_agg(lease_token), '{}') AS toks,
-       sum(length(args)) AS bytes FROM u \\gset"
+       sum(length(args)) AS bytes FROM u \\gset
+SELECT set_config('plan_cache_mode', 'auto', false), set_config('enable_seqscan', 'on', false),
+       set_config('jit', 'on', false);"
 
 # `complete_many`'s outcomes: every job completed.
 skiplock_outcomes="unnest(:ids::bigint[], :toks::bigint[],
@@ -389,11 +412,10 @@ CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
   esac
   PGOPTIONS="-c client_min_messages=warning" dropdb --if-exists "$db"
   createdb "$db"
-  local options="" vars=()
+  local vars=()
   if [[ $shape == skiplock* ]]; then
     "$SKIPLOCK" --database-url "postgres://$PGUSER@$PGHOST:$PGPORT/$db" migrate >/dev/null
-    # The producers' session settings (src/db/session.rs) and claim's parameters.
-    options="-c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c jit=off"
+    # The claim's parameters.
     vars=(-D queue=default -D kinds='{noop}' -D prios='{-32768}' -D runats='{NULL}'
       -D heads='{-9223372036854775808}' -D batch="$BATCH" -D toks='{}')
   fi
@@ -401,8 +423,8 @@ CREATE INDEX done_finished ON done (state, queue, kind, id);" >"$work/setup.sql"
   psql -qX -d "$db" -c CHECKPOINT
   local before done_rows wal failed
   before=$(psql -AtqX -d "$db" -c "SELECT pg_current_wal_insert_lsn()")
-  if ! PGOPTIONS="$options" pgbench -n ${SHOW:+-r} -M prepared -c "$CLIENTS" -j "$CLIENTS" -D ids='{}' \
-    "${vars[@]}" -T "$DURATION" -f "$work/step.sql" "$db" >"$work/out" 2>&1; then
+  if ! pgbench -n ${SHOW:+-r} -M prepared -c "$CLIENTS" -j "$CLIENTS" -D ids='{}' \
+    ${vars[@]+"${vars[@]}"} -T "$DURATION" -f "$work/step.sql" "$db" >"$work/out" 2>&1; then
     cat "$work/out" >&2
     exit 1
   fi
