@@ -26,14 +26,15 @@
 #   combined  `ceiling`'s table and statements, but each client completes its previous batch and
 #             claims the next in one statement (the completion in the claim's WITH): one
 #             statement per batch instead of two (performance.md, "What a statement costs").
-# Rows are narrow (10 columns, not skiplock's 26) and the claim index has no `kind`: the shapes
+# Rows are narrow (10-11 columns, not skiplock's 26) and the claim index has no `kind`: the shapes
 # differ in what they write per job, not in skiplock's statements. Two shapes measure skiplock's
 # own rows and statements instead:
 #   skiplock  the migrated schema (`skiplock migrate`: 26 columns, 15 CHECK constraints, every
 #             index, its triggers) and the claim and completion statements adapted from
 #             src/db/job.rs (`claim`, `complete_many`): one kind, from the head; the claim on
 #             the producers' session settings (a generic plan, no sequential scans, no JIT),
-#             the completion on the completer's (PostgreSQL's defaults). Adapted: the claim's
+#             the completion on the completer's (the server's plan settings). Adapted: two
+#             more statements per batch set and reset those settings; the claim's
 #             rows are aggregated on the server (`\gset` takes one row) rather than sent; the
 #             worker id, lease, byte bound and `attempted_by` bound are literals; every job
 #             completes, its outcome arrays built on the server with `array_fill`; the
