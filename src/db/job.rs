@@ -375,7 +375,10 @@ pub(crate) async fn claim<'e>(
                   END AS "tags!",
                   j.lease_token AS "lease_token!", j.timeout_secs,
                   j.metadata ->> 'traceparent' AS traceparent,
-                  extract(epoch FROM now() - j.run_at)::float8 AS "pickup_lag_secs!",
+                  -- 0 for an infinite run_at (a row older than 0008's CHECK): subtracting
+                  -- it fails on PostgreSQL 15, and would fail the claim of its whole batch.
+                  CASE WHEN isfinite(j.run_at) THEN extract(epoch FROM now() - j.run_at)::float8
+                       ELSE 0 END AS "pickup_lag_secs!",
                   CASE WHEN isfinite(j.run_at) AND j.run_at < '262000-01-01'
                        THEN j.run_at END AS "run_at?",
                   (SELECT count(*) FROM heads) > (SELECT count(*) FROM picked) AS "cut_by_bytes!"
@@ -475,21 +478,39 @@ pub(crate) async fn complete_many<'e>(
         Recorded,
         r#"
         WITH done AS (
+        -- A job somebody asked to cancel while it ran ends `cancelled` when its attempt would
+        -- have put it back (a retry, a snooze, an interruption at shutdown): the request can
+        -- reach the worker after the handler returned, and the job must not run again. As
+        -- skiplock.fail and skiplock.snooze do for SQL workers, and the rescuer for lost ones.
         UPDATE skiplock.jobs AS j
-        SET state = o.state,
+        SET state = CASE WHEN j.cancel_requested_at IS NOT NULL
+                              AND o.state IN ('retryable', 'available', 'scheduled')
+                         THEN 'cancelled' ELSE o.state END,
             result = o.result,
-            attempt = CASE WHEN o.give_back THEN j.attempt - 1 ELSE j.attempt END,
-            errors = CASE WHEN o.error_kind IS NULL THEN j.errors
-                          ELSE j.errors || jsonb_build_array(jsonb_build_object(
+            attempt = CASE WHEN o.give_back AND j.cancel_requested_at IS NULL THEN j.attempt - 1
+                           ELSE j.attempt END,
+            errors = CASE WHEN j.cancel_requested_at IS NOT NULL
+                              AND o.state IN ('retryable', 'available', 'scheduled')
+                         THEN j.errors || jsonb_build_array(jsonb_build_object(
+                                 'attempt', j.attempt,
+                                 'at', now(),
+                                 'kind', 'cancelled',
+                                 'message', coalesce(o.error_message, 'snoozed after a cancel request'),
+                                 'worker', j.attempted_by[cardinality(j.attempted_by)]))
+                         WHEN o.error_kind IS NULL THEN j.errors
+                         ELSE j.errors || jsonb_build_array(jsonb_build_object(
                                  'attempt', j.attempt,
                                  'at', now(),
                                  'kind', o.error_kind,
                                  'message', o.error_message,
                                  'worker', j.attempted_by[cardinality(j.attempted_by)]))
                      END,
-            finished_at = CASE WHEN o.state IN ('completed', 'failed', 'cancelled') THEN now() END,
+            -- Every outcome is final once a cancel was requested (see above).
+            finished_at = CASE WHEN o.state IN ('completed', 'failed', 'cancelled')
+                                    OR j.cancel_requested_at IS NOT NULL THEN now() END,
             -- Interrupted jobs keep their place in the queue; retries and snoozes wait.
-            run_at = CASE WHEN o.give_back AND o.state = 'available' THEN j.run_at
+            run_at = CASE WHEN j.cancel_requested_at IS NOT NULL THEN j.run_at
+                          WHEN o.give_back AND o.state = 'available' THEN j.run_at
                           WHEN o.state IN ('retryable', 'available', 'scheduled')
                           THEN now() + make_interval(secs => o.retry_in_secs)
                           ELSE j.run_at END,
@@ -852,33 +873,49 @@ pub(crate) async fn rescue_expired<'e>(
     sqlx::query_as!(
         Rescued,
         r#"
-        WITH expired AS MATERIALIZED (
-            SELECT id,
-                   CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
-                        WHEN attempt >= max_attempts THEN 'failed'
-                        WHEN attempt <= 1 THEN 'available'
-                        ELSE 'retryable' END::skiplock.job_state AS new_state
+        WITH locked AS MATERIALIZED (
+            SELECT j.id, j.lease_expires_at, j.unique_key, j.unique_states, n.new_state
             FROM skiplock.jobs AS j
-            WHERE state = 'running' AND lease_expires_at < now()
-              AND lease_expires_at >= coalesce($2::timestamptz, '-infinity')
-              -- As in promote_due: a unique job going back to a state it is unique in waits
-              -- while its duplicate holds the key (finishing it needs no wait).
-              AND NOT (j.unique_key IS NOT NULL AND j.cancel_requested_at IS NULL
-                       AND j.attempt < j.max_attempts
-                       AND ('available' = ANY (j.unique_states) OR 'retryable' = ANY (j.unique_states))
+            CROSS JOIN LATERAL (
+                SELECT CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                            WHEN j.attempt >= j.max_attempts THEN 'failed'
+                            WHEN j.attempt <= 1 THEN 'available'
+                            ELSE 'retryable' END::skiplock.job_state AS new_state
+            ) AS n
+            WHERE j.state = 'running' AND j.lease_expires_at < now()
+              AND j.lease_expires_at >= coalesce($2::timestamptz, '-infinity')
+              -- As in promote_due: a unique job going to a state it is unique in waits while
+              -- its duplicate holds the key.
+              AND NOT (j.unique_key IS NOT NULL
+                       AND coalesce(n.new_state = ANY (j.unique_states), false)
                        AND EXISTS (SELECT 1 FROM skiplock.jobs AS o
                                    WHERE o.unique_key = j.unique_key AND o.id <> j.id
                                      AND o.state = ANY (o.unique_states)))
-            ORDER BY lease_expires_at
+            ORDER BY j.lease_expires_at
             LIMIT $1
-            FOR UPDATE SKIP LOCKED
+            FOR UPDATE OF j SKIP LOCKED
+        ),
+        -- Two duplicates (a key neither held while running) can come back in one batch: only
+        -- the first may enter a state it is unique in, or the statement would fail on
+        -- jobs_unique_idx, and with it every round after. The others wait for the next round,
+        -- which finds the key held.
+        expired AS (
+            SELECT id, new_state FROM locked
+            WHERE unique_key IS NULL OR NOT coalesce(new_state = ANY (unique_states), false)
+            UNION ALL
+            (SELECT DISTINCT ON (unique_key) id, new_state FROM locked
+             WHERE unique_key IS NOT NULL AND new_state = ANY (unique_states)
+             ORDER BY unique_key, lease_expires_at, id)
         ),
         rescued AS (
             UPDATE skiplock.jobs AS j
             SET state = e.new_state,
                 finished_at = CASE WHEN e.new_state IN ('failed', 'cancelled') THEN now() END,
+                -- The exponent is capped before the power: 2^1024 overflows a float8, and a
+                -- job that loses its worker that often (max_attempts is not bounded) would
+                -- otherwise fail every round.
                 run_at = CASE WHEN e.new_state = 'retryable'
-                              THEN now() + make_interval(secs => least(power(2, j.attempt - 1) - 1, 600))
+                              THEN now() + make_interval(secs => least(power(2, least(j.attempt - 1, 10)) - 1, 600))
                               -- It was running, so it was at the head of its queue: it keeps
                               -- its place instead of queueing behind the backlog.
                               ELSE j.run_at END,
@@ -1105,19 +1142,30 @@ pub(crate) async fn promote_due<'e>(
 ) -> Result<i64, sqlx::Error> {
     sqlx::query!(
         r#"
-        WITH due AS MATERIALIZED (
-            SELECT id
+        WITH locked AS MATERIALIZED (
+            SELECT id, run_at,
+                   CASE WHEN 'available' = ANY (unique_states) THEN unique_key END AS takes_key
             FROM skiplock.jobs AS j
             WHERE state IN ('scheduled', 'retryable') AND run_at <= now()
               -- A unique job whose duplicate was enqueued meanwhile waits for it to finish:
               -- promoting it would violate jobs_unique_idx and fail the whole statement.
-              AND NOT (j.unique_key IS NOT NULL AND 'available' = ANY (j.unique_states)
+              AND NOT (j.unique_key IS NOT NULL
+                       AND coalesce('available' = ANY (j.unique_states), false)
                        AND EXISTS (SELECT 1 FROM skiplock.jobs AS o
                                    WHERE o.unique_key = j.unique_key AND o.id <> j.id
                                      AND o.state = ANY (o.unique_states)))
             ORDER BY run_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
+        ),
+        -- Two duplicates due together (retries of a key not held while retryable): only the
+        -- first becomes available, or the statement would fail on jobs_unique_idx, and with it
+        -- every round after. The other waits, and the next round finds the key held.
+        due AS (
+            SELECT id FROM locked WHERE takes_key IS NULL
+            UNION ALL
+            (SELECT DISTINCT ON (takes_key) id FROM locked
+             WHERE takes_key IS NOT NULL ORDER BY takes_key, run_at, id)
         ),
         promoted AS (
             UPDATE skiplock.jobs AS j
@@ -1653,6 +1701,31 @@ mod tests {
             tags,
             [vec![], vec!["b", "a"], vec!["c"], vec!["x", "y", "z"]]
         );
+    }
+
+    /// A job at `-infinity` (a row from before 0008's CHECK, or imported with its old
+    /// `created_at`) is claimed with the others, its pickup lag 0: subtracting it from `now()`
+    /// failed on PostgreSQL 15, and with it every claim of its queue.
+    #[tokio::test]
+    async fn a_job_at_minus_infinity_does_not_break_the_claim() {
+        let db = TestDatabase::new().await.expect("database");
+        let mut conn = db.pool().acquire().await.expect("connection");
+        sqlx::raw_sql(
+            "INSERT INTO skiplock.jobs (kind, args, created_at, run_at)
+             VALUES ('t', '{}', '2020-01-01', '-infinity'), ('t', '{}', now(), now())",
+        )
+        .execute(&mut *conn)
+        .await
+        .expect("insert");
+        let mut claimed = claim_heads(&mut conn, &["t".to_owned()], 10, i64::MAX).await;
+        claimed.sort_by_key(|job| job.id);
+        let lags: Vec<(Option<DateTime<Utc>>, f64)> = claimed
+            .iter()
+            .map(|job| (job.run_at, job.pickup_lag_secs))
+            .collect();
+        assert_eq!(lags.len(), 2, "{lags:?}");
+        assert_eq!(lags[0], (None, 0.0));
+        assert!(lags[1].0.is_some() && lags[1].1 >= 0.0, "{lags:?}");
     }
 
     /// A batch of outcomes wakes the queues it made a job runnable in (a retry due at once) and

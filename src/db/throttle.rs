@@ -121,7 +121,9 @@ pub(crate) async fn claim<'e>(
                      WHERE tag IS NOT NULL ORDER BY n) AS "tags!",
                j.lease_token AS "lease_token!", j.timeout_secs,
                j.metadata ->> 'traceparent' AS traceparent,
-               extract(epoch FROM now() - j.run_at)::float8 AS "pickup_lag_secs!",
+               -- 0 for an infinite run_at, as in db::job::claim.
+               CASE WHEN isfinite(j.run_at) THEN extract(epoch FROM now() - j.run_at)::float8
+                    ELSE 0 END AS "pickup_lag_secs!",
                CASE WHEN isfinite(j.run_at) AND j.run_at < '262000-01-01'
                     THEN j.run_at END AS "run_at?",
                false AS "cut_by_bytes!"

@@ -554,6 +554,68 @@ mod tests {
         }
     }
 
+    /// A cancel requested while the job ran, reaching the worker too late to stop it: an
+    /// outcome that would put the job back (retry, interruption, snooze) records it cancelled
+    /// instead, so that it never runs again; one that finishes it stands.
+    #[tokio::test]
+    async fn a_cancel_requested_while_running_makes_a_job_put_back_cancelled() {
+        let db = TestDatabase::new().await.expect("database");
+        let jobs = claimed(&db, 5).await;
+        for (id, _) in &jobs {
+            let state = crate::cancel(db.pool(), *id).await.expect("cancel");
+            assert_eq!(state, Some(JobState::Running));
+        }
+        let (sender, mut completer) = completer(&db);
+        let outcomes = [
+            Outcome::Retry {
+                error_kind: ErrorKind::Error,
+                message: "try later".into(),
+                after: Duration::ZERO,
+            },
+            Outcome::Interrupted {
+                error_kind: ErrorKind::Interrupted,
+                message: "shutdown".into(),
+            },
+            Outcome::Snoozed {
+                after: Duration::ZERO,
+            },
+            Outcome::Completed(json!("done")),
+            Outcome::Failed {
+                error_kind: ErrorKind::Permanent,
+                message: "no".into(),
+            },
+        ];
+        for ((id, lease_token), outcome) in jobs.iter().zip(outcomes) {
+            let completion = Completion {
+                id: *id,
+                lease_token: *lease_token,
+                outcome,
+            };
+            sender.send(completion).await.expect("send");
+        }
+        assert_eq!(completer.run_once().await.recorded, 5);
+
+        let mut put_back = Vec::new();
+        for (id, _) in &jobs[..3] {
+            let job = row(&db, *id).await;
+            assert!(job.finished_at.is_some());
+            let last = job.errors.last().expect("an error entry");
+            put_back.push((job.state, job.attempt, last.kind.as_str().to_owned()));
+        }
+        let cancelled = (JobState::Cancelled, 1, "cancelled".to_owned());
+        assert_eq!(put_back, [cancelled.clone(), cancelled.clone(), cancelled]);
+        assert_eq!(row(&db, jobs[0].0).await.errors[0].message, "try later");
+        assert_eq!(row(&db, jobs[3].0).await.state, JobState::Completed);
+        assert_eq!(row(&db, jobs[4].0).await.state, JobState::Failed);
+        let available: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM skiplock.jobs WHERE state NOT IN ('completed', 'failed', 'cancelled')",
+        )
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+        assert_eq!(available, 0);
+    }
+
     /// Outcomes arriving one at a time, each just after the last was written: one connection
     /// writes them all. (Checked out per write, the next checkout found the last connection
     /// still on its way back to the pool and opened another.)

@@ -158,6 +158,48 @@ mod tests {
         assert_eq!(state(ids[1]).await, JobState::Scheduled);
     }
 
+    /// Two retries of a job unique only while waiting (`scheduled`, `available`), due
+    /// together: one becomes available, the other waits for it, and the promotion of others
+    /// goes on. (Promoted in one statement, the two failed it, and every round after.)
+    #[tokio::test]
+    async fn duplicates_due_together_do_not_stop_promotion() {
+        let db = TestDatabase::new().await.expect("database");
+        let pool = db.pool();
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO skiplock.jobs (kind, args, state, attempt, run_at, unique_key,
+                                        unique_states)
+             VALUES ('k', '{}', 'retryable', 1, now() - interval '2 seconds', 'sync:7',
+                     '{scheduled,available}'),
+                    ('k', '{}', 'retryable', 1, now() - interval '1 second', 'sync:7',
+                     '{scheduled,available}'),
+                    ('k', '{}', 'scheduled', 0, now() - interval '1 second', NULL, NULL)
+             RETURNING id",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("insert");
+        let config = PromoterConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+        };
+        let promoter = Promoter::new(pool.clone(), config);
+        assert_eq!(promoter.run_once().await.expect("promote").promoted, 2);
+        assert_eq!(promoter.run_once().await.expect("promote").promoted, 0);
+        let mut states = Vec::new();
+        for id in ids {
+            let job = crate::get_job(pool, id).await.expect("get").expect("row");
+            states.push(job.state);
+        }
+        assert_eq!(
+            states,
+            [
+                JobState::Available,
+                JobState::Retryable,
+                JobState::Available
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn a_job_at_infinity_does_not_break_promotion() {
         let db = TestDatabase::new().await.expect("database");

@@ -344,6 +344,55 @@ mod tests {
         );
     }
 
+    /// Rows no round could take back once failed every round after it, and with it every
+    /// other rescue: two duplicates of a job unique only while waiting, lost together (both
+    /// went back to `available` in one statement), and a job lost at its 1,100th attempt
+    /// (`2^1099` overflowed before the 600-s cap).
+    #[tokio::test]
+    async fn duplicates_lost_together_and_a_thousandth_attempt_do_not_stop_rescues() {
+        let db = TestDatabase::new().await.expect("database");
+        let pool = db.pool();
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO skiplock.jobs (kind, args, state, attempt, max_attempts, attempted_at,
+                                        lease_expires_at, lease_token, unique_key, unique_states)
+             VALUES ('k', '{}', 'running', 1, 25, now(), now() - interval '3 seconds', 1,
+                     'sync:7', '{scheduled,available}'),
+                    ('k', '{}', 'running', 1, 25, now(), now() - interval '2 seconds', 2,
+                     'sync:7', '{scheduled,available}'),
+                    ('k', '{}', 'running', 1100, 100000, now(), now() - interval '2 seconds', 3,
+                     NULL, NULL),
+                    ('k', '{}', 'running', 1, 25, now(), now() - interval '1 second', 4,
+                     NULL, NULL)
+             RETURNING id",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("insert");
+        let rescuer = rescuer(pool);
+        let mut rescued = rescuer.run_once().await.expect("round").rescued;
+        rescued.sort_by_key(|(id, _)| *id);
+        assert_eq!(
+            rescued,
+            [
+                (ids[0], JobState::Available),
+                (ids[2], JobState::Retryable),
+                (ids[3], JobState::Available)
+            ]
+        );
+        let delay: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM run_at - now())::float8 FROM skiplock.jobs WHERE id = $1",
+        )
+        .bind(ids[2])
+        .fetch_one(pool)
+        .await
+        .expect("run_at");
+        assert!((590.0..=600.0).contains(&delay), "{delay}");
+        // The second duplicate waits while the first holds the key, as one lost alone does.
+        let again = rescuer.run_once().await.expect("round");
+        assert_eq!(again.rescued, []);
+        assert_eq!(running_jobs(pool).await, 1);
+    }
+
     /// A round reads the leases that expired since shortly before the previous round; one
     /// that expired long before (here written by hand) waits for a round from the head.
     #[tokio::test]
