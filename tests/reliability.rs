@@ -741,3 +741,103 @@ async fn a_worker_that_cannot_renew_a_lease_stops_the_job_before_it_expires() {
     assert_eq!(row.errors[0].kind.as_str(), "worker_lost");
     eprintln!("self-fencing: handler stopped {margin:?} before its 2 s lease expired");
 }
+
+/// Records its start, waits for its cancellation, and then succeeds.
+#[derive(Serialize, Deserialize)]
+struct SucceedWhenStopped;
+
+impl Job for SucceedWhenStopped {
+    const KIND: &'static str = "succeed_when_stopped";
+}
+
+impl Handler<PgPool> for SucceedWhenStopped {
+    type Output = ();
+
+    async fn handle(self, ctx: JobContext<PgPool>) -> Result<(), JobError> {
+        sqlx::query(
+            "INSERT INTO ledger (job_id, kind, attempt, worker) VALUES ($1, 'succeed', $2, '')",
+        )
+        .bind(ctx.id())
+        .bind(ctx.attempt())
+        .execute(ctx.state())
+        .await?;
+        ctx.cancellation().cancelled().await;
+        Ok(())
+    }
+}
+
+/// A job stopped because its lease came into doubt, which then finishes, is recorded
+/// completed (the write is fenced by its lease token): dropping its outcome left it running
+/// until the lease ran out, and the rescuer ran it again.
+#[tokio::test]
+async fn a_job_that_finishes_after_its_lease_came_into_doubt_is_not_run_again() {
+    let db = database().await;
+    let pool = db.pool();
+    let running = start(
+        worker(pool)
+            .lease(Duration::from_secs(2))
+            .heartbeat_interval(Duration::from_millis(400))
+            .rescue_interval(Duration::from_millis(200))
+            .register::<SucceedWhenStopped>(),
+    );
+    let id = skiplock::enqueue(pool, &SucceedWhenStopped)
+        .await
+        .expect("enqueue");
+    started(pool, id).await;
+    // The heartbeat's renewal blocks on the held row and misses its deadline.
+    let mut blocker = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM skiplock.jobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    // Until the completion waits for the row too.
+    eventually(Duration::from_secs(5), "the completion to wait", || async {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity
+                            WHERE datname = current_database() AND wait_event_type = 'Lock'
+                              AND query LIKE '%WITH done AS%')",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("activity");
+        waiting.then_some(())
+    })
+    .await;
+    blocker.rollback().await.expect("release");
+
+    wait_for_state(pool, "completed", 1, Duration::from_secs(10)).await;
+    running.shutdown().await.expect("shutdown");
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE job_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("ledger");
+    assert_eq!(runs, 1);
+    assert!(job(pool, id).await.errors.is_empty());
+}
+
+/// `cancel_timeout(Duration::MAX)` waits for the handler as long as it takes: the deadline
+/// overflowed an `Instant`, the job's task panicked, and the job stayed running for as long as
+/// the worker did.
+#[tokio::test]
+async fn a_cancel_timeout_of_duration_max_waits_for_the_handler() {
+    let db = database().await;
+    let pool = db.pool();
+    let running = start(
+        worker(pool)
+            .cancel_timeout(Duration::MAX)
+            .register::<Sleep>(),
+    );
+    let stubborn = Sleep {
+        millis: 1_000,
+        stubborn: true,
+    };
+    let id = skiplock::enqueue(pool, &stubborn).await.expect("enqueue");
+    started(pool, id).await;
+    let state = skiplock::cancel(pool, id).await.expect("cancel");
+    assert_eq!(state, Some(JobState::Running));
+    // It ignores the cancel and succeeds a second later: recorded as it ended.
+    wait_for_state(pool, "completed", 1, Duration::from_secs(10)).await;
+    running.shutdown().await.expect("shutdown");
+}

@@ -201,6 +201,18 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
             attempt.reason()
         };
         match (reason, ended) {
+            // Stopped because its lease was in doubt (a renewal missed its deadline), but it
+            // finished: the work is done, and the write is fenced by the lease token, so it
+            // lands only if no other worker has the job now. Dropped, it would run again.
+            (Some(StopReason::LeaseLost), Ended::Returned(Ok(RunResult::Completed(output))))
+                if !attempt.completed_in_tx() =>
+            {
+                tracing::warn!(
+                    elapsed_ms,
+                    "job completed after its lease came into doubt: recorded unless it is another worker's now"
+                );
+                Some(Outcome::Completed(output))
+            }
             (Some(StopReason::LeaseLost), _) => {
                 tracing::warn!(
                     elapsed_ms,
@@ -281,9 +293,9 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
         // or in doubt (even if that happens during the grace period), before the lease can
         // expire and the job run elsewhere.
         let lease_grace = self.lease / 4;
-        let mut deadline = Instant::now() + self.cancel_timeout;
+        let mut deadline = after(self.cancel_timeout);
         if attempt.is_lease_lost() {
-            deadline = deadline.min(Instant::now() + lease_grace);
+            deadline = deadline.min(after(lease_grace));
         }
         loop {
             tokio::select! {
@@ -292,12 +304,21 @@ impl<S: Clone + Send + Sync + 'static> Executor<S> {
                     tracing::warn!("handler ignored its cancellation; dropped it");
                     return Ended::Dropped;
                 }
-                () = attempt.lease_lost.cancelled(), if deadline > Instant::now() + lease_grace => {
-                    deadline = Instant::now() + lease_grace;
+                () = attempt.lease_lost.cancelled(), if deadline > after(lease_grace) => {
+                    deadline = after(lease_grace);
                 }
             }
         }
     }
+}
+
+/// `wait` from now, or about 30 years (as `tokio::time::sleep` does) when that is past what an
+/// `Instant` holds: `cancel_timeout(Duration::MAX)`, meaning "never drop the handler", made
+/// the job's task panic with the attempt still registered, its lease renewed for ever.
+fn after(wait: Duration) -> Instant {
+    const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+    let now = Instant::now();
+    now.checked_add(wait).unwrap_or(now + FAR_FUTURE)
 }
 
 /// The `outcome` label of an attempt that ended with `outcome` (`None`: nothing to record).
