@@ -78,7 +78,8 @@
 //! # Features
 //! None is on by default. `metrics`: Prometheus metrics of workers and of the database, and an
 //! axum handler serving them (`skiplock::metrics`; brings `prometheus-client` and axum's routing, no
-//! HTTP server). `bench`: the benchmarks `skiplock bench` runs (`skiplock::bench`).
+//! HTTP server). `web`: the dashboard, an axum `Router` (`skiplock::web`). `bench`: the
+//! benchmarks `skiplock bench` runs (`skiplock::bench`).
 //! `tls-rustls`, `tls-native-tls`: TLS for connections to remote databases (sqlx's).
 
 mod backoff;

@@ -1274,6 +1274,63 @@ async fn hidden_values_cannot_be_tested_with_filters_or_unique_keys() {
     }
 }
 
+/// A limit partitioned by an argument's key names the job's partition in the explanation of
+/// why it waits: with a redactor, that value is hidden, as the arguments are.
+#[tokio::test]
+async fn a_limits_partition_is_hidden_with_the_arguments() {
+    let db = database().await;
+    let pool = db.pool();
+    let args = serde_json::json!({"email": "alice@example.com"});
+    let running = insert(pool, "send_mail", "default", "available", args.clone()).await;
+    sqlx::query(
+        "UPDATE skiplock.jobs SET state = 'running', attempt = 1, lease_token = 1,
+                attempted_at = now(), lease_expires_at = now() + interval '1 hour' WHERE id = $1",
+    )
+    .bind(running)
+    .execute(pool)
+    .await
+    .expect("running");
+    let waiting = insert(pool, "send_mail", "default", "available", args).await;
+    let limit = skiplock::limits::Limit::kind("send_mail")
+        .partition_by("email")
+        .max_running(1);
+    skiplock::limits::set(pool, &limit).await.expect("limit");
+    let paths = [
+        format!("/jobs/{waiting}"),
+        format!("/api/v1/jobs/{waiting}/explain"),
+    ];
+    let (_, _, shown) = send(&full(pool), get(&paths[1])).await;
+    assert!(
+        shown.contains("alice@example.com"),
+        "without a redactor: {shown}"
+    );
+    let app = Dashboard::new(pool.clone())
+        .authorizer(|_| Access::Full)
+        .redact_keys(["email"])
+        .router();
+    for path in &paths {
+        let (status, _, body) = send(&app, get(path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(
+            body.contains("held back by the limit") || body.contains("throttled"),
+            "{path}: {body}"
+        );
+        assert!(!body.contains("alice@example.com"), "{path}: {body}");
+    }
+    let (_, _, explained) = send(&app, get(&paths[1])).await;
+    let explained: serde_json::Value = serde_json::from_str(&explained).expect("json");
+    let throttled = explained["reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .find(|reason| reason["reason"] == "throttled")
+        .cloned();
+    assert_eq!(
+        throttled.map(|reason| reason["partition"].clone()),
+        Some(serde_json::json!("[redacted]"))
+    );
+}
+
 #[tokio::test]
 async fn other_sessions_queries_and_addresses_are_for_full_access_only() {
     let db = database().await;

@@ -427,6 +427,11 @@ pub(crate) struct EnqueueArgs {
     #[arg(long)]
     pub(crate) max_attempts: Option<i32>,
 
+    /// How long one attempt may run before it is cancelled (e.g. 90s, 10m) [default: the
+    /// worker's job_timeout].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Option<Duration>,
+
     /// A tag to store with the job; repeat for more.
     #[arg(long = "tag")]
     pub(crate) tags: Vec<String>,

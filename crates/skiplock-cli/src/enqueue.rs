@@ -41,6 +41,9 @@ pub(crate) fn prepare(args: EnqueueArgs) -> anyhow::Result<NewJob> {
     if let Some(max_attempts) = args.max_attempts {
         options = options.max_attempts(max_attempts);
     }
+    if let Some(timeout) = args.timeout {
+        options = options.timeout(timeout);
+    }
     for tag in args.tags {
         options = options.tag(tag);
     }

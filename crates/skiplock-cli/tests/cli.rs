@@ -58,6 +58,8 @@ async fn migrate_then_enqueue_prints_the_new_id() {
             "10m",
             "--max-attempts",
             "3",
+            "--timeout",
+            "90s",
             "--tag",
             "cli",
         ],
@@ -77,6 +79,13 @@ async fn migrate_then_enqueue_prints_the_new_id() {
     assert_eq!(row.state, JobState::Scheduled);
     assert_eq!((row.run_at - row.created_at).num_seconds(), 600);
     assert_eq!(row.tags, vec!["cli".to_owned()]);
+    let timeout: Option<f64> =
+        sqlx::query_scalar("SELECT timeout_secs FROM skiplock.jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(db.pool())
+            .await
+            .expect("timeout");
+    assert_eq!(timeout, Some(90.0));
 
     let at = skiplock(
         Some(&url),

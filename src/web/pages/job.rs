@@ -42,6 +42,16 @@ pub(crate) fn redact_explanation(shared: &Shared, explanation: &mut Explanation)
         {
             REDACTED.clone_into(key);
         }
+        // A limit's partition is the value of one of the arguments' keys: with a redactor it
+        // is hidden, as the unique key is, whichever key the redactor hides.
+        if shared.redacts()
+            && let Reason::Throttled {
+                partition: Some(partition),
+                ..
+            } = reason
+        {
+            REDACTED.clone_into(partition);
+        }
         if let Reason::Finished {
             last_error: Some(error),
             ..
