@@ -208,6 +208,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0024_throttle_running_count.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 25,
+        name: "workflow_wake",
+        sql: include_str!("../migrations/0025_workflow_wake.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].

@@ -207,6 +207,33 @@ async fn retry_workflow_sql(pool: &PgPool, id: i64) -> Option<i32> {
         .expect("retry workflow")
 }
 
+/// A workflow's first jobs wake idle workers, as an enqueue does: with polling an hour apart,
+/// a chain runs at once. (Its first job waited for the next poll.)
+#[tokio::test]
+async fn a_workflows_first_jobs_wake_idle_workers() {
+    let db = database().await;
+    let pool = db.pool();
+    let idle = workers(pool).poll_interval(Duration::from_secs(3600));
+    with_worker(idle, async {
+        let warm = skiplock::enqueue(pool, &Add { n: 0 })
+            .await
+            .expect("enqueue");
+        finished(pool, &[warm]).await;
+        // Past the claim that follows a completion: the worker now waits for a wake-up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let flow = chain([step(&Add { n: 1 }), step(&AddInput { by: 10 })]);
+        let enqueued = enqueue_flow(pool, "woken", flow).await;
+        finished_within(
+            pool,
+            &enqueued.jobs,
+            Duration::from_secs(10),
+            "the chain to run without a poll",
+        )
+        .await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_chain_passes_each_output_to_the_next_step() {
     let db = database().await;
