@@ -629,3 +629,59 @@ async fn scheduled_jobs_carry_the_kinds_timeout_and_the_schedules_tags() {
     assert_eq!(listed[0].tags, tags);
     assert_eq!(listed[0].timeout, Some(Duration::from_secs(30)));
 }
+
+/// A schedule whose job the table refuses (here arguments over a limit lowered after it was
+/// stored), or whose next fire time was written by hand as `-infinity`, does not stop the
+/// others: its fire time is passed over (logged, counted in `refused`) or computed afresh.
+/// (One transaction held every due schedule: one refused insert rolled back the batch, and
+/// the schedule, still due, did it again every round; `-infinity` failed to decode.)
+#[tokio::test]
+async fn a_schedule_the_table_refuses_does_not_stop_the_others() {
+    let db = database().await;
+    let pool = db.pool();
+    let big = Report {
+        name: "x".repeat(200),
+    };
+    let ok = Report { name: "ok".into() };
+    for (name, job) in [("big", &big), ("hand-written", &ok), ("ok", &ok)] {
+        let hourly = Schedule::new(name, "0 * * * *", job).expect("schedule");
+        schedule::add(pool, &hourly).await.expect("add");
+    }
+    sqlx::raw_sql("SELECT skiplock.set_limits(args_bytes => 100)")
+        .execute(pool)
+        .await
+        .expect("limits");
+    let scheduler = scheduler(pool);
+    replay(&scheduler, [at(2026, 1, 5, 9, 30, 0)]).await;
+    sqlx::raw_sql(
+        "UPDATE skiplock.schedules SET next_fire_at = '-infinity', last_fire_at = 'infinity'
+         WHERE name = 'hand-written'",
+    )
+    .execute(pool)
+    .await
+    .expect("hand-written");
+
+    let report = scheduler
+        .run_once(Some(at(2026, 1, 5, 10, 0, 1)))
+        .await
+        .expect("round");
+    assert_eq!((report.fired, report.refused), (1, 1));
+    assert_eq!(fired(pool, "ok").await, [at(2026, 1, 5, 10, 0, 0)]);
+    assert!(fired(pool, "big").await.is_empty());
+    let rows = schedule::list(pool).await.expect("list");
+    for row in &rows {
+        assert!(row.active, "{}", row.name);
+        assert_eq!(
+            row.next_fire_at,
+            Some(at(2026, 1, 5, 11, 0, 0)),
+            "{}",
+            row.name
+        );
+    }
+    // The next fire time of each goes as the first did.
+    let report = scheduler
+        .run_once(Some(at(2026, 1, 5, 11, 0, 1)))
+        .await
+        .expect("round");
+    assert_eq!((report.fired, report.refused), (2, 1));
+}

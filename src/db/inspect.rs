@@ -687,7 +687,10 @@ pub(crate) async fn overdue_schedules<'e>(
     sqlx::query_as!(
         Overdue,
         r#"
-        SELECT s.name, coalesce(s.next_fire_at, s.updated_at) AS "next_fire_at!"
+        -- An infinite next fire time (written by hand) cannot be decoded: its last change then.
+        SELECT s.name,
+               CASE WHEN isfinite(s.next_fire_at) THEN s.next_fire_at ELSE s.updated_at END
+               AS "next_fire_at!"
         FROM skiplock.schedules AS s
         WHERE s.active AND NOT s.paused
           AND coalesce(s.next_fire_at, s.updated_at) < now() - interval '1 minute'

@@ -181,8 +181,10 @@ pub(crate) async fn list<'e>(
         Columns,
         r#"
         SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, misfire,
-               backfill_limit, paused, active, source, owner, tags, timeout_secs, next_fire_at,
-               last_fire_at
+               backfill_limit, paused, active, source, owner, tags, timeout_secs,
+               -- Infinite instants (written by hand) read as none, as in lock_due.
+               CASE WHEN isfinite(next_fire_at) THEN next_fire_at END AS next_fire_at,
+               CASE WHEN isfinite(last_fire_at) THEN last_fire_at END AS last_fire_at
         FROM skiplock.schedules
         ORDER BY name
         "#
@@ -262,8 +264,11 @@ pub(crate) async fn lock_due(
         Columns,
         r#"
         SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, misfire,
-               backfill_limit, paused, active, source, owner, tags, timeout_secs, next_fire_at,
-               last_fire_at
+               backfill_limit, paused, active, source, owner, tags, timeout_secs,
+               -- An infinite instant (written by hand) cannot be decoded, and would fail the
+               -- whole batch every round: read as none, so the schedule fires from now on.
+               CASE WHEN isfinite(next_fire_at) THEN next_fire_at END AS next_fire_at,
+               CASE WHEN isfinite(last_fire_at) THEN last_fire_at END AS last_fire_at
         FROM skiplock.schedules
         WHERE active AND NOT paused AND (next_fire_at IS NULL OR next_fire_at <= $1)
         ORDER BY next_fire_at NULLS FIRST

@@ -107,6 +107,10 @@ pub struct SchedulerReport {
     pub skipped: usize,
     /// Schedules handled.
     pub schedules: usize,
+    /// Fire times whose job the database refused (a `CHECK` of `skiplock.jobs`: more tags or
+    /// bigger arguments than `skiplock.set_limits` allows, a value written by hand); each is
+    /// logged as an error and passed over, and the schedule goes on to its next fire time.
+    pub refused: usize,
     /// Whether the round stopped at its bound with schedules still due: the next round should
     /// start at once.
     pub more_due: bool,
@@ -259,12 +263,30 @@ impl Scheduler {
             if skipped > 0 {
                 tracing::warn!(schedule = %row.name, skipped, ?policy, "fire times were missed while no scheduler ran");
             }
-            let insert = db::schedule::insert_fires(&mut tx, &row.name, &fire);
-            report.fired += deadline(limit, insert).await?.len();
-            for fired in &fire {
-                tracing::info!(schedule = %row.name, fire_time = %fired, "schedule fired");
-            }
-            let last = fire.last().copied();
+            // In a savepoint: a job the table refuses (its row's data, SQLSTATE classes 22 and
+            // 23) must not roll back the batch's other schedules, nor stop every round after
+            // it (the schedule would stay first in line, due).
+            let mut savepoint = deadline(limit, sqlx::Connection::begin(&mut *tx)).await?;
+            let insert = db::schedule::insert_fires(&mut savepoint, &row.name, &fire);
+            let last = match deadline(limit, insert).await {
+                Ok(ids) => {
+                    deadline(limit, savepoint.commit()).await?;
+                    report.fired += ids.len();
+                    for fired in &fire {
+                        tracing::info!(schedule = %row.name, fire_time = %fired, "schedule fired");
+                    }
+                    fire.last().copied()
+                }
+                Err(DbCallError::Database(sqlx::Error::Database(error))) if refused(&*error) => {
+                    deadline(limit, savepoint.rollback()).await?;
+                    report.refused += fire.len();
+                    tracing::error!(schedule = %row.name, error = %error, fire_times = fire.len(),
+                        "the database refused the schedule's job; fire times passed over");
+                    // Not fired: last_fire_at keeps the last fire time that made a job.
+                    None
+                }
+                Err(error) => return Err(error.into()),
+            };
             let next = cron.next_after(now);
             let advance = db::schedule::advance(&mut tx, &row.name, next, last);
             deadline(limit, advance).await?;
@@ -347,4 +369,12 @@ fn count_fire_times(
         }
     }
     count
+}
+
+/// Whether the database refused a row for its data (SQLSTATE classes 22, data exceptions, and
+/// 23, integrity constraints such as `CHECK`) rather than failing for any other reason.
+fn refused(error: &dyn sqlx::error::DatabaseError) -> bool {
+    error
+        .code()
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
