@@ -281,6 +281,10 @@ impl Unique {
     }
 
     /// The states in which a job blocks duplicates. Default: [`Unique::DEFAULT_STATES`].
+    ///
+    /// The enqueue refuses ([`EnqueueError::Invalid`]) an empty set, and one with
+    /// [`JobState::Running`] but not [`JobState::Available`]: duplicates could then wait side
+    /// by side, and a claim that made two of them running at once would fail.
     pub fn states(mut self, states: impl IntoIterator<Item = JobState>) -> Self {
         self.states = states.into_iter().collect();
         self
@@ -399,14 +403,22 @@ impl NewJob {
                 "timeout must be greater than zero".to_owned(),
             ));
         }
-        if self
-            .unique
-            .as_ref()
-            .is_some_and(|unique| unique.states.is_empty())
-        {
-            return Err(EnqueueError::Invalid(
-                "a unique job needs at least one state to be unique in".to_owned(),
-            ));
+        if let Some(unique) = &self.unique {
+            if unique.states.is_empty() {
+                return Err(EnqueueError::Invalid(
+                    "a unique job needs at least one state to be unique in".to_owned(),
+                ));
+            }
+            // Claims move jobs from available to running in batches: a job unique while
+            // running but not while waiting could be claimed together with its duplicate (or
+            // while it runs), and the unique index would fail the whole claim, again and again.
+            if unique.states.contains(&JobState::Running)
+                && !unique.states.contains(&JobState::Available)
+            {
+                return Err(EnqueueError::Invalid(
+                    "a job unique while running must be unique while available too".to_owned(),
+                ));
+            }
         }
         if self.max_attempts < 1 {
             return Err(EnqueueError::Invalid(format!(

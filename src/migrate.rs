@@ -214,6 +214,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0025_workflow_wake.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 26,
+        name: "unique_states",
+        sql: include_str!("../migrations/0026_unique_states.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].

@@ -324,6 +324,34 @@ async fn unique_by_args_and_its_states() {
     .await
     .expect_err("unique jobs are refused in batches");
     assert!(error.to_string().contains("one at a time"), "{error}");
+
+    // States a claim could not keep: unique while running but not while waiting (two waiting
+    // duplicates claimed together would fail the claim), or none at all. Refused from Rust
+    // and from SQL alike.
+    let running_only = EnqueueOptions::new().unique(Unique::key("r").states([JobState::Running]));
+    let error = skiplock::enqueue_with(pool, &Record { n: 8 }, running_only)
+        .await
+        .expect_err("unique while running only");
+    assert!(error.to_string().contains("available too"), "{error}");
+    for states in ["{running}", "{running,completed}", "{}"] {
+        let refused = sqlx::query(
+            "SELECT skiplock.enqueue('record', '{\"n\": 8}', unique_key => 'r',
+                                     unique_states => $1::skiplock.job_state[])",
+        )
+        .bind(states)
+        .execute(pool)
+        .await
+        .expect_err(states);
+        assert!(refused.to_string().contains("unique_states"), "{refused}");
+    }
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT skiplock.enqueue('record', '{\"n\": 8}', unique_key => 'r',
+                                 unique_states => '{available,running}')",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("unique while available and running");
+    assert!(kept > 0);
 }
 
 /// Snoozes once without using up an attempt, then completes.
