@@ -113,6 +113,8 @@ impl Attempt {
 #[derive(Debug, Default)]
 pub(crate) struct RunningAttempts {
     attempts: Mutex<HashMap<i64, Arc<Attempt>>>,
+    /// Set by [`stop_all`](Self::stop_all): attempts registered afterwards stop at once.
+    stopped: OnceLock<StopReason>,
 }
 
 impl RunningAttempts {
@@ -121,7 +123,11 @@ impl RunningAttempts {
     }
 
     pub(crate) fn insert(&self, attempt: Arc<Attempt>) {
-        self.lock().insert(attempt.id, attempt);
+        self.lock().insert(attempt.id, attempt.clone());
+        // After the insert: a stop_all that took its snapshot before it had set this first.
+        if let Some(reason) = self.stopped.get() {
+            attempt.stop(*reason);
+        }
     }
 
     /// Removes the attempt of `id` holding `lease_token`; a newer attempt of the same job (it
@@ -144,7 +150,12 @@ impl RunningAttempts {
         self.lock().values().cloned().collect()
     }
 
+    /// Stops every attempt, and every attempt registered from now on: a job task spawned
+    /// before the claimers stopped may register after this call (with `shutdown_timeout` of
+    /// zero, before it was ever polled), and would otherwise run on, holding up the shutdown.
+    /// For the shutdown sequence, once.
     pub(crate) fn stop_all(&self, reason: StopReason) {
+        let _ = self.stopped.set(reason);
         for attempt in self.snapshot() {
             attempt.stop(reason);
         }
@@ -152,5 +163,26 @@ impl RunningAttempts {
 
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An attempt registered after `stop_all` (its task was spawned before, and polled after)
+    /// is stopped too; one registered before is stopped by the call itself.
+    #[test]
+    fn attempts_registered_after_stop_all_stop_at_once() {
+        let running = RunningAttempts::default();
+        let before = Arc::new(Attempt::new(1, 1, Instant::now()));
+        running.insert(before.clone());
+        running.stop_all(StopReason::Shutdown);
+        let after = Arc::new(Attempt::new(2, 2, Instant::now()));
+        running.insert(after.clone());
+        for attempt in [before, after] {
+            assert_eq!(attempt.reason(), Some(StopReason::Shutdown));
+            assert!(attempt.cancellation.is_cancelled());
+        }
     }
 }
