@@ -7,7 +7,8 @@
 -- them `running` together, and jobs_unique_idx fails the claim, and every claim after it of
 -- that queue and kind. The Rust API refuses such states (and an empty set) when it enqueues;
 -- skiplock.enqueue, which any enqueuer may call, did not. It is 0013's function with that
--- check first. (Rows written straight into the table need rights only the owner and workers
+-- check first (which also refuses NULL, and NULL elements: a NULL set made a "unique" job
+-- that never was). (Rows written straight into the table need rights only the owner and workers
 -- have.)
 
 CREATE OR REPLACE FUNCTION skiplock.enqueue(
@@ -36,10 +37,14 @@ DECLARE
     new_id bigint;
 BEGIN
     -- New in 0026 (see above).
-    IF key IS NOT NULL AND (cardinality(enqueue.unique_states) = 0
+    -- NULL elements first: with one, `'available' = ANY (...)` is NULL and would let
+    -- '{running,NULL}' through.
+    IF key IS NOT NULL AND (enqueue.unique_states IS NULL
+                            OR cardinality(enqueue.unique_states) = 0
+                            OR array_position(enqueue.unique_states, NULL) IS NOT NULL
                             OR ('running' = ANY (enqueue.unique_states)
                                 AND NOT 'available' = ANY (enqueue.unique_states))) THEN
-        RAISE EXCEPTION 'skiplock.enqueue: unique_states must not be empty, and must hold available when they hold running'
+        RAISE EXCEPTION 'skiplock.enqueue: unique_states must be a non-empty set of states without NULL, holding available when it holds running'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOR i IN 1..10 LOOP

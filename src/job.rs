@@ -430,7 +430,8 @@ pub async fn cancel<'e>(
 
 /// Puts a `failed` or `cancelled` job back in its queue to run now, like the SQL function
 /// `skiplock.retry(id)`; a job that had used all its attempts gets one more. Returns whether the
-/// job was put back (`false` for jobs in any other state, or no such job).
+/// job was put back (`false` for jobs in any other state, for a unique job whose key a
+/// duplicate holds, or for no such job).
 ///
 /// A workflow job waits again (`pending`) for those of its dependencies that are unfinished.
 /// In a workflow that propagates failures ([`crate::workflow::OnFailure::Propagate`]), a job

@@ -220,6 +220,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0026_unique_states.sql"),
         kind: MigrationKind::Transaction,
     },
+    Migration {
+        version: 27,
+        name: "retry_unique",
+        sql: include_str!("../migrations/0027_retry_unique.sql"),
+        kind: MigrationKind::Transaction,
+    },
 ];
 
 /// The error of [`migrate`].

@@ -516,6 +516,95 @@ async fn bulk_actions_change_what_the_filter_matches_and_nothing_else() {
     assert!(report.batches >= 3, "{report:?}");
 }
 
+/// What a bulk action must not trip over: a finished job an unfinished workflow still needs
+/// (deleted, its result was gone for the job after it), a unique job whose key a duplicate
+/// holds (its retry failed the whole batch, every time), and a row another transaction holds
+/// (the wait ran into the lock timeout and failed the batch).
+#[tokio::test]
+async fn bulk_actions_keep_what_workflows_need_and_skip_what_they_cannot_change() {
+    let db = database().await;
+    let pool = db.pool();
+    // a -> b, a completed: b reads a's result.
+    let (_, ids): (i64, Vec<i64>) = sqlx::query_as(
+        r#"SELECT workflow_id, job_ids
+           FROM skiplock.enqueue_workflow('wf', '[{"kind": "a"}, {"kind": "b", "depends_on": [0]}]')"#,
+    )
+    .fetch_one(pool)
+    .await
+    .expect("workflow");
+    sqlx::query(
+        "UPDATE skiplock.jobs SET state = 'completed', attempt = 1, finished_at = now(),
+                result = '42' WHERE id = $1",
+    )
+    .bind(ids[0])
+    .execute(pool)
+    .await
+    .expect("a completed");
+    let report = inspect::delete_jobs(pool, &JobFilter::new().state(JobState::Completed))
+        .await
+        .expect("delete");
+    assert_eq!(report.changed, 0);
+    assert!(!inspect::delete_job(pool, ids[0]).await.expect("delete one"));
+    assert_eq!(common::job(pool, ids[0]).await.state, JobState::Completed);
+
+    // A failed unique job whose duplicate waits, and a failed job without a key.
+    let key = "unique_key, unique_states, kind, state, attempt, finished_at";
+    let failed_unique = insert(pool, key, "'u1', '{available}', 'u', 'failed', 1, now()").await;
+    insert(
+        pool,
+        "unique_key, unique_states, kind",
+        "'u1', '{available}', 'u'",
+    )
+    .await;
+    let failed = insert(
+        pool,
+        "kind, state, attempt, finished_at",
+        "'u', 'failed', 1, now()",
+    )
+    .await;
+    let report = inspect::retry_jobs(pool, &JobFilter::new().state(JobState::Failed))
+        .await
+        .expect("retry");
+    assert_eq!(report.changed, 1);
+    assert_eq!(common::job(pool, failed).await.state, JobState::Available);
+    assert_eq!(
+        common::job(pool, failed_unique).await.state,
+        JobState::Failed
+    );
+    assert!(
+        !skiplock::retry(pool, failed_unique)
+            .await
+            .expect("retry one")
+    );
+
+    // Three running jobs, one of them held by another transaction for the whole bulk cancel.
+    let mut running = Vec::new();
+    for _ in 0..3 {
+        let id = insert(
+            pool,
+            "queue, kind, state, attempt, lease_token, lease_expires_at",
+            "'held', 'send', 'running', 1, nextval('skiplock.lease_token_seq'), now() + interval '1 minute'",
+        )
+        .await;
+        running.push(id);
+    }
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM skiplock.jobs WHERE id = $1 FOR UPDATE")
+        .bind(running[0])
+        .execute(&mut *holder)
+        .await
+        .expect("hold");
+    let report = inspect::cancel_jobs(pool, &JobFilter::new().queue("held"))
+        .await
+        .expect("cancel");
+    holder.rollback().await.expect("release");
+    assert_eq!(report.changed, 2, "the held one is skipped");
+    for (i, id) in running.iter().enumerate() {
+        let job = inspect::job(pool, *id).await.expect("job").expect("found");
+        assert_eq!(job.cancel_requested_at.is_some(), i > 0, "job {id}");
+    }
+}
+
 async fn reasons(pool: &PgPool, id: i64) -> Vec<Reason> {
     inspect::explain(pool, id)
         .await

@@ -333,7 +333,7 @@ async fn unique_by_args_and_its_states() {
         .await
         .expect_err("unique while running only");
     assert!(error.to_string().contains("available too"), "{error}");
-    for states in ["{running}", "{running,completed}", "{}"] {
+    for states in ["{running}", "{running,completed}", "{running,NULL}", "{}"] {
         let refused = sqlx::query(
             "SELECT skiplock.enqueue('record', '{\"n\": 8}', unique_key => 'r',
                                      unique_states => $1::skiplock.job_state[])",

@@ -631,8 +631,9 @@ async fn scheduled_jobs_carry_the_kinds_timeout_and_the_schedules_tags() {
 }
 
 /// A schedule whose job the table refuses (here arguments over a limit lowered after it was
-/// stored), or whose next fire time was written by hand as `-infinity`, does not stop the
-/// others: its fire time is passed over (logged, counted in `refused`) or computed afresh.
+/// stored), or whose fire times were written by hand as instants chrono cannot hold
+/// (infinities, the year 270,000), does not stop the others: its fire time is passed over
+/// (logged, counted in `refused`) or computed afresh.
 /// (One transaction held every due schedule: one refused insert rolled back the batch, and
 /// the schedule, still due, did it again every round; `-infinity` failed to decode.)
 #[tokio::test]
@@ -643,7 +644,12 @@ async fn a_schedule_the_table_refuses_does_not_stop_the_others() {
         name: "x".repeat(200),
     };
     let ok = Report { name: "ok".into() };
-    for (name, job) in [("big", &big), ("hand-written", &ok), ("ok", &ok)] {
+    for (name, job) in [
+        ("big", &big),
+        ("far", &ok),
+        ("hand-written", &ok),
+        ("ok", &ok),
+    ] {
         let hourly = Schedule::new(name, "0 * * * *", job).expect("schedule");
         schedule::add(pool, &hourly).await.expect("add");
     }
@@ -655,7 +661,9 @@ async fn a_schedule_the_table_refuses_does_not_stop_the_others() {
     replay(&scheduler, [at(2026, 1, 5, 9, 30, 0)]).await;
     sqlx::raw_sql(
         "UPDATE skiplock.schedules SET next_fire_at = '-infinity', last_fire_at = 'infinity'
-         WHERE name = 'hand-written'",
+         WHERE name = 'hand-written';
+         UPDATE skiplock.schedules SET next_fire_at = 'infinity', last_fire_at = '270000-01-01'
+         WHERE name = 'far'",
     )
     .execute(pool)
     .await
@@ -683,5 +691,5 @@ async fn a_schedule_the_table_refuses_does_not_stop_the_others() {
         .run_once(Some(at(2026, 1, 5, 11, 0, 1)))
         .await
         .expect("round");
-    assert_eq!((report.fired, report.refused), (2, 1));
+    assert_eq!((report.fired, report.refused), (3, 1));
 }

@@ -687,10 +687,10 @@ pub(crate) async fn overdue_schedules<'e>(
     sqlx::query_as!(
         Overdue,
         r#"
-        -- An infinite next fire time (written by hand) cannot be decoded: its last change then.
+        -- A next fire time chrono cannot hold (written by hand): its last change instead.
         SELECT s.name,
-               CASE WHEN isfinite(s.next_fire_at) THEN s.next_fire_at ELSE s.updated_at END
-               AS "next_fire_at!"
+               CASE WHEN isfinite(s.next_fire_at) AND s.next_fire_at < '262000-01-01'
+                    THEN s.next_fire_at ELSE s.updated_at END AS "next_fire_at!"
         FROM skiplock.schedules AS s
         WHERE s.active AND NOT s.paused
           AND coalesce(s.next_fire_at, s.updated_at) < now() - interval '1 minute'
@@ -702,13 +702,19 @@ pub(crate) async fn overdue_schedules<'e>(
     .await
 }
 
-/// Deletes job `id` when it is finished; returns whether it did.
+/// Deletes job `id` when it is finished and not part of an unfinished workflow (whose later
+/// jobs read its result); returns whether it did.
 pub(crate) async fn delete_finished_job<'e>(
     executor: impl PgExecutor<'e>,
     id: i64,
 ) -> Result<bool, sqlx::Error> {
     let deleted = sqlx::query!(
-        "DELETE FROM skiplock.jobs WHERE id = $1 AND finished_at IS NOT NULL",
+        r#"
+        DELETE FROM skiplock.jobs AS j
+        WHERE j.id = $1 AND j.finished_at IS NOT NULL
+          AND NOT EXISTS (SELECT FROM skiplock.workflows AS w
+                          WHERE w.id = j.workflow_id AND w.unfinished > 0)
+        "#,
         id
     )
     .execute(executor)

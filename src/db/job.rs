@@ -851,6 +851,9 @@ pub(crate) async fn reap_dead_workers<'e>(
 pub(crate) struct Rescued {
     pub(crate) id: i64,
     pub(crate) state: JobState,
+    /// How many expired jobs the statement locked, the same in every row: a duplicate left
+    /// waiting is locked but not rescued, so a full batch may rescue fewer than its limit.
+    pub(crate) locked: i64,
 }
 
 /// Takes back up to `limit` running jobs whose lease has expired (their worker died, hung or
@@ -885,7 +888,9 @@ pub(crate) async fn rescue_expired<'e>(
             WHERE j.state = 'running' AND j.lease_expires_at < now()
               AND j.lease_expires_at >= coalesce($2::timestamptz, '-infinity')
               -- As in promote_due: a unique job going to a state it is unique in waits while
-              -- its duplicate holds the key.
+              -- its duplicate holds the key (one ending failed or cancelled, with that state
+              -- among its unique states, waits too: with a finished holder, until the pruner
+              -- deletes it).
               AND NOT (j.unique_key IS NOT NULL
                        AND coalesce(n.new_state = ANY (j.unique_states), false)
                        AND EXISTS (SELECT 1 FROM skiplock.jobs AS o
@@ -941,7 +946,9 @@ pub(crate) async fn rescue_expired<'e>(
             FROM rescued GROUP BY queue, kind ORDER BY queue, kind
             ON CONFLICT (minute, queue, kind, outcome) DO UPDATE SET jobs = s.jobs + excluded.jobs
         )
-        SELECT id AS "id!", state AS "state!: JobState" FROM rescued, woken
+        SELECT id AS "id!", state AS "state!: JobState",
+               (SELECT count(*) FROM locked) AS "locked!"
+        FROM rescued, woken
         "#,
         limit,
         expired_since,

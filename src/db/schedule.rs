@@ -182,9 +182,11 @@ pub(crate) async fn list<'e>(
         r#"
         SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, misfire,
                backfill_limit, paused, active, source, owner, tags, timeout_secs,
-               -- Infinite instants (written by hand) read as none, as in lock_due.
-               CASE WHEN isfinite(next_fire_at) THEN next_fire_at END AS next_fire_at,
-               CASE WHEN isfinite(last_fire_at) THEN last_fire_at END AS last_fire_at
+               -- Instants chrono cannot hold (written by hand) read as none, as in lock_due.
+               CASE WHEN isfinite(next_fire_at) AND next_fire_at < '262000-01-01'
+                    THEN next_fire_at END AS next_fire_at,
+               CASE WHEN isfinite(last_fire_at) AND last_fire_at < '262000-01-01'
+                    THEN last_fire_at END AS last_fire_at
         FROM skiplock.schedules
         ORDER BY name
         "#
@@ -265,12 +267,16 @@ pub(crate) async fn lock_due(
         r#"
         SELECT name, cron, timezone, kind, args, queue, priority, max_attempts, misfire,
                backfill_limit, paused, active, source, owner, tags, timeout_secs,
-               -- An infinite instant (written by hand) cannot be decoded, and would fail the
-               -- whole batch every round: read as none, so the schedule fires from now on.
-               CASE WHEN isfinite(next_fire_at) THEN next_fire_at END AS next_fire_at,
-               CASE WHEN isfinite(last_fire_at) THEN last_fire_at END AS last_fire_at
+               -- An instant chrono cannot hold (infinite, or past the year 262,000: written by
+               -- hand) would fail the whole batch every round: it reads as none, and is due,
+               -- so the schedule fires from its next fire time after now.
+               CASE WHEN isfinite(next_fire_at) AND next_fire_at < '262000-01-01'
+                    THEN next_fire_at END AS next_fire_at,
+               CASE WHEN isfinite(last_fire_at) AND last_fire_at < '262000-01-01'
+                    THEN last_fire_at END AS last_fire_at
         FROM skiplock.schedules
-        WHERE active AND NOT paused AND (next_fire_at IS NULL OR next_fire_at <= $1)
+        WHERE active AND NOT paused
+          AND (next_fire_at IS NULL OR next_fire_at <= $1 OR next_fire_at >= '262000-01-01')
         ORDER BY next_fire_at NULLS FIRST
         LIMIT $2
         FOR UPDATE SKIP LOCKED

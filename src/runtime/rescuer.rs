@@ -216,7 +216,8 @@ impl Service for Rescuer {
         scan.read += started.elapsed();
         drop(conn);
         report.scan = Some(scan);
-        let full = batch.len() as i64 == BATCH;
+        // Counted as locked, not as rescued: duplicates left waiting make a full read short.
+        let full = batch.first().is_some_and(|job| job.locked == BATCH);
         report
             .rescued
             .extend(batch.into_iter().map(|job| (job.id, job.state)));

@@ -568,11 +568,21 @@ async fn by_ids(pool: &PgPool, action: Action, ids: &[i64], json: bool) -> anyho
             }
             Err(Some(state)) => {
                 inapplicable = true;
-                let message = format!(
-                    "job {id} is {state}: only {} jobs can be {}",
-                    or_list(action.states()),
-                    action.past()
-                );
+                let message = match action {
+                    // In a state the action applies to, and still refused: say why.
+                    Action::Retry if action.states().contains(&state) => format!(
+                        "job {id} is {state} but was not put back: a job it depends on failed \
+                         or was cancelled (retry its workflow), or a duplicate holds its unique key"
+                    ),
+                    Action::Delete if action.states().contains(&state) => format!(
+                        "job {id} is {state} but was not deleted: its workflow is not finished"
+                    ),
+                    _ => format!(
+                        "job {id} is {state}: only {} jobs can be {}",
+                        or_list(action.states()),
+                        action.past()
+                    ),
+                };
                 eprintln_error(&message);
                 ("not_applicable", message)
             }
