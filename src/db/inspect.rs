@@ -702,8 +702,9 @@ pub(crate) async fn overdue_schedules<'e>(
     .await
 }
 
-/// Deletes job `id` when it is finished and not part of an unfinished workflow (whose later
-/// jobs read its result); returns whether it did.
+/// Deletes job `id` when it is finished and not part of a workflow (deleted with its workflow:
+/// its later jobs read its result, and a retry of the workflow needs it); returns whether it
+/// did.
 pub(crate) async fn delete_finished_job<'e>(
     executor: impl PgExecutor<'e>,
     id: i64,
@@ -711,9 +712,7 @@ pub(crate) async fn delete_finished_job<'e>(
     let deleted = sqlx::query!(
         r#"
         DELETE FROM skiplock.jobs AS j
-        WHERE j.id = $1 AND j.finished_at IS NOT NULL
-          AND NOT EXISTS (SELECT FROM skiplock.workflows AS w
-                          WHERE w.id = j.workflow_id AND w.unfinished > 0)
+        WHERE j.id = $1 AND j.finished_at IS NOT NULL AND j.workflow_id IS NULL
         "#,
         id
     )

@@ -402,32 +402,24 @@ pub(crate) async fn bulk_batch<'e>(
     query.push(" ORDER BY j.id DESC LIMIT ");
     query.push_bind(limit);
     query.push("), ");
-    // `picked` only bounds the batch. Rows another transaction holds (a handler completing
-    // its job in its own transaction) are skipped, not waited for: a wait would run into the
-    // lock timeout and fail the whole batch. Jobs of workflows are left to the functions,
-    // which lock the workflow's row before the job's, as settling does (locking the job first
-    // here would invert that order).
-    let targets = "locked AS (SELECT j.id FROM skiplock.jobs AS j JOIN picked AS p ON p.id = j.id \
-           WHERE j.workflow_id IS NULL ORDER BY j.id FOR UPDATE OF j SKIP LOCKED), \
-         targets AS (SELECT id FROM locked UNION ALL SELECT j.id FROM skiplock.jobs AS j \
-           JOIN picked AS p ON p.id = j.id WHERE j.workflow_id IS NOT NULL), ";
+    // The rows themselves are locked by the action (the functions lock what they change, and
+    // wait for rows others hold, up to the lock timeout: a cancel must not pass over a job
+    // that is being claimed at that moment); `picked` only bounds the batch.
     match action {
         // The caller keeps the filter to waiting and running states: cancelled, or asked to
         // stop.
-        BulkAction::Cancel => query.push(targets).push(
-            "acted AS (SELECT t.id FROM targets AS t \
-               WHERE skiplock.cancel(t.id) IN ('cancelled', 'running')) ",
+        BulkAction::Cancel => query.push(
+            "acted AS (SELECT p.id FROM picked AS p \
+               WHERE skiplock.cancel(p.id) IN ('cancelled', 'running')) ",
         ),
-        BulkAction::Retry => query
-            .push(targets)
-            .push("acted AS (SELECT t.id FROM targets AS t WHERE skiplock.retry(t.id)) "),
-        // A finished job of an unfinished workflow stays: the jobs after it read its result,
-        // and a retry of the workflow needs it.
+        BulkAction::Retry => {
+            query.push("acted AS (SELECT p.id FROM picked AS p WHERE skiplock.retry(p.id)) ")
+        }
+        // Jobs of workflows are deleted with their workflow (retention): the jobs after one
+        // read its result, and a retry of the workflow, finished or not, needs it.
         BulkAction::Delete => query.push(
             "locked AS (SELECT j.id FROM skiplock.jobs AS j JOIN picked AS p ON p.id = j.id \
-               WHERE j.finished_at IS NOT NULL \
-                 AND NOT EXISTS (SELECT FROM skiplock.workflows AS w \
-                                 WHERE w.id = j.workflow_id AND w.unfinished > 0) \
+               WHERE j.finished_at IS NOT NULL AND j.workflow_id IS NULL \
                ORDER BY j.id FOR UPDATE OF j SKIP LOCKED), \
              acted AS (DELETE FROM skiplock.jobs AS j USING locked AS l WHERE j.id = l.id \
                AND j.finished_at IS NOT NULL RETURNING j.id) ",

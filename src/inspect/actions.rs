@@ -70,8 +70,9 @@ async fn bulk(
 /// one: waiting jobs become `cancelled`, running ones are asked to stop. Works through them
 /// newest first in batches of [`BATCH_SIZE`], each its own transaction, so it never holds many
 /// locks for long; jobs enqueued meanwhile with higher ids are not included. A job whose row
-/// another transaction holds (a handler completing it in its own transaction) is skipped, not
-/// waited for; jobs of workflows are locked as the workflow's functions lock them, and wait.
+/// another transaction holds is waited for up to the lock timeout (1 s); a batch that times
+/// out (a handler completing its job in a transaction held open longer) fails, and the
+/// batches before it stay done.
 ///
 /// # Errors
 /// [`InspectError::Database`] when a batch fails; the batches before it stay done.
@@ -107,9 +108,10 @@ pub async fn retry_jobs(pool: &PgPool, filter: &JobFilter) -> Result<BulkReport,
 }
 
 /// Deletes every finished (`completed`, `failed`, `cancelled`) job `filter` matches, in
-/// batches like [`cancel_jobs`]; other jobs are never deleted, nor finished jobs of a workflow
-/// that is not finished (its later jobs read their results, and a retry of the workflow needs
-/// them). Rows another transaction holds locked (a retry in progress) are skipped.
+/// batches like [`cancel_jobs`]; other jobs are never deleted, nor jobs of workflows, which
+/// retention deletes with their workflow (their later jobs read their results, and a retry of
+/// the workflow needs them). Rows another transaction holds locked (a retry in progress) are
+/// skipped.
 ///
 /// # Errors
 /// As [`cancel_jobs`].
@@ -121,8 +123,8 @@ pub async fn delete_jobs(pool: &PgPool, filter: &JobFilter) -> Result<BulkReport
     bulk(pool, BulkAction::Delete, narrow(filter, &finished)).await
 }
 
-/// Deletes job `id` if it is finished and not part of an unfinished workflow (see
-/// [`delete_jobs`]); returns whether it did.
+/// Deletes job `id` if it is finished and not part of a workflow (see [`delete_jobs`]);
+/// returns whether it did.
 ///
 /// # Errors
 /// [`InspectError::Database`] when the statement fails.

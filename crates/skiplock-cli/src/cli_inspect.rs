@@ -30,7 +30,8 @@ pub(crate) enum JobsCommand {
     /// Put failed or cancelled jobs back to run now, by id or every one a filter matches.
     #[command(after_long_help = ACTION_HELP)]
     Retry(ActionArgs),
-    /// Delete finished (completed, failed, cancelled) jobs, by id or every one a filter matches.
+    /// Delete finished (completed, failed, cancelled) jobs, by id or every one a filter matches
+    /// (not jobs of workflows: retention deletes them with their workflow).
     #[command(after_long_help = ACTION_HELP)]
     Delete(ActionArgs),
 }

@@ -575,7 +575,7 @@ async fn by_ids(pool: &PgPool, action: Action, ids: &[i64], json: bool) -> anyho
                          or was cancelled (retry its workflow), or a duplicate holds its unique key"
                     ),
                     Action::Delete if action.states().contains(&state) => format!(
-                        "job {id} is {state} but was not deleted: its workflow is not finished"
+                        "job {id} is {state} but was not deleted: it belongs to a workflow, deleted whole by retention"
                     ),
                     _ => format!(
                         "job {id} is {state}: only {} jobs can be {}",

@@ -90,7 +90,8 @@ pub(crate) async fn page(state: State, ctx: Ctx, Path(id): Path<i64>) -> PageRes
                 @if matches!(job.state, JobState::Failed | JobState::Cancelled | JobState::Retryable) {
                     (ctx.action(&path("retry"), "retry", "Retry now", None))
                 }
-                @if finished { (ctx.action(&path("delete"), "delete", "Delete", Some("Delete this job for good?"))) }
+                // A workflow's jobs are deleted with their workflow (retention).
+                @if finished && job.workflow_id.is_none() { (ctx.action(&path("delete"), "delete", "Delete", Some("Delete this job for good?"))) }
             }
         }
         // Every unfinished job has the bar, shown once it runs or reports progress (the
@@ -180,9 +181,11 @@ pub(crate) async fn act(
             crate::retry(&shared.pool, id).await?;
         }
         "delete" => {
-            inspect::delete_job(&shared.pool, id).await?;
-            tracing::info!(job = id, "dashboard: job deleted");
-            return Ok(see_other(&ctx, "/jobs"));
+            if inspect::delete_job(&shared.pool, id).await? {
+                tracing::info!(job = id, "dashboard: job deleted");
+                return Ok(see_other(&ctx, "/jobs"));
+            }
+            // Not finished, or a workflow's (deleted with its workflow): the page shows it.
         }
         other => return Err(PageError::not_found(&format!("action {other:?}"))),
     }
