@@ -577,6 +577,43 @@ async fn bulk_actions_keep_workflow_jobs_and_pass_over_held_unique_keys() {
     );
 }
 
+/// On a schema behind this skiplock (or none), the health report is the migrations check,
+/// critical, with its remedy: the other checks read what later migrations add, and failed with
+/// an SQL error (`skiplock doctor` exited 1 where it should say "run skiplock migrate"). And a
+/// running job whose lease was written by hand as `-infinity` is reported stuck: decoding it
+/// failed the whole report.
+#[tokio::test]
+async fn health_on_an_old_or_missing_schema_says_to_migrate() {
+    let db = database().await;
+    let pool = db.pool();
+    insert(
+        pool,
+        "kind, state, attempt, lease_token, lease_expires_at",
+        "'k', 'running', 1, 1, '-infinity'",
+    )
+    .await;
+    let report = inspect::health(pool, &HealthOptions::default())
+        .await
+        .expect("health");
+    let stuck = report
+        .checks
+        .iter()
+        .find(|check| check.name == "stuck_jobs")
+        .expect("stuck_jobs");
+    assert_eq!(stuck.severity, Severity::Critical, "{stuck:?}");
+
+    for version in [18, 0] {
+        common::schema_at(pool, version).await;
+        let report = inspect::health(pool, &HealthOptions::default())
+            .await
+            .expect("health");
+        let names: Vec<&str> = report.checks.iter().map(|check| check.name).collect();
+        assert_eq!(names, ["migrations"], "version {version}");
+        assert_eq!(report.checks[0].severity, Severity::Critical);
+        assert!(report.checks[0].remedy.is_some());
+    }
+}
+
 async fn reasons(pool: &PgPool, id: i64) -> Vec<Reason> {
     inspect::explain(pool, id)
         .await

@@ -380,6 +380,35 @@ async fn a_worker_counts_what_its_jobs_did_and_promtool_accepts_the_scrape() {
     }
 }
 
+/// Rows written by hand with infinite instants (a completed job finished at `infinity`, an
+/// available one due since `-infinity`) leave the database gauges up: `now() - at` failed on
+/// PostgreSQL 15, and every scrape reported the database down.
+#[tokio::test]
+async fn infinite_instants_in_rows_leave_the_database_gauges_up() {
+    let db = common::database().await;
+    let pool = db.pool();
+    sqlx::raw_sql(
+        "INSERT INTO skiplock.jobs (kind, state, attempt, finished_at)
+         VALUES ('k', 'completed', 1, 'infinity');
+         INSERT INTO skiplock.jobs (kind, created_at, run_at)
+         VALUES ('k', '2020-01-01', '-infinity');",
+    )
+    .execute(pool)
+    .await
+    .expect("rows");
+    let metrics = Metrics::new().with_database(pool.clone());
+    let (_, text) = scrape(serve(metrics).await, "text/plain").await;
+    let got = samples(&text);
+    assert_eq!(sample(&got, "skiplock_db_up"), 1.0, "{text}");
+    assert_eq!(
+        sample(
+            &got,
+            r#"skiplock_db_oldest_available_age_seconds{queue="default"}"#
+        ),
+        1e9
+    );
+}
+
 #[tokio::test]
 async fn a_database_that_does_not_answer_is_reported_down_not_an_error() {
     let db = common::database().await;

@@ -245,7 +245,10 @@ pub(crate) async fn queues<'e>(
                coalesce((SELECT c.n FROM counts AS c WHERE c.queue = n.queue AND c.state = 'completed'), 0) AS "completed!",
                coalesce((SELECT c.n FROM counts AS c WHERE c.queue = n.queue AND c.state = 'failed'), 0) AS "failed!",
                coalesce((SELECT c.n FROM counts AS c WHERE c.queue = n.queue AND c.state = 'cancelled'), 0) AS "cancelled!",
-               o.run_at AS "oldest_available_at?",
+               -- Within what chrono holds (a row written by hand may hold any instant): an
+               -- earlier one reads as 1970, a later one as none.
+               CASE WHEN o.run_at < '262000-01-01' THEN greatest(o.run_at, '1970-01-01')
+               END AS "oldest_available_at?",
                now() AS "now!",
                coalesce(r.completed_last_minute, 0)::bigint AS "completed_last_minute!",
                coalesce(r.failed_last_minute, 0)::bigint AS "failed_last_minute!",
@@ -619,7 +622,9 @@ pub(crate) async fn stuck_running<'e>(
     sqlx::query_as!(
         Stuck,
         r#"
-        SELECT count(*) AS "jobs!", min(lease_expires_at) AS oldest_lease
+        -- A lease written by hand as -infinity reads as 1970: decoded as it is, it failed the
+        -- whole health report just when a job was stuck.
+        SELECT count(*) AS "jobs!", min(greatest(lease_expires_at, '1970-01-01')) AS oldest_lease
         FROM (SELECT j.lease_expires_at FROM skiplock.jobs AS j
               WHERE j.lease_expires_at < now() - make_interval(secs => $1)
               ORDER BY j.lease_expires_at LIMIT $2::bigint + 1) AS x

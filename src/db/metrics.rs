@@ -156,8 +156,10 @@ pub(crate) async fn gauges<'e>(
             SELECT 'jobs' AS metric, queue AS a, 'available' AS b, jobs::float8 AS value
             FROM available
             UNION ALL
+            -- Epochs rather than `now() - oldest`, which fails for an infinite instant (a row
+            -- written by hand) on PostgreSQL 15, and with it every gauge; capped at ~31 years.
             SELECT 'oldest_available_age_seconds', queue, '',
-                   greatest(extract(epoch FROM now() - oldest), 0)::float8
+                   least(greatest(extract(epoch FROM now()) - extract(epoch FROM oldest), 0), 1e9)::float8
             FROM available
             UNION ALL
             SELECT 'jobs', queue, state::text, jobs::float8 FROM due
@@ -169,7 +171,7 @@ pub(crate) async fn gauges<'e>(
             SELECT 'jobs_finished_last_minute', state::text, '', jobs::float8 FROM finished
             UNION ALL
             SELECT 'last_completed_age_seconds', '', '',
-                   greatest(extract(epoch FROM now() - at), 0)::float8
+                   least(greatest(extract(epoch FROM now()) - extract(epoch FROM at), 0), 1e9)::float8
             FROM last_completed
             WHERE at IS NOT NULL
             UNION ALL

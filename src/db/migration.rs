@@ -92,6 +92,13 @@ pub(crate) async fn owners(conn: &mut PgConnection) -> Result<Owners, sqlx::Erro
 }
 
 /// Versions already applied, ascending.
+/// Whether `skiplock.migrations` exists (the schema was ever migrated).
+pub(crate) async fn bookkeeping_exists(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT to_regclass('skiplock.migrations') IS NOT NULL AS "exists!""#)
+        .fetch_one(conn)
+        .await
+}
+
 pub(crate) async fn applied_versions(conn: &mut PgConnection) -> Result<Vec<i32>, sqlx::Error> {
     sqlx::query_scalar!("SELECT version FROM skiplock.migrations ORDER BY version")
         .fetch_all(conn)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::{Acquire, Postgres};
+use sqlx::{Acquire, PgConnection, Postgres};
 
 use super::{InspectError, begin, queues};
 use crate::{MIGRATIONS, db};
@@ -159,7 +159,9 @@ const CAP: i64 = 10_000;
 
 /// Runs every health check. The checks, in order: `xmin_horizon`, `autovacuum`,
 /// `dead_rows`, `bloat`, `index_bloat`, `table_sizes`, `stuck_jobs`, `unrunnable_jobs`,
-/// `overdue_schedules`, `pickup_lag`, `migrations`.
+/// `overdue_schedules`, `pickup_lag`, `migrations`. On a schema that is missing or behind
+/// this skiplock, where the other checks' reads fail (they read what migrations add), the
+/// report is the `migrations` check alone, critical, with its remedy.
 ///
 /// # Errors
 /// [`InspectError::Database`] when a statement fails.
@@ -171,18 +173,45 @@ where
     A: Acquire<'c, Database = Postgres>,
 {
     let mut tx = begin(conn, true).await?;
-    let settings = db::inspect::server_settings(&mut *tx).await?;
-    let holder = db::inspect::horizon_holder(&mut *tx).await?;
-    let tables = db::inspect::tables(&mut *tx).await?;
-    let indexes = db::inspect::indexes(&mut *tx).await?;
-    let stuck =
-        db::inspect::stuck_running(&mut *tx, options.stuck_grace.as_secs_f64(), CAP).await?;
-    let orphaned = db::inspect::orphaned(&mut *tx, CAP).await?;
-    let overdue = db::inspect::overdue_schedules(&mut *tx).await?;
-    let applied = db::migration::applied_versions(&mut tx).await?;
-    let queues = queues(&mut *tx).await?;
+    let applied = if db::migration::bookkeeping_exists(&mut tx).await? {
+        db::migration::applied_versions(&mut tx).await?
+    } else {
+        Vec::new()
+    };
+    let migrations = migrations_check(&applied);
+    // Behind: the reads may need what the pending migrations add. In a savepoint, so that a
+    // read that fails leaves the report to the migrations check instead of an SQL error.
+    let reads = if migrations.severity == Severity::Critical {
+        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+        match read(&mut savepoint, options).await {
+            Ok(reads) => {
+                savepoint.commit().await?;
+                reads
+            }
+            Err(InspectError::Database(_)) => {
+                savepoint.rollback().await?;
+                tx.commit().await?;
+                return Ok(HealthReport {
+                    checks: vec![migrations],
+                });
+            }
+            Err(error) => return Err(error),
+        }
+    } else {
+        read(&mut tx, options).await?
+    };
     tx.commit().await?;
 
+    let Reads {
+        settings,
+        holder,
+        tables,
+        indexes,
+        stuck,
+        orphaned,
+        overdue,
+        queues,
+    } = reads;
     let held = holds(holder.as_ref(), options);
     let checks = vec![
         horizon_check(holder, &settings, &tables, options),
@@ -195,9 +224,35 @@ where
         orphaned_check(&orphaned),
         overdue_check(&overdue),
         lag_check(&queues, options),
-        migrations_check(&applied),
+        migrations,
     ];
     Ok(HealthReport { checks })
+}
+
+/// What the checks other than `migrations` read, in one transaction.
+struct Reads {
+    settings: db::inspect::ServerSettings,
+    holder: Option<db::inspect::HorizonHolder>,
+    tables: Vec<db::inspect::TableRow>,
+    indexes: Vec<db::inspect::IndexRow>,
+    stuck: db::inspect::Stuck,
+    orphaned: Vec<db::inspect::Orphaned>,
+    overdue: Vec<db::inspect::Overdue>,
+    queues: Vec<super::QueueInfo>,
+}
+
+async fn read(conn: &mut PgConnection, options: &HealthOptions) -> Result<Reads, InspectError> {
+    Ok(Reads {
+        settings: db::inspect::server_settings(&mut *conn).await?,
+        holder: db::inspect::horizon_holder(&mut *conn).await?,
+        tables: db::inspect::tables(&mut *conn).await?,
+        indexes: db::inspect::indexes(&mut *conn).await?,
+        stuck: db::inspect::stuck_running(&mut *conn, options.stuck_grace.as_secs_f64(), CAP)
+            .await?,
+        orphaned: db::inspect::orphaned(&mut *conn, CAP).await?,
+        overdue: db::inspect::overdue_schedules(&mut *conn).await?,
+        queues: queues(&mut *conn).await?,
+    })
 }
 
 fn horizon_check(
