@@ -614,6 +614,42 @@ async fn health_on_an_old_or_missing_schema_says_to_migrate() {
     }
 }
 
+/// `skiplock.claim()` stores the queues and kinds its caller passes, from any language: a NULL
+/// element or a second dimension failed the queue listing, the workers' and the dashboard's
+/// fleet pages for as long as the row was kept.
+#[tokio::test]
+async fn a_sql_workers_odd_arrays_do_not_break_the_fleet_views() {
+    let db = database().await;
+    let pool = db.pool();
+    for claim in [
+        "SELECT count(*) FROM skiplock.claim('nulls', ARRAY['qa', NULL], ARRAY['zz', NULL])",
+        "SELECT count(*) FROM skiplock.claim('square', '{{qa,qb},{qc,qd}}', '{{zz,yy}}')",
+    ] {
+        sqlx::raw_sql(claim).execute(pool).await.expect(claim);
+    }
+    let workers = inspect::workers(pool).await.expect("workers");
+    let mut seen: Vec<(String, Vec<String>)> = workers
+        .into_iter()
+        .map(|worker| {
+            let names = worker.queues.into_iter().map(|queue| queue.name).collect();
+            (worker.id, names)
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("nulls".to_owned(), vec!["qa".to_owned()]),
+            (
+                "square".to_owned(),
+                ["qa", "qb", "qc", "qd"].map(str::to_owned).to_vec()
+            )
+        ]
+    );
+    let queues = inspect::queues(pool).await.expect("queues");
+    assert!(queues.iter().any(|queue| queue.name == "qd"), "{queues:?}");
+}
+
 async fn reasons(pool: &PgPool, id: i64) -> Vec<Reason> {
     inspect::explain(pool, id)
         .await

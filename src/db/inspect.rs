@@ -226,7 +226,7 @@ pub(crate) async fn queues<'e>(
             SELECT q.queue, count(*) AS workers, sum(coalesce(q.n, 0)) AS concurrency
             FROM skiplock.workers AS w
             CROSS JOIN LATERAL unnest(w.queues, w.concurrency) AS q(queue, n)
-            WHERE w.stopped_at IS NULL
+            WHERE w.stopped_at IS NULL AND q.queue IS NOT NULL
               AND coalesce(w.alive_until, w.heartbeat_at + interval '60 seconds') > now()
             GROUP BY q.queue
         ),
@@ -302,7 +302,20 @@ pub(crate) async fn workers<'e>(
             WHERE j.state = 'running' AND j.lease_expires_at IS NOT NULL
             GROUP BY 1
         )
-        SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.kinds, w.version,
+        -- The arrays as skiplock.claim() stored them from any SQL caller: NULL elements and
+        -- extra dimensions are dropped (one-dimensional, from 1, as a Vec decodes), each
+        -- queue keeping its concurrency.
+        SELECT w.id, w.host, w.pid,
+               ARRAY(SELECT u.q FROM unnest(w.queues, w.concurrency) WITH ORDINALITY AS u(q, n, i)
+                     WHERE u.q IS NOT NULL ORDER BY u.i) AS "queues!",
+               CASE WHEN w.concurrency IS NOT NULL
+                    THEN ARRAY(SELECT coalesce(u.n, 0)
+                               FROM unnest(w.queues, w.concurrency) WITH ORDINALITY AS u(q, n, i)
+                               WHERE u.q IS NOT NULL ORDER BY u.i) END AS concurrency,
+               CASE WHEN w.kinds IS NOT NULL
+                    THEN ARRAY(SELECT u.k FROM unnest(w.kinds) WITH ORDINALITY AS u(k, i)
+                               WHERE u.k IS NOT NULL ORDER BY u.i) END AS kinds,
+               w.version,
                w.started_at, w.heartbeat_at, w.stopped_at,
                CASE WHEN w.stopped_at IS NOT NULL THEN w.stop_reason
                     WHEN coalesce(w.alive_until, w.heartbeat_at + interval '60 seconds') > now()
