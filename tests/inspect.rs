@@ -592,6 +592,15 @@ async fn health_on_an_old_or_missing_schema_says_to_migrate() {
         "'k', 'running', 1, 1, '-infinity'",
     )
     .await;
+    // And an available job due since -infinity, for the queues' oldest job.
+    insert(
+        pool,
+        "kind, created_at, run_at",
+        "'k', '2020-01-01', '-infinity'",
+    )
+    .await;
+    let queues = inspect::queues(pool).await.expect("queues");
+    assert_eq!(queues.len(), 1, "{queues:?}");
     let report = inspect::health(pool, &HealthOptions::default())
         .await
         .expect("health");

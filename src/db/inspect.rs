@@ -247,8 +247,8 @@ pub(crate) async fn queues<'e>(
                coalesce((SELECT c.n FROM counts AS c WHERE c.queue = n.queue AND c.state = 'cancelled'), 0) AS "cancelled!",
                -- Within what chrono holds (a row written by hand may hold any instant): an
                -- earlier one reads as 1970, a later one as none.
-               CASE WHEN o.run_at < '262000-01-01' THEN greatest(o.run_at, '1970-01-01')
-               END AS "oldest_available_at?",
+               CASE WHEN o.run_at < '262000-01-01'
+                    THEN greatest(o.run_at, '1970-01-01 00:00:00+00') END AS "oldest_available_at?",
                now() AS "now!",
                coalesce(r.completed_last_minute, 0)::bigint AS "completed_last_minute!",
                coalesce(r.failed_last_minute, 0)::bigint AS "failed_last_minute!",
@@ -308,8 +308,9 @@ pub(crate) async fn workers<'e>(
         SELECT w.id, w.host, w.pid,
                ARRAY(SELECT u.q FROM unnest(w.queues, w.concurrency) WITH ORDINALITY AS u(q, n, i)
                      WHERE u.q IS NOT NULL ORDER BY u.i) AS "queues!",
+               -- -1 where the array does not say (shorter, or NULL there): read as none.
                CASE WHEN w.concurrency IS NOT NULL
-                    THEN ARRAY(SELECT coalesce(u.n, 0)
+                    THEN ARRAY(SELECT coalesce(u.n, -1)
                                FROM unnest(w.queues, w.concurrency) WITH ORDINALITY AS u(q, n, i)
                                WHERE u.q IS NOT NULL ORDER BY u.i) END AS concurrency,
                CASE WHEN w.kinds IS NOT NULL
@@ -637,7 +638,8 @@ pub(crate) async fn stuck_running<'e>(
         r#"
         -- A lease written by hand as -infinity reads as 1970: decoded as it is, it failed the
         -- whole health report just when a job was stuck.
-        SELECT count(*) AS "jobs!", min(greatest(lease_expires_at, '1970-01-01')) AS oldest_lease
+        SELECT count(*) AS "jobs!",
+               min(greatest(lease_expires_at, '1970-01-01 00:00:00+00')) AS oldest_lease
         FROM (SELECT j.lease_expires_at FROM skiplock.jobs AS j
               WHERE j.lease_expires_at < now() - make_interval(secs => $1)
               ORDER BY j.lease_expires_at LIMIT $2::bigint + 1) AS x

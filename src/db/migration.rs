@@ -91,7 +91,6 @@ pub(crate) async fn owners(conn: &mut PgConnection) -> Result<Owners, sqlx::Erro
     .await
 }
 
-/// Versions already applied, ascending.
 /// Whether `skiplock.migrations` exists (the schema was ever migrated).
 pub(crate) async fn bookkeeping_exists(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(r#"SELECT to_regclass('skiplock.migrations') IS NOT NULL AS "exists!""#)
@@ -99,6 +98,7 @@ pub(crate) async fn bookkeeping_exists(conn: &mut PgConnection) -> Result<bool, 
         .await
 }
 
+/// Versions already applied, ascending.
 pub(crate) async fn applied_versions(conn: &mut PgConnection) -> Result<Vec<i32>, sqlx::Error> {
     sqlx::query_scalar!("SELECT version FROM skiplock.migrations ORDER BY version")
         .fetch_all(conn)

@@ -164,7 +164,8 @@ const CAP: i64 = 10_000;
 /// report is the `migrations` check alone, critical, with its remedy.
 ///
 /// # Errors
-/// [`InspectError::Database`] when a statement fails.
+/// [`InspectError::Database`] when a statement fails (on a schema behind this skiplock, only
+/// when reading the applied migrations does: any later failure gives the report above).
 ///
 /// # Cancel safety
 /// Cancel safe: it only reads.

@@ -75,7 +75,7 @@
 //! | `skiplock_db_up` | | 1 when the last scrape's query succeeded, else 0 (and no other `skiplock_db_` gauge) |
 //! | `skiplock_db_scrape_duration_seconds` | | how long that query took |
 //! | `skiplock_db_jobs` | queue, state | jobs waiting or running: state `scheduled`, `available`, `running`, `retryable` |
-//! | `skiplock_db_oldest_available_age_seconds` | queue | now minus the `run_at` of the queue's oldest `available` job |
+//! | `skiplock_db_oldest_available_age_seconds` | queue | now minus the `run_at` of the queue's oldest `available` job (at most 1e9: a `run_at` written as `-infinity`) |
 //! | `skiplock_db_expired_leases` | queue | `running` jobs whose lease expired: their worker is gone, the rescuer will take them back |
 //! | `skiplock_db_jobs_finished_last_minute` | state | attempts that ended `completed`, `failed` or `cancelled` in this minute and the one before (`skiplock.job_stats`) |
 //! | `skiplock_db_last_completed_age_seconds` | | since the newest completion (absent when no completed job is kept) |
