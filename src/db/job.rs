@@ -489,20 +489,19 @@ pub(crate) async fn complete_many<'e>(
             result = o.result,
             attempt = CASE WHEN o.give_back AND j.cancel_requested_at IS NULL THEN j.attempt - 1
                            ELSE j.attempt END,
-            errors = CASE WHEN j.cancel_requested_at IS NOT NULL
-                              AND o.state IN ('retryable', 'available', 'scheduled')
-                         THEN j.errors || jsonb_build_array(jsonb_build_object(
+            -- An entry for every error, and one of kind `cancelled` for a job cancelled instead
+            -- of put back, even a snoozed one (which has no error of its own).
+            errors = CASE WHEN o.error_kind IS NULL
+                               AND (j.cancel_requested_at IS NULL
+                                    OR o.state NOT IN ('retryable', 'available', 'scheduled'))
+                          THEN j.errors
+                          ELSE j.errors || jsonb_build_array(jsonb_build_object(
                                  'attempt', j.attempt,
                                  'at', now(),
-                                 'kind', 'cancelled',
+                                 'kind', CASE WHEN j.cancel_requested_at IS NOT NULL
+                                                   AND o.state IN ('retryable', 'available', 'scheduled')
+                                              THEN 'cancelled' ELSE o.error_kind END,
                                  'message', coalesce(o.error_message, 'snoozed after a cancel request'),
-                                 'worker', j.attempted_by[cardinality(j.attempted_by)]))
-                         WHEN o.error_kind IS NULL THEN j.errors
-                         ELSE j.errors || jsonb_build_array(jsonb_build_object(
-                                 'attempt', j.attempt,
-                                 'at', now(),
-                                 'kind', o.error_kind,
-                                 'message', o.error_message,
                                  'worker', j.attempted_by[cardinality(j.attempted_by)]))
                      END,
             -- Every outcome is final once a cancel was requested (see above).
@@ -877,7 +876,8 @@ pub(crate) async fn rescue_expired<'e>(
         Rescued,
         r#"
         WITH locked AS MATERIALIZED (
-            SELECT j.id, j.lease_expires_at, j.unique_key, j.unique_states, n.new_state
+            SELECT j.id, j.lease_expires_at, n.new_state,
+                   CASE WHEN n.new_state = ANY (j.unique_states) THEN j.unique_key END AS takes_key
             FROM skiplock.jobs AS j
             CROSS JOIN LATERAL (
                 SELECT CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
@@ -905,12 +905,10 @@ pub(crate) async fn rescue_expired<'e>(
         -- jobs_unique_idx, and with it every round after. The others wait for the next round,
         -- which finds the key held.
         expired AS (
-            SELECT id, new_state FROM locked
-            WHERE unique_key IS NULL OR NOT coalesce(new_state = ANY (unique_states), false)
+            SELECT id, new_state FROM locked WHERE takes_key IS NULL
             UNION ALL
-            (SELECT DISTINCT ON (unique_key) id, new_state FROM locked
-             WHERE unique_key IS NOT NULL AND new_state = ANY (unique_states)
-             ORDER BY unique_key, lease_expires_at, id)
+            (SELECT DISTINCT ON (takes_key) id, new_state FROM locked
+             WHERE takes_key IS NOT NULL ORDER BY takes_key, lease_expires_at, id)
         ),
         rescued AS (
             UPDATE skiplock.jobs AS j

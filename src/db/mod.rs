@@ -26,6 +26,16 @@ pub(crate) mod throttle;
 pub(crate) mod waiter;
 pub(crate) mod workflow;
 
+/// Whether the database refused a statement for its data, which retrying cannot fix: SQLSTATE
+/// class 22 (data exception: a NUL in a JSON string, an interval out of range) or 23 (integrity:
+/// a `CHECK` of `skiplock.jobs`, a unique job whose duplicate holds its key).
+pub(crate) fn is_data_error(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+}
+
 /// The database's time: that of the transaction `executor` is in, or of the statement.
 pub(crate) async fn now<'e>(
     executor: impl sqlx::PgExecutor<'e>,

@@ -226,7 +226,7 @@ impl Completer {
     async fn write_all(&mut self, outcomes: &db::job::Outcomes) -> CompleterReport {
         match self.write(outcomes).await {
             Ok(report) => report,
-            Err(error) if is_data_error(&error) && outcomes.len() > 1 => {
+            Err(error) if db::is_data_error(&error) && outcomes.len() > 1 => {
                 tracing::warn!(%error, "a batch of outcomes was refused; writing them one by one");
                 let mut report = CompleterReport::default();
                 for i in 0..outcomes.len() {
@@ -235,7 +235,7 @@ impl Completer {
                         Err(error) if is_unique_violation(&error) => {
                             self.write(&one.superseded()).await
                         }
-                        Err(error) if is_data_error(&error) => {
+                        Err(error) if db::is_data_error(&error) => {
                             self.write(&one.unrecordable(&error)).await
                         }
                         other => other,
@@ -250,7 +250,7 @@ impl Completer {
                 let written = self.write(&outcomes.superseded()).await;
                 written.unwrap_or_default()
             }
-            Err(error) if is_data_error(&error) => {
+            Err(error) if db::is_data_error(&error) => {
                 let written = self.write(&outcomes.unrecordable(&error)).await;
                 written.unwrap_or_default()
             }
@@ -287,7 +287,10 @@ impl Completer {
                     );
                     Err(sqlx::Error::Io(timeout))
                 });
-            if written.as_ref().is_err_and(|error| !is_data_error(error)) {
+            if written
+                .as_ref()
+                .is_err_and(|error| !db::is_data_error(error))
+            {
                 // Timed out mid-statement or broken: never reused.
                 if let Some((mut conn, _)) = self.conn.take() {
                     conn.close_on_drop();
@@ -320,7 +323,7 @@ impl Completer {
                         stale,
                     });
                 }
-                Err(error) if is_data_error(&error) => return Err(error),
+                Err(error) if db::is_data_error(&error) => return Err(error),
                 Err(error) if started.elapsed() + delay <= RETRY_FOR => {
                     tracing::warn!(
                         %error,
@@ -342,16 +345,6 @@ impl Completer {
             }
         }
     }
-}
-
-/// Whether the database refused the statement for its data, which retrying cannot fix: SQLSTATE
-/// class 22 (data exception: a NUL in a JSON string, an interval out of range) or 23 (integrity:
-/// a unique job whose duplicate was enqueued while it ran, going back to a state it is unique in).
-fn is_data_error(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|error| error.code())
-        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
 
 /// A unique job going back to a state it is unique in while a duplicate holds its key.

@@ -277,7 +277,7 @@ impl Scheduler {
                     }
                     fire.last().copied()
                 }
-                Err(DbCallError::Database(sqlx::Error::Database(error))) if refused(&*error) => {
+                Err(DbCallError::Database(error)) if db::is_data_error(&error) => {
                     deadline(limit, savepoint.rollback()).await?;
                     report.refused += fire.len();
                     tracing::error!(schedule = %row.name, error = %error, fire_times = fire.len(),
@@ -369,12 +369,4 @@ fn count_fire_times(
         }
     }
     count
-}
-
-/// Whether the database refused a row for its data (SQLSTATE classes 22, data exceptions, and
-/// 23, integrity constraints such as `CHECK`) rather than failing for any other reason.
-fn refused(error: &dyn sqlx::error::DatabaseError) -> bool {
-    error
-        .code()
-        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
